@@ -1,0 +1,378 @@
+"""Reader for the AASCE 2019 / SpineWeb dataset 16 ("boostnet_labeldata") label files.
+
+Folder layout (the dataset's original files, read in place)::
+
+    <root>/images/<name>.jpg            # 8-bit grayscale AP radiographs; names contain spaces
+    <root>/labels/filenames.csv         # one image file name per line (row i of the CSVs below)
+    <root>/labels/landmarks.csv         # 136 numbers per row: 68 x / W, then 68 y / H
+    <root>/labels/angles.csv            # 3 Cobb angles (degrees): main, proximal, distal
+    <root>/labels/<name>.jpg.mat        # MATLAB file, variable ``p2``: (68, 2) pixel (x, y)
+
+The 68 points are 17 vertebrae top to bottom (T1..T12, L1..L5) times 4 corners in the order
+top-left, top-right, bottom-left, bottom-right *as displayed*, which is exactly the project's
+``ap4`` scheme (``TL, TR, BL, BR``) of the ``ap`` region, so each image becomes one
+:class:`~monai_spine.data.annotation.SpineAnnotation` with ``keypoints_px`` of shape (17, 4, 2).
+
+Coordinates: ``landmarks.csv`` holds ``x / W`` and ``y / H`` (not the project's ``(x + 0.5) / W``
+fractions), so pixels are recovered as ``x_px = value * W``, ``y_px = value * H`` with ``(W, H)``
+read from the JPEG header. The ``.mat`` files hold the same points as integer pixels; both sources
+agree within 0.05 px. The files' pixel coordinates are taken as they are (the dataset does not say
+whether its integer clicks are 0- or 1-based; the possible offset of at most 1 px is well below
+the label noise).
+
+The images carry no pixel spacing: every annotation has ``spacing_mm=None`` and
+``spacing_source="unknown"``, so errors are reported in pixels (or relative to vertebra size).
+
+Label noise is reported, never fatal: :func:`find_label_noise` lists, per annotation, vertebrae
+whose top corner lies below the bottom corner of the same side, whose left and right corners are
+swapped, whose centre is not below the previous vertebra's centre, and points outside the image.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from monai_spine.data.annotation import AnnotationError, SpineAnnotation
+from monai_spine.data.keypoints import get_region, get_scheme
+
+__all__ = [
+    "AASCE_NUM_VERTEBRAE",
+    "AASCE_NUM_POINTS",
+    "COBB_ANGLE_NAMES",
+    "LABEL_NOISE_KINDS",
+    "AasceError",
+    "AasceDataset",
+    "resolve_aasce_root",
+    "read_aasce",
+    "read_aasce_filenames",
+    "read_aasce_landmarks",
+    "read_aasce_mat",
+    "read_cobb_angles",
+    "read_image_size",
+    "find_label_noise",
+]
+
+#: vertebrae per image (T1..T12, L1..L5)
+AASCE_NUM_VERTEBRAE = 17
+#: points per image (17 vertebrae x 4 corners)
+AASCE_NUM_POINTS = 68
+#: column order of ``angles.csv``: the main (largest) curve, the curve above it, the curve below it
+COBB_ANGLE_NAMES = ("main", "proximal", "distal")
+#: issue kinds reported by :func:`find_label_noise`; each issue string starts with ``"<kind>: "``
+LABEL_NOISE_KINDS = (
+    "non_finite_point",
+    "point_outside_image",
+    "top_below_bottom",
+    "left_right_swapped",
+    "centre_out_of_order",
+)
+
+_DATASET_DIR = "aasce-train"
+
+
+class AasceError(AnnotationError):
+    """The AASCE label files are malformed or inconsistent; the message names the file and row."""
+
+
+def resolve_aasce_root(root: str | os.PathLike | None = None) -> Path:
+    """Return the dataset folder: ``root`` itself if it holds ``labels/filenames.csv``, else
+    ``root/aasce-train`` (so the shared data root may be passed as well).
+
+    Args:
+        root: a folder; ``None`` means ``$MONAI_SPINE_DATA``, else ``<repo root>/../shared/data``.
+
+    Raises:
+        FileNotFoundError: neither folder holds ``labels/filenames.csv``.
+    """
+    if root is None:
+        root = os.environ.get("MONAI_SPINE_DATA") or Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    root = Path(root)
+    for cand in (root, root / _DATASET_DIR):
+        if (cand / "labels" / "filenames.csv").is_file():
+            return cand
+    raise FileNotFoundError(f"no AASCE labels/filenames.csv under {root} or {root / _DATASET_DIR}")
+
+
+def read_aasce_filenames(root: str | os.PathLike) -> list[str]:
+    """Image file names in the row order of the label CSVs (names keep their spaces).
+
+    Args:
+        root: dataset folder (see :func:`resolve_aasce_root`).
+    """
+    path = resolve_aasce_root(root) / "labels" / "filenames.csv"
+    with open(path, encoding="utf-8", newline="") as f:
+        names = [line.rstrip("\r\n") for line in f]
+    while names and not names[-1].strip():
+        names.pop()
+    for i, n in enumerate(names):
+        if not n.strip():
+            raise AasceError(f"{path}: row {i} is empty")
+    return names
+
+
+def _read_numeric_csv(path: Path, num_cols: int) -> np.ndarray:
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.reader(f)):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != num_cols:
+                raise AasceError(f"{path}: row {i} has {len(row)} values, expected {num_cols}")
+            try:
+                rows.append([float(c) for c in row])
+            except ValueError:
+                raise AasceError(f"{path}: row {i} is not numeric: {row[:4]}...") from None
+    return np.asarray(rows, dtype=np.float64).reshape(-1, num_cols)
+
+
+def read_aasce_landmarks(root: str | os.PathLike) -> np.ndarray:
+    """The normalised landmarks of ``landmarks.csv``.
+
+    Returns:
+        (M, 68, 2) float64 array of ``(x / W, y / H)`` per point, rows in ``filenames.csv`` order
+        (multiply by ``(W, H)`` to get pixels; this is *not* the project's ``_frac`` convention).
+    """
+    flat = _read_numeric_csv(resolve_aasce_root(root) / "labels" / "landmarks.csv", 2 * AASCE_NUM_POINTS)
+    return np.stack([flat[:, :AASCE_NUM_POINTS], flat[:, AASCE_NUM_POINTS:]], axis=-1)
+
+
+def read_cobb_angles(root: str | os.PathLike) -> np.ndarray:
+    """Cobb angles of ``angles.csv``.
+
+    Returns:
+        (M, 3) float64 array in degrees, columns :data:`COBB_ANGLE_NAMES` (main, proximal,
+        distal), rows in ``filenames.csv`` order.
+    """
+    return _read_numeric_csv(resolve_aasce_root(root) / "labels" / "angles.csv", len(COBB_ANGLE_NAMES))
+
+
+def read_aasce_mat(path: str | os.PathLike) -> np.ndarray:
+    """The 68 pixel points of one ``<image>.jpg.mat`` file (variable ``p2``).
+
+    Returns:
+        (68, 2) float64 array, (x, y) pixels.
+
+    Raises:
+        AasceError: the file has no ``p2`` of shape (68, 2).
+    """
+    from scipy.io import loadmat
+
+    m = loadmat(str(path), variable_names=["p2"])
+    if "p2" not in m:
+        raise AasceError(f"{path}: no variable 'p2'")
+    p = np.asarray(m["p2"], dtype=np.float64)
+    if p.shape != (AASCE_NUM_POINTS, 2):
+        raise AasceError(f"{path}: 'p2' has shape {p.shape}, expected ({AASCE_NUM_POINTS}, 2)")
+    return p
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(W, H) of an image from its header, without decoding the pixels.
+
+    Raises:
+        FileNotFoundError: the image does not exist.
+        AasceError: the file is not an image PIL can identify.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:  # lazy: reads the header only
+            w, h = im.size
+    except UnidentifiedImageError:
+        raise AasceError(f"{path}: not a readable image") from None
+    return int(w), int(h)
+
+
+def find_label_noise(annotation: SpineAnnotation) -> list[str]:
+    """Report implausible corner labels of one annotation (any scheme with four corners).
+
+    Checks, in this order (at most one issue per vertebra and kind, except per point for the first
+    two; ``level`` is named in the message):
+
+    * ``non_finite_point``: a visible point with a NaN/inf coordinate;
+    * ``point_outside_image``: a point outside ``[-0.5, W - 0.5] x [-0.5, H - 0.5]`` (needs
+      ``image_size``);
+    * ``top_below_bottom``: a top corner lies below (larger y than) the bottom corner of the
+      same side (TL/BL or TR/BR; AS/AI or PS/PI for lateral schemes);
+    * ``left_right_swapped``: (``ap4`` only) a left corner lies right of the right corner of the
+      same edge (TL/TR or BL/BR);
+    * ``centre_out_of_order``: the mean of the vertebra's visible corners is not below (y not
+      larger than) that of the vertebra listed before it.
+
+    Args:
+        annotation: the record to check; it is not modified.
+
+    Returns:
+        Issue strings ``"<kind>: <level>: <detail>"`` (kinds in :data:`LABEL_NOISE_KINDS`); empty
+        when nothing was found.
+    """
+    sch = get_scheme(annotation.scheme)
+    kp, vis = annotation.keypoints_px, annotation.visible
+    issues: list[str] = []
+    names = sch.point_names
+    for i, lev in enumerate(annotation.levels):
+        for j in range(sch.num_points):
+            if vis[i, j] and not np.all(np.isfinite(kp[i, j])):
+                issues.append(f"non_finite_point: {lev}: {names[j]} = {kp[i, j].tolist()}")
+    ok = vis & np.all(np.isfinite(kp), axis=-1)
+    if annotation.image_size is not None:
+        w, h = annotation.image_size
+        for i, lev in enumerate(annotation.levels):
+            for j in range(sch.num_points):
+                x, y = kp[i, j]
+                if ok[i, j] and not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+                    issues.append(
+                        f"point_outside_image: {lev}: {names[j]} = ({x:.1f}, {y:.1f}) outside {w} x {h} px"
+                    )
+    tl, tr, bl, br = sch.corner_indices
+    for i, lev in enumerate(annotation.levels):
+        bad = [
+            f"{names[top]} y={kp[i, top, 1]:.1f} > {names[bot]} y={kp[i, bot, 1]:.1f}"
+            for top, bot in ((tl, bl), (tr, br))
+            if ok[i, top] and ok[i, bot] and kp[i, top, 1] > kp[i, bot, 1]
+        ]
+        if bad:
+            issues.append(f"top_below_bottom: {lev}: " + "; ".join(bad))
+    if sch.name == "ap4":
+        for i, lev in enumerate(annotation.levels):
+            bad = [
+                f"{names[left]} x={kp[i, left, 0]:.1f} > {names[right]} x={kp[i, right, 0]:.1f}"
+                for left, right in ((tl, tr), (bl, br))
+                if ok[i, left] and ok[i, right] and kp[i, left, 0] > kp[i, right, 0]
+            ]
+            if bad:
+                issues.append(f"left_right_swapped: {lev}: " + "; ".join(bad))
+    corners = list(sch.corner_indices)
+    prev_lev, prev_cy = None, None
+    for i, lev in enumerate(annotation.levels):
+        m = ok[i, corners]
+        if not m.any():
+            continue
+        cy = float(kp[i, corners, 1][m].mean())
+        if prev_cy is not None and cy <= prev_cy:
+            issues.append(f"centre_out_of_order: {lev}: centre y={cy:.1f} not below {prev_lev} centre y={prev_cy:.1f}")
+        prev_lev, prev_cy = lev, cy
+    return issues
+
+
+@dataclass
+class AasceDataset:
+    """The AASCE annotations of one folder, with their label-noise report.
+
+    Attributes:
+        root: the dataset folder.
+        annotations: one ``ap``/``ap4`` record per image, in ``filenames.csv`` order.
+        report: image file name -> issue strings of :func:`find_label_noise`, only for images
+            with at least one issue.
+    """
+
+    root: Path
+    annotations: list[SpineAnnotation]
+    report: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def __getitem__(self, index: int) -> SpineAnnotation:
+        return self.annotations[index]
+
+    def __iter__(self) -> Iterator[SpineAnnotation]:
+        return iter(self.annotations)
+
+    @property
+    def names(self) -> list[str]:
+        """Image file names, in order."""
+        return [a.meta["filename"] for a in self.annotations]
+
+    @property
+    def keypoints_px(self) -> np.ndarray:
+        """(M, 17, 4, 2) float64 array of all keypoints, (x, y) pixels."""
+        return np.stack([a.keypoints_px for a in self.annotations]) if self.annotations else np.zeros((0, 17, 4, 2))
+
+    @property
+    def cobb_angles_deg(self) -> np.ndarray:
+        """(M, 3) Cobb angles in degrees, columns :data:`COBB_ANGLE_NAMES`."""
+        return np.asarray([a.meta["cobb_angles_deg"] for a in self.annotations], dtype=np.float64).reshape(-1, 3)
+
+    def count_issues(self, kind: str) -> int:
+        """Number of reported issues of one kind (one per vertebra, or per point for the point
+        kinds; see :func:`find_label_noise`)."""
+        if kind not in LABEL_NOISE_KINDS:
+            raise KeyError(f"unknown label-noise kind {kind!r}; known: {LABEL_NOISE_KINDS}")
+        return sum(s.startswith(kind + ":") for issues in self.report.values() for s in issues)
+
+
+def read_aasce(root: str | os.PathLike | None = None, use_mat: bool = False, images_dir: str = "images") -> AasceDataset:
+    """Read all AASCE annotations of a folder.
+
+    Args:
+        root: the dataset folder (holding ``images/`` and ``labels/``) or a folder holding
+            ``aasce-train/``; ``None``: see :func:`resolve_aasce_root`.
+        use_mat: take the points from ``labels/<image>.mat`` (``p2``, pixels) instead of
+            ``landmarks.csv`` (normalised; the default). Both agree within 0.05 px.
+        images_dir: image subfolder name.
+
+    Returns:
+        :class:`AasceDataset`; each annotation has region ``ap``, scheme ``ap4``, levels T1..L5,
+        ``image`` (absolute path), ``image_size`` (W, H) from the JPEG header, unknown spacing, and
+        ``meta`` = ``{"dataset": "aasce", "filename", "row" (0-based row of the CSVs),
+        "label_source" ("landmarks.csv" or "mat"), "cobb_angles_deg" [main, proximal, distal],
+        "cobb_angle_names", "label_noise" (issue strings)}``.
+
+    Raises:
+        FileNotFoundError: the folder, an image, or (``use_mat``) a ``.mat`` file is missing.
+        AasceError: the CSVs disagree in row count or a row is malformed.
+    """
+    root = resolve_aasce_root(root).resolve()
+    labels = root / "labels"
+    names = read_aasce_filenames(root)
+    angles = read_cobb_angles(root)
+    if len(angles) != len(names):
+        raise AasceError(f"{labels / 'angles.csv'}: {len(angles)} rows, but filenames.csv has {len(names)}")
+    frac = None
+    if not use_mat:
+        frac = read_aasce_landmarks(root)
+        if len(frac) != len(names):
+            raise AasceError(f"{labels / 'landmarks.csv'}: {len(frac)} rows, but filenames.csv has {len(names)}")
+    region = get_region("ap")
+    anns: list[SpineAnnotation] = []
+    report: dict[str, list[str]] = {}
+    for row, name in enumerate(names):
+        image = root / images_dir / name
+        size = read_image_size(image)
+        if use_mat:
+            pts = read_aasce_mat(labels / f"{name}.mat")
+        else:
+            pts = frac[row] * np.asarray(size, dtype=np.float64)
+        kp = pts.reshape(AASCE_NUM_VERTEBRAE, region.scheme.num_points, 2)
+        ann = SpineAnnotation(
+            levels=list(region.levels),
+            keypoints_px=kp,
+            visible=np.all(np.isfinite(kp), axis=-1),
+            region=region.name,
+            scheme=region.scheme.name,
+            image=str(image),
+            image_size=size,
+            spacing_mm=None,
+            spacing_source="unknown",
+            meta={
+                "dataset": "aasce",
+                "filename": name,
+                "row": row,
+                "label_source": "mat" if use_mat else "landmarks.csv",
+                "cobb_angles_deg": [float(a) for a in angles[row]],
+                "cobb_angle_names": list(COBB_ANGLE_NAMES),
+            },
+        )
+        issues = find_label_noise(ann)
+        ann.meta["label_noise"] = issues
+        if issues:
+            report[name] = issues
+        anns.append(ann)
+    return AasceDataset(root=root, annotations=anns, report=report)

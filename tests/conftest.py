@@ -1,0 +1,35 @@
+"""Shared fixtures: where the real data lives (read in place, never copied)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$MONAI_SPINE_DATA`` or ``<repo>/../shared/data``."""
+    return Path(os.environ.get("MONAI_SPINE_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if not d.is_dir():
+        pytest.skip(f"shared data folder {d} is absent")
+    return d
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Generated data of the tests goes to a temporary cache, never to the user's."""
+    old = os.environ.get("MONAI_SPINE_CACHE")
+    os.environ["MONAI_SPINE_CACHE"] = str(tmp_path_factory.mktemp("monai-spine-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MONAI_SPINE_CACHE", None)
+    else:
+        os.environ["MONAI_SPINE_CACHE"] = old
