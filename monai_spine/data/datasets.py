@@ -32,7 +32,8 @@ __all__ = [
     "split_cases",
     "ensure_synthetic",
     "vertebra_items",
-    "bundle_datalists",
+    "bundle_splits",
+    "vertebra_datalists",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,7 +199,7 @@ def vertebra_items(label_paths: Sequence[str], region: str | None = None, image_
     return items
 
 
-def bundle_datalists(
+def bundle_splits(
     dataset_dir: str | None = None,
     region: str = "cervical",
     synthetic_n: int = 60,
@@ -208,8 +209,8 @@ def bundle_datalists(
     split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
     split_seed: int = 0,
     max_cases: int | None = None,
-) -> dict[str, list[dict]]:
-    """Per-vertebra datalists for the bundle: ``{"training": [...], "validation": [...], "test": [...]}``.
+) -> dict[str, list[str]]:
+    """Annotation paths per split: ``{"training": [...], "validation": [...], "test": [...]}``.
 
     Args:
         dataset_dir: a dataset folder in the project's format; ``None`` or ``""`` means the embedded
@@ -230,12 +231,25 @@ def bundle_datalists(
         splits = split_cases(index["cases"], split_fractions, split_seed)
     else:
         splits = {s: index[s] for s in SPLITS}
+    if max_cases:
+        splits = {s: v[:max_cases] for s, v in splits.items()}
+    if not splits["training"]:
+        raise ValueError(f"{dataset_dir}: the training split is empty")
+    return splits
+
+
+def vertebra_datalists(splits: dict[str, list[str]], region: str | None = None) -> dict[str, list[dict]]:
+    """Per-vertebra datalists of every split (image ids are unique across splits).
+
+    Raises:
+        ValueError: the training split holds no vertebra of ``region``.
+    """
     out: dict[str, list[dict]] = {}
     offset = 0
     for s in SPLITS:
-        labels = splits[s][:max_cases] if max_cases else splits[s]
+        labels = splits.get(s, [])
         out[s] = vertebra_items(labels, region=region, image_id_offset=offset)
         offset += len(labels)
     if not out["training"]:
-        raise ValueError(f"{dataset_dir}: no {region} vertebra in the training split")
+        raise ValueError(f"no {region} vertebra in the training split")
     return out

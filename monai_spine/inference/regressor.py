@@ -1,0 +1,310 @@
+"""Keypoints with uncertainty for the vertebrae of one radiograph, from the BayeRegX regressor.
+
+:class:`KeypointPredictor` takes a full radiograph, its spacing and one box per vertebra (from a
+detector, or built from annotations), crops each vertebra exactly as the bundle's validation
+pipeline does, runs the network with batched MC dropout (the convolutional trunk once, the head
+``T`` times), and maps the points back to the radiograph's pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from monai_spine.data.keypoints import get_scheme, px_to_mm
+from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
+from monai_spine.uncertainty.mc_dropout import mc_dropout_predict, sigma_frac_to_mm
+from transforms.keypoints import VertebraCropd, frac_to_image_px
+
+__all__ = ["KeypointPrediction", "KeypointPredictor", "default_crop_transform", "predict_cases"]
+
+
+def default_crop_transform(spatial_size: Sequence[int] = (224, 448), margin_mm: float = 4.0) -> Callable[[dict], dict]:
+    """The validation crop of the bundle: spacing-aware crop, then 0.5-99.5 percentile scaling to [0, 1]."""
+    from monai.transforms import Compose, ScaleIntensityRangePercentilesd
+
+    return Compose(
+        [
+            VertebraCropd(keys="image", spatial_size=spatial_size, margin_mm=margin_mm),
+            ScaleIntensityRangePercentilesd(keys="image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True),
+        ]
+    )
+
+
+@dataclass
+class KeypointPrediction:
+    """Predicted keypoints of the N vertebrae of one radiograph.
+
+    Attributes:
+        keypoints_px: (N, K, 2) (x, y) pixels of the radiograph.
+        sigma_frac: dict kind -> (N, K) point uncertainty sigma_p in crop fractions, for kinds
+            ``aleatoric``, ``epistemic``, ``total``.
+        sigma_mm: same kinds, in mm (NaN where the spacing is unknown).
+        classes: (N, K) uncertainty class (0 certain, 1 moderate, 2 high, -1 unknown) from the total
+            sigma_p and the predictor's thresholds.
+        crop_to_image: (N, 3, 3) crop-to-image affines.
+        spacing_mm: (sx, sy) or None.
+        spacing_source: where the spacing came from.
+    """
+
+    keypoints_px: np.ndarray
+    sigma_frac: dict[str, np.ndarray]
+    sigma_mm: dict[str, np.ndarray]
+    classes: np.ndarray
+    crop_to_image: np.ndarray
+    spacing_mm: tuple[float, float] | None
+    spacing_source: str = "unknown"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keypoints_mm(self) -> np.ndarray | None:
+        """(N, K, 2) in mm from the image origin, or None when the spacing is unknown."""
+        return None if self.spacing_mm is None else px_to_mm(self.keypoints_px, self.spacing_mm)
+
+
+class KeypointPredictor:
+    """Predict vertebra keypoints and their uncertainty on whole radiographs.
+
+    Args:
+        network: a regressor of :mod:`monai_spine.networks.regressor` (weights loaded).
+        scheme: keypoint scheme name (``lateral5`` or ``ap4``).
+        spatial_size: crop size (H, W) the network was trained on.
+        margin_mm: crop margin around each box, as in the bundle's validation crop.
+        num_samples: T, MC-dropout passes (1: no epistemic uncertainty).
+        thresholds: tau1/tau2 for the uncertainty classes (default: the paper's, in fractions).
+        crop_transform: dict -> dict transform producing ``image`` crops and ``crop_to_image``;
+            default :func:`default_crop_transform`.
+        device: torch device.
+        seed: seed of the dropout masks, so a prediction is reproducible.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        scheme: str = "lateral5",
+        spatial_size: Sequence[int] = (224, 448),
+        margin_mm: float = 4.0,
+        num_samples: int = 10,
+        thresholds: Thresholds | None = None,
+        crop_transform: Callable[[dict], dict] | None = None,
+        device: str | torch.device = "cpu",
+        seed: int | None = 0,
+    ) -> None:
+        self.network = network.to(device).eval()
+        self.scheme = get_scheme(scheme)
+        self.spatial_size = (int(spatial_size[0]), int(spatial_size[1]))
+        self.num_samples = int(num_samples)
+        self.thresholds = thresholds or PAPER_THRESHOLDS
+        self.crop_transform = crop_transform or default_crop_transform(self.spatial_size, margin_mm)
+        self.device = torch.device(device)
+        self.seed = seed
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | os.PathLike,
+        variant: str = "bayecbam",
+        region: str = "cervical",
+        network_kwargs: dict | None = None,
+        **kwargs: Any,
+    ) -> KeypointPredictor:
+        """Build the network of ``variant`` for ``region`` and load a bundle checkpoint (weights only)."""
+        from monai_spine.data.keypoints import get_region
+        from monai_spine.networks.regressor import build_regressor
+
+        scheme = get_region(region).scheme
+        net_kw = dict(network_kwargs or {})
+        if "spatial_size" in kwargs:
+            net_kw.setdefault("spatial_size", kwargs["spatial_size"])
+        net = build_regressor(variant, scheme.num_points, **net_kw)
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        net.load_state_dict(state)
+        return cls(net, scheme=scheme.name, **kwargs)
+
+    @torch.inference_mode()
+    def predict(
+        self, image: np.ndarray, boxes_px: np.ndarray, spacing_mm: Sequence[float] | None, spacing_source: str = "unknown"
+    ) -> KeypointPrediction:
+        """Keypoints of every boxed vertebra.
+
+        Args:
+            image: (1, H, W) or (H, W) radiograph.
+            boxes_px: (N, 4) ``x0, y0, x1, y1`` boxes in image pixels.
+            spacing_mm: (sx, sy) or None when unknown.
+            spacing_source: where the spacing came from (recorded in the result).
+        """
+        img = np.asarray(image, dtype=np.float32)
+        if img.ndim == 2:
+            img = img[None]
+        if img.ndim != 3 or img.shape[0] != 1:
+            raise ValueError(f"image must be (1, H, W) or (H, W), got shape {img.shape}")
+        boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+        sp = np.full(2, np.nan, np.float32) if spacing_mm is None else np.asarray(spacing_mm, np.float32)
+        crops, affines, crop_sp = [], [], []
+        for box in boxes:
+            d = self.crop_transform({"image": img, "box_px": box.astype(np.float32), "spacing_mm": sp})
+            crops.append(torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32))
+            affines.append(np.asarray(d["crop_to_image"], dtype=np.float64))
+            crop_sp.append(np.asarray(d["crop_spacing_mm"], dtype=np.float64))
+        k = self.scheme.num_points
+        if not crops:
+            empty = np.zeros((0, k))
+            kinds = ("aleatoric", "epistemic", "total")
+            return KeypointPrediction(
+                np.zeros((0, k, 2)), {c: empty for c in kinds}, {c: empty for c in kinds}, empty.astype(int),
+                np.zeros((0, 3, 3)), None if spacing_mm is None else tuple(map(float, spacing_mm)), spacing_source,
+            )
+        x = torch.stack(crops).to(self.device)
+        gen_state = torch.random.get_rng_state()
+        if self.seed is not None:
+            torch.manual_seed(self.seed)
+        try:
+            res = mc_dropout_predict(self.network, x, num_samples=self.num_samples)
+        finally:
+            torch.random.set_rng_state(gen_state)
+        mean = res.mean_frac.cpu().numpy().astype(np.float64)
+        aff = np.stack(affines)
+        kp = frac_to_image_px(mean, aff, self.spatial_size)
+        h, w = self.spatial_size
+        sigma_frac, sigma_mm = {}, {}
+        for kind in ("aleatoric", "epistemic", "total"):
+            s_xy = res.sigma_xy_frac(kind).cpu().numpy().astype(np.float64)  # (N, K, 2)
+            sigma_frac[kind] = np.sqrt((s_xy**2).sum(-1))
+            sigma_mm[kind] = np.asarray(sigma_frac_to_mm(s_xy, (w, h), np.stack(crop_sp)), dtype=np.float64)
+        classes = self.thresholds.classify(
+            sigma_mm["total"] if self.thresholds.units == "mm" else sigma_frac["total"], self.scheme.point_types
+        )
+        return KeypointPrediction(
+            keypoints_px=kp,
+            sigma_frac=sigma_frac,
+            sigma_mm=sigma_mm,
+            classes=np.asarray(classes),
+            crop_to_image=aff,
+            spacing_mm=None if spacing_mm is None else (float(spacing_mm[0]), float(spacing_mm[1])),
+            spacing_source=spacing_source,
+            meta={"num_samples": self.num_samples, "thresholds": self.thresholds.to_dict()},
+        )
+
+    def to_json(self, pred: KeypointPrediction, levels: Sequence[str], image: str | None = None) -> dict[str, Any]:
+        """JSON-ready result: per vertebra and point x, y in pixels and mm, sigma_p and class."""
+        from monai_spine.uncertainty.classes import class_names
+
+        names = class_names(pred.classes)
+        mm = pred.keypoints_mm
+        verts = []
+        for i, level in enumerate(levels):
+            pts = []
+            for j, pname in enumerate(self.scheme.point_names):
+                p = {
+                    "name": pname,
+                    "x_px": float(pred.keypoints_px[i, j, 0]),
+                    "y_px": float(pred.keypoints_px[i, j, 1]),
+                    "x_mm": None if mm is None else float(mm[i, j, 0]),
+                    "y_mm": None if mm is None else float(mm[i, j, 1]),
+                    "uncertainty_class": str(names[i, j]),
+                }
+                for kind in ("aleatoric", "epistemic", "total"):
+                    p[f"sigma_p_{kind}_frac"] = float(pred.sigma_frac[kind][i, j])
+                    v = pred.sigma_mm[kind][i, j]
+                    p[f"sigma_p_{kind}_mm"] = float(v) if np.isfinite(v) else None
+                pts.append(p)
+            verts.append({"level": str(level), "points": pts})
+        return {
+            "image": image,
+            "scheme": self.scheme.name,
+            "spacing_mm": None if pred.spacing_mm is None else list(pred.spacing_mm),
+            "spacing_source": pred.spacing_source,
+            "units_note": "mm values are null when the spacing is unknown; pixel values are always given",
+            "thresholds": pred.meta.get("thresholds"),
+            "mc_dropout_samples": pred.meta.get("num_samples"),
+            "vertebrae": verts,
+        }
+
+    @staticmethod
+    def dumps(result: dict[str, Any]) -> str:
+        """Strict JSON text of a :meth:`to_json` result."""
+        return json.dumps(result, indent=1, allow_nan=False)
+
+
+def predict_cases(
+    predictor: KeypointPredictor, label_paths: Sequence[str], out_dir: str | os.PathLike, overlays: bool = True
+) -> list[dict[str, Any]]:
+    """Predict every annotated radiograph of ``label_paths`` and write its outputs to ``out_dir``.
+
+    Vertebra boxes come from the annotations (their ``box_px``, else the keypoints' extent) until a
+    detector provides them. Per case ``<stem>`` it writes ``<stem>.keypoints.json`` (points in pixels
+    and mm, sigma_p, class, spacing source), ``<stem>.mrk.json`` (3D Slicer markups) and, with
+    ``overlays``, ``<stem>.overlay.png`` (ground truth green, predictions by uncertainty class).
+
+    Returns:
+        one summary dict per case (paths written, number of vertebrae).
+    """
+    from monai_spine.data.annotation import SpineAnnotation, atomic_write_text, read_annotation
+    from monai_spine.data.keypoints import get_region
+    from monai_spine.data.readers import read_xray
+    from monai_spine.data.slicer import write_slicer_markups
+    from monai_spine.inference.overlay import write_overlay
+    from monai_spine.uncertainty.classes import GROUND_TRUTH_COLOUR_RGB, class_colours
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for label in label_paths:
+        ann = read_annotation(label)
+        levels = get_region(ann.region).levels
+        keep = [i for i, lev in enumerate(ann.levels) if lev in levels]
+        override = None if ann.image is None or str(ann.image).lower().endswith((".dcm", ".dicom")) else ann.spacing_mm
+        img = read_xray(ann.image, spacing_mm=override)
+        boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+        pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source)
+        stem = Path(label).name.removesuffix(".json")
+        kept_levels = [ann.levels[i] for i in keep]
+        result = predictor.to_json(pred, kept_levels, image=str(ann.image))
+        json_path = out / f"{stem}.keypoints.json"
+        atomic_write_text(json_path, predictor.dumps(result))
+        pred_ann = SpineAnnotation(
+            levels=kept_levels,
+            keypoints_px=pred.keypoints_px,
+            visible=np.ones(pred.keypoints_px.shape[:2], bool),
+            region=ann.region,
+            scheme=ann.scheme,
+            image=ann.image,
+            image_size=img.size_wh,
+            spacing_mm=img.spacing_mm,
+            spacing_source=img.spacing_source,
+        )
+        markups_path = out / f"{stem}.mrk.json"
+        descriptions = np.array(
+            [
+                [f"sigma_p={pred.sigma_mm['total'][i, j]:.2f} mm; {result['vertebrae'][i]['points'][j]['uncertainty_class']}"
+                 for j in range(pred.keypoints_px.shape[1])]
+                for i in range(len(kept_levels))
+            ],
+            dtype=object,
+        ).reshape(pred.keypoints_px.shape[:2])
+        write_slicer_markups(pred_ann, markups_path, point_fields={"description": descriptions})
+        written = {"case": stem, "keypoints": str(json_path), "markups": str(markups_path), "vertebrae": len(keep)}
+        if overlays:
+            png = out / f"{stem}.overlay.png"
+            write_overlay(
+                png,
+                img.array,
+                [
+                    dict(keypoints_px=ann.keypoints_px[keep], visible=ann.visible[keep], colors_rgb=GROUND_TRUTH_COLOUR_RGB),
+                    dict(keypoints_px=pred.keypoints_px, colors_rgb=class_colours(pred.classes), labels=kept_levels),
+                ],
+            )
+            written["overlay"] = str(png)
+        summaries.append(written)
+    return summaries

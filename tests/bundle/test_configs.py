@@ -1,0 +1,167 @@
+"""Every bundle config run once on tiny synthetic data, plus the bundle's verification commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
+META = str(BUNDLE / "configs" / "metadata.json")
+SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "meta_schema_20240725.json"
+
+#: a network and data small enough for one epoch in seconds on a CPU
+TINY = {
+    "epochs": 1,
+    "batch_size": 4,
+    "network_width": 0.125,
+    "fc_features": 32,
+    "spatial_size": [64, 128],
+    "max_cases": 2,
+    "synthetic#n": 8,
+    "synthetic#size": [256, 256],
+    "synthetic#hard_case_rate": 0.25,
+}
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(*names: str):
+    files = [str(BUNDLE / "configs" / n) for n in names]
+    return files if len(files) > 1 else files[0]
+
+
+def _run(config, run_id: str, **overrides) -> None:
+    from monai.bundle import run
+
+    run(run_id=run_id, meta_file=META, config_file=config, logging_file=str(BUNDLE / "configs" / "logging.conf"),
+        **{**TINY, **overrides})
+
+
+def _outputs(root: Path, variant: str = "bayecbam") -> dict:
+    return {
+        "bundle_root": str(BUNDLE),
+        "ckpt_dir": str(root / "models"),
+        "mlflow_dir": str(root / "mlruns"),
+        "output_dir": str(root / "eval"),
+        "variant": variant,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    _run(_cfg("train.json"), "training", **_outputs(root))
+    return root
+
+
+def test_training_writes_best_checkpoint_and_an_mlflow_run(trained):
+    import mlflow
+
+    assert (trained / "models" / "model.pt").is_file()
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{trained / 'mlruns' / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("monai-spine-regressor")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["variant"] == "bayecbam" and run.data.params["region"] == "cervical"
+    metrics = run.data.metrics
+    assert np.isfinite(metrics["train_loss_epoch"])
+    assert np.isfinite(metrics["val_mean_mm"]) and metrics["val_mean_mm"] > 0
+    assert metrics["val_spacing_known"] == 1.0  # synthetic DICOM carries PixelSpacing: errors are in mm
+    assert {"val_sdr_2.0mm", "val_scans_below_2.0mm", "val_fit_failure_3.0mm", "val_corner/mean_mm"} <= set(metrics)
+    assert "train.json" in {Path(a.path).name for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_evaluate_config_writes_test_metrics(trained):
+    _run(_cfg("train.json", "evaluate.json"), "run", **_outputs(trained))
+    rows = dict(line.strip().split(",", 1) for line in (trained / "eval" / "metrics.csv").read_text().splitlines())
+    assert float(rows["val_mean_mm"]) > 0
+    assert float(rows["val_count"]) > 0
+    raw = (trained / "eval" / "val_mean_error_raw.csv").read_text().splitlines()
+    assert raw[0].startswith("filename") and len(raw) > 1
+
+
+def test_inference_config_writes_points_markups_and_overlays(trained):
+    out = trained / "predictions"
+    _run(_cfg("train.json", "inference.json"), "run", **{**_outputs(trained), "output_dir": str(out), "mc_samples": 4})
+    results = sorted(out.glob("*.keypoints.json"))
+    assert results, "no prediction written"
+    d = json.loads(results[0].read_text())
+    assert d["spacing_source"] == "PixelSpacing"
+    pts = [p for v in d["vertebrae"] for p in v["points"]]
+    assert len(pts) % 5 == 0 and len(pts) > 0
+    assert all(p["uncertainty_class"] in ("certain", "moderately_uncertain", "highly_uncertain") for p in pts)
+    assert all(p["sigma_p_epistemic_mm"] > 0 for p in pts)  # T = 4 dropout passes disagree a little
+    # mm = px * spacing
+    sx, sy = d["spacing_mm"]
+    assert pts[0]["x_mm"] == pytest.approx(pts[0]["x_px"] * sx) and pts[0]["y_mm"] == pytest.approx(pts[0]["y_px"] * sy)
+    assert (out / results[0].name.replace(".keypoints.json", ".mrk.json")).is_file()
+    assert (out / results[0].name.replace(".keypoints.json", ".overlay.png")).is_file()
+
+
+@pytest.mark.parametrize("variant", ["baseline", "cbam"])
+def test_other_variants_train_one_epoch(tmp_path, variant):
+    _run(_cfg("train.json"), "training", **_outputs(tmp_path, variant))
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_lumbar_model_initialised_from_the_cervical_one(trained, tmp_path):
+    import torch
+
+    _run(_cfg("train.json"), "training", **_outputs(tmp_path), region="lumbar",
+         init_checkpoint=str(trained / "models" / "model.pt"), epochs=1, learning_rate=0.0)
+    # CheckpointSaver stores a single-entry save_dict as the bare state dict
+    cervical = torch.load(trained / "models" / "model.pt", weights_only=True)
+    lumbar = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    # learning rate 0: the lumbar weights are exactly the cervical ones they started from
+    for k in cervical:
+        torch.testing.assert_close(lumbar[k], cervical[k])
+
+
+def test_verify_metadata_against_the_offline_schema():
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema {SCHEMA} absent")
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=META, filepath=str(SCHEMA))
+
+
+def test_verify_net_in_out_at_the_metadata_shape():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=META, config_file=_cfg("train.json"), network_width=0.125,
+                      fc_features=32, bundle_root=str(BUNDLE))
+
+
+def test_ckpt_export_to_torchscript(trained, tmp_path):
+    import torch
+    from monai.bundle import ckpt_export
+
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(trained / "models" / "model.pt"),
+                meta_file=META, config_file=_cfg("train.json"), use_trace=True, input_shape=[1, 1, 64, 128],
+                **{k: TINY[k] for k in ("network_width", "fc_features", "spatial_size")}, bundle_root=str(BUNDLE))
+    model = torch.jit.load(str(ts))
+    out = model(torch.rand(2, 1, 64, 128))
+    assert tuple(out.shape) == (2, 5, 4)
+
+
+def test_multi_gpu_config_trains_with_two_gloo_processes(tmp_path):
+    overrides = {**TINY, **_outputs(tmp_path)}
+    args = []
+    for k, v in overrides.items():
+        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "monai.bundle", "run", "training", "--meta_file", META,
+           "--config_file", json.dumps(_cfg("train.json", "multi_gpu_train.json")).replace('"', "'"),
+           "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *args]
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (tmp_path / "models" / "model.pt").is_file()

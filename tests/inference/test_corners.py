@@ -1,0 +1,333 @@
+"""Tests of the Al Arif et al. post-processing: background removal, back-projection, prior, quadrant maxima."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from monai_spine.data.patches import corner_maps, patch_affine, sample_patch_params, vertebra_geometry
+from monai_spine.inference.corners import (
+    CornerPrior,
+    accumulate_patches,
+    corners_from_patches,
+    localize_corners,
+    point_to_curve_distance,
+    quadrant_masks,
+    remove_background,
+    sigma_px_to_mm,
+)
+
+
+def rect_corners(cx, cy, w, h, angle_deg):
+    a = np.radians(angle_deg)
+    r = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    local = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [-w / 2, h / 2], [w / 2, h / 2]])
+    return local @ r.T + [cx, cy]
+
+
+def gaussian(shape, centre, sigma, height=1.0):
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return height * np.exp(-((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2) / (2 * sigma**2))
+
+
+@pytest.fixture(scope="module")
+def prior():
+    """Prior fitted on rectangles 40 x 20 px (size 30) with some jitter of their shape."""
+    rng = np.random.default_rng(1)
+    kps = [rect_corners(rng.uniform(50, 150), rng.uniform(50, 150), 40 + rng.normal(0, 2), 20 + rng.normal(0, 1), rng.normal(0, 10))
+           for _ in range(40)]
+    return CornerPrior.fit(np.asarray(kps)[:, :, :])
+
+
+# ----------------------------------------------------------------------------- point to curve
+SQUARE = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "point, closed, expected",
+    [
+        ((0.5, 0.5), True, 0.5),
+        ((2.0, 0.5), True, 1.0),
+        ((2.0, 2.0), True, np.sqrt(2)),
+        ((0.5, 0.0), True, 0.0),
+        ((-1.0, 0.5), True, 1.0),  # closing segment (0, 1) -> (0, 0)
+        ((-1.0, 0.5), False, np.sqrt(1.25)),  # open: nearest is the vertex (0, 0) or (0, 1)
+        ((0.25, -3.0), False, 3.0),
+    ],
+)
+def test_point_to_curve_distance(point, closed, expected):
+    d = point_to_curve_distance(np.array([point]), SQUARE, closed=closed)
+    assert d.shape == (1,) and d[0] == pytest.approx(expected)
+
+
+def test_point_to_curve_degenerate_and_errors():
+    assert point_to_curve_distance(np.array([[3.0, 4.0]]), np.zeros((1, 2)))[0] == pytest.approx(5.0)
+    assert point_to_curve_distance(np.array([[3.0, 4.0]]), np.zeros((1, 2)), closed=False)[0] == pytest.approx(5.0)
+    with pytest.raises(ValueError):
+        point_to_curve_distance(np.zeros((2, 3)), SQUARE)
+
+
+# ----------------------------------------------------------------------------- background removal
+def _network_like_map(seed=0):
+    """Residual background ~1e-4 with noise, near-zero border, two peaks."""
+    rng = np.random.default_rng(seed)
+    m = 1e-4 + 1e-5 * rng.standard_normal((64, 64))
+    m[:2, :] = m[-2:, :] = m[:, :2] = m[:, -2:] = 1e-6
+    m += gaussian((64, 64), (20, 30), 2.0, 3e-3) + gaussian((64, 64), (45, 30), 2.0, 2e-3)
+    m = m - m.min()
+    return m / m.sum()
+
+
+@pytest.mark.parametrize("method", ["mode", "otsu"])
+def test_remove_background(method):
+    m = _network_like_map()
+    out = remove_background(m, method=method)
+    assert out.max() == pytest.approx(1.0)
+    assert np.unravel_index(np.argmax(out), out.shape) == (30, 20)
+    far = np.ones_like(m, bool)
+    far[20:41, 10:56] = False
+    assert np.all(out[far] == 0)  # background and border removed
+    assert out[30, 45] > 0.3  # the second peak survives
+
+
+def test_remove_background_sum_flat_and_batch():
+    m = _network_like_map()
+    assert remove_background(m, renormalize="sum").sum() == pytest.approx(1.0)
+    assert np.all(remove_background(np.full((8, 8), 1 / 64)) == 0)
+    batch = remove_background(np.stack([m, m]))
+    assert batch.shape == (2, 64, 64) and np.allclose(batch[0], batch[1])
+    with pytest.raises(ValueError):
+        remove_background(m, method="bogus")
+
+
+# ----------------------------------------------------------------------------- back to the image
+@pytest.mark.parametrize("angle, side", [(0.0, 64.0), (30.0, 128.0), (-75.0, 48.0)])
+def test_accumulate_patches_lands_on_image_pixels(angle, side):
+    m = np.zeros((64, 64), np.float32)
+    u, v = 40, 22
+    m[v - 1 : v + 2, u - 1 : u + 2] = 1.0  # a 3x3 block so the back-warped peak is well defined
+    a = patch_affine(100.0, 90.0, side, angle, 64)
+    target = a[:2, :2] @ [u, v] + a[:2, 2]
+    canvas = accumulate_patches(m[None], a[None], (20, 10), (180, 180))
+    i, j = np.unravel_index(np.argmax(canvas), canvas.shape)
+    assert np.hypot(j + 20 - target[0], i + 10 - target[1]) <= 1.5 * max(side / 64, 1.0)  # on the plateau
+    ys, xs = np.mgrid[0:180, 0:180]
+    centroid = np.array([np.sum(canvas * xs) + 20 * canvas.sum(), np.sum(canvas * ys) + 10 * canvas.sum()]) / canvas.sum()
+    assert np.allclose(centroid, target, atol=0.3)
+
+
+def test_accumulate_patches_density_preserves_mass():
+    m = gaussian((64, 64), (30, 33), 6.0)
+    m /= m.sum()
+    affs = np.stack([patch_affine(100, 100, s, a, 64) for s, a in [(96, 0), (128, 20), (80, -40)]])
+    canvas = accumulate_patches(np.stack([m, m, m]), affs, (0, 0), (200, 200), density=True)
+    assert canvas.sum() == pytest.approx(3.0, rel=0.02)
+
+
+# ----------------------------------------------------------------------------- quadrants
+@pytest.mark.parametrize("angle", [0.0, 20.0, -35.0, 90.0])
+def test_quadrant_masks_follow_orientation(angle):
+    shape, centre = (61, 61), (30.0, 30.0)
+    masks = quadrant_masks(shape, centre, angle)
+    assert masks.shape == (4, 61, 61)
+    assert np.all(masks.sum(0) == 1)  # a partition
+    pts = rect_corners(30, 30, 30, 20, angle)  # TL, TR, BL, BR of a vertebra turned by angle
+    for k, p in enumerate(pts):
+        x, y = int(round(p[0])), int(round(p[1]))
+        assert masks[k, y, x]
+
+
+# ----------------------------------------------------------------------------- localisation
+def _handmade_map(shape=(101, 101), corners=((30, 35), (70, 35), (30, 65), (70, 65)), heights=(1, 0.8, 0.9, 0.7)):
+    acc = np.zeros(shape)
+    for c, h in zip(corners, heights):
+        acc += gaussian(shape, c, 2.0, h)
+    return acc
+
+
+def test_quadrant_maxima_without_prior():
+    acc = _handmade_map()
+    acc += gaussian(acc.shape, (10, 10), 2.0, 0.5)  # weaker distractor in the top-left quadrant
+    res = localize_corners(acc, (50.0, 50.0), 0.0, None)
+    assert np.allclose(res.corners_px, [(30, 35), (70, 35), (30, 65), (70, 65)])
+    assert not res.used_prior.any()
+    assert np.all(res.sigma_px > 0.5)
+
+
+def test_quadrant_maxima_with_canvas_origin_and_rotation():
+    corners = rect_corners(200.0, 300.0, 40.0, 30.0, 25.0)
+    origin = (160, 260)
+    acc = _handmade_map((81, 81), corners=[tuple(c - origin) for c in corners])
+    res = localize_corners(acc, (200.0, 300.0), 25.0, None, origin_px=origin)
+    assert np.all(np.linalg.norm(res.corners_px - corners, axis=1) <= 0.75)
+
+
+def test_sigma_measures_spread():
+    acc = gaussian((101, 101), (30, 30), 3.0)
+    res = localize_corners(acc, (50.0, 50.0), 0.0, None, size_px=60.0, window_frac=0.3, min_mass_frac=0.0)
+    assert res.corners_px[0] == pytest.approx([30, 30])
+    # window of 18 px = 6 sigma: the full spread plus the pixel box
+    assert res.sigma_px[0] == pytest.approx(np.sqrt(9 + 1 / 12), rel=0.02)
+
+
+def test_prior_weighting_prefers_plausible_peak(prior):
+    centre, size = np.array([100.0, 100.0]), 30.0
+    mean = prior.mean_px(centre, 0.0, size)
+    acc = np.zeros((201, 201))
+    for c in mean:
+        acc += gaussian(acc.shape, c, 1.5)
+    # a higher peak in the TL quadrant but far from where a TL corner can be
+    acc += gaussian(acc.shape, (60, 60), 1.5, 1.5)
+    plain = localize_corners(acc, centre, 0.0, prior, 30.0, weight_by_prior=False, prior_radius=np.inf)
+    assert np.allclose(plain.corners_px[0], (60, 60))
+    weighted = localize_corners(acc, centre, 0.0, prior, 30.0)
+    assert np.all(np.linalg.norm(weighted.corners_px - mean, axis=1) <= 1.0)
+
+
+def test_refine_climbs_to_the_evidence_peak(prior):
+    """A broad peak 4 px off the prior mean: the weighted maximum is pulled towards the mean, the ascent is not."""
+    centre, size = np.array([100.0, 100.0]), 30.0
+    mean = prior.mean_px(centre, 0.0, size)
+    peaks = np.round(mean + [-4.0, 0.0])
+    acc = np.zeros((201, 201))
+    for c in peaks:
+        acc += gaussian(acc.shape, c, 5.0)
+    climbed = localize_corners(acc, centre, 0.0, prior, size)
+    assert np.allclose(climbed.corners_px, peaks)
+    pulled = localize_corners(acc, centre, 0.0, prior, size, refine=False)
+    assert np.all(np.linalg.norm(pulled.corners_px - peaks, axis=1) >= 1.0)
+    assert np.all(np.linalg.norm(pulled.corners_px - mean, axis=1) < 4.0)
+
+
+def test_empty_quadrant_falls_back_to_prior(prior):
+    centre, size = (100.0, 100.0), 30.0
+    mean = prior.mean_px(centre, 10.0, size)
+    acc = np.zeros((201, 201))
+    for k in (0, 1, 3):  # the bottom-left corner is missing (occlusion / implant)
+        acc += gaussian(acc.shape, mean[k] + [1.0, -1.0], 1.5)
+    res = localize_corners(acc, centre, 10.0, prior, size, prior_scale=4.0)  # a broad prior: trust the map
+    assert list(res.used_prior) == [False, False, True, False]
+    assert np.allclose(res.corners_px[2], mean[2])
+    assert res.sigma_px[2] == pytest.approx(4.0 * prior.sigma_px(size)[2])
+    assert np.all(np.linalg.norm(res.corners_px[[0, 1, 3]] - (mean[[0, 1, 3]] + [1, -1]), axis=1) <= 1.0)
+    # without a prior the missing corner is NaN
+    res2 = localize_corners(acc, centre, 10.0, None, size)
+    assert np.all(np.isnan(res2.corners_px[2])) and not res2.used_prior.any()
+    # an all-zero map: every corner from the prior
+    assert localize_corners(np.zeros((50, 50)), centre, 0.0, prior, size).used_prior.all()
+
+
+# ----------------------------------------------------------------------------- prior
+def test_prior_fit_exact_shape():
+    kps = np.stack([rect_corners(x, y, 40.0, 20.0, a) for x, y, a in [(10, 10, 0), (50, 80, 30), (0, 0, -20), (5, 9, 90), (3, 3, 12)]])
+    p = CornerPrior.fit(kps, reg=1e-6)
+    assert np.allclose(p.mean, np.array([[-20, -10], [20, -10], [-20, 10], [20, 10]]) / 30.0)
+    assert np.allclose(p.cov, 1e-6 * np.eye(2))
+    assert p.count == 5
+    assert np.allclose(p.mean_px((100, 50), 90.0, 30.0)[0], [110, 30])  # (-20,-10) turned 90 deg: (10, -20)
+
+
+def test_prior_density_integrates_to_one(prior):
+    ys, xs = np.mgrid[0:200, 0:200]
+    pts = np.stack([xs, ys], -1).astype(float)
+    d = prior.density(pts, (100.0, 100.0), 15.0, 30.0)
+    assert d.shape == (200, 200, 4)
+    assert np.allclose(d.sum(axis=(0, 1)), 1.0, atol=5e-3)  # a narrow prior: sampling error
+    assert prior.density(pts, (100.0, 100.0), 15.0, 30.0, corner=2).shape == (200, 200)
+
+
+def test_prior_levels_save_load(tmp_path):
+    rng = np.random.default_rng(0)
+    kps = np.stack([rect_corners(0, 0, 40 + rng.normal(), 20 + 10 * (i % 2) + rng.normal(), 0) for i in range(12)])
+    levels = ["C3" if i % 2 == 0 else "C4" for i in range(12)]
+    p = CornerPrior.fit([kps[:6], kps[6:]], None, levels=[levels[:6], levels[6:]], min_count=5)
+    assert set(p.levels) == {"C3", "C4"}
+    assert p.params("C4")[0][0, 1] < p.params("C3")[0][0, 1]  # taller vertebrae: superior corners further up
+    assert p.params("C9")[0] is p.mean
+    path = tmp_path / "prior.json"
+    p.save(path)
+    q = CornerPrior.load(path)
+    assert np.allclose(q.mean, p.mean) and np.allclose(q.cov, p.cov) and q.count == 12
+    assert np.allclose(q.params("C4")[1], p.params("C4")[1])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="bad.json"):
+        CornerPrior.load(bad)
+
+
+def test_prior_fit_levels_must_match():
+    kps = np.stack([rect_corners(0, 0, 40, 20, 0)] * 6)
+    with pytest.raises(ValueError, match="one name per vertebra"):
+        CornerPrior.fit([kps], None, levels=["C3"] * 6)  # flat names for a list of arrays
+
+
+def test_prior_fit_needs_enough_vertebrae():
+    with pytest.raises(ValueError, match="usable vertebrae"):
+        CornerPrior.fit(np.stack([rect_corners(0, 0, 4, 2, 0)] * 3))
+
+
+# ----------------------------------------------------------------------------- whole pipeline
+def test_corners_from_patches_recovers_corners():
+    rng = np.random.default_rng(2)
+    prior = CornerPrior.fit(np.stack([rect_corners(0, 0, 40 + rng.normal(0, 2), 24 + rng.normal(0, 2), 0) for _ in range(30)]))
+    corners = np.stack([rect_corners(120.0, 80.0 + 38 * i, 40.0, 24.0, 6.0) for i in range(3)])
+    g = vertebra_geometry(corners)
+    maps, affs, owner = [], [], []
+    for v in (0, 2):  # vertebra 1 has no patches
+        for cx, cy, side, ang in sample_patch_params(g.centre[v], g.size[v] * 0.5, (0.5, 0.5), grid=(2, 0.1), scales=(2.0,), rotations_deg=(-5.0, 5.0), orientation_deg=g.angle_deg[v]):
+            a = patch_affine(cx, cy, side, ang, 64)
+            maps.append(corner_maps(corners, None, a, 64))  # perfect predictions
+            affs.append(a)
+            owner.append(v)
+    res = corners_from_patches(np.stack(maps), np.stack(affs), np.array(owner), g.centre, g.angle_deg, g.size,
+                               prior, spacing_mm=(0.5, 0.5), return_canvases=True, image_shape=(240, 260))
+    assert res.corners_px.shape == (3, 4, 2) and res.sigma_px.shape == (3, 4)
+    for v in (0, 2):
+        assert np.all(np.linalg.norm(res.corners_px[v] - corners[v], axis=1) <= 1.0)
+        assert not res.used_prior[v].any()
+    assert res.used_prior[1].all()
+    assert np.allclose(res.corners_px[1], prior.mean_px(g.centre[1], g.angle_deg[1], g.size[1]))
+    assert np.allclose(res.sigma_mm, res.sigma_px * 0.5)
+    assert res.canvases[1] is None and res.canvases[0][0].ndim == 2
+    # density accumulation gives the same corners
+    res2 = corners_from_patches(np.stack(maps), np.stack(affs), np.array(owner), g.centre, g.angle_deg, g.size, prior, renormalize="sum")
+    assert np.allclose(res2.corners_px[[0, 2]], res.corners_px[[0, 2]], atol=1.0)
+    assert res2.sigma_mm is None
+
+
+def test_corners_from_patches_validates():
+    with pytest.raises(ValueError, match="vertebra_index"):
+        corners_from_patches(np.zeros((2, 64, 64)), np.stack([np.eye(3)] * 2), np.array([0, 5]), np.zeros((2, 2)), 0.0, 10.0, None)
+
+
+def test_sigma_px_to_mm():
+    assert sigma_px_to_mm(np.array([2.0]), None) is None
+    assert sigma_px_to_mm(np.array([2.0]), (0.1, 0.1))[0] == pytest.approx(0.2)
+    assert sigma_px_to_mm(np.array([1.0]), (0.1, 0.3))[0] == pytest.approx(np.sqrt(0.05))
+
+
+def test_perfect_maps_on_real_aasce_geometry(shared_data):
+    """Real AP labels: target maps used as predictions must give back the annotated corners."""
+    sio = pytest.importorskip("scipy.io")
+    labels = shared_data / "aasce-train" / "labels"
+    names = [n.strip() for n in (labels / "filenames.csv").read_text().splitlines() if n.strip()]
+    if len(names) < 21:
+        pytest.skip("AASCE labels incomplete")
+    kps = [sio.loadmat(str(labels / f"{n}.mat"))["p2"].reshape(17, 4, 2) for n in names[:21]]
+    prior = CornerPrior.fit(kps[1:])
+    kp = kps[0]
+    g = vertebra_geometry(kp)
+    maps, affs, owner = [], [], []
+    for v in range(17):
+        for cx, cy, side, ang in sample_patch_params(g.centre[v], g.size[v], (1.0, 1.0), grid=(2, 0.15), scales=(2.0,),
+                                                     rotations_deg=(0.0,), orientation_deg=g.angle_deg[v]):
+            a = patch_affine(cx, cy, side, ang, 64)
+            maps.append(corner_maps(kp, None, a, 64))
+            affs.append(a)
+            owner.append(v)
+    res = corners_from_patches(np.stack(maps), np.stack(affs), np.array(owner), g.centre, g.angle_deg, g.size, prior)
+    err = np.linalg.norm(res.corners_px - kp, axis=-1)
+    assert not res.used_prior.any()
+    assert np.median(err / g.size[:, None]) < 0.01 and err.max() < 0.05 * g.size.max()

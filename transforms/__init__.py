@@ -1,0 +1,61 @@
+"""MONAI-style transforms of monai-spine (array transforms plus ``...d`` dictionary wrappers).
+
+Usable from MONAI bundle configs as ``{"_target_": "transforms.VertebraCropd", ...}`` with the
+repository root on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+from .intensity import CLAHE, CLAHEd, RandCLAHEd, clahe
+from .keypoints import (
+    DenormalizeKeypoints,
+    DenormalizeKeypointsd,
+    FlipKeypoints,
+    FlipKeypointsd,
+    NormalizeKeypoints,
+    NormalizeKeypointsd,
+    RandFlipKeypointsd,
+    VertebraCrop,
+    VertebraCropd,
+    crop_to_image_px,
+    flip_box_px,
+    flip_image,
+    flip_keypoints_px,
+    frac_to_image_px,
+    frac_to_px_like,
+    image_to_crop_px,
+    permute_labels,
+    px_to_frac_like,
+)
+
+__all__ = [
+    "CLAHE",
+    "CLAHEd",
+    "RandCLAHEd",
+    "clahe",
+    "FlipKeypoints",
+    "FlipKeypointsd",
+    "RandFlipKeypointsd",
+    "VertebraCrop",
+    "VertebraCropd",
+    "NormalizeKeypoints",
+    "DenormalizeKeypoints",
+    "NormalizeKeypointsd",
+    "DenormalizeKeypointsd",
+    "crop_to_image_px",
+    "image_to_crop_px",
+    "frac_to_image_px",
+    "flip_image",
+    "flip_keypoints_px",
+    "flip_box_px",
+    "permute_labels",
+    "px_to_frac_like",
+    "frac_to_px_like",
+]
+
+try:  # written by another module owner; optional until integrated
+    from .io import LoadXray, LoadXrayd  # noqa: F401
+
+    __all__ += ["LoadXray", "LoadXrayd"]
+except ImportError:  # pragma: no cover - depends on transforms/io.py being present
+    pass
