@@ -42,6 +42,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out=args.out, epochs=args.epochs, n=args.n, variant=args.variant, seed=args.seed)
 
 
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from monai_spine.measure.io import measure_cli
+
+    res = measure_cli(
+        args.paths,
+        args.out,
+        flexion=args.flexion,
+        extension=args.extension,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        sigma_px=args.sigma_px,
+        sigma_kind=args.sigma_kind,
+    )
+    print(f"wrote measurements of {len(args.paths) + len(args.flexion)} file(s) to {args.out}")
+    return 0 if res is not None else 1
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from monai_spine.uncertainty.calibration import calibrate_from_args
+
+    return calibrate_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``monai-spine`` (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="monai-spine", description=__doc__.splitlines()[0])
@@ -61,6 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True)
     o.add_argument("--limit", type=int, default=None, help="at most this many images")
     o.set_defaults(func=_cmd_overlay)
+
+    m = sub.add_parser("measure", help="clinical measurements (angles, translations, discs, Cobb) with uncertainty")
+    m.add_argument("paths", nargs="*", help="prediction (*.keypoints.json) or annotation JSON files")
+    m.add_argument("--out", required=True, help="output folder (measurements.json, measurements.csv)")
+    m.add_argument("--flexion", action="append", default=[], help="flexion radiograph keypoints (pair with --extension)")
+    m.add_argument("--extension", action="append", default=[], help="extension radiograph keypoints")
+    m.add_argument("--num-samples", type=int, default=500, help="samples of the point distributions")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--sigma-px", type=float, default=None, help="point sigma in pixels when files carry none")
+    m.add_argument("--sigma-kind", choices=("total", "aleatoric", "epistemic"), default="total")
+    m.set_defaults(func=_cmd_measure)
+
+    c = sub.add_parser("calibrate", help="fit uncertainty thresholds (tau1, tau2) and conformal radii on validation predictions")
+    from monai_spine.uncertainty.calibration import add_calibrate_arguments
+
+    add_calibrate_arguments(c)
+    c.set_defaults(func=_cmd_calibrate)
 
     d = sub.add_parser("demo", help="the main job on the embedded synthetic data (README)")
     d.add_argument("--out", default="runs/demo", help="output folder")

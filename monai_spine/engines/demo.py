@@ -4,8 +4,11 @@ Three bundle runs, in this process, exactly as a user would start them with
 ``python -m monai.bundle run ...`` from ``bundle/``:
 
 1. ``training`` with ``configs/train.json`` (a laptop-sized override of the paper's settings);
-2. ``evaluate.json`` on the held-out test split (metrics CSV);
-3. ``inference.json`` on the test split (keypoint JSON, Slicer markups, overlay pictures).
+2. ``inference.json`` on the validation split, then ``monai-spine calibrate`` on its predictions:
+   tau1/tau2 (BayeRegX rule) and conformal radii, stored beside the model as ``thresholds.json``;
+3. ``evaluate.json`` on the held-out test split (metrics CSV);
+4. ``inference.json`` on the test split with the calibrated thresholds (keypoint JSON, Slicer
+   markups, overlay pictures).
 
 It then prints where the checkpoint, the metrics, the overlays and the MLflow store are, and the
 command that opens the MLflow UI.
@@ -34,6 +37,9 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "synthetic#n": 60,
     "synthetic#size": [512, 512],
     "show_progress": True,
+    # every synthetic patient faces image left: the paper's flip-with-label-swap augmentation (for real
+    # sets with both orientations) only slows a run this short, so the demo switches it off
+    "train#crop_transforms#2#prob": 0.0,
 }
 
 
@@ -45,8 +51,10 @@ def bundle_dir() -> Path:
     return d
 
 
-def demo_overrides(out: Path, epochs: int | None, n: int | None, variant: str, seed: int) -> dict[str, Any]:
-    """Bundle overrides of the demo, writing everything under ``out``."""
+def demo_overrides(
+    out: Path, epochs: int | None, n: int | None, variant: str, seed: int, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Bundle overrides of the demo, writing everything under ``out`` (``extra`` wins)."""
     ov = dict(DEMO_OVERRIDES)
     if epochs is not None:
         ov["epochs"] = int(epochs)
@@ -62,6 +70,7 @@ def demo_overrides(out: Path, epochs: int | None, n: int | None, variant: str, s
             "output_dir": str(out / "eval"),
         }
     )
+    ov.update(extra or {})
     return ov
 
 
@@ -79,17 +88,40 @@ def _run(config_files: list[str], run_id: str, overrides: dict[str, Any]) -> Non
     )
 
 
+def _split_labels(overrides: dict[str, Any], split: str) -> list[str]:
+    """Annotation paths of a split, resolved by the bundle itself (same data and seed as training)."""
+    from monai.bundle import ConfigParser
+
+    b = bundle_dir()
+    parser = ConfigParser()
+    parser.read_config(str(b / "configs" / "train.json"))
+    parser.update({k: v for k, v in overrides.items() if not k.startswith("train#")})
+    return list(parser.get_parsed_content("splits")[split])
+
+
 def run_demo(
-    out: str | os.PathLike = "runs/demo", epochs: int | None = None, n: int | None = None, variant: str = "bayecbam", seed: int = 0
+    out: str | os.PathLike = "runs/demo",
+    epochs: int | None = None,
+    n: int | None = None,
+    variant: str = "bayecbam",
+    seed: int = 0,
+    extra_overrides: dict[str, Any] | None = None,
 ) -> int:
-    """Train, evaluate and predict on the synthetic default; print where everything went.
+    """Train, calibrate, evaluate and predict on the synthetic default; print where everything went.
+
+    Args:
+        out: output folder (models, MLflow store, metrics, predictions).
+        epochs, n, variant, seed: the usual overrides.
+        extra_overrides: further bundle overrides (tests use tiny settings).
 
     Returns:
         0 on success (exceptions propagate to the CLI, which reports them).
     """
+    from monai_spine.uncertainty.calibration import calibrate_from_predictions
+
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ov = demo_overrides(out, epochs, n, variant, seed)
+    ov = demo_overrides(out, epochs, n, variant, seed, extra_overrides)
     t0 = time.time()
     print(f"[monai-spine demo] training {variant} on {ov['synthetic#n']} synthetic cervical radiographs, "
           f"{ov['epochs']} epochs (outputs in {out})", flush=True)
@@ -97,6 +129,12 @@ def run_demo(
     t_train = time.time() - t0
     logging.getLogger().setLevel(logging.WARNING)
     ev = dict(ov, show_progress=False)
+    val_pred = out / "validation-predictions"
+    _run(["train.json", "inference.json"], "run", dict(ev, output_dir=str(val_pred), infer_split="validation"))
+    calib = calibrate_from_predictions(
+        sorted(str(p) for p in val_pred.glob("*.keypoints.json")), _split_labels(ev, "validation"), out / "models",
+        min_count=5,
+    )
     _run(["train.json", "evaluate.json"], "run", ev)
     _run(["train.json", "inference.json"], "run", dict(ev, output_dir=str(out / "predictions")))
     metrics = {}
@@ -114,6 +152,10 @@ def run_demo(
             f"scans with mean error < 2 mm: {100 * metrics.get('val_scans_below_2.0mm', float('nan')):.1f} %, "
             f"SDR@2mm {100 * metrics.get('val_sdr_2.0mm', float('nan')):.1f} %"
         )
+    th = calib.get("thresholds", {}) if isinstance(calib, dict) else {}
+    if th:
+        print(f"  calibrated uncertainty thresholds (tau1, tau2) = ({th.get('tau1', float('nan')):.4g}, "
+              f"{th.get('tau2', float('nan')):.4g}) {th.get('units', '')} -> {out / 'models' / 'thresholds.json'}")
     print(f"  checkpoint:   {out / 'models' / 'model.pt'}")
     print(f"  metrics:      {metrics_csv}")
     print(f"  predictions:  {out / 'predictions'} (*.keypoints.json, *.mrk.json, *.overlay.png)")

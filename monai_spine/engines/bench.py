@@ -1,0 +1,618 @@
+"""Benchmark of the three BayeRegX regressors (Baseline, Baseline + CBAM, BayeCBAM) on synthetic data.
+
+Every variant is trained by the bundle itself (``monai.bundle.run("training", ...)`` with
+``bundle/configs/train.json``) on the same synthetic cervical set, with the same budget (epochs,
+batch size, crop size, network width: the same number of optimisation steps), and each run writes
+into its own folder. Each trained model is then evaluated on the held-out test split by the bundle's
+own :class:`~monai_spine.inference.regressor.KeypointPredictor` (instantiated from
+``train.json`` + ``inference.json`` with the training overrides, so the network's construction, the
+crop size and the crop margin ``margin_mm + rand_pad_mm / 2`` are by construction those of training
+and validation), with MC dropout (``T`` passes; the point is the mean of the passes).
+
+Per variant it reports the error summary of :func:`~monai_spine.metrics.keypoint_error.summarize_errors`
+(mean / median error, share of scans with a mean error below 2 mm, SDR@2mm, fit failure > 3 mm),
+the training wall time and the Spearman rank correlation between the point uncertainty ``sigma_p``
+(aleatoric, epistemic, total) and the point error, over the visible points of the test split.
+
+Pieces:
+
+* :class:`BenchSettings`: the shared budget and data; :meth:`BenchSettings.bundle_overrides`.
+* :func:`train_variant`: one bundle training run, timed.
+* :func:`bundle_predictor`, :func:`split_labels`: the bundle's predictor and test split.
+* :func:`evaluate_predictor`: per-point errors and sigmas of a predictor over annotated images.
+* :func:`spearman`, :func:`variant_result`: the statistics of one variant.
+* :func:`format_table`, :func:`format_header`: the markdown report.
+* :func:`run_benchmark`: all of it, for ``scripts/bench_regressor.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "VARIANTS",
+    "SIGMA_KINDS",
+    "BenchSettings",
+    "EvalArrays",
+    "SpearmanResult",
+    "VariantResult",
+    "train_variant",
+    "bundle_parser",
+    "bundle_predictor",
+    "split_labels",
+    "evaluate_predictor",
+    "spearman",
+    "variant_result",
+    "format_table",
+    "format_header",
+    "run_benchmark",
+]
+
+#: the regressor variants, in table order
+VARIANTS = ("baseline", "cbam", "bayecbam")
+#: the uncertainty kinds of a prediction (BayeCBAM has all three; Baseline/CBAM only the epistemic one)
+SIGMA_KINDS = ("total", "aleatoric", "epistemic")
+
+
+@dataclass
+class BenchSettings:
+    """The budget and data every variant shares.
+
+    Attributes:
+        n: synthetic radiographs (all splits together; split 70/15/15 by image, seeded).
+        size: image side in pixels (square images).
+        epochs: training epochs (the bundle validates after each and keeps the best ``model.pt``).
+        batch_size: training (and validation) batch size.
+        width: channel multiplier of the AlexNet trunk (``network_width``).
+        fc_features: width of the hidden fully-connected layers.
+        crop: network input ``(H, W)`` (``spatial_size``).
+        hard_case_rate: share of generated images that are hard cases (whole set, so the test split
+            holds them too).
+        mc_samples: T, MC-dropout passes at evaluation.
+        learning_rate: Adam learning rate (cosine annealing over ``epochs``).
+        seed: training seed (``set_determinism``) and dropout-mask seed of the predictor.
+        data_seed: seed of the synthetic generator.
+        region: ``cervical`` (the synthetic generator also has ``lumbar``).
+    """
+
+    n: int = 80
+    size: int = 512
+    epochs: int = 20
+    batch_size: int = 16
+    width: float = 0.25
+    fc_features: int = 256
+    crop: tuple[int, int] = (112, 224)
+    hard_case_rate: float = 0.3
+    mc_samples: int = 10
+    learning_rate: float = 5e-4
+    seed: int = 0
+    data_seed: int = 0
+    region: str = "cervical"
+
+    def __post_init__(self) -> None:
+        self.crop = (int(self.crop[0]), int(self.crop[1]))
+        if self.n < 3:
+            raise ValueError(f"n must be >= 3 (one image per split at least), got {self.n}")
+        if self.epochs < 1 or self.batch_size < 1 or self.mc_samples < 1:
+            raise ValueError(
+                "epochs, batch_size and mc_samples must be >= 1, "
+                f"got {self.epochs}, {self.batch_size}, {self.mc_samples}"
+            )
+        if not 0.0 <= self.hard_case_rate <= 1.0:
+            raise ValueError(f"hard_case_rate must be in [0, 1], got {self.hard_case_rate}")
+
+    def data_overrides(self) -> dict[str, Any]:
+        """The ``synthetic#...`` and region overrides (the same for every variant: one shared data set)."""
+        return {
+            "region": self.region,
+            "dataset_dir": "",
+            "max_cases": None,
+            "synthetic#n": int(self.n),
+            "synthetic#seed": int(self.data_seed),
+            "synthetic#hard_case_rate": float(self.hard_case_rate),
+            "synthetic#size": [int(self.size), int(self.size)],
+        }
+
+    def bundle_overrides(
+        self, variant: str, run_dir: str | os.PathLike, bundle_root: str | os.PathLike
+    ) -> dict[str, Any]:
+        """Overrides of ``train.json`` for one variant, writing checkpoints, MLflow and eval under ``run_dir``."""
+        if variant not in VARIANTS:
+            raise KeyError(f"unknown regressor variant {variant!r}; known: {list(VARIANTS)}")
+        run = Path(run_dir).resolve()
+        return {
+            **self.data_overrides(),
+            "variant": variant,
+            "epochs": int(self.epochs),
+            "batch_size": int(self.batch_size),
+            "network_width": float(self.width),
+            "fc_features": int(self.fc_features),
+            "spatial_size": list(self.crop),
+            "learning_rate": float(self.learning_rate),
+            "seed": int(self.seed),
+            "show_progress": False,
+            "bundle_root": str(Path(bundle_root).resolve()),
+            "ckpt_dir": str(run / "models"),
+            "mlflow_dir": str(run / "mlruns"),
+            "output_dir": str(run / "eval"),
+        }
+
+    def describe(self) -> str:
+        """One-line human summary of the settings."""
+        return (
+            f"region={self.region}, n={self.n} synthetic images {self.size}x{self.size} px "
+            f"(hard_case_rate={self.hard_case_rate:g}, data_seed={self.data_seed}, split 70/15/15 by image), "
+            f"epochs={self.epochs}, batch_size={self.batch_size}, crop HxW={self.crop[0]}x{self.crop[1]}, "
+            f"width={self.width:g}, fc_features={self.fc_features}, lr={self.learning_rate:g} (Adam, cosine), "
+            f"seed={self.seed}, MC dropout T={self.mc_samples}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# training and the bundle's predictor
+# ----------------------------------------------------------------------------------------------
+def _bundle_files(bundle_root: str | os.PathLike, *configs: str) -> tuple[str, list[str]]:
+    cfg = Path(bundle_root) / "configs"
+    files = [str(cfg / c) for c in configs]
+    for f in files + [str(cfg / "metadata.json")]:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"bundle file {f} does not exist")
+    return str(cfg / "metadata.json"), files
+
+
+def train_variant(
+    settings: BenchSettings,
+    variant: str,
+    run_dir: str | os.PathLike,
+    bundle_root: str | os.PathLike,
+    logging_file: str | bool | None = None,
+) -> float:
+    """Train one variant with the bundle's ``training`` workflow; return its wall time in seconds.
+
+    The wall time covers the whole ``monai.bundle.run`` call: config parsing, the training epochs,
+    the per-epoch validation and checkpointing, MLflow logging. Generate the data set before
+    (:func:`split_labels` does) so the first variant does not pay for it.
+
+    Raises:
+        KeyError: unknown variant.
+        FileNotFoundError: the bundle's configs are missing, or the run left no ``model.pt``.
+    """
+    from monai.bundle import run
+
+    meta, files = _bundle_files(bundle_root, "train.json")
+    overrides = settings.bundle_overrides(variant, run_dir, bundle_root)
+    t0 = time.perf_counter()
+    run(run_id="training", meta_file=meta, config_file=files[0], logging_file=logging_file, **overrides)
+    seconds = time.perf_counter() - t0
+    ckpt = Path(overrides["ckpt_dir"]) / "model.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"training of {variant} left no checkpoint at {ckpt}")
+    return seconds
+
+
+def bundle_parser(overrides: dict[str, Any], bundle_root: str | os.PathLike, inference: bool = True):
+    """A :class:`monai.bundle.ConfigParser` of ``train.json`` (+ ``inference.json``) with ``overrides``."""
+    from monai.bundle import ConfigParser
+
+    configs = ("train.json", "inference.json") if inference else ("train.json",)
+    meta, files = _bundle_files(bundle_root, *configs)
+    parser = ConfigParser()
+    parser.read_meta(meta)
+    parser.read_config(files)
+    parser.update(dict(overrides))
+    return parser
+
+
+def bundle_predictor(settings: BenchSettings, variant: str, run_dir: str | os.PathLike, bundle_root: str | os.PathLike):
+    """The bundle's ``predictor`` (``inference.json``) for a trained variant, weights loaded.
+
+    Built from the same overrides as the training, so network width, hidden features, crop size and
+    crop margin (``margin_mm + rand_pad_mm / 2``, the validation crop) cannot drift from training.
+    Uses ``settings.mc_samples`` passes and ``settings.seed`` for the dropout masks.
+    """
+    from monai_spine.engines.regressor import load_weights
+
+    overrides = settings.bundle_overrides(variant, run_dir, bundle_root)
+    overrides["mc_samples"] = int(settings.mc_samples)
+    parser = bundle_parser(overrides, bundle_root)
+    predictor = parser.get_parsed_content("predictor")
+    predictor.seed = int(settings.seed)
+    load_weights(predictor.network, Path(overrides["ckpt_dir"]) / "model.pt")
+    predictor.network.eval()
+    return predictor
+
+
+def split_labels(settings: BenchSettings, bundle_root: str | os.PathLike, split: str = "test") -> list[str]:
+    """Annotation paths of one split, from the bundle's own ``splits`` (generates the set on first use)."""
+    overrides = {**settings.data_overrides(), "bundle_root": str(Path(bundle_root).resolve())}
+    splits = bundle_parser(overrides, bundle_root, inference=False).get_parsed_content("splits")
+    if not splits.get(split):
+        raise ValueError(f"the {split} split of {settings.n} synthetic images is empty")
+    return list(splits[split])
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class EvalArrays:
+    """Per-point results of a predictor over a set of annotated images.
+
+    Attributes:
+        errors: (N, K) point errors in ``unit`` (NaN: invisible point, not counted).
+        sigma: kind -> (N, K) point uncertainty ``sigma_p`` in ``unit`` (in crop fractions when the
+            unit is px), for the kinds the predictor reports.
+        image_ids: (N,) index of each vertebra's image in the label list.
+        hard: (N,) whether the vertebra's image is a generator hard case.
+        unit: ``"mm"`` (spacing of every image known) or ``"px"``.
+        point_types: the K point types of the scheme.
+        num_images: images evaluated.
+        num_hard_images: of which hard cases.
+    """
+
+    errors: np.ndarray
+    sigma: dict[str, np.ndarray]
+    image_ids: np.ndarray
+    hard: np.ndarray
+    unit: str
+    point_types: tuple[str, ...]
+    num_images: int
+    num_hard_images: int
+
+
+def evaluate_predictor(predictor: Any, label_paths: Sequence[str], region: str = "cervical") -> EvalArrays:
+    """Predict every annotated vertebra of ``label_paths`` and measure the point errors.
+
+    Vertebrae are those of ``region``'s levels with at least one visible point (as in the bundle's
+    datalists), boxed by the annotation's ``box_px`` (else its keypoints' extent), as in
+    :func:`monai_spine.inference.regressor.predict_cases`. Errors come from
+    :func:`~monai_spine.metrics.keypoint_error.keypoint_errors` with each image's spacing.
+
+    Args:
+        predictor: an object with ``predict(image (1, H, W), boxes_px (N, 4), spacing_mm, spacing_source)``
+            returning a :class:`~monai_spine.inference.regressor.KeypointPrediction`-like object
+            (``keypoints_px`` (N, K, 2), ``sigma_mm`` and ``sigma_frac``: kind -> (N, K)) and a
+            ``scheme`` with ``point_types``.
+        label_paths: annotation files (each names its image).
+        region: region whose levels are evaluated.
+
+    Returns:
+        :class:`EvalArrays`.
+
+    Raises:
+        ValueError: no vertebra of ``region`` in ``label_paths``.
+    """
+    from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.keypoints import get_region
+    from monai_spine.data.readers import read_xray
+    from monai_spine.metrics.keypoint_error import keypoint_errors
+
+    levels = get_region(region).levels
+    rows_mm, rows_px, ids, hard = [], [], [], []
+    sig_mm: dict[str, list[np.ndarray]] = {}
+    sig_frac: dict[str, list[np.ndarray]] = {}
+    all_known = True
+    num_hard = 0
+    for i, label in enumerate(label_paths):
+        ann = read_annotation(label)
+        keep = [j for j, lev in enumerate(ann.levels) if lev in levels and ann.visible[j].any()]
+        if ann.region != region or not keep:
+            continue
+        is_hard = bool((ann.meta or {}).get("hard_case"))
+        num_hard += int(is_hard)
+        override = None if str(ann.image).lower().endswith((".dcm", ".dicom")) else ann.spacing_mm
+        img = read_xray(ann.image, spacing_mm=override)
+        boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+        pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source)
+        n = len(keep)
+        pred_px = np.asarray(pred.keypoints_px, np.float64).reshape(n, -1, 2)
+        gt_px, vis = ann.keypoints_px[keep], ann.visible[keep]
+        rows_px.append(np.asarray(keypoint_errors(pred_px, gt_px, vis, None)[0], np.float64))
+        if img.spacing_mm is None:
+            all_known = False
+        else:
+            sp = np.tile(np.asarray(img.spacing_mm, np.float64), (n, 1))
+            rows_mm.append(np.asarray(keypoint_errors(pred_px, gt_px, vis, sp)[0], np.float64))
+        for kind in SIGMA_KINDS:
+            if kind in pred.sigma_mm:
+                sig_mm.setdefault(kind, []).append(np.asarray(pred.sigma_mm[kind], np.float64).reshape(n, -1))
+            if kind in pred.sigma_frac:
+                sig_frac.setdefault(kind, []).append(np.asarray(pred.sigma_frac[kind], np.float64).reshape(n, -1))
+        ids += [i] * n
+        hard += [is_hard] * n
+    if not rows_px:
+        raise ValueError(f"no {region} vertebra to evaluate in {len(label_paths)} annotation file(s)")
+    # every error in mm when every image has a spacing, else every error in pixels: never a mix
+    unit = "mm" if all_known else "px"
+    errors = np.concatenate(rows_mm if all_known else rows_px)
+    sigma = {k: np.concatenate(v) for k, v in (sig_mm if all_known else sig_frac).items()}
+    return EvalArrays(
+        errors=errors,
+        sigma=sigma,
+        image_ids=np.asarray(ids, dtype=np.int64),
+        hard=np.asarray(hard, dtype=bool),
+        unit=unit,
+        point_types=tuple(predictor.scheme.point_types),
+        num_images=len(set(ids)),
+        num_hard_images=num_hard,
+    )
+
+
+@dataclass
+class SpearmanResult:
+    """Spearman rank correlation of uncertainty and error over ``n`` points (NaN when undefined)."""
+
+    rho: float
+    pvalue: float
+    n: int
+
+
+def spearman(sigma: Any, errors: Any) -> SpearmanResult:
+    """Spearman's rho between point uncertainty and point error over the points where both are finite.
+
+    Args:
+        sigma: (N, K) or (M,) uncertainties.
+        errors: same shape, errors (NaN for invisible points).
+
+    Returns:
+        :class:`SpearmanResult`; rho and p are NaN with fewer than 3 points or a constant input.
+
+    Raises:
+        ValueError: the shapes differ.
+    """
+    from scipy.stats import spearmanr
+
+    s = np.asarray(sigma, dtype=np.float64).reshape(-1)
+    e = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if np.asarray(sigma).shape != np.asarray(errors).shape:
+        raise ValueError(f"sigma shape {np.asarray(sigma).shape} differs from errors shape {np.asarray(errors).shape}")
+    ok = np.isfinite(s) & np.isfinite(e)
+    n = int(ok.sum())
+    if n < 3 or np.ptp(s[ok]) == 0 or np.ptp(e[ok]) == 0:
+        return SpearmanResult(float("nan"), float("nan"), n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = spearmanr(s[ok], e[ok])
+    return SpearmanResult(float(res.statistic), float(res.pvalue), n)
+
+
+@dataclass
+class VariantResult:
+    """Everything the table shows about one variant (plus details for the JSON record).
+
+    Attributes:
+        variant: ``baseline``, ``cbam`` or ``bayecbam``.
+        unit: unit of the errors (``mm``; ``px`` only when a spacing is unknown).
+        summary: :func:`~monai_spine.metrics.keypoint_error.summarize_errors` of the test split.
+        spearman: kind -> :class:`SpearmanResult` for the kinds the variant has.
+        train_seconds: wall time of the bundle training run.
+        eval_seconds: wall time of the test-split prediction.
+        num_images, num_hard_images: test images, of which generator hard cases.
+        hard_summary: summary over hard-case images only (empty when there is none).
+    """
+
+    variant: str
+    unit: str
+    summary: dict[str, float]
+    spearman: dict[str, SpearmanResult]
+    train_seconds: float = float("nan")
+    eval_seconds: float = float("nan")
+    num_images: int = 0
+    num_hard_images: int = 0
+    hard_summary: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN -> None)."""
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            return v
+
+        return clean(asdict(self))
+
+
+def variant_result(
+    arrays: EvalArrays, variant: str, kinds: Sequence[str] = SIGMA_KINDS, train_seconds: float = float("nan")
+) -> VariantResult:
+    """Error summary and uncertainty-error Spearman correlations of one variant.
+
+    Args:
+        arrays: the variant's :func:`evaluate_predictor` output.
+        variant: its name.
+        kinds: uncertainty kinds to correlate (Baseline/CBAM: ``("epistemic",)``, they predict no
+            aleatoric variance, so their total is the epistemic one).
+        train_seconds: training wall time.
+    """
+    from monai_spine.metrics.keypoint_error import summarize_errors
+
+    summary = summarize_errors(
+        arrays.errors, image_ids=arrays.image_ids, point_types=arrays.point_types, unit=arrays.unit
+    )
+    hard_summary: dict[str, float] = {}
+    if arrays.hard.any():
+        hard_summary = summarize_errors(
+            arrays.errors[arrays.hard], image_ids=arrays.image_ids[arrays.hard], unit=arrays.unit
+        )
+    rho = {k: spearman(arrays.sigma[k], arrays.errors) for k in kinds if k in arrays.sigma}
+    return VariantResult(
+        variant=variant,
+        unit=arrays.unit,
+        summary=summary,
+        spearman=rho,
+        train_seconds=float(train_seconds),
+        num_images=arrays.num_images,
+        num_hard_images=arrays.num_hard_images,
+        hard_summary=hard_summary,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
+def _num(v: float, fmt: str = "{:.2f}") -> str:
+    return "—" if v is None or not math.isfinite(v) else fmt.format(v)
+
+
+def _pct(v: float) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{100.0 * v:.1f} %"
+
+
+def format_table(results: Sequence[VariantResult]) -> str:
+    """The benchmark's markdown table, one row per variant.
+
+    Columns: mean and median point error, share of scans whose mean error is < 2 (mm), SDR@2, fit
+    failure (> 3), training seconds, and Spearman rho between ``sigma_p`` and the error for the total,
+    aleatoric and epistemic uncertainty ("—" where a variant has no such uncertainty or it is undefined).
+    Thresholds are in the errors' unit, which the header names.
+    """
+    if not results:
+        raise ValueError("no result to tabulate")
+    units = {r.unit for r in results}
+    if len(units) != 1:
+        raise ValueError(f"results mix units {sorted(units)}: they cannot share one table")
+    u = units.pop()
+    header = [
+        "variant",
+        f"mean {u}",
+        f"median {u}",
+        f"scans mean < 2 {u}",
+        f"SDR@2{u}",
+        f"fit failure > 3 {u}",
+        "train s",
+        "Spearman σp total",
+        "Spearman σp aleatoric",
+        "Spearman σp epistemic",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in results:
+        s = r.summary
+        rho = [_num(r.spearman[k].rho if k in r.spearman else float("nan"), "{:+.3f}") for k in SIGMA_KINDS]
+        cells = [
+            r.variant,
+            _num(s.get(f"mean_{u}", float("nan"))),
+            _num(s.get(f"median_{u}", float("nan"))),
+            _pct(s.get(f"scans_below_2.0{u}", float("nan"))),
+            _pct(s.get(f"sdr_2.0{u}", float("nan"))),
+            _pct(s.get(f"fit_failure_3.0{u}", float("nan"))),
+            _num(r.train_seconds, "{:.0f}"),
+            *rho,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_header(
+    settings: BenchSettings,
+    command: Sequence[str],
+    torch_threads: int,
+    cores: int,
+    num_images: int | None = None,
+    num_hard_images: int | None = None,
+    num_points: int | None = None,
+) -> str:
+    """The lines printed above the table: command, threads, cores, settings, test split."""
+    lines = [
+        f"command: `{shlex.join([str(c) for c in command])}`",
+        f"torch threads: {int(torch_threads)}, CPU cores: {int(cores)}",
+        f"settings: {settings.describe()}",
+    ]
+    if num_images is not None:
+        extra = f", {num_points} visible points" if num_points is not None else ""
+        lines.append(f"test split: {num_images} images ({num_hard_images} generator hard cases){extra}")
+    return "\n".join(lines)
+
+
+def _notes(unit: str, mc_samples: int) -> str:
+    return (
+        f"Errors on the held-out test split, in {unit}; each point is the mean of T={mc_samples} MC-dropout passes. "
+        "Scans: images whose mean point error is < 2; SDR@2: share of points within 2; fit failure: points > 3. "
+        "Spearman: rank correlation of the point uncertainty σp and the point error over the visible test points "
+        "(Baseline/CBAM predict no variance: epistemic only). train s: wall seconds of the bundle's training run "
+        "(per-epoch validation included)."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole benchmark
+# ----------------------------------------------------------------------------------------------
+def run_benchmark(
+    settings: BenchSettings,
+    out_dir: str | os.PathLike,
+    bundle_root: str | os.PathLike,
+    variants: Sequence[str] = VARIANTS,
+    command: Sequence[str] = (),
+    logging_file: str | bool | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[str, list[VariantResult]]:
+    """Train and evaluate every variant; write ``table.md`` and ``results.json`` to ``out_dir``.
+
+    Args:
+        settings: shared budget and data.
+        out_dir: one sub-folder per variant (``models/``, ``mlruns/``), plus the report files.
+        bundle_root: the bundle folder (``configs/train.json`` ...).
+        variants: which variants, in order.
+        command: the command line to print with the table.
+        logging_file: the bundle's logging config (None: the bundle's ``configs/logging.conf``; False: none).
+        log: progress messages.
+
+    Returns:
+        ``(report, results)``: the markdown report (header, table, notes) and the per-variant results.
+    """
+    import torch
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise KeyError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    labels = split_labels(settings, bundle_root)  # generates the shared set once, outside the timings
+    log(f"[bench] data set ready in {time.perf_counter() - t0:.0f} s; {len(labels)} test images")
+    results: list[VariantResult] = []
+    for variant in variants:
+        run_dir = out / variant
+        log(f"[bench] training {variant} ({settings.epochs} epochs) -> {run_dir}")
+        seconds = train_variant(settings, variant, run_dir, bundle_root, logging_file)
+        log(f"[bench] {variant}: trained in {seconds:.0f} s; evaluating on the test split")
+        predictor = bundle_predictor(settings, variant, run_dir, bundle_root)
+        t1 = time.perf_counter()
+        arrays = evaluate_predictor(predictor, labels, settings.region)
+        eval_s = time.perf_counter() - t1
+        kinds = SIGMA_KINDS if getattr(predictor.network, "predicts_logvar", False) else ("epistemic",)
+        res = variant_result(arrays, variant, kinds, seconds)
+        res.eval_seconds = eval_s
+        results.append(res)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+    header = format_header(
+        settings,
+        command,
+        torch.get_num_threads(),
+        cores,
+        results[0].num_images,
+        results[0].num_hard_images,
+        int(results[0].summary.get("count", 0)),
+    )
+    report = "\n\n".join([header, format_table(results), _notes(results[0].unit, settings.mc_samples)]) + "\n"
+    (out / "table.md").write_text(report, encoding="utf-8")
+    record = {
+        "command": list(map(str, command)),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_cores": cores,
+        "settings": asdict(settings),
+        "results": [r.to_dict() for r in results],
+    }
+    (out / "results.json").write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
+    return report, results

@@ -1,0 +1,63 @@
+"""The ``monai-spine`` command: subcommands on tiny synthetic data, and clean errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from monai_spine.cli import main
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    assert main(["synth", "--region", "lumbar", "--n", "2", "--out", str(out), "--seed", "3", "--size", "128"]) == 0
+    return out
+
+
+def test_synth_writes_dicom_annotations_and_index(synth_dir):
+    assert len(list(synth_dir.glob("*.dcm"))) == 2
+    index = json.loads((synth_dir / "dataset.json").read_text())
+    assert index["region"] == "lumbar" and len(index["data"]) == 2
+
+
+def test_overlay_draws_one_png_per_case(synth_dir, tmp_path):
+    assert main(["overlay", str(synth_dir), "--out", str(tmp_path)]) == 0
+    assert len(list(tmp_path.glob("*.png"))) == 2
+
+
+def test_measure_writes_json_and_csv_from_annotations(synth_dir, tmp_path):
+    labels = sorted(str(p) for p in synth_dir.glob("case_*.json"))
+    assert main(["measure", *labels, "--out", str(tmp_path), "--num-samples", "10"]) == 0
+    assert (tmp_path / "measurements.json").is_file() and (tmp_path / "measurements.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["overlay", "/nonexistent/folder", "--out", "x"], "does not exist"),
+        (["measure", "/nonexistent/case.json", "--out", "x"], "case.json"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_demo_trains_calibrates_evaluates_and_predicts_on_tiny_settings(tmp_path, capsys):
+    from monai_spine.engines.demo import run_demo
+
+    tiny = {"batch_size": 4, "network_width": 0.125, "fc_features": 32, "spatial_size": [64, 128],
+            "synthetic#size": [256, 256], "show_progress": False}
+    assert run_demo(out=tmp_path, epochs=1, n=10, extra_overrides=tiny) == 0
+    out = capsys.readouterr().out
+    assert "MLflow store" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert (tmp_path / "models" / "model.pt").is_file()
+    thresholds = json.loads((tmp_path / "models" / "thresholds.json").read_text())
+    assert thresholds["tau1"] < thresholds["tau2"]
+    preds = list((tmp_path / "predictions").glob("*.keypoints.json"))
+    assert preds and json.loads(preds[0].read_text())["thresholds"]["tau1"] == thresholds["tau1"]
+    assert list((tmp_path / "predictions").glob("*.overlay.png"))
