@@ -69,8 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="training and dropout seed (default 0)")
     p.add_argument("--data-seed", type=int, default=d.data_seed, help="synthetic generator seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader workers of the bundle (default 0)")
+    p.add_argument("--no-mlflow", action="store_true", help="switch the bundle's MLflow handlers off (no mlflow installed)")
     p.add_argument("--quiet", action="store_true", help="no log lines from the bundle runs (progress still on stderr)")
     return p
+
+
+def _extra_overrides(args: argparse.Namespace) -> dict:
+    extra: dict = {"num_workers": args.num_workers}
+    if args.no_mlflow:  # train#handlers#3 and validate#handlers#2 are the MLflow handlers of train.json
+        extra.update({"train#handlers#3#_disabled_": True, "validate#handlers#2#_disabled_": True})
+    return extra
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         n=args.n, size=args.size, epochs=args.epochs, batch_size=args.batch_size, width=args.width,
         fc_features=args.fc_features, crop=tuple(args.crop), hard_case_rate=args.hard_case_rate,
         mc_samples=args.mc_samples, learning_rate=args.lr, seed=args.seed, data_seed=args.data_seed,
+        extra=_extra_overrides(args),
     )
     bundle = bundle_dir()
     logging_file: str | bool = False if args.quiet else str(bundle / "configs" / "logging.conf")

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 __all__ = [
+    "MeanShapePredictor",
     "VARIANTS",
     "SIGMA_KINDS",
     "BenchSettings",
@@ -83,6 +84,8 @@ class BenchSettings:
         seed: training seed (``set_determinism``) and dropout-mask seed of the predictor.
         data_seed: seed of the synthetic generator.
         region: ``cervical`` (the synthetic generator also has ``lumbar``).
+        extra: further bundle overrides applied to every variant (e.g. ``num_workers``, or switching
+            the MLflow handlers off on a machine without MLflow).
     """
 
     n: int = 80
@@ -98,6 +101,7 @@ class BenchSettings:
     seed: int = 0
     data_seed: int = 0
     region: str = "cervical"
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.crop = (int(self.crop[0]), int(self.crop[1]))
@@ -145,6 +149,7 @@ class BenchSettings:
             "ckpt_dir": str(run / "models"),
             "mlflow_dir": str(run / "mlruns"),
             "output_dir": str(run / "eval"),
+            **self.extra,
         }
 
     def describe(self) -> str:
@@ -548,6 +553,58 @@ def _notes(unit: str, mc_samples: int) -> str:
 # ----------------------------------------------------------------------------------------------
 # the whole benchmark
 # ----------------------------------------------------------------------------------------------
+class MeanShapePredictor:
+    """A reference without a network: every vertebra gets the mean training shape in its crop.
+
+    The crop is the bundle's validation crop (same margin and size), so this row shows what the box
+    alone gives away; a network that does not beat it has learned nothing about the image.
+    """
+
+    predicts_logvar = False
+
+    def __init__(self, predictor: Any, train_labels: Sequence[str], region: str = "cervical") -> None:
+        from monai_spine.data.annotation import read_annotation
+        from monai_spine.data.keypoints import get_region
+        from monai_spine.data.readers import read_xray
+
+        self.crop_transform = predictor.crop_transform
+        self.spatial_size = predictor.spatial_size
+        self.scheme = predictor.scheme
+        self.network = self
+        fracs = []
+        levels = get_region(region).levels
+        for label in train_labels:
+            ann = read_annotation(label)
+            img = read_xray(ann.image)
+            boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+            for i, lev in enumerate(ann.levels):
+                if lev not in levels:
+                    continue
+                d = self.crop_transform({"image": img.channel_first(), "box_px": boxes[i].astype(np.float32),
+                                         "keypoints_px": ann.keypoints_px[i].astype(np.float32),
+                                         "visible": ann.visible[i], "spacing_mm": img.spacing_array})
+                f = np.asarray(d["keypoints_frac"], dtype=np.float64)
+                f[~ann.visible[i]] = np.nan
+                fracs.append(f)
+        self.mean_frac = np.nanmean(np.stack(fracs), axis=0)
+
+    def predict(self, image: Any, boxes_px: Any, spacing_mm: Any, spacing_source: str = "unknown") -> Any:
+        from monai_spine.inference.regressor import KeypointPrediction
+        from transforms.keypoints import frac_to_image_px
+
+        sp = np.full(2, np.nan, np.float32) if spacing_mm is None else np.asarray(spacing_mm, np.float32)
+        boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+        aff = np.stack([np.asarray(self.crop_transform({"image": image, "box_px": b.astype(np.float32),
+                                                        "spacing_mm": sp})["crop_to_image"]) for b in boxes])
+        kp = frac_to_image_px(np.broadcast_to(self.mean_frac, (len(boxes),) + self.mean_frac.shape), aff,
+                              self.spatial_size)
+        nan = np.full(kp.shape[:2], np.nan)
+        kinds = ("aleatoric", "epistemic", "total")
+        return KeypointPrediction(np.asarray(kp), {k: nan for k in kinds}, {k: nan for k in kinds},
+                                  np.full(kp.shape[:2], -1), aff, None if spacing_mm is None else tuple(spacing_mm),
+                                  spacing_source)
+
+
 def run_benchmark(
     settings: BenchSettings,
     out_dir: str | os.PathLike,
@@ -594,6 +651,13 @@ def run_benchmark(
         kinds = SIGMA_KINDS if getattr(predictor.network, "predicts_logvar", False) else ("epistemic",)
         res = variant_result(arrays, variant, kinds, seconds)
         res.eval_seconds = eval_s
+        results.append(res)
+    if results:
+        # the reference row: the mean training shape in each crop, no network
+        ref = MeanShapePredictor(bundle_predictor(settings, variants[0], out / variants[0], bundle_root),
+                                 split_labels(settings, bundle_root, split="training"), settings.region)
+        res = variant_result(evaluate_predictor(ref, labels, settings.region), "mean shape (no network)", (),
+                             float("nan"))
         results.append(res)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
     header = format_header(
