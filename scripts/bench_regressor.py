@@ -33,6 +33,7 @@ Smoke run (about 1 minute)::
 from __future__ import annotations
 
 import argparse
+import json
 import contextlib
 import logging
 import os
@@ -71,12 +72,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers of the bundle (default 0)")
     p.add_argument("--no-mlflow", action="store_true", help="switch the bundle's MLflow handlers off (no mlflow installed)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
+                   help="any further train.json override, e.g. train#crop_transforms#2#prob=0 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no log lines from the bundle runs (progress still on stderr)")
     return p
 
 
 def _extra_overrides(args: argparse.Namespace) -> dict:
     extra: dict = {"num_workers": args.num_workers}
+    for item in args.override:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--override needs KEY=JSON, got {item!r}")
+        extra[key] = json.loads(value)
     if args.no_mlflow:  # train#handlers#3 and validate#handlers#2 are the MLflow handlers of train.json
         extra.update({"train#handlers#3#_disabled_": True, "validate#handlers#2#_disabled_": True})
     return extra
