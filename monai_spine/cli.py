@@ -59,6 +59,24 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     return 0 if res is not None else 1
 
 
+def _cmd_corners(args: argparse.Namespace) -> int:
+    from monai_spine.inference.heatmap import corners_cli
+
+    corners_cli(
+        args.image,
+        args.centres,
+        ckpt_dir=args.ckpt_dir,
+        checkpoint=args.checkpoint,
+        prior=args.prior,
+        out=args.out,
+        levels=args.levels,
+        spacing_mm=args.spacing,
+        device=args.device,
+        print_format="json" if args.json else "table",
+    )
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from monai_spine.uncertainty.calibration import calibrate_from_args
 
@@ -95,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--sigma-px", type=float, default=None, help="point sigma in pixels when files carry none")
     m.add_argument("--sigma-kind", choices=("total", "aleatoric", "epistemic"), default="total")
     m.set_defaults(func=_cmd_measure)
+
+    k = sub.add_parser("corners", help="semi-automatic corners from clicked vertebra centres (Al Arif FCN)")
+    k.add_argument("image", help="radiograph (DICOM, PNG/JPEG, NIfTI, NRRD)")
+    k.add_argument("--centres", required=True, help='clicked vertebra centres in pixels: "x1,y1;x2,y2;..." (two or more)')
+    k.add_argument("--ckpt-dir", default=None, help="folder with model.pt, corner_prior.json, heatmap_model.json")
+    k.add_argument("--checkpoint", default=None, help="model weights (default: <ckpt-dir>/model.pt)")
+    k.add_argument("--prior", default=None, help="corner prior JSON (default: <ckpt-dir>/corner_prior.json)")
+    k.add_argument("--out", default=None, help="output JSON (default: ./<image>.corners.json)")
+    k.add_argument("--levels", default=None, help='level names of the centres, e.g. "C3,C4,C5"')
+    k.add_argument("--spacing", default=None, help='pixel spacing "sx,sy" in mm when the file has none')
+    k.add_argument("--device", default="cpu")
+    k.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    k.set_defaults(func=_cmd_corners)
 
     c = sub.add_parser("calibrate", help="fit uncertainty thresholds (tau1, tau2) and conformal radii on validation predictions")
     from monai_spine.uncertainty.calibration import add_calibrate_arguments

@@ -1,0 +1,748 @@
+"""Semi-automatic vertebral-corner localisation with the probabilistic spatial regressor (Al Arif et al. 2017).
+
+An operator clicks the vertebra centres; from them this module
+
+1. estimates each vertebra's frame (:func:`centre_frames`): orientation from the neighbouring centres
+   (:func:`monai_spine.data.patches.orientation_from_centres`) and size = ``size_ratio`` x the mean
+   distance to the neighbouring centres, ``size_ratio`` fitted on training annotations (the paper:
+   "The height, width and orientation are computed based on the manually annotated center points");
+2. cuts the regular grid of patches around every centre (:func:`make_patches`, scales and rotations
+   relative to the vertebra frame, each resampled to ``out_size`` px and z-scored);
+3. runs the FCN (:class:`monai_spine.networks.fcn.ProbabilisticUNet`) on every patch and localises the
+   four corners of every vertebra with :func:`monai_spine.inference.corners.corners_from_patches`
+   (background removal, back-projection, the learned :class:`~monai_spine.inference.corners.CornerPrior`,
+   quadrant maxima, a per-corner ``sigma``).
+
+Training (:mod:`monai_spine.engines.heatmap`) uses exactly the same frames and patch grid, so the
+validation metrics of the bundle are those of this predictor.
+
+A trained model is a folder (the bundle's ``ckpt_dir``) holding three files side by side:
+
+* ``model.pt``: the network weights (MONAI ``CheckpointSaver``, weights only);
+* ``corner_prior.json``: the :class:`CornerPrior` (format ``monai-spine-corner-prior``);
+* ``heatmap_model.json``: :class:`HeatmapModelSpec` (format ``monai-spine-heatmap-model``): the
+  network width, patch grid, ``size_ratio``, post-processing settings and the prior's file name.
+
+Units: points are ``(x, y)`` pixels of the radiograph (see :mod:`monai_spine.data.keypoints`); mm values
+are given only when the spacing is known (never a silent 1.0 mm/px); ``sigma`` is the per-axis RMS
+spread of a corner's accumulated map (see :mod:`monai_spine.inference.corners`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence, TextIO
+
+import numpy as np
+import torch
+
+from monai_spine.data.annotation import atomic_write_text
+from monai_spine.data.keypoints import get_scheme, level_order, px_to_mm, validate_keypoints
+from monai_spine.data.patches import (
+    UnknownSpacingWarning,
+    extract_patch,
+    normalize_patch,
+    orientation_from_centres,
+    patch_affine,
+    sample_patch_params,
+    vertebra_geometry,
+)
+from monai_spine.inference.corners import CornerPrior, VertebraCorners, corners_from_patches
+
+__all__ = [
+    "MODEL_FORMAT",
+    "CHECKPOINT_FILE",
+    "PRIOR_FILE",
+    "MODEL_FILE",
+    "RESULT_FORMAT",
+    "HeatmapModelSpec",
+    "PatchSet",
+    "DEFAULT_POSTPROCESS",
+    "centre_frames",
+    "annotation_frames",
+    "patch_params",
+    "make_patches",
+    "localize",
+    "CornerPrediction",
+    "CornerPredictor",
+    "parse_centres",
+    "default_ckpt_dir",
+    "corners_cli",
+]
+
+MODEL_FORMAT = "monai-spine-heatmap-model"
+RESULT_FORMAT = "monai-spine-corners"
+CHECKPOINT_FILE = "model.pt"
+PRIOR_FILE = "corner_prior.json"
+MODEL_FILE = "heatmap_model.json"
+
+#: post-processing defaults (arguments of :func:`corners_from_patches` / :func:`localize_corners`)
+DEFAULT_POSTPROCESS: dict[str, Any] = {"background": "mode", "renormalize": "max", "prior_scale": 1.0, "prior_radius": 3.5}
+
+
+def _tuple_f(x: Sequence[Any]) -> tuple[float, ...]:
+    return tuple(float(v) for v in x)
+
+
+@dataclass
+class HeatmapModelSpec:
+    """Everything besides the weights that a trained corner model needs at inference time.
+
+    Attributes:
+        scheme: keypoint scheme (gives the corner names and indices).
+        region: body region the model was trained on (informative).
+        size_ratio: vertebra size ``(width + height) / 2`` divided by the mean distance to the
+            neighbouring centres (fitted on training annotations, :func:`fit_size_ratio` of the engine).
+        out_size: patch side in px (the network input, divisible by 16).
+        grid: ``(n, half_extent_frac)`` of the patch-centre grid (:func:`sample_patch_params`).
+        scales: patch sides as multiples of the vertebra size.
+        rotations_deg: patch rotations relative to the vertebra orientation.
+        network: keyword arguments of :class:`ProbabilisticUNet` (``width``, ``multipliers``).
+        postprocess: keyword arguments of :func:`corners_from_patches` (background removal,
+            prior scale and radius, ...).
+        target: how the training targets were made (``sigma_along_frac``, ``sigma_across_frac``, ``empty``).
+        prior: the fitted :class:`CornerPrior`, or None (corners from the maps alone).
+        meta: free-form record (training data, counts).
+    """
+
+    scheme: str = "lateral5"
+    region: str | None = "cervical"
+    size_ratio: float = 0.78
+    out_size: int = 64
+    grid: tuple[int, float] = (3, 0.15)
+    scales: tuple[float, ...] = (1.6, 2.0, 2.4)
+    rotations_deg: tuple[float, ...] = (-10.0, 0.0, 10.0)
+    network: dict[str, Any] = field(default_factory=lambda: {"width": 64, "multipliers": [1, 2, 4, 8, 12]})
+    postprocess: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_POSTPROCESS))
+    target: dict[str, Any] = field(
+        default_factory=lambda: {"sigma_along_frac": 0.1, "sigma_across_frac": 0.06, "empty": "uniform"}
+    )
+    prior: CornerPrior | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_scheme(self.scheme)
+        if not (np.isfinite(self.size_ratio) and self.size_ratio > 0):
+            raise ValueError(f"size_ratio must be positive, got {self.size_ratio!r}")
+        self.size_ratio = float(self.size_ratio)
+        self.out_size = int(self.out_size)
+        if self.out_size < 16 or self.out_size % 16:
+            raise ValueError(f"out_size must be a positive multiple of 16, got {self.out_size}")
+        if len(self.grid) != 2:
+            raise ValueError(f"grid must be (n, half_extent_frac), got {self.grid!r}")
+        self.grid = (int(self.grid[0]), float(self.grid[1]))
+        self.scales = _tuple_f(self.scales)
+        self.rotations_deg = _tuple_f(self.rotations_deg)
+        if not self.scales or min(self.scales) <= 0 or not self.rotations_deg:
+            raise ValueError(f"need positive scales and at least one rotation, got {self.scales}, {self.rotations_deg}")
+        self.network = dict(self.network)
+        self.postprocess = {**DEFAULT_POSTPROCESS, **dict(self.postprocess)}
+
+    @property
+    def corner_indices(self) -> tuple[int, int, int, int]:
+        """Indices of the 4 corners (top-left, top-right, bottom-left, bottom-right) in the scheme."""
+        return get_scheme(self.scheme).corner_indices
+
+    @property
+    def corner_names(self) -> tuple[str, ...]:
+        """Names of the 4 corners (``AS, PS, AI, PI`` for ``lateral5``)."""
+        sch = get_scheme(self.scheme)
+        return tuple(sch.point_names[i] for i in sch.corner_indices)
+
+    @property
+    def patches_per_vertebra(self) -> int:
+        """``n^2 * len(scales) * len(rotations_deg)``."""
+        return self.grid[0] ** 2 * len(self.scales) * len(self.rotations_deg)
+
+    def build_network(self) -> torch.nn.Module:
+        """A fresh :class:`ProbabilisticUNet` with the stored arguments (one input and output channel)."""
+        from monai_spine.networks.fcn import ProbabilisticUNet
+
+        return ProbabilisticUNet(**self.network)
+
+    def to_dict(self, prior_file: str | None = PRIOR_FILE) -> dict[str, Any]:
+        """JSON-able record (the prior itself is stored in ``prior_file`` beside it)."""
+        return {
+            "format": MODEL_FORMAT, "version": 1,
+            "scheme": self.scheme, "region": self.region, "size_ratio": self.size_ratio,
+            "size_ratio_note": "vertebra size (width + height) / 2 = size_ratio * mean distance to the neighbouring centres",
+            "out_size": self.out_size, "grid": list(self.grid), "scales": list(self.scales),
+            "rotations_deg": list(self.rotations_deg), "network": self.network, "postprocess": self.postprocess,
+            "target": self.target, "prior_file": prior_file if self.prior is not None else None,
+            "checkpoint_file": CHECKPOINT_FILE, "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>", prior: CornerPrior | None = None) -> "HeatmapModelSpec":
+        """Inverse of :meth:`to_dict`; ``ValueError`` naming ``source`` on a malformed record."""
+        if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{source}: not a {MODEL_FORMAT} record")
+        try:
+            return cls(
+                scheme=d["scheme"], region=d.get("region"), size_ratio=d["size_ratio"], out_size=d["out_size"],
+                grid=tuple(d["grid"]), scales=tuple(d["scales"]), rotations_deg=tuple(d["rotations_deg"]),
+                network=d.get("network", {}), postprocess=d.get("postprocess", {}), target=d.get("target", {}),
+                prior=prior, meta=d.get("meta", {}),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{source}: malformed {MODEL_FORMAT} record: {e}") from None
+
+    def file_paths(self, ckpt_dir: str | os.PathLike) -> list[str]:
+        """The files :meth:`save` writes into ``ckpt_dir`` (for MLflow artifacts)."""
+        d = Path(ckpt_dir)
+        files = [d / MODEL_FILE] + ([d / PRIOR_FILE] if self.prior is not None else [])
+        return [str(p) for p in files]
+
+    def save(self, ckpt_dir: str | os.PathLike) -> list[str]:
+        """Write ``heatmap_model.json`` and ``corner_prior.json`` into ``ckpt_dir`` (created); returns the paths."""
+        d = Path(ckpt_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        if self.prior is not None:
+            self.prior.save(d / PRIOR_FILE)
+        atomic_write_text(d / MODEL_FILE, json.dumps(self.to_dict(), indent=1))
+        return self.file_paths(d)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, prior: str | os.PathLike | None = None) -> "HeatmapModelSpec":
+        """Read a spec from a ckpt dir (or its ``heatmap_model.json``) with its prior.
+
+        Args:
+            path: the folder written by :meth:`save`, or the JSON file itself.
+            prior: a prior JSON to use instead of the one the spec names.
+
+        Raises:
+            FileNotFoundError: the spec or its prior is missing (message names the file).
+            ValueError: a malformed file.
+        """
+        p = Path(path)
+        f = p if p.suffix.lower() == ".json" else p / MODEL_FILE
+        if not f.is_file():
+            raise FileNotFoundError(f"heatmap model spec {f} does not exist: train with configs/heatmap_train.json first")
+        try:
+            d = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: invalid JSON: {e}") from None
+        prior_path = Path(prior) if prior else (f.parent / d["prior_file"] if isinstance(d, dict) and d.get("prior_file") else None)
+        cp = None
+        if prior_path is not None:
+            if not prior_path.is_file():
+                raise FileNotFoundError(f"corner prior {prior_path} (named by {f}) does not exist")
+            cp = CornerPrior.load(prior_path)
+        return cls.from_dict(d, str(f), cp)
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+def _level_gaps(levels: Sequence[str] | None, n: int) -> np.ndarray:
+    """``(n - 1,)`` number of vertebrae between consecutive centres (1 without levels)."""
+    if levels is None or n < 2:
+        return np.ones(max(n - 1, 0))
+    if len(levels) != n:
+        raise ValueError(f"{len(levels)} levels for {n} centres")
+    try:
+        order = np.array([level_order(str(lev)) for lev in levels], dtype=np.float64)
+    except KeyError:
+        return np.ones(n - 1)
+    gaps = np.abs(np.diff(order))
+    return np.where(gaps >= 1, gaps, 1.0)
+
+
+def centre_frames(
+    centres_px: np.ndarray, size_ratio: float, levels: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Orientation and size of each vertebra from the clicked centres alone.
+
+    Args:
+        centres_px: ``(V, 2)`` centres, top to bottom, ``V >= 2``.
+        size_ratio: vertebra size / centre spacing (:attr:`HeatmapModelSpec.size_ratio`).
+        levels: optional level names; a gap of ``g`` levels between two consecutive centres divides
+            their distance by ``g`` (a vertebra that was not clicked does not inflate the size).
+
+    Returns:
+        ``(orientations_deg (V,), sizes_px (V,))``, conventions of :mod:`monai_spine.data.patches`.
+
+    Raises:
+        ValueError: fewer than two centres, or a degenerate (repeated) centre.
+    """
+    c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+    if len(c) < 2:
+        raise ValueError(f"at least two vertebra centres are needed to estimate orientation and size, got {len(c)}")
+    if not np.all(np.isfinite(c)):
+        raise ValueError("vertebra centres must be finite")
+    angle, _ = orientation_from_centres(c)
+    d = np.linalg.norm(np.diff(c, axis=0), axis=1) / _level_gaps(levels, len(c))
+    if np.any(d <= 0):
+        raise ValueError("two consecutive vertebra centres coincide")
+    dist = np.empty(len(c))
+    dist[0], dist[-1] = d[0], d[-1]
+    if len(c) > 2:
+        dist[1:-1] = 0.5 * (d[:-1] + d[1:])
+    return angle, float(size_ratio) * dist
+
+
+def annotation_frames(
+    keypoints_px: np.ndarray,
+    visible: np.ndarray | None,
+    corner_indices: Sequence[int],
+    size_ratio: float,
+    select: np.ndarray | None = None,
+    levels: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frames of annotated vertebrae, as an operator clicking their centres would get them.
+
+    The "clicked" centre of a vertebra is the mean of its four corners; the vertebrae used are those
+    with four visible, finite corners (and ``select`` true), in annotation order (top to bottom).
+    Their frames come from :func:`centre_frames` of these centres only; an image with a single such
+    vertebra uses that vertebra's own corner geometry instead.
+
+    Returns:
+        ``(rows (V,), centres_px (V, 2), orientations_deg (V,), sizes_px (V,))``; ``rows`` index the
+        annotation's vertebrae.
+    """
+    kp, vis = validate_keypoints(keypoints_px, visible)
+    idx = list(corner_indices)
+    corners = kp[:, idx]
+    ok = np.all(vis[:, idx], axis=1) & np.all(np.isfinite(corners), axis=(1, 2))
+    if select is not None:
+        sel = np.asarray(select, dtype=bool).reshape(-1)
+        if sel.shape != ok.shape:
+            raise ValueError(f"select has shape {sel.shape}, expected ({len(ok)},)")
+        ok &= sel
+    rows = np.nonzero(ok)[0]
+    if len(rows) == 0:
+        return rows, np.zeros((0, 2)), np.zeros(0), np.zeros(0)
+    g = vertebra_geometry(corners[rows])
+    if len(rows) == 1:
+        return rows, g.centre, g.angle_deg, g.size
+    lv = None if levels is None else [levels[r] for r in rows]
+    ang, size = centre_frames(g.centre, size_ratio, lv)
+    return rows, g.centre, ang, size
+
+
+class PatchSet(NamedTuple):
+    """Patches of one image: ``patches (P, S, S)`` float32 (z-scored), ``affines (P, 3, 3)`` patch px ->
+    image px, ``vertebra_index (P,)`` int64 (row of the centres they were cut around)."""
+
+    patches: np.ndarray
+    affines: np.ndarray
+    vertebra_index: np.ndarray
+
+
+def patch_params(
+    centres_px: np.ndarray,
+    orientations_deg: np.ndarray,
+    sizes_px: np.ndarray,
+    grid: tuple[int, float] = (3, 0.15),
+    scales: Sequence[float] = (1.6, 2.0, 2.4),
+    rotations_deg: Sequence[float] = (-10.0, 0.0, 10.0),
+    out_size: int = 64,
+    rng: np.random.Generator | None = None,
+    num_samples: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patch affines ``(P, 3, 3)`` and owners ``(P,)`` around every centre (grid of :func:`sample_patch_params`).
+
+    Sizes are in px (they come from the image itself), so the spacing plays no part. With ``rng``
+    the grid, scales and rotations are jittered, and ``num_samples`` (if set) draws that many patches
+    without replacement from all of them (all when fewer).
+    """
+    c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+    ang = np.broadcast_to(np.asarray(orientations_deg, dtype=np.float64), (len(c),))
+    size = np.broadcast_to(np.asarray(sizes_px, dtype=np.float64), (len(c),))
+    rows, owners = [], []
+    with warnings.catch_warnings():  # sizes are in px on purpose
+        warnings.simplefilter("ignore", UnknownSpacingWarning)
+        for v in range(len(c)):
+            p = sample_patch_params(c[v], float(size[v]), None, grid=grid, scales=scales, rotations_deg=rotations_deg,
+                                    orientation_deg=float(ang[v]), rng=rng)
+            rows.append(p)
+            owners.append(np.full(len(p), v, np.int64))
+    if not rows:
+        return np.zeros((0, 3, 3)), np.zeros(0, np.int64)
+    params, owner = np.concatenate(rows), np.concatenate(owners)
+    if num_samples is not None and rng is not None and num_samples < len(params):
+        pick = np.sort(rng.choice(len(params), size=int(num_samples), replace=False))
+        params, owner = params[pick], owner[pick]
+    affines = np.stack([patch_affine(cx, cy, side, a, out_size) for cx, cy, side, a in params])
+    return affines, owner
+
+
+def make_patches(
+    image: np.ndarray,
+    centres_px: np.ndarray,
+    orientations_deg: np.ndarray,
+    sizes_px: np.ndarray,
+    out_size: int = 64,
+    grid: tuple[int, float] = (3, 0.15),
+    scales: Sequence[float] = (1.6, 2.0, 2.4),
+    rotations_deg: Sequence[float] = (-10.0, 0.0, 10.0),
+    rng: np.random.Generator | None = None,
+    num_samples: int | None = None,
+    antialias: bool = True,
+) -> PatchSet:
+    """Cut and z-score the patches of :func:`patch_params` from ``image`` ``(H, W)`` or ``(1, H, W)``."""
+    affines, owner = patch_params(centres_px, orientations_deg, sizes_px, grid, scales, rotations_deg, out_size,
+                                  rng, num_samples)
+    patches = [normalize_patch(extract_patch(image, a, out_size, antialias=antialias)) for a in affines]
+    arr = np.stack(patches) if patches else np.zeros((0, out_size, out_size), np.float32)
+    return PatchSet(arr.astype(np.float32, copy=False), affines, owner)
+
+
+def localize(
+    maps: np.ndarray,
+    affines: np.ndarray,
+    vertebra_index: np.ndarray,
+    centres_px: np.ndarray,
+    orientations_deg: np.ndarray,
+    sizes_px: np.ndarray,
+    spec: HeatmapModelSpec,
+    levels: Sequence[str | None] | None = None,
+    spacing_mm: Sequence[float] | None = None,
+    image_shape: Sequence[int] | None = None,
+) -> VertebraCorners:
+    """Corners of every vertebra from its patch maps, with the spec's prior and post-processing."""
+    lv = None
+    if levels is not None and spec.prior is not None:
+        lv = [None if lev is None else str(lev) for lev in levels]
+    return corners_from_patches(
+        maps, affines, vertebra_index, centres_px, orientations_deg, sizes_px, spec.prior, levels=lv,
+        spacing_mm=spacing_mm, image_shape=image_shape, **spec.postprocess,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- predictor
+@dataclass
+class CornerPrediction:
+    """Corners of the ``V`` clicked vertebrae of one radiograph (in the order the centres were given).
+
+    Attributes:
+        corners_px: ``(V, 4, 2)`` (x, y) px, corner order of :attr:`HeatmapModelSpec.corner_names`.
+        sigma_px: ``(V, 4)`` per-axis spread of each corner's accumulated map, px.
+        used_prior: ``(V, 4)`` the corner is the prior mean (no evidence in the map).
+        centres_px, orientations_deg, sizes_px: the frames the patches were cut in.
+        spacing_mm: ``(sx, sy)`` or None (unknown); spacing_source: where it came from.
+        levels: level names or None.
+        maps: ``(P, S, S)`` network outputs and ``patches``: the :class:`PatchSet` (``return_maps``).
+    """
+
+    corners_px: np.ndarray
+    sigma_px: np.ndarray
+    used_prior: np.ndarray
+    centres_px: np.ndarray
+    orientations_deg: np.ndarray
+    sizes_px: np.ndarray
+    spacing_mm: tuple[float, float] | None = None
+    spacing_source: str = "unknown"
+    levels: list[str] | None = None
+    maps: np.ndarray | None = None
+    patches: PatchSet | None = None
+
+    @property
+    def corners_mm(self) -> np.ndarray | None:
+        """``(V, 4, 2)`` in mm from the image origin, or None when the spacing is unknown."""
+        return None if self.spacing_mm is None else px_to_mm(self.corners_px, self.spacing_mm)
+
+    @property
+    def sigma_mm(self) -> np.ndarray | None:
+        """``(V, 4)`` sigma in mm (RMS spacing), or None when the spacing is unknown."""
+        from monai_spine.inference.corners import sigma_px_to_mm
+
+        return sigma_px_to_mm(self.sigma_px, self.spacing_mm)
+
+
+def _image_2d(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 2:
+        raise ValueError(f"image must be (H, W) or (1, H, W), got shape {img.shape}")
+    return img
+
+
+class CornerPredictor:
+    """Corners with uncertainty of clicked vertebrae (the paper's semi-automatic framework).
+
+    Args:
+        network: a :class:`ProbabilisticUNet` with its weights loaded.
+        spec: the model's :class:`HeatmapModelSpec` (patch grid, size ratio, prior, post-processing).
+        device: torch device of the forward passes.
+        batch_size: patches per forward pass.
+
+    Example::
+
+        predictor = CornerPredictor.from_ckpt_dir("bundle/models/heatmap")
+        pred = predictor.predict(image, centres_px=[[210, 80], [215, 150], [222, 221]], spacing_mm=(0.14, 0.14))
+        pred.corners_px, pred.sigma_mm
+    """
+
+    def __init__(self, network: torch.nn.Module, spec: HeatmapModelSpec, device: str | torch.device = "cpu",
+                 batch_size: int = 256) -> None:
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.spec = spec
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def from_ckpt_dir(
+        cls,
+        ckpt_dir: str | os.PathLike,
+        checkpoint: str | os.PathLike | None = None,
+        prior: str | os.PathLike | None = None,
+        **kwargs: Any,
+    ) -> "CornerPredictor":
+        """Load the spec, prior and weights that training stored in ``ckpt_dir``.
+
+        Args:
+            ckpt_dir: folder with ``heatmap_model.json``, ``corner_prior.json`` and ``model.pt``.
+            checkpoint: weights to use instead of ``ckpt_dir/model.pt``.
+            prior: prior JSON to use instead of the stored one.
+            **kwargs: ``device``, ``batch_size``.
+
+        Raises:
+            FileNotFoundError: a file is missing (message names it).
+        """
+        spec = HeatmapModelSpec.load(ckpt_dir, prior=prior)
+        net = spec.build_network()
+        ckpt = Path(checkpoint) if checkpoint else Path(ckpt_dir) / CHECKPOINT_FILE
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"checkpoint {ckpt} does not exist: train with configs/heatmap_train.json first")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # CheckpointSaver with several entries
+            state = state["model"]
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {ckpt} does not match the network of {spec.network}: {e}") from None
+        return cls(net, spec, **kwargs)
+
+    @torch.inference_mode()
+    def predict_maps(self, patches: np.ndarray) -> np.ndarray:
+        """Network outputs ``(P, S, S)`` float32 for z-scored patches ``(P, S, S)``."""
+        p = np.asarray(patches, dtype=np.float32)
+        if len(p) == 0:
+            return np.zeros_like(p)
+        out = []
+        for i in range(0, len(p), self.batch_size):
+            x = torch.as_tensor(p[i : i + self.batch_size])[:, None].to(self.device)
+            out.append(self.network(x)[:, 0].float().cpu().numpy())
+        return np.concatenate(out)
+
+    def predict(
+        self,
+        image: np.ndarray,
+        centres_px: np.ndarray | Sequence[Sequence[float]],
+        spacing_mm: Sequence[float] | None = None,
+        spacing_source: str | None = None,
+        levels: Sequence[str] | None = None,
+        return_maps: bool = False,
+    ) -> CornerPrediction:
+        """Corners of the vertebrae whose centres were clicked.
+
+        Args:
+            image: ``(H, W)`` or ``(1, H, W)`` radiograph (raw intensities; patches are z-scored).
+            centres_px: ``(V, 2)`` vertebra centres (x, y) px, ``V >= 2``, in any order: they are
+                sorted top to bottom (by level when ``levels`` are given, else by y) for the frames,
+                and the result follows the given order.
+            spacing_mm: ``(sx, sy)`` or None (unknown: no mm values; NaN values also mean unknown).
+            spacing_source: where the spacing came from (default ``"unknown"`` / ``"sidecar"``).
+            levels: optional level name per centre (per-level prior, gaps between clicked levels).
+            return_maps: keep the patches and network maps in the result.
+        """
+        img = _image_2d(image)
+        c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+        if levels is not None and len(levels) != len(c):
+            raise ValueError(f"{len(levels)} levels for {len(c)} centres")
+        if levels is not None:
+            try:
+                order = np.argsort([level_order(str(lev)) for lev in levels], kind="stable")
+            except KeyError:
+                order = np.argsort(c[:, 1], kind="stable")
+        else:
+            order = np.argsort(c[:, 1], kind="stable")
+        cs = c[order]
+        lv = None if levels is None else [str(levels[i]) for i in order]
+        ang, size = centre_frames(cs, self.spec.size_ratio, lv)
+        s = self.spec
+        ps = make_patches(img, cs, ang, size, s.out_size, s.grid, s.scales, s.rotations_deg)
+        maps = self.predict_maps(ps.patches)
+        sp = None if spacing_mm is None else (float(spacing_mm[0]), float(spacing_mm[1]))
+        if sp is not None and not (np.all(np.isfinite(sp)) and min(sp) > 0):
+            sp = None  # NaN spacing = unknown (the batch convention)
+        res = localize(maps, ps.affines, ps.vertebra_index, cs, ang, size, s, lv, sp, img.shape)
+        inv = np.argsort(order)
+        if spacing_source is None or sp is None:
+            spacing_source = "unknown" if sp is None else "sidecar"
+        return CornerPrediction(
+            corners_px=res.corners_px[inv], sigma_px=res.sigma_px[inv], used_prior=res.used_prior[inv],
+            centres_px=c, orientations_deg=ang[inv], sizes_px=size[inv], spacing_mm=sp, spacing_source=spacing_source,
+            levels=None if levels is None else [str(x) for x in levels],
+            maps=maps if return_maps else None,
+            patches=PatchSet(ps.patches, ps.affines, order[ps.vertebra_index]) if return_maps else None,
+        )
+
+    def to_json(self, pred: CornerPrediction, image: str | None = None) -> dict[str, Any]:
+        """JSON-ready result (format ``monai-spine-corners``): per vertebra and corner x, y and sigma in
+        px and, when the spacing is known, in mm (``null`` otherwise)."""
+        mm, smm = pred.corners_mm, pred.sigma_mm
+        verts = []
+        for v in range(len(pred.corners_px)):
+            corners = []
+            for k, name in enumerate(self.spec.corner_names):
+                x, y = pred.corners_px[v, k]
+                ok = bool(np.isfinite(x) and np.isfinite(y))
+                corners.append({
+                    "name": name,
+                    "x_px": float(x) if ok else None, "y_px": float(y) if ok else None,
+                    "x_mm": float(mm[v, k, 0]) if mm is not None and ok else None,
+                    "y_mm": float(mm[v, k, 1]) if mm is not None and ok else None,
+                    "sigma_px": float(pred.sigma_px[v, k]) if np.isfinite(pred.sigma_px[v, k]) else None,
+                    "sigma_mm": float(smm[v, k]) if smm is not None and np.isfinite(smm[v, k]) else None,
+                    "from_prior": bool(pred.used_prior[v, k]),
+                })
+            verts.append({
+                "index": v, "level": None if pred.levels is None else pred.levels[v],
+                "centre_px": [float(t) for t in pred.centres_px[v]],
+                "orientation_deg": float(pred.orientations_deg[v]), "size_px": float(pred.sizes_px[v]),
+                "corners": corners,
+            })
+        return {
+            "format": RESULT_FORMAT, "version": 1, "image": image, "scheme": self.spec.scheme,
+            "method": "probabilistic spatial regression (Al Arif et al., BMVC 2017), semi-automatic from clicked centres",
+            "spacing_mm": None if pred.spacing_mm is None else list(pred.spacing_mm),
+            "spacing_source": pred.spacing_source,
+            "units_note": "mm values are null when the spacing is unknown; sigma is the per-axis RMS spread of the corner's accumulated map",
+            "vertebrae": verts,
+        }
+
+    @staticmethod
+    def dumps(result: dict[str, Any]) -> str:
+        """Strict JSON text of a :meth:`to_json` result."""
+        return json.dumps(result, indent=1, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def parse_centres(text: str) -> np.ndarray:
+    """``"x1,y1;x2,y2;..."`` -> ``(V, 2)`` float array (px); ``ValueError`` on a malformed string."""
+    pts = []
+    for i, part in enumerate(p for p in str(text).replace(" ", "").split(";") if p):
+        xy = part.split(",")
+        try:
+            if len(xy) != 2:
+                raise ValueError
+            pts.append((float(xy[0]), float(xy[1])))
+        except ValueError:
+            raise ValueError(f"--centres: item {i + 1} {part!r} is not 'x,y' (expected 'x1,y1;x2,y2;...')") from None
+    if not pts:
+        raise ValueError("--centres: no centre given (expected 'x1,y1;x2,y2;...')")
+    arr = np.asarray(pts, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("--centres: centres must be finite numbers")
+    return arr
+
+
+def default_ckpt_dir() -> Path:
+    """``<repo>/bundle/models/heatmap``, where ``configs/heatmap_train.json`` stores the model by default."""
+    return Path(__file__).resolve().parents[2] / "bundle" / "models" / "heatmap"
+
+
+def _format_table(result: dict[str, Any]) -> str:
+    mm = result["spacing_mm"] is not None
+    head = f"{'vertebra':<9}{'corner':<7}{'x_px':>9}{'y_px':>9}{'sigma_px':>10}"
+    head += f"{'x_mm':>9}{'y_mm':>9}{'sigma_mm':>10}" if mm else ""
+    lines = [head]
+
+    def f(v: Any, w: int, p: int = 1) -> str:
+        return f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"
+
+    for v in result["vertebrae"]:
+        name = v["level"] or f"#{v['index'] + 1}"
+        for c in v["corners"]:
+            row = f"{name:<9}{c['name']:<7}{f(c['x_px'], 9)}{f(c['y_px'], 9)}{f(c['sigma_px'], 10, 2)}"
+            if mm:
+                row += f"{f(c['x_mm'], 9, 2)}{f(c['y_mm'], 9, 2)}{f(c['sigma_mm'], 10, 2)}"
+            if c["from_prior"]:
+                row += "  (prior)"
+            lines.append(row)
+    if not mm:
+        lines.append("pixel spacing unknown: no mm values (give --spacing SX,SY or a spacing sidecar)")
+    return "\n".join(lines)
+
+
+def corners_cli(
+    image: str | os.PathLike,
+    centres: str | np.ndarray | Sequence[Sequence[float]],
+    ckpt_dir: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    prior: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    levels: str | Sequence[str] | None = None,
+    spacing_mm: Sequence[float] | None = None,
+    device: str = "cpu",
+    print_format: str = "table",
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
+    """``monai-spine corners IMAGE --centres "x1,y1;x2,y2;..."``: print and write the corners with sigma.
+
+    Args:
+        image: the radiograph (DICOM, PNG/JPEG/TIFF, NIfTI, NRRD; spacing from its header or
+            ``<image>.spacing.json``, see :func:`monai_spine.data.readers.read_xray`).
+        centres: clicked vertebra centres, ``"x1,y1;x2,y2;..."`` (px) or a ``(V, 2)`` array, ``V >= 2``.
+        ckpt_dir: folder of the trained model (``model.pt``, ``corner_prior.json``,
+            ``heatmap_model.json``); default :func:`default_ckpt_dir`.
+        checkpoint: weights to use instead of ``ckpt_dir/model.pt``.
+        prior: corner prior JSON to use instead of the stored one.
+        out: JSON file to write (default ``<image name>.corners.json`` in the current folder).
+        levels: level names per centre, ``"C3,C4,C5"`` or a list (optional).
+        spacing_mm: ``(sx, sy)`` (or ``"sx,sy"``) overriding the image's spacing (recorded as ``"sidecar"``).
+        device: torch device.
+        print_format: ``"table"`` (human-readable) or ``"json"`` (the written JSON).
+        stream: where to print (default stdout).
+
+    Returns:
+        The JSON result (format ``monai-spine-corners``), which also records the output path under ``"output"``.
+
+    Raises:
+        FileNotFoundError: the image or a model file is missing.
+        ValueError: malformed centres, levels or spacing.
+    """
+    from monai_spine.data.readers import read_xray
+
+    if print_format not in ("table", "json"):
+        raise ValueError(f"print_format must be 'table' or 'json', got {print_format!r}")
+    c = parse_centres(centres) if isinstance(centres, str) else np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    if isinstance(spacing_mm, str):
+        try:
+            spacing_mm = [float(v) for v in spacing_mm.replace(" ", "").split(",")]
+        except ValueError:
+            raise ValueError(f"--spacing: {spacing_mm!r} is not 'sx,sy' (mm per pixel)") from None
+    lv = None
+    if levels is not None:
+        lv = [s.strip() for s in levels.split(",") if s.strip()] if isinstance(levels, str) else [str(s) for s in levels]
+        if len(lv) != len(c):
+            raise ValueError(f"--levels: {len(lv)} levels for {len(c)} centres")
+        for lev in lv:
+            level_order(lev)  # KeyError naming an unknown level
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    img = read_xray(path, spacing_mm=spacing_mm)
+    h, w = img.array.shape
+    if np.any(c[:, 0] < 0) or np.any(c[:, 0] > w - 1) or np.any(c[:, 1] < 0) or np.any(c[:, 1] > h - 1):
+        raise ValueError(f"--centres: a centre lies outside the {w}x{h} image {path}")
+    predictor = CornerPredictor.from_ckpt_dir(ckpt_dir or default_ckpt_dir(), checkpoint=checkpoint, prior=prior,
+                                              device=device)
+    pred = predictor.predict(img.array, c, img.spacing_mm, img.spacing_source, levels=lv)
+    result = predictor.to_json(pred, image=str(path))
+    out_path = Path(out) if out else Path.cwd() / f"{path.name}.corners.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_path, predictor.dumps(result))
+    stream = stream or sys.stdout
+    if print_format == "json":
+        print(predictor.dumps(result), file=stream)
+    else:
+        print(_format_table(result), file=stream)
+        print(f"wrote {out_path}", file=stream)
+    return {**result, "output": str(out_path)}
