@@ -165,3 +165,18 @@ def test_multi_gpu_config_trains_with_two_gloo_processes(tmp_path):
     proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_dataset_dir_of_the_project_format_and_tracking_mlflow(tmp_path):
+    """A folder written by `monai-spine synth` trains unchanged via --dataset_dir; --tracking mlflow works too."""
+    from monai.bundle import run
+
+    from monai_spine.data.synthetic import generate_dataset
+
+    data = tmp_path / "data"
+    generate_dataset(data, region="lumbar", n=5, seed=7, size=(256, 256))
+    overrides = {**TINY, **_outputs(tmp_path), "dataset_dir": str(data), "region": "lumbar"}
+    run(run_id="training", meta_file=META, config_file=_cfg("train.json"), tracking="mlflow",
+        tracking_uri=f"sqlite:///{tmp_path / 'tracking.db'}", **overrides)
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "tracking.db").is_file()
