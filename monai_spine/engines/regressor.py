@@ -25,6 +25,7 @@ from transforms.keypoints import frac_to_image_px
 
 __all__ = [
     "build_loss",
+    "lower_is_better",
     "RegressorPostprocess",
     "EVAL_KEYS",
     "init_from_checkpoint",
@@ -111,6 +112,15 @@ class RegressorPostprocess:
         d["gt_spacing_mm"] = torch.as_tensor(_np(data[sp]), dtype=torch.float32)
         d["gt_image_id"] = torch.as_tensor(_np(data[img_id]), dtype=torch.long)
         return d
+
+
+def lower_is_better(current: float, prev: float) -> bool:
+    """Metric comparison for a loss or an error: lower is better.
+
+    MONAI engines start with ``best_metric = -1`` as "no best yet"; a loss can be negative (the
+    Gaussian NLL), so the sentinel is tested by equality, not by sign.
+    """
+    return prev == -1 or current < prev
 
 
 def init_from_checkpoint(network: torch.nn.Module, checkpoint: str | os.PathLike | None, strict: bool = False) -> None:
