@@ -1,0 +1,339 @@
+"""Level-labelled vertebra boxes and centres with scores for a whole radiograph.
+
+:class:`VertebraDetector` runs the bundle's detector (``bundle/configs/detector_train.json``) on a
+radiograph exactly as the bundle's validation does: intensities scaled to [0, 1] by the 0.5 / 99.5
+percentiles, letterbox resize to the network size (:class:`transforms.detection.LetterboxResize`),
+:class:`~monai_spine.networks.detector.VertebraDetectorNet`, decoding per level
+(:func:`monai_spine.engines.detector.decode_detections`) and the ``det_to_image`` affine back to the
+radiograph's pixels. The boxes can feed :class:`~monai_spine.inference.regressor.KeypointPredictor`
+in place of annotation boxes.
+
+Everything besides the weights is in :class:`DetectorSpec`, saved by the bundle as
+``detector_model.json`` beside the checkpoint ``model.pt``::
+
+    det = VertebraDetector.from_checkpoint("models/detector")
+    levels, centres_px, boxes_px, scores = det.detect(image, spacing_mm)   # image (1, H, W)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from monai_spine.data.annotation import atomic_write_text
+from monai_spine.data.keypoints import get_region, px_to_mm
+from monai_spine.engines.detector import decode_detections
+from monai_spine.networks.detector import DEFAULT_FEATURES, VertebraDetectorNet
+from transforms.detection import LetterboxResize, boxes_to_image_px, points_to_image_px
+
+__all__ = ["DetectorSpec", "Detections", "VertebraDetector", "SPEC_FILE", "CHECKPOINT_FILE", "MODEL_FORMAT"]
+
+SPEC_FILE = "detector_model.json"
+CHECKPOINT_FILE = "model.pt"
+MODEL_FORMAT = "monai-spine-detector"
+
+
+@dataclass
+class DetectorSpec:
+    """Everything besides the weights that a trained detector needs at inference time.
+
+    Attributes:
+        region: ``cervical``, ``lumbar`` or ``ap``; gives the levels.
+        spatial_size: ``(H, W)`` network input, divisible by 16.
+        features: the six BasicUNet feature sizes.
+        sigma_px: Gaussian sigma of the training targets, net pixels (informative).
+        score_threshold: peaks below it are not detections.
+        decode_method: ``"sequence"`` (order-preserving level assignment) or ``"argmax"`` (each level
+            on its own); see :func:`~monai_spine.engines.detector.decode_detections`.
+        nms_radius_px: local-maximum window half-size of the ``sequence`` decoding, net pixels.
+        gap_penalty: cost of a level or vertebra skipped inside the sequence (``sequence`` decoding).
+        keep_mm_aspect: letterbox with square millimetres per net pixel when the spacing is known.
+        intensity_percentiles: ``(lower, upper)`` percentiles scaled to 0 and 1 (clipped).
+        meta: free-form record.
+    """
+
+    region: str = "cervical"
+    spatial_size: tuple[int, int] = (256, 256)
+    features: tuple[int, ...] = DEFAULT_FEATURES
+    sigma_px: float = 2.0
+    score_threshold: float = 0.2
+    decode_method: str = "sequence"
+    nms_radius_px: int = 2
+    gap_penalty: float = 0.5
+    keep_mm_aspect: bool = True
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_region(self.region)
+        size = tuple(int(s) for s in np.ravel(self.spatial_size))
+        if len(size) == 1:
+            size = (size[0], size[0])
+        if len(size) != 2 or min(size) < 16 or size[0] % 16 or size[1] % 16:
+            raise ValueError(f"spatial_size must be (H, W), multiples of 16, got {self.spatial_size!r}")
+        self.spatial_size = size  # type: ignore[assignment]
+        self.features = tuple(int(f) for f in self.features)
+        if len(self.features) != 6:
+            raise ValueError(f"features must be six ints (BasicUNet), got {self.features!r}")
+        if not 0.0 < float(self.score_threshold) < 1.0:
+            raise ValueError(f"score_threshold must be in (0, 1), got {self.score_threshold}")
+        self.score_threshold = float(self.score_threshold)
+        if self.decode_method not in ("sequence", "argmax"):
+            raise ValueError(f"decode_method must be 'sequence' or 'argmax', got {self.decode_method!r}")
+        self.nms_radius_px = int(self.nms_radius_px)
+        if self.nms_radius_px < 1:
+            raise ValueError(f"nms_radius_px must be >= 1, got {self.nms_radius_px}")
+        self.gap_penalty = float(self.gap_penalty)
+        if not self.gap_penalty >= 0:
+            raise ValueError(f"gap_penalty must be >= 0, got {self.gap_penalty}")
+        self.sigma_px = float(self.sigma_px)
+        self.keep_mm_aspect = bool(self.keep_mm_aspect)
+        lo, hi = (float(p) for p in self.intensity_percentiles)
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(
+                f"intensity_percentiles must be 0 <= lower < upper <= 100, got {self.intensity_percentiles!r}"
+            )
+        self.intensity_percentiles = (lo, hi)
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The region's levels, one heatmap channel each."""
+        return get_region(self.region).levels
+
+    def build_network(self) -> VertebraDetectorNet:
+        """A fresh :class:`VertebraDetectorNet` for this spec."""
+        return VertebraDetectorNet(num_levels=len(self.levels), features=self.features)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record."""
+        return {
+            "format": MODEL_FORMAT, "version": 1, "region": self.region, "levels": list(self.levels),
+            "spatial_size": list(self.spatial_size), "features": list(self.features), "sigma_px": self.sigma_px,
+            "score_threshold": self.score_threshold, "decode_method": self.decode_method,
+            "nms_radius_px": self.nms_radius_px, "gap_penalty": self.gap_penalty, "keep_mm_aspect": self.keep_mm_aspect,
+            "intensity_percentiles": list(self.intensity_percentiles), "checkpoint_file": CHECKPOINT_FILE,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> DetectorSpec:
+        """Inverse of :meth:`to_dict`; ``ValueError`` naming ``source`` on a malformed record."""
+        if not isinstance(d, dict) or d.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{source}: not a {MODEL_FORMAT} record")
+        keys = ("region", "spatial_size", "features", "sigma_px", "score_threshold", "decode_method", "nms_radius_px",
+                "gap_penalty", "keep_mm_aspect",
+                "intensity_percentiles", "meta")
+        try:
+            spec = cls(**{k: d[k] for k in keys if k in d})
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{source}: {e}") from None
+        if "levels" in d and list(d["levels"]) != list(spec.levels):
+            raise ValueError(f"{source}: levels {d['levels']} do not match region {spec.region!r} {list(spec.levels)}")
+        return spec
+
+    def save(self, ckpt_dir: str | os.PathLike) -> Path:
+        """Write ``detector_model.json`` into ``ckpt_dir`` (created); returns its path."""
+        d = Path(ckpt_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / SPEC_FILE
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DetectorSpec:
+        """Read a spec file, or ``detector_model.json`` in a folder.
+
+        Raises:
+            FileNotFoundError: no spec there.
+        """
+        p = Path(path)
+        if p.is_dir():
+            p = p / SPEC_FILE
+        if not p.is_file():
+            raise FileNotFoundError(f"detector spec {p} does not exist: train the detector bundle first")
+        with open(p, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f), source=str(p))
+
+    def file_paths(self, ckpt_dir: str | os.PathLike) -> list[str]:
+        """The spec file path in ``ckpt_dir`` (MLflow artifact list)."""
+        return [str(Path(ckpt_dir) / SPEC_FILE)]
+
+
+@dataclass
+class Detections:
+    """The detected vertebrae of one radiograph, top level first (in the region's order).
+
+    Unpacks as ``levels, centres_px, boxes_px, scores = detections``.
+
+    Attributes:
+        levels: N level names.
+        centres_px: ``(N, 2)`` ``(x, y)`` vertebral-body centres, image pixels.
+        boxes_px: ``(N, 4)`` ``(x0, y0, x1, y1)`` boxes, image pixels.
+        scores: ``(N,)`` in [0, 1]: the heatmap peak of each vertebra (for the ``sequence`` decoding the
+            maximum over the level heatmaps, for ``argmax`` the level's own).
+        spacing_mm: ``(sx, sy)`` or None when unknown.
+        spacing_source: where the spacing came from.
+    """
+
+    levels: list[str]
+    centres_px: np.ndarray
+    boxes_px: np.ndarray
+    scores: np.ndarray
+    spacing_mm: tuple[float, float] | None = None
+    spacing_source: str = "unknown"
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.levels, self.centres_px, self.boxes_px, self.scores))
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+    @property
+    def centres_mm(self) -> np.ndarray | None:
+        """``(N, 2)`` centres in mm from the image origin, or None when the spacing is unknown."""
+        return None if self.spacing_mm is None else px_to_mm(self.centres_px, self.spacing_mm)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record: one entry per vertebra with ``level``, ``centre_px``, ``box_px``, ``score``."""
+        return {
+            "spacing_mm": list(self.spacing_mm) if self.spacing_mm is not None else None,
+            "spacing_source": self.spacing_source,
+            "vertebrae": [
+                {"level": lev, "centre_px": [float(v) for v in c], "box_px": [float(v) for v in b], "score": float(s)}
+                for lev, c, b, s in zip(self.levels, self.centres_px, self.boxes_px, self.scores)
+            ],
+        }
+
+
+class VertebraDetector:
+    """Detect and label the vertebrae of whole radiographs.
+
+    Args:
+        network: a :class:`VertebraDetectorNet` with weights loaded (L = ``len(spec.levels)``).
+        spec: the :class:`DetectorSpec` it was trained with.
+        device: torch device.
+    """
+
+    def __init__(self, network: torch.nn.Module, spec: DetectorSpec, device: str | torch.device = "cpu") -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.resizer = LetterboxResize(spec.spatial_size, keep_mm_aspect=spec.keep_mm_aspect)
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        return self.spec.levels
+
+    @property
+    def score_threshold(self) -> float:
+        return self.spec.score_threshold
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, spec: DetectorSpec | None = None, device: str | torch.device = "cpu"
+    ) -> VertebraDetector:
+        """Load a trained detector.
+
+        Args:
+            path: the bundle's detector checkpoint folder (holding ``model.pt`` and
+                ``detector_model.json``) or the checkpoint file itself (the spec beside it).
+            spec: the spec, if it is not stored beside the checkpoint.
+            device: torch device.
+
+        Raises:
+            FileNotFoundError: no checkpoint or no spec.
+        """
+        p = Path(path)
+        ckpt = p / CHECKPOINT_FILE if p.is_dir() else p
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"detector checkpoint {ckpt} does not exist: train the detector bundle first")
+        spec = spec or DetectorSpec.load(ckpt.parent)
+        net = spec.build_network()
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        net.load_state_dict(state)
+        return cls(net, spec, device)
+
+    def preprocess(self, image: Any, spacing_mm: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scale intensities and letterbox: ``(net_image (1, H_net, W_net), det_to_image (3, 3))``."""
+        img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if img.ndim == 2:
+            img = img[None]
+        if img.ndim != 3 or img.shape[0] != 1:
+            raise ValueError(f"VertebraDetector: image must be (1, H, W) or (H, W), got shape {img.shape}")
+        from monai.transforms import ScaleIntensityRangePercentiles
+        from monai.utils import convert_to_numpy
+
+        lo, hi = self.spec.intensity_percentiles
+        scale = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)  # as the bundle
+        img = convert_to_numpy(scale(img.astype(np.float32)), dtype=np.float32)
+        return self.resizer(img, spacing_mm)
+
+    @torch.inference_mode()
+    def predict_levels(
+        self, image: Any, spacing_mm: Sequence[float] | None = None, score_threshold: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per-level decoding of one radiograph (see :func:`~monai_spine.engines.detector.decode_detections`).
+
+        Args:
+            image: ``(1, H, W)`` or ``(H, W)`` raw radiograph.
+            spacing_mm: ``(sx, sy)`` or None (unknown: the letterbox assumes square pixels).
+            score_threshold: override of the spec's threshold.
+
+        Returns:
+            dict of ``(L, ...)`` arrays in image pixels: ``scores``, ``centres_px``, ``boxes_px`` (NaN
+            for a level without a vertebra), ``detected``; and ``det_to_image`` ``(3, 3)``.
+        """
+        net_img, a = self.preprocess(image, spacing_mm)
+        x = torch.as_tensor(net_img[None], device=self.device)
+        pred = self.network(x)[0]
+        thr = self.spec.score_threshold if score_threshold is None else float(score_threshold)
+        dec = decode_detections(pred, thr, method=self.spec.decode_method, nms_radius_px=self.spec.nms_radius_px,
+                                gap_penalty=self.spec.gap_penalty)
+        return {
+            "scores": dec["scores"], "detected": dec["detected"],
+            "centres_px": points_to_image_px(dec["centres_net_px"], a),
+            "boxes_px": boxes_to_image_px(dec["boxes_net_px"], a),
+            "det_to_image": a,
+        }
+
+    def detect(
+        self, image: Any, spacing_mm: Sequence[float] | None = None, spacing_source: str | None = None
+    ) -> Detections:
+        """The detected vertebrae of one radiograph (levels in the region's order).
+
+        Args:
+            image: ``(1, H, W)`` or ``(H, W)`` raw radiograph (any intensity range).
+            spacing_mm: ``(sx, sy)`` mm per pixel, or None when unknown.
+            spacing_source: recorded in the result (default ``"unknown"`` without spacing, else
+                ``"sidecar"``, as for a spacing given besides the image file).
+
+        Returns:
+            :class:`Detections`; unpacks as ``levels, centres_px (N, 2), boxes_px (N, 4), scores (N,)``.
+        """
+        sp = None
+        if spacing_mm is not None:
+            arr = np.asarray(spacing_mm, dtype=np.float64).reshape(-1)
+            if arr.shape == (2,) and np.all(np.isfinite(arr)) and np.all(arr > 0):
+                sp = (float(arr[0]), float(arr[1]))
+        res = self.predict_levels(image, sp)
+        keep = res["detected"]
+        return Detections(
+            levels=[lev for lev, k in zip(self.levels, keep) if k],
+            centres_px=res["centres_px"][keep], boxes_px=res["boxes_px"][keep], scores=res["scores"][keep],
+            spacing_mm=sp, spacing_source=spacing_source or ("unknown" if sp is None else "sidecar"),
+        )
+
+    def detect_file(self, path: str | os.PathLike, spacing_mm: Sequence[float] | None = None) -> Detections:
+        """Read a radiograph (DICOM, PNG, ...; spacing from its header or sidecar) and :meth:`detect`."""
+        from monai_spine.data.readers import read_xray
+
+        img = read_xray(path, spacing_mm=None if spacing_mm is None else [float(v) for v in spacing_mm])
+        return self.detect(img.channel_first(), img.spacing_mm, img.spacing_source)
