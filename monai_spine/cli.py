@@ -77,6 +77,32 @@ def _cmd_corners(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from monai_spine.inference.pipeline import predict_cli
+
+    sp = None if args.spacing is None else [float(v) for v in args.spacing.split(",")]
+    return predict_cli(
+        args.paths,
+        args.out,
+        model=args.model,
+        detector_dir=args.detector_dir,
+        regressor_checkpoint=args.checkpoint,
+        variant=args.variant,
+        region=args.region,
+        width=args.width,
+        fc_features=args.fc_features,
+        spatial_size=tuple(args.spatial_size),
+        margin_mm=args.margin_mm,
+        mc_samples=args.mc_samples,
+        thresholds=args.thresholds,
+        heatmap_dir=args.heatmap_dir,
+        spacing_mm=sp,
+        overlays=not args.no_overlay,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from monai_spine.uncertainty.calibration import calibrate_from_args
 
@@ -113,6 +139,27 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--sigma-px", type=float, default=None, help="point sigma in pixels when files carry none")
     m.add_argument("--sigma-kind", choices=("total", "aleatoric", "epistemic"), default="total")
     m.set_defaults(func=_cmd_measure)
+
+    r = sub.add_parser("predict", help="whole-radiograph keypoints with uncertainty (detector + regressor/heatmap)")
+    r.add_argument("paths", nargs="+", help="radiographs (DICOM, PNG/JPEG, NIfTI, NRRD) or folders")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--model", choices=("regressor", "heatmap", "both"), default="regressor")
+    r.add_argument("--detector-dir", default=None, help="detector folder (model.pt, detector_model.json)")
+    r.add_argument("--checkpoint", default=None, help="regressor weights (default bundle/models/model.pt)")
+    r.add_argument("--variant", choices=("baseline", "cbam", "bayecbam"), default="bayecbam")
+    r.add_argument("--region", default=None, help="regressor region (default: the detector's)")
+    r.add_argument("--width", type=float, default=1.0, help="regressor network_width as trained")
+    r.add_argument("--fc-features", type=int, default=1024)
+    r.add_argument("--spatial-size", type=int, nargs=2, default=[224, 448], metavar=("H", "W"))
+    r.add_argument("--margin-mm", type=float, default=4.0)
+    r.add_argument("--mc-samples", type=int, default=10)
+    r.add_argument("--thresholds", default=None, help="thresholds JSON (default: thresholds.json beside the checkpoint)")
+    r.add_argument("--heatmap-dir", default=None, help="heatmap model folder (default bundle/models/heatmap)")
+    r.add_argument("--spacing", default=None, help='pixel spacing "sx,sy" in mm for every image')
+    r.add_argument("--no-overlay", action="store_true")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--device", default="cpu")
+    r.set_defaults(func=_cmd_predict)
 
     k = sub.add_parser("corners", help="semi-automatic corners from clicked vertebra centres (Al Arif FCN)")
     k.add_argument("image", help="radiograph (DICOM, PNG/JPEG, NIfTI, NRRD)")

@@ -38,6 +38,7 @@ def test_measure_writes_json_and_csv_from_annotations(synth_dir, tmp_path):
     [
         (["overlay", "/nonexistent/folder", "--out", "x"], "does not exist"),
         (["measure", "/nonexistent/case.json", "--out", "x"], "case.json"),
+        (["predict", "/nonexistent/xray.dcm", "--out", "x", "--detector-dir", "/nonexistent/det"], "nonexistent"),
         (["corners", "/nonexistent/xray.png", "--centres", "10,20;10,60", "--ckpt-dir", "/nonexistent/m"], "nonexistent"),
     ],
 )

@@ -1,0 +1,446 @@
+"""Whole-radiograph prediction: detector, then keypoint regressor (and/or heatmap corners) per vertebra.
+
+:class:`SpinePipeline` chains :class:`~monai_spine.inference.detector.VertebraDetector` (level-labelled
+boxes and centres) with :class:`~monai_spine.inference.regressor.KeypointPredictor` (BayeRegX
+keypoints with aleatoric / epistemic / total sigma_p, cropped from the detected boxes) and, optionally,
+:class:`~monai_spine.inference.heatmap.CornerPredictor` (Al Arif corners from the detected centres).
+For each radiograph ``<stem>`` it writes into the output folder (each file atomically: temporary
+name, then rename; a radiograph whose outputs cannot all be written leaves none of them):
+
+* ``<stem>.keypoints.json``: per vertebra its level, detection score, centre and box (px), and per
+  point ``x_px, y_px, x_mm, y_mm`` (mm ``null`` when the spacing is unknown), ``sigma_p_<kind>_frac``
+  and ``sigma_p_<kind>_mm`` for kinds aleatoric / epistemic / total, and the uncertainty class; the
+  spacing and its source at the top. With the heatmap model each vertebra also (``both``) or only
+  (``heatmap``) carries ``corners``. The file is read by ``monai-spine measure``.
+* ``<stem>.mrk.json``: 3D Slicer markups of the regressor's points (``<stem>.corners.mrk.json`` for
+  the heatmap corners).
+* ``<stem>.overlay.png``: the radiograph with the points coloured by uncertainty class (heatmap
+  corners in cyan).
+
+:func:`predict_cli` is the ``monai-spine predict PATH... --out DIR`` command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+
+__all__ = [
+    "SpinePipeline",
+    "PipelineResult",
+    "MODELS",
+    "IMAGE_EXTENSIONS",
+    "RESULT_FORMAT",
+    "CORNER_COLOUR_RGB",
+    "expand_inputs",
+    "output_stem",
+    "predict_cli",
+    "default_detector_dir",
+    "default_regressor_checkpoint",
+]
+
+#: ``--model`` choices.
+MODELS = ("regressor", "heatmap", "both")
+
+#: Name of the per-radiograph JSON format.
+RESULT_FORMAT = "monai-spine-prediction"
+
+#: File name endings taken from a folder given as input (files named explicitly are always tried).
+IMAGE_EXTENSIONS = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".nrrd")
+
+#: Colour of heatmap corners in the overlay (cyan).
+CORNER_COLOUR_RGB = (0, 255, 255)
+
+_KINDS = ("aleatoric", "epistemic", "total")
+
+
+def default_detector_dir() -> Path:
+    """``<repo>/bundle/models/detector``, where ``detector_train.json`` stores the detector."""
+    return Path(__file__).resolve().parents[2] / "bundle" / "models" / "detector"
+
+
+def default_regressor_checkpoint() -> Path:
+    """``<repo>/bundle/models/model.pt``, where ``train.json`` stores the regressor."""
+    return Path(__file__).resolve().parents[2] / "bundle" / "models" / "model.pt"
+
+
+@dataclass
+class PipelineResult:
+    """Outputs of one radiograph.
+
+    Attributes:
+        image: the input path.
+        result: the JSON record written to ``<stem>.keypoints.json``.
+        files: paths written (``keypoints``, ``markups``, ``corners_markups``, ``overlay``).
+    """
+
+    image: str
+    result: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def output_stem(path: str | os.PathLike) -> str:
+    """The output name of an image: its file name without a known image extension (``a.nii.gz`` -> ``a``)."""
+    name = Path(path).name
+    low = name.lower()
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if low.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def expand_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Files named in ``paths``, folders replaced by their image files (recursively, sorted).
+
+    Inside folders only names ending in :data:`IMAGE_EXTENSIONS` are taken; hidden files and anything
+    under ``exclude`` (the output folder) are skipped. Explicit files are kept as given (also missing
+    ones, so that they are reported as failures). Duplicates are dropped, first occurrence kept.
+    """
+    ex = Path(exclude).resolve() if exclude is not None else None
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = []
+            for f in p.rglob("*"):
+                if not f.is_file() or f.name.startswith(".") or not f.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                if ex is not None and ex in f.resolve().parents:
+                    continue
+                found.append(f)
+            cands = sorted(found)
+        else:
+            cands = [p]
+        for f in cands:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    return out
+
+
+class SpinePipeline:
+    """Detector + regressor (+ heatmap corners) on whole radiographs.
+
+    Args:
+        detector: an object with ``detect(image (1, H, W), spacing_mm, spacing_source) -> Detections``
+            (:class:`~monai_spine.inference.detector.VertebraDetector`).
+        regressor: a :class:`~monai_spine.inference.regressor.KeypointPredictor`, or None for the
+            heatmap model alone.
+        corner_predictor: a :class:`~monai_spine.inference.heatmap.CornerPredictor`, or None.
+        overlays: write the overlay PNG.
+
+    Raises:
+        ValueError: neither a regressor nor a corner predictor.
+    """
+
+    def __init__(self, detector: Any, regressor: Any | None = None, corner_predictor: Any | None = None,
+                 overlays: bool = True) -> None:
+        if regressor is None and corner_predictor is None:
+            raise ValueError("SpinePipeline needs a regressor, a corner predictor or both")
+        self.detector = detector
+        self.regressor = regressor
+        self.corner_predictor = corner_predictor
+        self.overlays = bool(overlays)
+
+    # ------------------------------------------------------------------ prediction
+    def predict_image(self, image: np.ndarray, spacing_mm: Sequence[float] | None, spacing_source: str = "unknown",
+                      name: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Predict one radiograph held in memory.
+
+        Args:
+            image: ``(1, H, W)`` or ``(H, W)`` raw radiograph.
+            spacing_mm: ``(sx, sy)`` mm per pixel, or None when unknown.
+            spacing_source: where the spacing came from.
+            name: image path recorded in the result.
+
+        Returns:
+            ``(result, parts)``: the JSON record, and the raw predictions (``detections``,
+            ``keypoints`` (:class:`KeypointPrediction` or None), ``corners`` (:class:`CornerPrediction`
+            or None)).
+        """
+        img = np.asarray(image, dtype=np.float32)
+        if img.ndim == 2:
+            img = img[None]
+        if img.ndim != 3 or img.shape[0] != 1:
+            raise ValueError(f"{name or 'image'}: expected a (1, H, W) or (H, W) radiograph, got shape {img.shape}")
+        sp = None if spacing_mm is None else (float(spacing_mm[0]), float(spacing_mm[1]))
+        source = spacing_source if sp is not None else "unknown"
+        det = self.detector.detect(img, sp, source)
+        levels = [str(v) for v in det.levels]
+        centres = np.asarray(det.centres_px, dtype=np.float64).reshape(-1, 2)
+        boxes = np.asarray(det.boxes_px, dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(det.scores, dtype=np.float64).reshape(-1)
+        kp = None
+        if self.regressor is not None:
+            kp = self.regressor.predict(img, boxes, sp, source)
+            result = self.regressor.to_json(kp, levels, image=name)
+        else:
+            result = {
+                "image": name, "scheme": self.corner_predictor.spec.scheme,
+                "spacing_mm": None if sp is None else list(sp), "spacing_source": source,
+                "units_note": "mm values are null when the spacing is unknown; pixel values are always given",
+                "vertebrae": [{"level": lev} for lev in levels],
+            }
+        corners = None
+        if self.corner_predictor is not None and len(levels) >= 2:
+            corners = self.corner_predictor.predict(img, centres, sp, source, levels=levels)
+            cj = self.corner_predictor.to_json(corners, image=name)
+            for v, cv in zip(result["vertebrae"], cj["vertebrae"]):
+                v["corners"] = cv["corners"]
+        elif self.corner_predictor is not None:
+            for v in result["vertebrae"]:
+                v["corners"] = None
+        for i, v in enumerate(result["vertebrae"]):
+            v["detection_score"] = float(scores[i])
+            v["centre_px"] = [float(t) for t in centres[i]]
+            v["box_px"] = [float(t) for t in boxes[i]]
+        models = ([] if self.regressor is None else ["regressor"]) + ([] if self.corner_predictor is None else ["heatmap"])
+        result = {"format": RESULT_FORMAT, "version": 1, **result, "models": models}
+        if self.corner_predictor is not None and len(levels) < 2:
+            result["corners_note"] = "heatmap corners need at least two detected vertebrae"
+        return result, {"detections": det, "keypoints": kp, "corners": corners, "levels": levels}
+
+    def predict_file(self, path: str | os.PathLike, out_dir: str | os.PathLike, stem: str | None = None,
+                     spacing_mm: Sequence[float] | None = None) -> PipelineResult:
+        """Read a radiograph, predict it and write its outputs into ``out_dir``.
+
+        Every output is written atomically; if one of them fails, those already written for this
+        radiograph are removed, so a failure leaves no partial set.
+
+        Args:
+            path: DICOM, PNG/JPEG/TIFF, NIfTI or NRRD (spacing from the header or ``<path>.spacing.json``).
+            out_dir: output folder (created).
+            stem: output name (default :func:`output_stem`).
+            spacing_mm: ``(sx, sy)`` overriding the file's spacing (recorded as ``"sidecar"``).
+        """
+        from monai_spine.data.readers import read_xray
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        img = read_xray(path, spacing_mm=spacing_mm)
+        result, parts = self.predict_image(img.channel_first(), img.spacing_mm, img.spacing_source, name=str(path))
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = stem or output_stem(path)
+        files: dict[str, str] = {}
+        try:
+            self._write_outputs(out, stem, img, result, parts, files)
+        except BaseException:
+            for f in files.values():
+                Path(f).unlink(missing_ok=True)
+            raise
+        return PipelineResult(str(path), result, files)
+
+    # ------------------------------------------------------------------ outputs
+    def _annotation(self, img: Any, levels: list[str], keypoints_px: np.ndarray, visible: np.ndarray, scheme: str) -> Any:
+        from monai_spine.data.annotation import SpineAnnotation
+        from monai_spine.data.keypoints import get_scheme
+
+        region = getattr(getattr(self.detector, "spec", None), "region", None) or _region_of(levels, scheme)
+        return SpineAnnotation(
+            levels=list(levels), keypoints_px=keypoints_px, visible=visible, region=region,
+            scheme=get_scheme(scheme).name, image=img.path, image_size=img.size_wh,
+            spacing_mm=img.spacing_mm, spacing_source=img.spacing_source,
+        )
+
+    def _write_outputs(self, out: Path, stem: str, img: Any, result: dict[str, Any], parts: dict[str, Any],
+                       files: dict[str, str]) -> None:
+        from monai_spine.data.annotation import atomic_write_text
+        from monai_spine.data.slicer import write_slicer_markups
+        from monai_spine.inference.overlay import write_overlay
+        from monai_spine.inference.regressor import KeypointPredictor
+        from monai_spine.uncertainty.classes import class_colours
+
+        levels = parts["levels"]
+        json_path = out / f"{stem}.keypoints.json"
+        atomic_write_text(json_path, KeypointPredictor.dumps(result))
+        files["keypoints"] = str(json_path)
+        layers = []
+        kp = parts["keypoints"]
+        if kp is not None:
+            n, k = kp.keypoints_px.shape[:2]
+            desc = np.empty((n, k), dtype=object)
+            for i in range(n):
+                for j in range(k):
+                    s = kp.sigma_mm["total"][i, j]
+                    s_txt = f"{s:.2f} mm" if np.isfinite(s) else f"{kp.sigma_frac['total'][i, j]:.4f} (crop fraction)"
+                    desc[i, j] = f"sigma_p={s_txt}; {result['vertebrae'][i]['points'][j]['uncertainty_class']}"
+            ann = self._annotation(img, levels, kp.keypoints_px, np.ones((n, k), bool), self.regressor.scheme.name)
+            mrk = out / f"{stem}.mrk.json"
+            write_slicer_markups(ann, mrk, point_fields={"description": desc})
+            files["markups"] = str(mrk)
+            layers.append(dict(keypoints_px=kp.keypoints_px, colors_rgb=class_colours(kp.classes), labels=levels))
+        cp = parts["corners"]
+        if cp is not None:
+            from monai_spine.data.keypoints import get_scheme
+
+            scheme = get_scheme(self.corner_predictor.spec.scheme)
+            n = len(cp.corners_px)
+            full = np.full((n, scheme.num_points, 2), np.nan)
+            vis = np.zeros((n, scheme.num_points), bool)
+            idx = list(scheme.corner_indices)
+            full[:, idx] = cp.corners_px
+            vis[:, idx] = np.all(np.isfinite(cp.corners_px), axis=-1)
+            full[~vis] = np.nan  # the SP point (and failed corners): "missing" in the markups
+            ann = self._annotation(img, levels, full, vis, scheme.name)
+            cmrk = out / f"{stem}.corners.mrk.json"
+            write_slicer_markups(ann, cmrk, name="corners")
+            files["corners_markups"] = str(cmrk)
+            layers.append(dict(keypoints_px=cp.corners_px, colors_rgb=CORNER_COLOUR_RGB,
+                               labels=None if kp is not None else levels))
+        if self.overlays:
+            png = out / f"{stem}.overlay.png"
+            write_overlay(png, img.array, layers)
+            files["overlay"] = str(png)
+
+
+def _region_of(levels: Sequence[str], scheme: str) -> str:
+    """A region whose levels hold ``levels`` (for the markups record), ``cervical`` by default."""
+    from monai_spine.data.keypoints import get_region
+
+    for name in ("cervical", "lumbar", "ap"):
+        try:
+            reg = get_region(name)
+        except KeyError:
+            continue
+        if reg.scheme.name == scheme and set(levels) <= set(reg.levels):
+            return name
+    return "cervical"
+
+
+def _load_thresholds(path: str | os.PathLike | None, checkpoint: Path) -> Any:
+    """Thresholds from ``path`` (must exist), else ``thresholds.json`` beside the checkpoint, else the paper's."""
+    from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
+
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"thresholds file {path} does not exist")
+        return Thresholds.load(path)
+    beside = checkpoint.parent / "thresholds.json"
+    return Thresholds.load(beside) if beside.is_file() else PAPER_THRESHOLDS
+
+
+def predict_cli(
+    paths: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    model: str = "regressor",
+    detector_dir: str | os.PathLike | None = None,
+    regressor_checkpoint: str | os.PathLike | None = None,
+    variant: str = "bayecbam",
+    region: str | None = None,
+    width: float = 1.0,
+    fc_features: int = 1024,
+    spatial_size: Sequence[int] = (224, 448),
+    margin_mm: float = 4.0,
+    mc_samples: int = 10,
+    thresholds: str | os.PathLike | None = None,
+    heatmap_dir: str | os.PathLike | None = None,
+    spacing_mm: Sequence[float] | None = None,
+    overlays: bool = True,
+    device: str = "cpu",
+    progress: bool = True,
+    stream: TextIO | None = None,
+    pipeline: SpinePipeline | None = None,
+) -> int:
+    """``monai-spine predict PATH... --out DIR``: predict every radiograph and write its outputs.
+
+    Args:
+        paths: image files and/or folders (searched recursively for :data:`IMAGE_EXTENSIONS`).
+        out: output folder.
+        model: ``"regressor"`` (BayeRegX keypoints), ``"heatmap"`` (Al Arif corners from the detected
+            centres) or ``"both"``.
+        detector_dir: detector checkpoint folder (default :func:`default_detector_dir`).
+        regressor_checkpoint: regressor weights (default :func:`default_regressor_checkpoint`).
+        variant, width, fc_features: regressor network (as trained: ``variant``, ``network_width``,
+            ``fc_features`` of the bundle).
+        region: regressor region (default: the detector's).
+        spatial_size: regressor crop ``(H, W)``.
+        margin_mm: crop margin (the bundle's ``margin_mm + rand_pad_mm / 2``).
+        mc_samples: MC-dropout passes T.
+        thresholds: thresholds JSON (default ``thresholds.json`` beside the checkpoint, else the paper's).
+        heatmap_dir: heatmap model folder (default :func:`monai_spine.inference.heatmap.default_ckpt_dir`).
+        spacing_mm: ``(sx, sy)`` overriding every image's spacing.
+        overlays: write overlay PNGs.
+        device: torch device.
+        progress: show a tqdm progress bar (on stderr) when there is more than one file.
+        stream: where to print the summary (default stdout; failures also go there).
+        pipeline: a ready pipeline (tests); the model arguments are then ignored.
+
+    Returns:
+        Exit status: 0 when every file was predicted, 1 when any failed (they are listed), 2 when
+        no input file was found.
+
+    Raises:
+        ValueError: unknown ``model``; FileNotFoundError: a model file is missing.
+    """
+    stream = stream or sys.stdout
+    if model not in MODELS:
+        raise ValueError(f"--model must be one of {MODELS}, got {model!r}")
+    if pipeline is None:
+        pipeline = _build_pipeline(model, detector_dir, regressor_checkpoint, variant, region, width, fc_features,
+                                   spatial_size, margin_mm, mc_samples, thresholds, heatmap_dir, overlays, device)
+    out_dir = Path(out)
+    files = expand_inputs(paths, exclude=out_dir)
+    if not files:
+        print(f"monai-spine predict: no image found in {', '.join(map(str, paths)) or '(no paths)'}", file=stream)
+        return 2
+    stems: dict[str, int] = {}
+    failures: list[tuple[str, str]] = []
+    done = 0
+    it: Any = files
+    if progress and len(files) > 1:
+        from tqdm.auto import tqdm
+
+        it = tqdm(files, desc="predict", unit="image", file=sys.stderr)
+    for f in it:
+        stem = output_stem(f)
+        if stem in stems:  # same name from two folders or formats: keep both
+            stems[stem] += 1
+            stem = f"{stem}-{stems[stem]}"
+        else:
+            stems[stem] = 0
+        try:
+            pipeline.predict_file(f, out_dir, stem=stem, spacing_mm=spacing_mm)
+            done += 1
+        except Exception as e:  # go on with the next file; every failure is listed at the end
+            failures.append((str(f), f"{type(e).__name__}: {e}"))
+    print(f"predicted {done} of {len(files)} radiograph(s) into {out_dir}", file=stream)
+    if failures:
+        print(f"{len(failures)} failed:", file=stream)
+        for f, msg in failures:
+            print(f"  {f}: {msg}", file=stream)
+        return 1
+    return 0
+
+
+def _build_pipeline(model: str, detector_dir: Any, regressor_checkpoint: Any, variant: str, region: str | None,
+                    width: float, fc_features: int, spatial_size: Sequence[int], margin_mm: float, mc_samples: int,
+                    thresholds: Any, heatmap_dir: Any, overlays: bool, device: str) -> SpinePipeline:
+    from monai_spine.inference.detector import VertebraDetector
+
+    detector = VertebraDetector.from_checkpoint(detector_dir or default_detector_dir(), device=device)
+    regressor = corners = None
+    if model in ("regressor", "both"):
+        from monai_spine.inference.regressor import KeypointPredictor
+
+        ckpt = Path(regressor_checkpoint or default_regressor_checkpoint())
+        size = tuple(int(s) for s in spatial_size)
+        regressor = KeypointPredictor.from_checkpoint(
+            ckpt, variant=variant, region=region or detector.spec.region,
+            network_kwargs={"width": float(width), "fc_features": int(fc_features)},
+            spatial_size=size, margin_mm=float(margin_mm), num_samples=int(mc_samples),
+            thresholds=_load_thresholds(thresholds, ckpt), device=device,
+        )
+    if model in ("heatmap", "both"):
+        from monai_spine.inference.heatmap import CornerPredictor, default_ckpt_dir
+
+        corners = CornerPredictor.from_ckpt_dir(heatmap_dir or default_ckpt_dir(), device=device)
+    return SpinePipeline(detector, regressor, corners, overlays=overlays)

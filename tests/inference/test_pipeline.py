@@ -1,0 +1,231 @@
+"""Tests of the whole-radiograph pipeline (monai_spine/inference/pipeline.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from monai_spine.data.readers import write_sidecar
+from monai_spine.data.synthetic import write_dx_dicom
+from monai_spine.inference.detector import Detections, DetectorSpec
+from monai_spine.inference.pipeline import SpinePipeline, expand_inputs, output_stem, predict_cli
+from monai_spine.inference.regressor import KeypointPredictor
+
+FRAC = (0.25, 0.75)  # the stub network's answer for every point, crop fractions (x, y)
+SIGMA_FRAC = 0.01  # its per-axis aleatoric sigma
+BOXES = np.array([[100.0, 100.0, 140.0, 120.0], [100.0, 160.0, 140.0, 180.0]])
+IMAGE_HW = (300, 240)
+CROP_HW = (32, 64)
+
+
+class FakeDetector:
+    """Returns the same two boxes (C3, C4) on any image, and records the spacing it was given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def detect(self, image, spacing_mm=None, spacing_source=None):
+        self.calls.append((image.shape, spacing_mm, spacing_source))
+        centres = np.stack([(BOXES[:, 0] + BOXES[:, 2]) / 2, (BOXES[:, 1] + BOXES[:, 3]) / 2], 1)
+        return Detections(["C3", "C4"], centres, BOXES.copy(), np.array([0.9, 0.6]), spacing_mm,
+                          spacing_source or "unknown")
+
+
+class ConstantNet(torch.nn.Module):
+    """Means FRAC and log-variance log(SIGMA_FRAC^2) for every crop and point."""
+
+    def forward(self, x):
+        out = torch.tensor([FRAC[0], FRAC[1], 2 * math.log(SIGMA_FRAC), 2 * math.log(SIGMA_FRAC)])
+        return out.repeat(x.shape[0], 5, 1)
+
+
+def stub_pipeline(**kw):
+    reg = KeypointPredictor(ConstantNet(), scheme="lateral5", spatial_size=CROP_HW, margin_mm=4.0, num_samples=2)
+    return SpinePipeline(FakeDetector(), reg, **kw)
+
+
+def image_u16(seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random(IMAGE_HW) * 4000).astype(np.uint16)
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    write_dx_dicom(d / "dx.dcm", image_u16(0), (0.1, 0.2))  # sx = 0.1, sy = 0.2
+    cv2.imwrite(str(d / "side.png"), (image_u16(1) // 16).astype(np.uint8))
+    write_sidecar(d / "side.png", (0.2, 0.2))
+    cv2.imwrite(str(d / "bare.png"), (image_u16(2) // 16).astype(np.uint8))
+    return d
+
+
+# Expected points, hand-computed through the crop (margin 4 mm, or 15 % of the box without spacing;
+# the box grows about its centre until one crop pixel covers equal mm (or px) in x and y; crop size
+# H x W = 32 x 64; x = x0 + fx * bw, y = y0 + fy * bh). First box (100, 100, 140, 120):
+# * dx.dcm, spacing (0.1, 0.2): margins 40 px (x), 20 px (y) -> (60, 80, 180, 140), 120 x 60 px =
+#   12 x 12 mm -> x grows to 240 px (0.375 mm per crop pixel both ways): (0, 80, 240, 140) -> (60, 125).
+# * side.png, spacing (0.2, 0.2): margins 20 px -> (80, 80, 160, 140), 80 x 60 px -> x grows to
+#   120 px: (60, 80, 180, 140) -> (90, 125).
+# * bare.png, unknown spacing: margins 6 px (x), 3 px (y) -> (94, 97, 146, 123), 52 x 26 px, already
+#   2 : 1 -> (107, 116.5).
+# The second box is the first moved down by 60 px.
+EXPECTED = {"dx": (60.0, 125.0), "side": (90.0, 125.0), "bare": (107.0, 116.5)}
+SPACING = {"dx": ([0.1, 0.2], "PixelSpacing"), "side": ([0.2, 0.2], "sidecar"), "bare": (None, "unknown")}
+
+
+@pytest.mark.parametrize("stem", ["dx", "side", "bare"])
+def test_points_map_through_the_crop_and_outputs_are_valid(inputs, tmp_path, stem):
+    name = {"dx": "dx.dcm", "side": "side.png", "bare": "bare.png"}[stem]
+    out = tmp_path / "out"
+    res = stub_pipeline().predict_file(inputs / name, out)
+    assert set(res.files) == {"keypoints", "markups", "overlay"}
+    d = json.loads((out / f"{stem}.keypoints.json").read_text())
+    sp, source = SPACING[stem]
+    assert d["format"] == "monai-spine-prediction" and d["scheme"] == "lateral5" and d["models"] == ["regressor"]
+    assert d["spacing_mm"] == sp and d["spacing_source"] == source
+    assert [v["level"] for v in d["vertebrae"]] == ["C3", "C4"]
+    assert [v["detection_score"] for v in d["vertebrae"]] == pytest.approx([0.9, 0.6])
+    assert d["vertebrae"][1]["box_px"] == BOXES[1].tolist()
+    ex, ey = EXPECTED[stem]
+    for i, v in enumerate(d["vertebrae"]):
+        assert len(v["points"]) == 5
+        for p in v["points"]:
+            assert (p["x_px"], p["y_px"]) == pytest.approx((ex, ey + 60.0 * i), abs=1e-6)
+            assert p["sigma_p_aleatoric_frac"] == pytest.approx(SIGMA_FRAC * math.sqrt(2), rel=1e-4)
+            assert p["sigma_p_epistemic_frac"] == pytest.approx(0.0, abs=1e-9)
+            assert p["uncertainty_class"] == "highly_uncertain"  # 0.0141 > tau2 = 0.0097 (paper, fractions)
+            if sp is None:
+                assert p["x_mm"] is None and p["y_mm"] is None and p["sigma_p_total_mm"] is None
+            else:
+                assert (p["x_mm"], p["y_mm"]) == pytest.approx((ex * sp[0], (ey + 60.0 * i) * sp[1]), abs=1e-6)
+                assert p["sigma_p_total_mm"] > 0
+    mrk = json.loads((out / f"{stem}.mrk.json").read_text())
+    assert sum(len(m["controlPoints"]) for m in mrk["markups"]) == 10
+    png = cv2.imread(str(out / f"{stem}.overlay.png"))
+    assert png.shape == (*IMAGE_HW, 3)
+
+
+def test_detector_gets_the_spacing_of_the_file(inputs, tmp_path):
+    pipe = stub_pipeline()
+    pipe.predict_file(inputs / "dx.dcm", tmp_path / "o")
+    pipe.predict_file(inputs / "bare.png", tmp_path / "o")
+    assert pipe.detector.calls == [((1, *IMAGE_HW), (0.1, 0.2), "PixelSpacing"), ((1, *IMAGE_HW), None, "unknown")]
+
+
+def test_cli_goes_on_past_bad_files_and_lists_them(inputs, tmp_path):
+    (inputs / "broken.png").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    buf = io.StringIO()
+    rc = predict_cli([inputs, tmp_path / "missing.dcm"], out, pipeline=stub_pipeline(), stream=buf, progress=False)
+    text = buf.getvalue()
+    assert rc == 1
+    assert "predicted 3 of 5" in text and "2 failed" in text
+    assert "broken.png" in text and "missing.dcm" in text
+    for stem in ("bare", "dx", "side"):
+        for suffix in (".keypoints.json", ".mrk.json", ".overlay.png"):
+            assert (out / f"{stem}{suffix}").is_file()
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.startswith(("broken", "missing", "."))], names  # no partial / temp file
+
+
+def test_cli_all_good_returns_zero_and_progress_bar_runs(inputs, tmp_path, capsys):
+    rc = predict_cli([inputs / "dx.dcm", inputs / "side.png"], tmp_path / "o", pipeline=stub_pipeline(),
+                     stream=io.StringIO(), progress=True)
+    assert rc == 0
+    assert "predict" in capsys.readouterr().err  # tqdm's bar on stderr
+
+
+def test_cli_no_input_and_bad_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert predict_cli([tmp_path / "empty"], tmp_path / "o", pipeline=stub_pipeline(), stream=io.StringIO()) == 2
+    with pytest.raises(ValueError, match="--model"):
+        predict_cli([tmp_path], tmp_path / "o", model="fcn")
+
+
+def test_failed_write_leaves_no_partial_outputs(inputs, tmp_path, monkeypatch):
+    import monai_spine.inference.overlay as overlay
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(overlay, "write_overlay", boom)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        stub_pipeline().predict_file(inputs / "dx.dcm", out)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name, stem", [("a.dcm", "a"), ("b.nii.gz", "b"), ("c.PNG", "c"), ("noext", "noext"), ("x.y.png", "x.y")]
+)
+def test_output_stem(name, stem):
+    assert output_stem(name) == stem
+
+
+def test_expand_inputs_skips_outputs_hidden_and_other_files(inputs, tmp_path):
+    (inputs / "notes.txt").write_text("x")
+    (inputs / ".hidden.png").write_bytes(b"")
+    (inputs / "out").mkdir()
+    (inputs / "out" / "old.overlay.png").write_bytes(b"")
+    files = expand_inputs([inputs, inputs / "dx.dcm"], exclude=inputs / "out")
+    assert [f.name for f in files] == ["bare.png", "dx.dcm", "side.png"]
+
+
+def test_pipeline_needs_a_model():
+    with pytest.raises(ValueError, match="regressor"):
+        SpinePipeline(FakeDetector(), None, None)
+
+
+# ------------------------------------------------------------- loaders: untrained tiny models saved to disk
+def test_cli_loads_saved_detector_regressor_and_heatmap(inputs, tmp_path):
+    from monai_spine.inference.corners import CornerPrior
+    from monai_spine.inference.heatmap import HeatmapModelSpec
+    from monai_spine.networks.regressor import build_regressor
+
+    torch.manual_seed(0)
+    det_dir = tmp_path / "det"
+    spec = DetectorSpec(region="cervical", spatial_size=(32, 32), features=(4, 4, 8, 8, 16, 4), score_threshold=0.01)
+    spec.save(det_dir)
+    torch.save(spec.build_network().state_dict(), det_dir / "model.pt")
+    reg_ckpt = tmp_path / "reg" / "model.pt"
+    reg_ckpt.parent.mkdir()
+    net = build_regressor("bayecbam", 5, width=0.125, fc_features=16, spatial_size=(64, 64))
+    torch.save(net.state_dict(), reg_ckpt)
+    hm_dir = tmp_path / "hm"
+    offs = np.array([[-0.5, -0.4], [0.5, -0.4], [-0.5, 0.4], [0.5, 0.4]])
+    hm = HeatmapModelSpec(size_ratio=0.7, out_size=32, grid=(1, 0.1), scales=(2.0,), rotations_deg=(0.0,),
+                          network={"width": 2}, prior=CornerPrior(offs, np.stack([np.eye(2) * 0.01] * 4), count=5))
+    hm.save(hm_dir)
+    torch.save(hm.build_network().state_dict(), hm_dir / "model.pt")
+    out = tmp_path / "out"
+    buf = io.StringIO()
+    rc = predict_cli([inputs / "dx.dcm", inputs / "bare.png"], out, model="both", detector_dir=det_dir,
+                     regressor_checkpoint=reg_ckpt, variant="bayecbam", width=0.125, fc_features=16,
+                     spatial_size=(64, 64), mc_samples=2, heatmap_dir=hm_dir, progress=False, stream=buf)
+    assert rc == 0, buf.getvalue()
+    for stem in ("dx", "bare"):
+        d = json.loads((out / f"{stem}.keypoints.json").read_text())
+        assert d["models"] == ["regressor", "heatmap"]
+        assert all(lev in spec.levels for lev in (v["level"] for v in d["vertebrae"]))
+        for v in d["vertebrae"]:
+            assert len(v["points"]) == 5 and 0.0 <= v["detection_score"] <= 1.0
+            if len(d["vertebrae"]) >= 2:
+                assert [c["name"] for c in v["corners"]] == ["AS", "PS", "AI", "PI"]
+        assert (out / f"{stem}.overlay.png").is_file() and (out / f"{stem}.mrk.json").is_file()
+    assert json.loads((out / "bare.keypoints.json").read_text())["spacing_source"] == "unknown"
+    assert len(json.loads((out / "dx.keypoints.json").read_text())["vertebrae"]) >= 2  # corners were checked
+    cm = json.loads((out / "dx.corners.mrk.json").read_text())["markups"][0]["controlPoints"]
+    assert [c["positionStatus"] for c in cm[:5]] == ["defined"] * 4 + ["missing"]  # SP is no corner
+    rc = predict_cli([inputs / "side.png"], out, model="heatmap", detector_dir=det_dir, heatmap_dir=hm_dir,
+                     progress=False, stream=buf)
+    d = json.loads((out / "side.keypoints.json").read_text())
+    assert rc == 0 and d["models"] == ["heatmap"] and d["spacing_source"] == "sidecar"
+    assert all("points" not in v and len(v["corners"]) == 4 for v in d["vertebrae"])
+    assert d["vertebrae"][0]["corners"][0]["x_mm"] is not None
