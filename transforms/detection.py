@@ -43,7 +43,7 @@ from monai.config import KeysCollection
 from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform, Transform
 from monai.utils import convert_to_numpy, ensure_tuple
 
-from transforms.keypoints import crop_to_image_px, image_to_crop_px
+from transforms.keypoints import _known_spacing, crop_to_image_px, image_to_crop_px
 
 __all__ = [
     "letterbox_affine",
@@ -75,17 +75,6 @@ def _size_hw(spatial_size: Sequence[int], name: str = "spatial_size") -> tuple[i
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"{name} must be (H, W) positive ints, got {spatial_size!r}")
     return size  # type: ignore[return-value]
-
-
-def _known_spacing(spacing_mm: Any) -> np.ndarray | None:
-    if spacing_mm is None:
-        return None
-    sp = np.asarray(convert_to_numpy(spacing_mm), dtype=np.float64).reshape(-1)
-    if sp.shape != (2,):
-        raise ValueError(f"spacing_mm must be (sx, sy), got shape {sp.shape}")
-    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-        return None
-    return sp
 
 
 # ---------------------------------------------------------------------------------------------- geometry
