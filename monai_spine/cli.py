@@ -100,7 +100,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         overlays=not args.no_overlay,
         device=args.device,
         progress=not args.no_progress,
+        flip_tta=args.flip_tta,
+        conformal=args.conformal,
     )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from monai_spine.inference.report import report_from_args
+
+    return report_from_args(args)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -156,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--thresholds", default=None, help="thresholds JSON (default: thresholds.json beside the checkpoint)")
     r.add_argument("--heatmap-dir", default=None, help="heatmap model folder (default bundle/models/heatmap)")
     r.add_argument("--spacing", default=None, help='pixel spacing "sx,sy" in mm for every image')
+    r.add_argument("--flip-tta", action="store_true", help="also predict the mirrored crop and average (labels swapped back)")
+    r.add_argument("--conformal", default=None, help="conformal.json (default: beside the checkpoint, when present)")
     r.add_argument("--no-overlay", action="store_true")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--device", default="cpu")
@@ -173,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="cpu")
     k.add_argument("--json", action="store_true", help="print JSON instead of a table")
     k.set_defaults(func=_cmd_corners)
+
+    rp = sub.add_parser("report", help="HTML report (and MLflow run) of predictions over a test set")
+    from monai_spine.inference.report import add_report_arguments
+
+    add_report_arguments(rp)
+    rp.set_defaults(func=_cmd_report)
 
     c = sub.add_parser("calibrate", help="fit uncertainty thresholds (tau1, tau2) and conformal radii on validation predictions")
     from monai_spine.uncertainty.calibration import add_calibrate_arguments

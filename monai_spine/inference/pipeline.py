@@ -328,6 +328,17 @@ def _load_thresholds(path: str | os.PathLike | None, checkpoint: Path) -> Any:
     return Thresholds.load(beside) if beside.is_file() else PAPER_THRESHOLDS
 
 
+def _load_conformal(path: str | os.PathLike | None, checkpoint: Path) -> Any:
+    """Conformal calibration from ``path`` (must exist), else ``conformal.json`` beside the checkpoint, else None."""
+    from monai_spine.inference.regressor import load_conformal
+
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"conformal file {path} does not exist")
+        return load_conformal(path)
+    return load_conformal(checkpoint.parent / "conformal.json")
+
+
 def predict_cli(
     paths: Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -349,6 +360,8 @@ def predict_cli(
     progress: bool = True,
     stream: TextIO | None = None,
     pipeline: SpinePipeline | None = None,
+    flip_tta: bool = False,
+    conformal: str | os.PathLike | None = None,
 ) -> int:
     """``monai-spine predict PATH... --out DIR``: predict every radiograph and write its outputs.
 
@@ -373,6 +386,9 @@ def predict_cli(
         progress: show a tqdm progress bar (on stderr) when there is more than one file.
         stream: where to print the summary (default stdout; failures also go there).
         pipeline: a ready pipeline (tests); the model arguments are then ignored.
+        flip_tta: regressor flip test-time augmentation (average with the horizontally flipped crop).
+        conformal: conformal calibration JSON giving each point an error radius (default
+            ``conformal.json`` beside the checkpoint, else no radius).
 
     Returns:
         Exit status: 0 when every file was predicted, 1 when any failed (they are listed), 2 when
@@ -386,7 +402,8 @@ def predict_cli(
         raise ValueError(f"--model must be one of {MODELS}, got {model!r}")
     if pipeline is None:
         pipeline = _build_pipeline(model, detector_dir, regressor_checkpoint, variant, region, width, fc_features,
-                                   spatial_size, margin_mm, mc_samples, thresholds, heatmap_dir, overlays, device)
+                                   spatial_size, margin_mm, mc_samples, thresholds, heatmap_dir, overlays, device,
+                                   flip_tta=flip_tta, conformal=conformal)
     out_dir = Path(out)
     files = expand_inputs(paths, exclude=out_dir)
     if not files:
@@ -423,7 +440,8 @@ def predict_cli(
 
 def _build_pipeline(model: str, detector_dir: Any, regressor_checkpoint: Any, variant: str, region: str | None,
                     width: float, fc_features: int, spatial_size: Sequence[int], margin_mm: float, mc_samples: int,
-                    thresholds: Any, heatmap_dir: Any, overlays: bool, device: str) -> SpinePipeline:
+                    thresholds: Any, heatmap_dir: Any, overlays: bool, device: str, flip_tta: bool = False,
+                    conformal: Any = None) -> SpinePipeline:
     from monai_spine.inference.detector import VertebraDetector
 
     detector = VertebraDetector.from_checkpoint(detector_dir or default_detector_dir(), device=device)
@@ -438,6 +456,7 @@ def _build_pipeline(model: str, detector_dir: Any, regressor_checkpoint: Any, va
             network_kwargs={"width": float(width), "fc_features": int(fc_features)},
             spatial_size=size, margin_mm=float(margin_mm), num_samples=int(mc_samples),
             thresholds=_load_thresholds(thresholds, ckpt), device=device,
+            flip_tta=bool(flip_tta), conformal=_load_conformal(conformal, ckpt),
         )
     if model in ("heatmap", "both"):
         from monai_spine.inference.heatmap import CornerPredictor, default_ckpt_dir

@@ -4,6 +4,26 @@
 detector, or built from annotations), crops each vertebra exactly as the bundle's validation
 pipeline does, runs the network with batched MC dropout (the convolutional trunk once, the head
 ``T`` times), and maps the points back to the radiograph's pixels.
+
+Options:
+
+* **flip test-time augmentation** (``flip_tta=True``): each crop is also predicted flipped along
+  its width. With edge-based fractions ``frac = (x + 0.5) / W`` a horizontal flip maps
+  ``x_frac -> 1 - x_frac``, and the network labels the flipped crop's points in flipped order, so
+  the flipped prediction is mapped back by ``x_frac' = 1 - x_frac`` and then the scheme's
+  ``flip_permutation`` (``back[:, j] = mapped[:, perm[j]]``; the per-axis variances are permuted
+  the same way, a sign change leaves them unchanged). The two predictions ``m1`` (original) and
+  ``m2`` (flipped back) are averaged: ``mean = (m1 + m2) / 2``; the aleatoric variance is the mean
+  of the two aleatoric variances, the epistemic variance is the mean of the two epistemic
+  variances **plus** the variance between the two means ``((m1 - m2) / 2) ** 2`` (per axis; the
+  disagreement of the two views is model uncertainty), and total = aleatoric + epistemic as always
+  (law of total variance over the equally weighted mixture of the two views).
+* **conformal radii** (``conformal=`` a fitted
+  :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator`, see :func:`load_conformal`):
+  each point gets the split-conformal radius ``r = q_hat(point type) * sigma_p`` (normalized
+  score; ``q_hat`` for the absolute score) from the total ``sigma_p`` in the calibrator's
+  ``sigma_units``; the radius is in the calibrator's ``error_unit`` (``mm``, or radiograph ``px``
+  when it was fitted without spacing) and covers the error with probability ``>= 1 - alpha``.
 """
 
 from __future__ import annotations
@@ -19,10 +39,82 @@ import torch
 
 from monai_spine.data.keypoints import get_scheme, px_to_mm
 from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
-from monai_spine.uncertainty.mc_dropout import mc_dropout_predict, sigma_frac_to_mm
+from monai_spine.uncertainty.mc_dropout import MCDropoutResult, mc_dropout_predict, sigma_frac_to_mm
 from transforms.keypoints import VertebraCropd, frac_to_image_px
 
-__all__ = ["KeypointPrediction", "KeypointPredictor", "default_crop_transform", "predict_cases"]
+__all__ = [
+    "KeypointPrediction",
+    "KeypointPredictor",
+    "default_crop_transform",
+    "predict_cases",
+    "flip_back",
+    "combine_flip_tta",
+    "load_conformal",
+]
+
+
+def load_conformal(path: str | os.PathLike | None) -> Any:
+    """Conformal calibration stored with the model (``conformal.json``), or None when absent.
+
+    Args:
+        path: a file written by :meth:`~monai_spine.uncertainty.calibration.ConformalCalibrator.save`,
+            or None.
+
+    Returns:
+        the :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator`, or None when ``path``
+        is None/empty or the file does not exist (a malformed file raises ``ValueError`` naming it).
+    """
+    from monai_spine.uncertainty.calibration import ConformalCalibrator
+
+    if path and Path(path).is_file():
+        return ConformalCalibrator.load(path)
+    return None
+
+
+def flip_back(points: np.ndarray | torch.Tensor, perm: Sequence[int], is_mean: bool = True) -> Any:
+    """Map a prediction on the horizontally flipped crop back to the original crop.
+
+    Args:
+        points: ``(..., K, 2)`` (x, y) fractions (``is_mean``) or per-axis variances.
+        perm: the scheme's ``flip_permutation`` (``flipped[:, j] = original[:, perm[j]]``; an
+            involution, so it also maps back).
+        is_mean: fractions (x becomes ``1 - x``) rather than variances (unchanged by the sign flip).
+
+    Returns:
+        same type and shape: point ``j`` of the result is point ``perm[j]`` of the input, x mirrored.
+    """
+    idx = [int(i) for i in perm]
+    out = points[..., idx, :]
+    if is_mean:
+        out = out.clone() if isinstance(out, torch.Tensor) else np.array(out, copy=True)
+        out[..., 0] = 1.0 - out[..., 0]
+    return out
+
+
+def combine_flip_tta(res: MCDropoutResult, res_flipped: MCDropoutResult, perm: Sequence[int]) -> MCDropoutResult:
+    """Average a prediction and the prediction on the flipped crop (see the module docstring).
+
+    Args:
+        res: MC-dropout result on the crops.
+        res_flipped: MC-dropout result on the crops flipped along W (points in flipped order).
+        perm: the scheme's ``flip_permutation``.
+
+    Returns:
+        result with ``mean = (m1 + m2) / 2``, aleatoric ``(a1 + a2) / 2`` and epistemic
+        ``(e1 + e2) / 2 + ((m1 - m2) / 2) ** 2`` (squared fractions, per axis); ``num_samples`` is
+        the number of forward passes per view.
+    """
+    m1 = res.mean_frac
+    m2 = flip_back(res_flipped.mean_frac, perm, is_mean=True)
+    a2 = flip_back(res_flipped.aleatoric_var_frac, perm, is_mean=False)
+    e2 = flip_back(res_flipped.epistemic_var_frac, perm, is_mean=False)
+    between = ((m1 - m2) / 2) ** 2
+    return MCDropoutResult(
+        mean_frac=(m1 + m2) / 2,
+        epistemic_var_frac=(res.epistemic_var_frac + e2) / 2 + between,
+        aleatoric_var_frac=(res.aleatoric_var_frac + a2) / 2,
+        num_samples=res.num_samples,
+    )
 
 
 def default_crop_transform(spatial_size: Sequence[int] = (224, 448), margin_mm: float = 4.0) -> Callable[[dict], dict]:
@@ -51,6 +143,10 @@ class KeypointPrediction:
         crop_to_image: (N, 3, 3) crop-to-image affines.
         spacing_mm: (sx, sy) or None.
         spacing_source: where the spacing came from.
+        conformal_radius: (N, K) split-conformal error radius in ``conformal_unit`` (NaN where the
+            sigma is not usable, e.g. mm sigma with unknown spacing; inf when ``q_hat`` is), or None
+            without a calibrator.
+        conformal_unit: ``"mm"`` or ``"px"`` (radiograph pixels), or None.
     """
 
     keypoints_px: np.ndarray
@@ -61,6 +157,8 @@ class KeypointPrediction:
     spacing_mm: tuple[float, float] | None
     spacing_source: str = "unknown"
     meta: dict[str, Any] = field(default_factory=dict)
+    conformal_radius: np.ndarray | None = None
+    conformal_unit: str | None = None
 
     @property
     def keypoints_mm(self) -> np.ndarray | None:
@@ -82,6 +180,9 @@ class KeypointPredictor:
             default :func:`default_crop_transform`.
         device: torch device.
         seed: seed of the dropout masks, so a prediction is reproducible.
+        flip_tta: also predict each crop flipped along W and average (module docstring).
+        conformal: a fitted :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator` giving
+            each point an error radius (from the total ``sigma_p``), or None.
     """
 
     def __init__(
@@ -95,6 +196,8 @@ class KeypointPredictor:
         crop_transform: Callable[[dict], dict] | None = None,
         device: str | torch.device = "cpu",
         seed: int | None = 0,
+        flip_tta: bool = False,
+        conformal: Any | None = None,
     ) -> None:
         self.network = network.to(device).eval()
         self.scheme = get_scheme(scheme)
@@ -104,6 +207,12 @@ class KeypointPredictor:
         self.crop_transform = crop_transform or default_crop_transform(self.spatial_size, margin_mm)
         self.device = torch.device(device)
         self.seed = seed
+        self.flip_tta = bool(flip_tta)
+        if conformal is not None and not callable(getattr(conformal, "radii", None)):
+            raise ValueError(
+                f"conformal must be a fitted ConformalCalibrator or None, got {type(conformal).__name__}"
+            )
+        self.conformal = conformal
 
     @classmethod
     def from_checkpoint(
@@ -171,6 +280,9 @@ class KeypointPredictor:
             torch.manual_seed(self.seed)
         try:
             res = mc_dropout_predict(self.network, x, num_samples=self.num_samples)
+            if self.flip_tta:
+                res_f = mc_dropout_predict(self.network, torch.flip(x, dims=(-1,)), num_samples=self.num_samples)
+                res = combine_flip_tta(res, res_f, self.scheme.flip_permutation)
         finally:
             torch.random.set_rng_state(gen_state)
         mean = res.mean_frac.cpu().numpy().astype(np.float64)
@@ -185,6 +297,25 @@ class KeypointPredictor:
         classes = self.thresholds.classify(
             sigma_mm["total"] if self.thresholds.units == "mm" else sigma_frac["total"], self.scheme.point_types
         )
+        radius = unit = None
+        meta = {"num_samples": self.num_samples, "thresholds": self.thresholds.to_dict(), "flip_tta": self.flip_tta}
+        if self.conformal is not None:
+            cal = self.conformal
+            sig = sigma_mm["total"] if cal.sigma_units == "mm" else sigma_frac["total"]
+            radius = np.asarray(cal.radii(sig, self.scheme.point_types), dtype=np.float64)
+            unit = str(cal.error_unit)
+            meta["conformal"] = {
+                "alpha": float(cal.alpha),
+                "nominal_coverage": 1.0 - float(cal.alpha),
+                "score": str(cal.score),
+                "sigma_units": str(cal.sigma_units),
+                "sigma_kind": "total",
+                "radius_unit": unit,
+                "q_hat": None if not np.isfinite(cal.q_hat) else float(cal.q_hat),
+                "q_hat_per_point_type": {
+                    str(k): (float(v) if np.isfinite(v) else None) for k, v in cal.q_hat_per_point_type.items()
+                },
+            }
         return KeypointPrediction(
             keypoints_px=kp,
             sigma_frac=sigma_frac,
@@ -193,11 +324,18 @@ class KeypointPredictor:
             crop_to_image=aff,
             spacing_mm=None if spacing_mm is None else (float(spacing_mm[0]), float(spacing_mm[1])),
             spacing_source=spacing_source,
-            meta={"num_samples": self.num_samples, "thresholds": self.thresholds.to_dict()},
+            meta=meta,
+            conformal_radius=radius,
+            conformal_unit=unit,
         )
 
     def to_json(self, pred: KeypointPrediction, levels: Sequence[str], image: str | None = None) -> dict[str, Any]:
-        """JSON-ready result: per vertebra and point x, y in pixels and mm, sigma_p and class."""
+        """JSON-ready result: per vertebra and point x, y in pixels and mm, sigma_p and class.
+
+        With a conformal calibrator each point also has ``conformal_radius_mm`` (or ``_px``; null
+        where not finite) and the result a ``conformal`` block (alpha, ``nominal_coverage``, units,
+        ``q_hat``); ``flip_tta`` says whether flip test-time augmentation was used.
+        """
         from monai_spine.uncertainty.classes import class_names
 
         names = class_names(pred.classes)
@@ -218,6 +356,9 @@ class KeypointPredictor:
                     p[f"sigma_p_{kind}_frac"] = float(pred.sigma_frac[kind][i, j])
                     v = pred.sigma_mm[kind][i, j]
                     p[f"sigma_p_{kind}_mm"] = float(v) if np.isfinite(v) else None
+                if pred.conformal_radius is not None:
+                    r = pred.conformal_radius[i, j]
+                    p[f"conformal_radius_{pred.conformal_unit}"] = float(r) if np.isfinite(r) else None
                 pts.append(p)
             verts.append({"level": str(level), "points": pts})
         return {
@@ -228,6 +369,8 @@ class KeypointPredictor:
             "units_note": "mm values are null when the spacing is unknown; pixel values are always given",
             "thresholds": pred.meta.get("thresholds"),
             "mc_dropout_samples": pred.meta.get("num_samples"),
+            "flip_tta": bool(pred.meta.get("flip_tta", False)),
+            **({"conformal": pred.meta["conformal"]} if "conformal" in pred.meta else {}),
             "vertebrae": verts,
         }
 

@@ -229,3 +229,31 @@ def test_cli_loads_saved_detector_regressor_and_heatmap(inputs, tmp_path):
     assert rc == 0 and d["models"] == ["heatmap"] and d["spacing_source"] == "sidecar"
     assert all("points" not in v and len(v["corners"]) == 4 for v in d["vertebrae"])
     assert d["vertebrae"][0]["corners"][0]["x_mm"] is not None
+
+
+def test_cli_passes_flip_tta_and_conformal_beside_the_checkpoint(inputs, tmp_path):
+    from monai_spine.networks.regressor import build_regressor
+    from monai_spine.uncertainty.calibration import ConformalCalibrator
+
+    torch.manual_seed(0)
+    det_dir = tmp_path / "det"
+    spec = DetectorSpec(region="cervical", spatial_size=(32, 32), features=(4, 4, 8, 8, 16, 4), score_threshold=0.01)
+    spec.save(det_dir)
+    torch.save(spec.build_network().state_dict(), det_dir / "model.pt")
+    reg_ckpt = tmp_path / "reg" / "model.pt"
+    reg_ckpt.parent.mkdir()
+    net = build_regressor("bayecbam", 5, width=0.125, fc_features=16, spatial_size=(64, 64))
+    torch.save(net.state_dict(), reg_ckpt)
+    # scores [1, 2, 3, 4], alpha 0.2 -> q_hat = 4
+    ConformalCalibrator.fit([0.1, 0.2, 0.3, 0.4], [0.1] * 4, alpha=0.2, sigma_units="frac").save(
+        reg_ckpt.parent / "conformal.json")
+    kw = dict(model="regressor", detector_dir=det_dir, regressor_checkpoint=reg_ckpt, width=0.125, fc_features=16,
+              spatial_size=(64, 64), mc_samples=2, overlays=False, progress=False, stream=io.StringIO())
+    out = tmp_path / "out"
+    assert predict_cli([inputs / "dx.dcm"], out, flip_tta=True, **kw) == 0
+    d = json.loads((out / "dx.keypoints.json").read_text())
+    assert d["flip_tta"] is True and d["conformal"]["nominal_coverage"] == pytest.approx(0.8)
+    pts = [p for v in d["vertebrae"] for p in v["points"]]
+    assert pts and all(p["conformal_radius_mm"] == pytest.approx(4 * p["sigma_p_total_frac"]) for p in pts)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        predict_cli([inputs / "dx.dcm"], out, conformal=tmp_path / "missing.json", **kw)

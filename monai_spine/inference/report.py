@@ -1,0 +1,517 @@
+"""HTML report of keypoint predictions over a test set (``monai-spine report``).
+
+:func:`report_cli` matches the prediction files ``<stem>.keypoints.json`` of one or more models
+(written by :func:`monai_spine.inference.regressor.predict_cases`) to their annotations ``<stem>.json``
+with :func:`monai_spine.uncertainty.calibration.collect_errors`, and writes to ``out``:
+
+* ``violin_errors.png``: point errors per model, corners vs spinous process (BayeRegX figure 12);
+* ``kde_sigma.png``: KDE (``scipy.stats.gaussian_kde``) of ``sigma_p`` for corners vs spinous process;
+* ``error_vs_sigma.png``: 2D histogram (hexbin) of (error, ``sigma_p``) per model;
+* ``cumulative_errors.png``: share of points with error <= x, per model;
+* ``box_point_name.png`` / ``box_level.png``: box plots of the error per point name / vertebra level;
+* ``bc_hist.png``: histogram of patch Bhattacharyya coefficients (only when given);
+* ``crop_<model>_<certain|uncertain>_<i>.png``: crops of the prediction overlays around the most and
+  least certain vertebrae (mean ``sigma_p`` of their points), or a list with links to the overlay
+  PNGs when they cannot be read;
+* ``index.html`` (written atomically) linking all of them, with a table of summary numbers.
+
+Errors are in mm (in px when the spacing of some case is unknown; the unit is written in every label).
+Failed predictions (infinite errors) are counted in ``n_failed`` and left out of the means and plots.
+With a ``tracking_uri`` the PNGs and ``index.html`` are logged as artifacts of a new MLflow run and
+the summary numbers as metrics ``<model>.<name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_spine.data.annotation import atomic_write_text
+
+__all__ = [
+    "INDEX_FILE",
+    "FIGURES",
+    "POINT_TYPES",
+    "summary_numbers",
+    "level_sort_key",
+    "report_cli",
+    "parse_model_dirs",
+    "add_report_arguments",
+    "report_from_args",
+]
+
+#: file name of the HTML report
+INDEX_FILE = "index.html"
+#: file names of the figures always written
+FIGURES = (
+    "violin_errors.png",
+    "kde_sigma.png",
+    "error_vs_sigma.png",
+    "cumulative_errors.png",
+    "box_point_name.png",
+    "box_level.png",
+)
+#: point types compared in the figures (as in :func:`collect_errors`)
+POINT_TYPES = ("corner", "spinous_process")
+_TYPE_COLOURS = {"corner": "#4c72b0", "spinous_process": "#dd8452"}
+
+
+def level_sort_key(level: str) -> tuple[int, int, str]:
+    """Anatomical order of a level name (C1..C7, T1..T12, L1..L5, S1...), unknown names last."""
+    m = re.fullmatch(r"([CTLS])(\d+)", str(level))
+    if not m:
+        return (9, 0, str(level))
+    return ("CTLS".index(m.group(1)), int(m.group(2)), "")
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
+def _mean(x: np.ndarray) -> float:
+    x = _finite(x)
+    return float(x.mean()) if x.size else float("nan")
+
+
+def summary_numbers(points: Any) -> dict[str, float]:
+    """Summary numbers of one model's :class:`~monai_spine.uncertainty.calibration.MatchedPoints`.
+
+    Means and medians use the finite errors only (failed predictions are counted in ``n_failed``).
+
+    Returns:
+        ``n_points``, ``n_failed``, ``mean_error``, ``median_error``, ``mean_error_corner``,
+        ``mean_error_spinous_process``, ``mean_sigma_frac``, ``frac_within_2`` (share of finite
+        errors <= 2 in the error unit); NaN where nothing is counted.
+    """
+    e = np.asarray(points.errors, dtype=np.float64)
+    fin = _finite(e)
+    out = {
+        "n_points": float(e.size),
+        "n_failed": float(np.sum(np.isinf(e))),
+        "mean_error": _mean(e),
+        "median_error": float(np.median(fin)) if fin.size else float("nan"),
+    }
+    for t in POINT_TYPES:
+        out[f"mean_error_{t}"] = _mean(e[points.point_types == t])
+    out["mean_sigma_frac"] = _mean(points.sigma_frac)
+    out["frac_within_2"] = float(np.mean(fin <= 2.0)) if fin.size else float("nan")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    _plt().close(fig)
+    return path.name
+
+
+def _kde_line(ax: Any, values: np.ndarray, label: str, color: str) -> None:
+    """Gaussian KDE of ``values``; a vertical line when the values are (nearly) all equal."""
+    from scipy.stats import gaussian_kde
+
+    v = _finite(values)
+    if v.size == 0:
+        return
+    if v.size < 2 or np.ptp(v) <= 1e-12 * max(1.0, abs(float(v.mean()))):
+        ax.axvline(float(v.mean()), color=color, label=f"{label} (n={v.size}, constant)")
+        return
+    try:
+        kde = gaussian_kde(v)
+    except np.linalg.LinAlgError:
+        ax.axvline(float(v.mean()), color=color, label=f"{label} (n={v.size})")
+        return
+    pad = 0.1 * np.ptp(v)
+    xs = np.linspace(v.min() - pad, v.max() + pad, 200)
+    ax.plot(xs, kde(xs), color=color, label=f"{label} (n={v.size})")
+
+
+def _violin(ax: Any, data: list[np.ndarray], positions: list[float], color: str) -> None:
+    """Violins where a KDE is possible, a point marker otherwise."""
+    ok = [i for i, d in enumerate(data) if d.size >= 2 and np.ptp(d) > 0]
+    if ok:
+        parts = ax.violinplot([data[i] for i in ok], positions=[positions[i] for i in ok], widths=0.35,
+                              showmedians=True)
+        for body in parts["bodies"]:
+            body.set_facecolor(color)
+            body.set_alpha(0.6)
+    for i, d in enumerate(data):
+        if i not in ok and d.size:
+            ax.plot([positions[i]] * d.size, d, "o", color=color)
+
+
+def _figures(
+    pts: Mapping[str, Any], out: Path, unit: str, bc: Mapping[str, np.ndarray] | None
+) -> list[tuple[str, str]]:
+    """Write the figures; returns ``(title, file name)`` pairs."""
+    plt = _plt()
+    models = list(pts)
+    figs: list[tuple[str, str]] = []
+
+    # violin: errors per model, corners vs spinous process (BayeRegX fig. 12)
+    fig, ax = plt.subplots(figsize=(max(4.0, 2.0 * len(models)), 4))
+    for k, t in enumerate(POINT_TYPES):
+        data = [_finite(p.errors[p.point_types == t]) for p in pts.values()]
+        _violin(ax, data, [i + (k - 0.5) * 0.4 for i in range(len(models))], _TYPE_COLOURS[t])
+        ax.plot([], [], color=_TYPE_COLOURS[t], lw=6, alpha=0.6, label=t)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel(f"point error ({unit})")
+    ax.set_title("Point errors: corners vs spinous process")
+    ax.legend()
+    figs.append(("Point errors per model (corners vs spinous process)", _save(fig, out / FIGURES[0])))
+
+    # KDE of sigma_p per point type
+    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.5), squeeze=False)
+    for ax, (m, p) in zip(axes[0], pts.items()):
+        for t in POINT_TYPES:
+            _kde_line(ax, p.sigma_frac[p.point_types == t], t, _TYPE_COLOURS[t])
+        ax.set_xlabel("sigma_p (frac)")
+        ax.set_ylabel("density")
+        ax.set_title(m)
+        ax.legend(fontsize=7)
+    figs.append(("KDE of sigma_p: corners vs spinous process", _save(fig, out / FIGURES[1])))
+
+    # (error, sigma_p) 2D histogram
+    fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.5), squeeze=False)
+    for ax, (m, p) in zip(axes[0], pts.items()):
+        keep = np.isfinite(p.errors) & np.isfinite(p.sigma_frac)
+        if keep.any():
+            hb = ax.hexbin(p.errors[keep], p.sigma_frac[keep], gridsize=20, mincnt=1, cmap="viridis")
+            fig.colorbar(hb, ax=ax, label="points")
+        ax.set_xlabel(f"error ({unit})")
+        ax.set_ylabel("sigma_p (frac)")
+        ax.set_title(m)
+    figs.append(("Error vs sigma_p (2D histogram)", _save(fig, out / FIGURES[2])))
+
+    # cumulative error curves
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for m, p in pts.items():
+        e = np.sort(p.errors[~np.isnan(p.errors)])
+        if e.size:
+            fin = e[np.isfinite(e)]
+            ax.step(fin, np.arange(1, fin.size + 1) / e.size, where="post", label=m)
+    ax.set_xlabel(f"error ({unit})")
+    ax.set_ylabel("share of points with error <= x")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    figs.append(("Cumulative error curves", _save(fig, out / FIGURES[3])))
+
+    # box plots per point name and per level
+    for fname, attr, title, order in (
+        (FIGURES[4], "point_names", "point name", None),
+        (FIGURES[5], "levels", "vertebra level", level_sort_key),
+    ):
+        fig, axes = plt.subplots(len(models), 1, figsize=(6, 2.8 * len(models)), squeeze=False)
+        for ax, (m, p) in zip(axes[:, 0], pts.items()):
+            keys = list(dict.fromkeys(getattr(p, attr).tolist()))
+            if order is not None:
+                keys = sorted(keys, key=order)
+            data = [_finite(p.errors[getattr(p, attr) == k]) for k in keys]
+            ax.boxplot(data, tick_labels=keys) if _has_tick_labels() else ax.boxplot(data, labels=keys)
+            ax.set_ylabel(f"error ({unit})")
+            ax.set_title(f"{m}: error per {title}")
+        figs.append((f"Errors per {title}", _save(fig, out / fname)))
+
+    if bc:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for m, v in bc.items():
+            v = _finite(v)
+            if v.size:
+                ax.hist(v, bins=20, alpha=0.5, label=f"{m} (n={v.size})")
+        ax.set_xlabel("patch Bhattacharyya coefficient")
+        ax.set_ylabel("patches")
+        ax.legend()
+        figs.append(("Patch Bhattacharyya coefficients", _save(fig, out / "bc_hist.png")))
+    return figs
+
+
+def _has_tick_labels() -> bool:
+    import matplotlib
+
+    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
+    return (major, minor) >= (3, 9)
+
+
+# ----------------------------------------------------------------------------------------------
+# most / least certain vertebrae
+# ----------------------------------------------------------------------------------------------
+def _vertebra_points(pred_json: str, level: str) -> np.ndarray | None:
+    import json
+
+    try:
+        with open(pred_json, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return None
+    for v in d.get("vertebrae", []):
+        if v.get("level") == level:
+            xy = [(p.get("x_px"), p.get("y_px")) for p in v.get("points", [])]
+            arr = np.asarray([(np.nan if x is None else x, np.nan if y is None else y) for x, y in xy], float)
+            return arr if arr.size else None
+    return None
+
+
+def _overlay_path(pred_json: str) -> Path:
+    p = Path(pred_json)
+    return p.with_name(p.name.removesuffix(".keypoints.json") + ".overlay.png")
+
+
+def _samples(model: str, p: Any, out: Path, n: int) -> str:
+    """HTML of crops (or links) around the ``n`` most and least certain vertebrae of one model."""
+    keys: dict[tuple[str, str], list[float]] = {}
+    for c, lev, s in zip(p.cases, p.levels, p.sigma_frac):
+        if np.isfinite(s):
+            keys.setdefault((str(c), str(lev)), []).append(float(s))
+    if not keys or n <= 0:
+        return ""
+    ranked = sorted(keys, key=lambda k: float(np.mean(keys[k])))
+    parts = []
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+    for kind, chosen in (("certain", ranked[:n]), ("uncertain", ranked[::-1][:n])):
+        items = []
+        for i, (case, lev) in enumerate(chosen):
+            sig = float(np.mean(keys[(case, lev)]))
+            ov = _overlay_path(case)
+            caption = f"{html.escape(Path(case).name)} {html.escape(lev)}: mean sigma_p = {sig:.4f} frac"
+            crop = _crop(ov, _vertebra_points(case, lev), out / f"crop_{safe}_{kind}_{i}.png")
+            if crop is not None:
+                items.append(f'<figure><img src="{html.escape(crop)}" alt="{caption}"><figcaption>{caption}'
+                             f"</figcaption></figure>")
+            elif ov.is_file():
+                rel = os.path.relpath(ov.resolve(), out.resolve())
+                items.append(f'<li><a href="{html.escape(rel)}">{caption}</a></li>')
+            else:
+                items.append(f"<li>{caption} (no overlay)</li>")
+        title = "Most certain" if kind == "certain" else "Least certain"
+        figures = "".join(x for x in items if x.startswith("<figure"))
+        lis = "".join(x for x in items if x.startswith("<li"))
+        lis = f"<ul>{lis}</ul>" if lis else ""
+        parts.append(f'<h4>{title} vertebrae</h4><div class="crops">{figures}</div>{lis}')
+    return f"<h3>{html.escape(model)}</h3>" + "".join(parts)
+
+
+def _crop(overlay: Path, xy: np.ndarray | None, dest: Path, margin: float = 0.6) -> str | None:
+    """Crop ``overlay`` around the points ``xy`` (K, 2) with a margin of ``margin`` x their extent."""
+    if xy is None or not overlay.is_file() or not np.isfinite(xy).any():
+        return None
+    import cv2
+
+    img = cv2.imread(str(overlay), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    h, w = img.shape[:2]
+    fin = xy[np.all(np.isfinite(xy), axis=1)]
+    lo, hi = fin.min(0), fin.max(0)
+    pad = margin * max(float(np.max(hi - lo)), 8.0)
+    x0, y0 = (int(max(0, math.floor(v - pad))) for v in lo)
+    x1, y1 = int(min(w, math.ceil(hi[0] + pad) + 1)), int(min(h, math.ceil(hi[1] + pad) + 1))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    if not cv2.imwrite(str(dest), img[y0:y1, x0:x1]):
+        return None
+    return dest.name
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+# ----------------------------------------------------------------------------------------------
+def _load_bc(value: Any) -> np.ndarray:
+    if isinstance(value, (str, os.PathLike)):
+        p = Path(value)
+        if p.suffix == ".npy":
+            return np.load(p).astype(np.float64).ravel()
+        if p.suffix == ".json":
+            import json
+
+            return np.asarray(json.loads(p.read_text(encoding="utf-8")), dtype=np.float64).ravel()
+        return np.loadtxt(p, dtype=np.float64, ndmin=1).ravel()
+    return np.asarray(value, dtype=np.float64).ravel()
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:.3f}"
+
+
+def _log_mlflow(tracking_uri: str, experiment: str, out: Path, files: Sequence[str],
+                summaries: Mapping[str, Mapping[str, float]], unit: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if tracking_uri.startswith("sqlite:///"):  # keep artifacts beside the store, not in the cwd
+            location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        exp_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    run = client.create_run(exp_id, tags={"monai_spine.error_unit": unit})
+    rid = run.info.run_id
+    try:
+        for m, s in summaries.items():
+            safe = re.sub(r"[^A-Za-z0-9_./ -]", "_", m)
+            for k, v in s.items():
+                if math.isfinite(v):
+                    client.log_metric(rid, f"{safe}.{k}", float(v))
+        for f in files:
+            client.log_artifact(rid, str(out / f), artifact_path="report")
+    except Exception:
+        client.set_terminated(rid, status="FAILED")
+        raise
+    client.set_terminated(rid)
+    return rid
+
+
+def report_cli(
+    pred_dirs: Mapping[str, str | os.PathLike],
+    annotations: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    tracking_uri: str | None = None,
+    experiment: str = "monai-spine-report",
+    sigma_kind: str = "total",
+    bhattacharyya: Mapping[str, Any] | None = None,
+    n_samples: int = 3,
+) -> Path:
+    """Write the HTML report of several models' predictions on one test set.
+
+    Args:
+        pred_dirs: model name -> folder (or file list) of ``*.keypoints.json`` predictions.
+        annotations: annotation files or dataset folders (matched by file stem).
+        out: output folder (created); figures are PNG files next to ``index.html``.
+        tracking_uri: MLflow tracking URI; when given, a run in ``experiment`` gets the figures and
+            ``index.html`` as artifacts (under ``report/``) and the summary numbers as metrics.
+        experiment: MLflow experiment name.
+        sigma_kind: ``"total"``, ``"aleatoric"`` or ``"epistemic"`` sigma_p.
+        bhattacharyya: optional model name -> patch Bhattacharyya coefficients (array-like, or a
+            ``.npy`` / ``.json`` / text file); adds ``bc_hist.png``.
+        n_samples: number of most / least certain vertebrae shown per model.
+
+    Returns:
+        path of ``index.html``.
+
+    Raises:
+        ValueError: no model, or a prediction file without annotation (from ``collect_errors``).
+    """
+    from monai_spine.uncertainty.calibration import collect_errors
+
+    if not pred_dirs:
+        raise ValueError("report_cli: pred_dirs names no model")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pts = {str(m): collect_errors(d, annotations, sigma_kind=sigma_kind) for m, d in pred_dirs.items()}
+    units = {p.error_unit for p in pts.values()}
+    if len(units) > 1:  # one model has a spacing for every case, another not
+        raise ValueError(f"report_cli: models have errors in different units {sorted(units)}; "
+                         "give every case a spacing or none")
+    unit = units.pop()
+    bc = {str(m): _load_bc(v) for m, v in (bhattacharyya or {}).items()} or None
+
+    figs = _figures(pts, out_dir, unit, bc)
+    summaries = {m: summary_numbers(p) for m, p in pts.items()}
+    if bc:
+        for m, v in bc.items():
+            summaries.setdefault(m, {})["mean_bc"] = _mean(v)
+
+    cols = list(dict.fromkeys(k for s in summaries.values() for k in s))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    rows = "".join(
+        f"<tr><td>{html.escape(m)}</td>"
+        + "".join(f'<td class="{c}">{_fmt(s.get(c, float("nan")))}</td>' for c in cols)
+        + "</tr>"
+        for m, s in summaries.items()
+    )
+    fig_html = "".join(
+        f'<section><h3>{html.escape(t)}</h3><img src="{html.escape(f)}" alt="{html.escape(t)}"></section>'
+        for t, f in figs
+    )
+    samples = "".join(_samples(m, p, out_dir, n_samples) for m, p in pts.items())
+    text = (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>monai-spine report</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;"
+        "padding:2px 6px}img{max-width:100%}.crops figure{display:inline-block;margin:4px}"
+        ".crops img{max-height:200px}</style></head><body>\n"
+        f"<h1>monai-spine report</h1>\n<p>Errors in <b>{unit}</b>"
+        + (" (pixel spacing unknown for some case)" if unit == "px" else "")
+        + f"; sigma_p kind: {html.escape(sigma_kind)} (crop fractions). Means exclude failed predictions.</p>\n"
+        f"<h2>Summary (errors in {unit})</h2>\n<table><tr><th>model</th>{head}</tr>{rows}</table>\n"
+        f"<h2>Figures</h2>\n{fig_html}\n<h2>Sample vertebrae</h2>\n{samples}\n</body></html>\n"
+    )
+    index = out_dir / INDEX_FILE
+    atomic_write_text(index, text)
+    if tracking_uri:
+        files = [f for _, f in figs] + sorted(p.name for p in out_dir.glob("crop_*.png")) + [INDEX_FILE]
+        _log_mlflow(tracking_uri, experiment, out_dir, files, summaries, unit)
+    return index
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+def parse_model_dirs(items: Sequence[str], option: str = "--predictions") -> dict[str, str]:
+    """``["name=folder", ...]`` (or a bare ``folder``, named after it) to ``{name: folder}``.
+
+    Raises:
+        ValueError: a name given twice or an empty name/folder (the message names ``option``).
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, folder = str(item).partition("=")
+        if not sep:
+            name, folder = Path(item).name or str(item), str(item)
+        if not name or not folder:
+            raise ValueError(f"{option}: expected NAME=FOLDER, got {item!r}")
+        if name in out:
+            raise ValueError(f"{option}: model name {name!r} given twice")
+        out[name] = folder
+    return out
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``monai-spine report`` to ``parser`` (see :func:`report_from_args`)."""
+    parser.add_argument("--predictions", nargs="+", required=True, metavar="NAME=FOLDER",
+                        help="per model, a folder of *.keypoints.json predictions (a bare FOLDER is named after it)")
+    parser.add_argument("--annotations", nargs="+", required=True, help="annotation files or dataset folders")
+    parser.add_argument("--out", required=True, help="output folder of index.html and its PNG figures")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (logs figures and numbers)")
+    parser.add_argument("--experiment", default="monai-spine-report", help="MLflow experiment name")
+    parser.add_argument("--sigma-kind", choices=("total", "aleatoric", "epistemic"), default="total")
+    parser.add_argument("--bhattacharyya", nargs="+", default=None, metavar="NAME=FILE",
+                        help="per model, patch Bhattacharyya coefficients (.npy, .json list or text file)")
+    parser.add_argument("--n-samples", type=int, default=3, help="most / least certain vertebrae shown per model")
+    return parser
+
+
+def report_from_args(args: argparse.Namespace) -> int:
+    """Run :func:`report_cli` with the options of :func:`add_report_arguments`; prints the index path, returns 0."""
+    index = report_cli(
+        parse_model_dirs(args.predictions),
+        args.annotations,
+        args.out,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        sigma_kind=args.sigma_kind,
+        bhattacharyya=parse_model_dirs(args.bhattacharyya, "--bhattacharyya") if args.bhattacharyya else None,
+        n_samples=args.n_samples,
+    )
+    print(index)
+    return 0

@@ -1,0 +1,239 @@
+"""Flip test-time augmentation and conformal radii of :class:`KeypointPredictor` (stub networks)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from monai_spine.data.keypoints import get_scheme
+from monai_spine.inference.regressor import (
+    KeypointPredictor,
+    combine_flip_tta,
+    flip_back,
+    load_conformal,
+)
+from monai_spine.uncertainty.calibration import ConformalCalibrator
+from monai_spine.uncertainty.mc_dropout import mc_dropout_predict
+from transforms.keypoints import frac_to_image_px
+
+H, W = 8, 16
+SPACING = (0.5, 0.25)
+# lateral5: AS, PS, AI, PI, SP -- deliberately asymmetric constant outputs
+CONST_FRAC = [(0.2, 0.3), (0.7, 0.3), (0.25, 0.8), (0.75, 0.8), (0.9, 0.5)]
+LOGVAR = math.log(0.01)  # aleatoric variance 0.01 per axis
+
+
+def identity_crop(d: dict) -> dict:
+    """The whole image is the crop: crop pixels are image pixels."""
+    return {
+        "image": np.asarray(d["image"], np.float32),
+        "crop_to_image": np.eye(3),
+        "crop_spacing_mm": np.asarray(d["spacing_mm"], np.float64),
+    }
+
+
+class ConstNet(nn.Module):
+    """Returns the same points (fractions) and log-variances whatever the input."""
+
+    predicts_logvar = True
+
+    def __init__(self, frac=CONST_FRAC, logvar=LOGVAR):
+        super().__init__()
+        self.register_buffer("frac", torch.tensor(frac, dtype=torch.float32))
+        self.logvar = float(logvar)
+
+    def forward(self, x):
+        out = torch.cat([self.frac, torch.full_like(self.frac, self.logvar)], -1)
+        return out.unsqueeze(0).expand(x.shape[0], -1, -1)
+
+
+class BrightestNet(nn.Module):
+    """Point j = brightest pixel (as fractions) shifted by d_j in x, with d_AS = -d_PS, d_AI = -d_PI:
+    equivariant under the flip (the flipped crop's AS is the original PS mirrored)."""
+
+    predicts_logvar = False
+    OFFSETS = torch.tensor([-0.1, 0.1, -0.05, 0.05, 0.0])
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        flat = x[:, 0].reshape(b, -1).argmax(1)
+        fx = ((flat % w).float() + 0.5) / w
+        fy = ((flat // w).float() + 0.5) / h
+        px = fx[:, None] + self.OFFSETS[None]
+        return torch.stack([px, fy[:, None].expand_as(px)], -1)
+
+
+class DropoutNet(nn.Module):
+    """A tiny network with dropout (MC passes disagree) for the TTA-off regression check."""
+
+    predicts_logvar = False
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.lin = nn.Linear(H * W, 10)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return torch.sigmoid(self.drop(self.lin(x.flatten(1)))).reshape(-1, 5, 2)
+
+
+def make_image():
+    img = np.zeros((1, H, W), np.float32)
+    img[0, 5, 3] = 1.0  # brightest pixel at x=3, y=5
+    return img
+
+
+BOXES = np.array([[0, 0, W - 1, H - 1], [1, 1, W - 2, H - 2]], float)
+
+
+def predictor(net, **kw):
+    return KeypointPredictor(net, scheme="lateral5", spatial_size=(H, W), num_samples=3,
+                             crop_transform=identity_crop, **kw)
+
+
+def test_flip_back_by_hand():
+    perm = get_scheme("lateral5").flip_permutation
+    np.testing.assert_array_equal(perm, [1, 0, 3, 2, 4])
+    back = flip_back(np.array(CONST_FRAC), perm)
+    # slot j takes point perm[j], mirrored: AS <- PS (0.7 -> 0.3), PS <- AS (0.2 -> 0.8), ...
+    np.testing.assert_allclose(back, [(0.3, 0.3), (0.8, 0.3), (0.25, 0.8), (0.75, 0.8), (0.1, 0.5)])
+    var = np.arange(10.0).reshape(5, 2)
+    np.testing.assert_array_equal(flip_back(var, perm, is_mean=False), var[[1, 0, 3, 2, 4]])
+    # tensors too, and the input is left alone
+    t = torch.tensor(CONST_FRAC)
+    torch.testing.assert_close(flip_back(t, perm), torch.tensor(back, dtype=torch.float32))
+    assert t[0, 0].item() == pytest.approx(0.2)
+
+
+def test_flip_tta_with_constant_network_hand_computed():
+    pred = predictor(ConstNet(), flip_tta=True).predict(make_image(), BOXES, SPACING, "test")
+    # mean of the original and the flipped-back prediction
+    mean_frac = np.array([(0.25, 0.3), (0.75, 0.3), (0.25, 0.8), (0.75, 0.8), (0.5, 0.5)])
+    expected_px = mean_frac * [W, H] - 0.5
+    for i in range(2):
+        np.testing.assert_allclose(pred.keypoints_px[i], expected_px, atol=1e-6)
+    # epistemic variance: MC passes agree (0) + ((m1 - m2) / 2)^2 in x; y agrees
+    between_x = np.array([((0.2 - 0.3) / 2) ** 2, ((0.7 - 0.8) / 2) ** 2, 0.0, 0.0, ((0.9 - 0.1) / 2) ** 2])
+    np.testing.assert_allclose(pred.sigma_frac["epistemic"][0], np.sqrt(between_x), atol=1e-6)
+    # aleatoric: mean of two identical 0.01 per-axis variances -> sigma_p = sqrt(0.02)
+    np.testing.assert_allclose(pred.sigma_frac["aleatoric"], math.sqrt(0.02), rtol=1e-5)
+    np.testing.assert_allclose(pred.sigma_frac["total"][0], np.sqrt(0.02 + between_x), rtol=1e-5)
+    # mm: sigma_x_mm = sigma_x_frac * W * sx
+    sx_mm = np.sqrt(0.01 + between_x) * W * SPACING[0]
+    sy_mm = np.sqrt(0.01) * H * SPACING[1]
+    np.testing.assert_allclose(pred.sigma_mm["total"][0], np.hypot(sx_mm, sy_mm), rtol=1e-5)
+    assert pred.meta["flip_tta"] is True
+
+
+def test_flip_tta_off_is_the_plain_prediction():
+    pred = predictor(ConstNet()).predict(make_image(), BOXES, SPACING)
+    np.testing.assert_allclose(pred.keypoints_px[0], np.array(CONST_FRAC) * [W, H] - 0.5, atol=1e-6)
+    np.testing.assert_allclose(pred.sigma_frac["epistemic"], 0.0, atol=1e-7)
+    assert pred.meta["flip_tta"] is False
+
+
+def test_flip_tta_off_matches_the_direct_mc_dropout_computation():
+    net = DropoutNet()
+    img = make_image()
+    default = predictor(net).predict(img, BOXES[:1], SPACING)
+    off = predictor(net, flip_tta=False).predict(img, BOXES[:1], SPACING)
+    # what the predictor did before the option existed: seed 0, one MC-dropout call
+    torch.manual_seed(0)
+    res = mc_dropout_predict(net, torch.as_tensor(img)[None], num_samples=3)
+    expected = frac_to_image_px(res.mean_frac.numpy().astype(np.float64), np.eye(3)[None], (H, W))
+    for p in (default, off):
+        np.testing.assert_allclose(p.keypoints_px, expected, atol=1e-6)
+        np.testing.assert_allclose(p.sigma_frac["epistemic"], res.sigma_p_frac("epistemic").numpy(), rtol=1e-5)
+    assert default.sigma_frac["epistemic"].max() > 0  # dropout passes disagree: the check can fail
+    on = predictor(net, flip_tta=True).predict(img, BOXES[:1], SPACING)
+    assert not np.allclose(on.keypoints_px, default.keypoints_px)
+
+
+def test_flip_equivariant_network_is_unchanged_by_tta():
+    img = make_image()
+    off = predictor(BrightestNet()).predict(img, BOXES[:1], SPACING)
+    on = predictor(BrightestNet(), flip_tta=True).predict(img, BOXES[:1], SPACING)
+    # brightest pixel at x=3, y=5; AS 0.1 W to its left, PS 0.1 W to its right
+    np.testing.assert_allclose(off.keypoints_px[0, :, 1], 5.0, atol=1e-5)
+    np.testing.assert_allclose(off.keypoints_px[0, :, 0], 3.0 + np.array([-0.1, 0.1, -0.05, 0.05, 0.0]) * W, atol=1e-5)
+    np.testing.assert_allclose(on.keypoints_px, off.keypoints_px, atol=1e-5)
+    np.testing.assert_allclose(on.sigma_frac["total"], 0.0, atol=1e-6)
+
+
+def test_combine_flip_tta_keeps_num_samples():
+    net = ConstNet()
+    x = torch.zeros(2, 1, H, W)
+    a = mc_dropout_predict(net, x, num_samples=2)
+    c = combine_flip_tta(a, a, get_scheme("lateral5").flip_permutation)
+    assert c.num_samples == 2 and tuple(c.mean_frac.shape) == (2, 5, 2)
+
+
+def fitted_calibrator(sigma_units="frac", error_unit="mm"):
+    # scores e / sigma = [1, 2, 3, 4]; n = 4, alpha = 0.2: k = ceil(5 * 0.8) = 4 -> q_hat = 4
+    return ConformalCalibrator.fit([0.1, 0.2, 0.3, 0.4], [0.1, 0.1, 0.1, 0.1], alpha=0.2,
+                                   sigma_units=sigma_units, error_unit=error_unit)
+
+
+def test_conformal_radius_is_q_hat_times_sigma():
+    cal = fitted_calibrator()
+    assert cal.q_hat == pytest.approx(4.0)
+    p = predictor(ConstNet(), conformal=cal)
+    pred = p.predict(make_image(), BOXES, SPACING)
+    np.testing.assert_allclose(pred.conformal_radius, 4.0 * math.sqrt(0.02), rtol=1e-5)
+    d = json.loads(p.dumps(p.to_json(pred, ["C3", "C4"], image="x.png")))
+    pt = d["vertebrae"][1]["points"][4]
+    assert pt["conformal_radius_mm"] == pytest.approx(4.0 * pt["sigma_p_total_frac"])
+    assert d["conformal"]["nominal_coverage"] == pytest.approx(0.8)
+    assert d["conformal"]["q_hat"] == pytest.approx(4.0) and d["conformal"]["sigma_units"] == "frac"
+    assert d["flip_tta"] is False
+
+
+def test_conformal_mm_sigma_px_radius_and_unknown_spacing_is_null():
+    cal = fitted_calibrator(sigma_units="mm", error_unit="px")
+    p = predictor(ConstNet(), conformal=cal)
+    known = p.to_json(p.predict(make_image(), BOXES[:1], SPACING), ["C3"])
+    pt = known["vertebrae"][0]["points"][0]
+    assert "conformal_radius_mm" not in pt
+    assert pt["conformal_radius_px"] == pytest.approx(4.0 * pt["sigma_p_total_mm"], rel=1e-6)
+    unknown = p.to_json(p.predict(make_image(), BOXES[:1], None), ["C3"])
+    assert all(q["conformal_radius_px"] is None for q in unknown["vertebrae"][0]["points"])
+    json.loads(p.dumps(unknown))  # strict JSON (no NaN)
+
+
+def test_infinite_q_hat_is_written_as_null():
+    cal = ConformalCalibrator.fit([0.1, 0.2], [0.1, 0.1], alpha=0.1, sigma_units="frac")  # k = 3 > n = 2
+    assert math.isinf(cal.q_hat)
+    p = predictor(ConstNet(), conformal=cal)
+    d = json.loads(p.dumps(p.to_json(p.predict(make_image(), BOXES[:1], SPACING), ["C3"])))
+    assert d["conformal"]["q_hat"] is None
+    assert all(q["conformal_radius_mm"] is None for q in d["vertebrae"][0]["points"])
+
+
+def test_no_conformal_writes_no_radius():
+    p = predictor(ConstNet())
+    d = p.to_json(p.predict(make_image(), BOXES[:1], SPACING), ["C3"])
+    assert "conformal" not in d
+    assert not any(k.startswith("conformal_radius") for k in d["vertebrae"][0]["points"][0])
+
+
+def test_bad_conformal_argument():
+    with pytest.raises(ValueError, match="ConformalCalibrator"):
+        predictor(ConstNet(), conformal={"q_hat": 1.0})
+
+
+def test_load_conformal_round_trip_and_absent(tmp_path):
+    assert load_conformal(tmp_path / "conformal.json") is None
+    assert load_conformal(None) is None
+    cal = fitted_calibrator()
+    cal.save(tmp_path / "conformal.json")
+    loaded = load_conformal(str(tmp_path / "conformal.json"))
+    assert loaded == cal
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_conformal(tmp_path / "bad.json")

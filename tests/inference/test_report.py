@@ -1,0 +1,189 @@
+"""Tests of monai_spine.inference.report (HTML report of predictions over a test set)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from monai_spine.data.annotation import read_annotation
+from monai_spine.data.keypoints import get_scheme
+from monai_spine.data.synthetic import generate_dataset
+from monai_spine.inference.report import (
+    FIGURES,
+    INDEX_FILE,
+    add_report_arguments,
+    level_sort_key,
+    parse_model_dirs,
+    report_cli,
+    report_from_args,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# model -> (corner offset px of case i = scale * (1 + i), spinous process = scale * (3 + i)); x shift only
+MODELS = {"modelA": 1.0, "modelB": 0.5}
+N_CASES = 3
+
+
+def _write_predictions(ann_paths, pred_dir, scale, overlay_for_first=False):
+    """``<stem>.keypoints.json`` in the KeypointPredictor.to_json format, points shifted along x."""
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    for i, ap in enumerate(ann_paths):
+        ann = read_annotation(ap)
+        sch = get_scheme(ann.scheme)
+        verts = []
+        for v, lev in enumerate(ann.levels):
+            pts = []
+            for j, (name, typ) in enumerate(zip(sch.point_names, sch.point_types)):
+                dx = scale * ((1 + i) if typ == "corner" else (3 + i))
+                sig = 0.01 * (1 + v) * (1 + i) * (2.0 if typ == "spinous_process" else 1.0)
+                x, y = ann.keypoints_px[v, j]
+                p = {"name": name, "x_px": float(x + dx), "y_px": float(y), "x_mm": None, "y_mm": None,
+                     "uncertainty_class": "certain"}
+                for kind in ("aleatoric", "epistemic", "total"):
+                    p[f"sigma_p_{kind}_frac"] = sig
+                    p[f"sigma_p_{kind}_mm"] = sig * 100.0
+                pts.append(p)
+            verts.append({"level": lev, "points": pts})
+        d = {"image": str(ann.image), "scheme": ann.scheme, "spacing_mm": list(ann.spacing_mm),
+             "spacing_source": ann.spacing_source, "thresholds": None, "mc_dropout_samples": 2, "vertebrae": verts}
+        stem = ap.name.removesuffix(".json")
+        (pred_dir / f"{stem}.keypoints.json").write_text(json.dumps(d))
+        if overlay_for_first or i > 0:
+            h, w = ann.image_size if ann.image_size else (128, 128)
+            cv2.imwrite(str(pred_dir / f"{stem}.overlay.png"), np.full((h, w, 3), 80, np.uint8))
+
+
+@pytest.fixture(scope="module")
+def report_case(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    ann_paths = generate_dataset(root / "ann", "cervical", N_CASES, seed=3, size=128)
+    for m, scale in MODELS.items():
+        _write_predictions(ann_paths, root / "pred" / m, scale, overlay_for_first=(m == "modelA"))
+    return root, ann_paths
+
+
+def _expected(ann_paths, scale):
+    """Hand-computed mean errors (mm) of one model: corners, spinous processes, all points."""
+    corner, sp = [], []
+    for i, ap in enumerate(ann_paths):
+        ann = read_annotation(ap)
+        sx = ann.spacing_mm[0]
+        nv = len(ann.levels)
+        corner += [scale * (1 + i) * sx] * (4 * nv)
+        sp += [scale * (3 + i) * sx] * nv
+    return {"mean_error_corner": np.mean(corner), "mean_error_spinous_process": np.mean(sp),
+            "mean_error": np.mean(corner + sp)}
+
+
+def _cell(text, model, col):
+    row = re.search(rf"<tr><td>{model}</td>(.*?)</tr>", text)
+    assert row, f"no summary row for {model}"
+    m = re.search(rf'<td class="{col}">([^<]*)</td>', row.group(1))
+    assert m, f"no {col} cell for {model}"
+    return m.group(1)
+
+
+def test_report_html_figures_and_numbers(report_case):
+    root, ann_paths = report_case
+    bc = {"modelA": [0.9, 0.95, 0.97, 0.99]}
+    index = report_cli({m: root / "pred" / m for m in MODELS}, root / "ann", root / "out", bhattacharyya=bc,
+                       n_samples=2)
+    assert index == root / "out" / INDEX_FILE and index.is_file()
+    text = index.read_text()
+    assert "Errors in <b>mm</b>" in text
+    imgs = re.findall(r'<img src="([^"]+)"', text)
+    for f in FIGURES + ("bc_hist.png",):
+        assert f in imgs, f"{f} not referenced"
+    for f in imgs:
+        path = root / "out" / f
+        assert path.is_file(), f
+        assert path.read_bytes()[:8] == PNG_MAGIC, f
+    # most / least certain vertebrae: crops for modelA (overlay for every case)
+    assert any(f.startswith("crop_modelA_certain_") for f in imgs)
+    assert any(f.startswith("crop_modelA_uncertain_") for f in imgs)
+    # modelB has no overlay for case 0 (its most certain vertebrae): listed as such
+    assert "(no overlay)" in text
+    for m, scale in MODELS.items():
+        for col, val in _expected(ann_paths, scale).items():
+            assert _cell(text, m, col) == f"{val:.3f}", (m, col)
+        assert _cell(text, m, "n_points") == f"{N_CASES * 5 * 5:.3f}"
+        assert _cell(text, m, "n_failed") == "0.000"
+    assert _cell(text, "modelA", "mean_bc") == f"{np.mean(bc['modelA']):.3f}"
+    assert _cell(text, "modelB", "mean_bc") == "n/a"
+
+
+def test_report_mlflow(report_case, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    root, ann_paths = report_case
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    report_cli({m: root / "pred" / m for m in MODELS}, root / "ann", tmp_path / "out", tracking_uri=uri,
+               experiment="exp-report")
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("exp-report")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    for f in FIGURES + (INDEX_FILE,):
+        assert f"report/{f}" in arts
+    exp_a = _expected(ann_paths, MODELS["modelA"])
+    assert run.data.metrics["modelA.mean_error"] == pytest.approx(exp_a["mean_error"])
+    assert run.data.metrics["modelB.mean_error_corner"] == pytest.approx(
+        _expected(ann_paths, MODELS["modelB"])["mean_error_corner"])
+    assert str(tmp_path) in exp.artifact_location  # artifacts beside the store, not in the cwd
+
+
+@pytest.mark.parametrize("levels,expected", [
+    (["L1", "C7", "T12", "C3", "S1"], ["C3", "C7", "T12", "L1", "S1"]),
+    (["X", "C2"], ["C2", "X"]),
+])
+def test_level_sort_key(levels, expected):
+    assert sorted(levels, key=level_sort_key) == expected
+
+
+@pytest.mark.parametrize("items,expected", [
+    (["a=/x/p", "b=q"], {"a": "/x/p", "b": "q"}),
+    (["/x/runs/m1"], {"m1": "/x/runs/m1"}),
+])
+def test_parse_model_dirs(items, expected):
+    assert parse_model_dirs(items) == expected
+
+
+@pytest.mark.parametrize("items", [["a=p", "a=q"], ["=p"], ["a="]])
+def test_parse_model_dirs_rejects(items):
+    with pytest.raises(ValueError, match="--predictions"):
+        parse_model_dirs(items)
+
+
+def test_report_from_args(report_case, tmp_path, capsys):
+    import argparse
+
+    root, _ = report_case
+    bc_file = tmp_path / "bc.json"
+    bc_file.write_text("[0.5, 0.75]")
+    args = add_report_arguments(argparse.ArgumentParser()).parse_args(
+        ["--predictions", f"A={root / 'pred' / 'modelA'}", "--annotations", str(root / "ann"),
+         "--out", str(tmp_path / "o"), "--bhattacharyya", f"A={bc_file}", "--n-samples", "1"])
+    assert report_from_args(args) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "o" / INDEX_FILE)
+    text = (tmp_path / "o" / INDEX_FILE).read_text()
+    assert _cell(text, "A", "mean_bc") == "0.625"
+    assert "bc_hist.png" in text
+
+
+def test_report_errors(tmp_path, report_case):
+    root, _ = report_case
+    with pytest.raises(ValueError, match="names no model"):
+        report_cli({}, root / "ann", tmp_path / "o")
+    other = tmp_path / "pred"
+    other.mkdir()
+    (other / "nomatch.keypoints.json").write_text((root / "pred" / "modelA" / "case_0000.keypoints.json").read_text()
+                                                 .replace('"image": "', '"image": "/nowhere/'))
+    with pytest.raises(ValueError, match="nomatch.keypoints.json"):
+        report_cli({"m": other}, root / "ann", tmp_path / "o")
