@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -147,7 +148,8 @@ def ensure_synthetic(
     generate_dataset(tmp, region=region, n=n, seed=seed, hard_case_rate=hard_case_rate, size=tuple(size))
     try:
         os.replace(tmp, folder)
-    except OSError:  # another process made it first
+    except OSError:  # another process (e.g. another torchrun rank) made it first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
         if not (folder / "dataset.json").is_file():
             raise
     return folder
