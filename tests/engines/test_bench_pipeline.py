@@ -1,0 +1,107 @@
+"""Tests of the end-to-end pipeline benchmark's metric and table assembly (hand-made numbers, no training)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import monai_spine.engines.bench_pipeline as bp
+from monai_spine.engines.bench_pipeline import ModelEval, PipelineBenchSettings, format_table, model_metrics
+from monai_spine.uncertainty.calibration import ConformalCalibrator
+
+
+def _eval(errors, sigma, ids, found=3, annotated=4, seconds=(1.0, 3.0)):
+    e = np.asarray(errors, float)
+    return ModelEval("m", e, np.asarray(sigma, float), np.asarray(ids), np.full(e.shape, "corner", dtype=object),
+                     found, annotated, np.asarray(seconds))
+
+
+def test_model_metrics_hand_computed():
+    # image 0: errors 1, 3 (mean 2.0, not < 2); image 1: 0.5, 1.5 (mean 1.0)
+    ev = _eval([1.0, 3.0, 0.5, 1.5], [1.0, 2.0, 0.5, 3.0], [0, 0, 1, 1])
+    cal = ConformalCalibrator(alpha=0.1, q_hat=1.0)  # radius = sigma
+    r = model_metrics(ev, cal)
+    assert r["mean"] == pytest.approx(1.5)
+    assert r["median"] == pytest.approx(1.25)
+    assert r["scans_below_2"] == pytest.approx(0.5)
+    assert r["sdr_2"] == pytest.approx(0.75)
+    assert r["fit_failure_3"] == pytest.approx(0.0)  # 3.0 is not > 3
+    # ranks sigma 2,3,1,4 vs errors 2,4,1,3: sum d^2 = 2, rho = 1 - 6*2/(4*15)
+    assert r["spearman"] == pytest.approx(0.8)
+    assert r["ause"] > 0
+    assert r["coverage"] == pytest.approx(0.75)  # 3 > 2 is the only miss
+    assert r["mean_radius"] == pytest.approx(1.625)
+    assert r["nominal"] == pytest.approx(0.9)
+    assert r["recall"] == pytest.approx(0.75)
+    assert r["s_per_image"] == pytest.approx(2.0)
+    assert r["count"] == 4
+
+
+@pytest.mark.parametrize("sigma, ause_zero", [([1.0, 4.0, 2.0, 3.0], True), ([4.0, 1.0, 3.0, 2.0], False)])
+def test_model_metrics_ause(sigma, ause_zero):
+    r = model_metrics(_eval([1.0, 4.0, 2.0, 3.0], sigma, [0, 0, 1, 1]))
+    assert (r["ause"] == pytest.approx(0.0, abs=1e-12)) is ause_zero
+    assert np.isnan(r["coverage"])  # no calibrator
+
+
+def test_model_metrics_shape_mismatch():
+    with pytest.raises(ValueError, match="differ in shape"):
+        model_metrics(_eval([1.0, 2.0], [1.0], [0, 0]))
+
+
+def test_format_table_cells():
+    ev = _eval([1.0, 3.0, 0.5, 1.5], [1.0, 2.0, 0.5, 3.0], [0, 0, 1, 1])
+    rows = [model_metrics(ev, ConformalCalibrator(alpha=0.1, q_hat=1.0)), model_metrics(_eval([], [], [], 0, 0, ()))]
+    table = format_table(rows).splitlines()
+    assert len(table) == 4 and table[0].startswith("| model | detection recall | mean mm")
+    assert "| 75.0 % (3/4) | 1.50 | 1.25 | 50.0 % | 75.0 % | 0.0 % | +0.800 |" in table[2]
+    assert "75.0 % (nominal 90 %) | 1.62 | 2.00 |" in table[2]
+    assert table[3].count("—") >= 10
+    with pytest.raises(ValueError):
+        format_table([])
+
+
+def test_format_table_infinite_radius():
+    # 4 calibration points cannot give a 90 % quantile: q_hat = inf, every radius infinite
+    row = model_metrics(_eval([1.0, 2.0], [1.0, 1.0], [0, 0]), ConformalCalibrator(alpha=0.1))
+    assert row["coverage"] == pytest.approx(1.0) and row["mean_radius"] == float("inf")
+    assert "| ∞ |" in format_table([row])
+
+
+def test_evaluate_pipeline_matches_by_level(monkeypatch):
+    # two annotated levels; the detector finds C3 at its place, puts C4 outside C4's box, and adds a C5 not annotated
+    kp = np.zeros((2, 5, 2))
+    kp[0] = [[10, 10], [20, 10], [10, 20], [20, 20], [25, 15]]
+    kp[1] = kp[0] + [0, 30]
+    ann = SimpleNamespace(levels=["C3", "C4"], visible=np.ones((2, 5), bool), keypoints_px=kp,
+                          boxes_px=np.array([[8, 8, 27, 22], [8, 38, 27, 52]], float), scheme="lateral5", image="x.png")
+    ann.visible[0, 4] = False  # the spinous process of C3 is not counted
+    monkeypatch.setattr(bp, "_read", lambda label: (ann, None, None))
+    pts = [{"x_px": x + 1.0, "y_px": y, "sigma_p_total_mm": 0.5} for x, y in kp[0]]  # 1 px off in x
+    corners = [{"x_px": x, "y_px": y + 2.0, "sigma_mm": 1.0} for x, y in kp[0][:4]]  # 2 px off in y
+    result = {"spacing_mm": [0.5, 0.25], "vertebrae": [
+        {"level": "C3", "centre_px": [15.0, 15.0], "points": pts, "corners": corners},
+        {"level": "C4", "centre_px": [100.0, 100.0], "points": pts, "corners": corners},
+        {"level": "C5", "centre_px": [15.0, 75.0], "points": pts, "corners": corners},
+    ]}
+    pipe = SimpleNamespace(predict_file=lambda *a, **k: SimpleNamespace(result=result))
+    ev = bp.evaluate_pipeline(pipe, ["a.json"], "unused", "regressor", "cervical", "reg")
+    assert (ev.found, ev.annotated) == (1, 2)
+    np.testing.assert_allclose(ev.errors, [0.5] * 4)  # 1 px * 0.5 mm; SP invisible
+    assert list(ev.point_types) == ["corner"] * 4 and ev.seconds.shape == (1,)
+    ev = bp.evaluate_pipeline(pipe, ["a.json"], "unused", "heatmap", "cervical", "hm")
+    np.testing.assert_allclose(ev.errors, [0.5] * 4)  # 2 px * 0.25 mm
+    np.testing.assert_allclose(ev.sigma, [1.0] * 4)
+
+
+@pytest.mark.parametrize("kwargs", [{"n": 2}, {"epochs_heatmap": 0}, {"alpha": 1.0}])
+def test_settings_validation(kwargs):
+    with pytest.raises(ValueError):
+        PipelineBenchSettings(**kwargs)
+
+
+def test_settings_share_one_data_set():
+    s = PipelineBenchSettings(n=12, size=256)
+    assert s.regressor_settings().data_overrides() == s.data_overrides()
