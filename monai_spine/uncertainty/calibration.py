@@ -102,6 +102,8 @@ DEFAULT_BOUNDS = (1.5, 2.0)
 #: share of the points of a class that must err by at most its bound
 DEFAULT_QUANTILE = 0.9
 #: smallest class a threshold may be fitted on
+#: one-sided confidence of the class rule in calibrate (None: the plain empirical rule)
+DEFAULT_CONFIDENCE: float | None = 0.95
 DEFAULT_MIN_COUNT = 10
 #: units an error can have
 ERROR_UNITS = ("mm", "px")
@@ -222,14 +224,34 @@ class TauSelection:
 
 
 def _largest_admissible(
-    s_sorted: np.ndarray, good_sorted: np.ndarray, candidates: np.ndarray, start: int, q: float, min_count: int
+    s_sorted: np.ndarray,
+    good_sorted: np.ndarray,
+    candidates: np.ndarray,
+    start: int,
+    q: float,
+    min_count: int,
+    confidence: float | None = None,
 ) -> int | None:
-    """Index of the largest candidate ``c`` whose class ``s_sorted[start:#{s < c}]`` is admissible."""
+    """Index of the largest candidate ``c`` whose class ``s_sorted[start:#{s < c}]`` is admissible.
+
+    With ``confidence``, a class must also show, at that one-sided confidence, that at least ``q`` of
+    its points err within the bound: the Clopper-Pearson lower bound of the share of good points is
+    >= q. This guards against the optimism of picking the largest of many candidate thresholds on a
+    small class (without it, a held-out set can miss the rule; see the tests).
+    """
     cum = np.concatenate([[0], np.cumsum(good_sorted, dtype=np.int64)])
     ends = np.searchsorted(s_sorted, candidates, side="left")
     m = ends - start
     good = cum[ends] - cum[start]
     ok = (m >= max(int(min_count), 1)) & (good >= _rank(q, np.maximum(m, 0)))
+    if confidence is not None:
+        from scipy.stats import beta
+
+        if not 0.0 < float(confidence) < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+        with np.errstate(invalid="ignore"):
+            lower = np.where(good > 0, beta.ppf(1.0 - float(confidence), np.maximum(good, 1), m - good + 1), 0.0)
+        ok &= lower >= q
     idx = np.flatnonzero(ok)
     return int(idx[-1]) if idx.size else None
 
@@ -240,6 +262,7 @@ def select_thresholds(
     bounds: Sequence[float] = DEFAULT_BOUNDS,
     quantile: float = DEFAULT_QUANTILE,
     min_count: int = DEFAULT_MIN_COUNT,
+    confidence: float | None = None,
 ) -> TauSelection:
     """Choose ``(tau1, tau2)`` on one set of validation points with the rule of the module docstring.
 
@@ -252,6 +275,9 @@ def select_thresholds(
             unit of the errors (paper: 1.5 mm, 2 mm).
         quantile: q in (0, 1]: the share of a class that must err by at most its bound.
         min_count: smallest class a threshold may be chosen on (>= 1 in effect).
+        confidence: when set (e.g. 0.95), a class is admissible only if the Clopper-Pearson lower
+            bound of its share of points within the bound is >= ``quantile`` (see
+            :func:`_largest_admissible`); None: the plain empirical rule.
 
     Returns:
         the :class:`TauSelection` (tau1 < tau2 always).
@@ -284,11 +310,11 @@ def select_thresholds(
     distinct = np.unique(s)
     candidates = np.append(distinct, np.nextafter(distinct[-1], np.inf))
 
-    i1 = _largest_admissible(s, e <= b1, candidates, 0, q, min_count)
+    i1 = _largest_admissible(s, e <= b1, candidates, 0, q, min_count, confidence)
     tau1 = float(candidates[i1]) if i1 is not None else float(distinct[0])
     start = int(np.searchsorted(s, tau1, side="left"))
     above = candidates[candidates > tau1]
-    i2 = _largest_admissible(s, e <= b2, above, start, q, min_count) if above.size else None
+    i2 = _largest_admissible(s, e <= b2, above, start, q, min_count, confidence) if above.size else None
     tau2 = float(above[i2]) if i2 is not None else float(np.nextafter(tau1, np.inf))
 
     e1 = e[s < tau1]
@@ -320,6 +346,7 @@ def fit_thresholds(
     min_count: int = DEFAULT_MIN_COUNT,
     per_point_type: bool = True,
     return_selections: bool = False,
+    confidence: float | None = None,
 ) -> Thresholds | tuple[Thresholds, dict[str, TauSelection]]:
     """Fit :class:`~monai_spine.uncertainty.classes.Thresholds` with :func:`select_thresholds`.
 
@@ -345,7 +372,7 @@ def fit_thresholds(
     if error_unit not in ERROR_UNITS:
         raise ValueError(f"error_unit must be one of {ERROR_UNITS}, got {error_unit!r}")
     e, s, t = _flat_inputs(errors, sigmas, point_types)
-    sel = {"all": select_thresholds(e, s, bounds, quantile, min_count)}
+    sel = {"all": select_thresholds(e, s, bounds, quantile, min_count, confidence)}
     per: dict[str, tuple[float, float]] = {}
     if per_point_type and t is not None:
         usable = np.isfinite(s) & ~np.isnan(e)
@@ -353,7 +380,7 @@ def fit_thresholds(
             mask = t == ptype
             if int((mask & usable).sum()) < max(int(min_count), 1):
                 continue
-            sel[ptype] = select_thresholds(e[mask], s[mask], bounds, quantile, min_count)
+            sel[ptype] = select_thresholds(e[mask], s[mask], bounds, quantile, min_count, confidence)
             per[ptype] = (sel[ptype].tau1, sel[ptype].tau2)
     a = sel["all"]
     unit_note = "" if error_unit == "mm" else " (errors in px: spacing unknown, bounds are pixels)"
@@ -853,6 +880,7 @@ def calibrate_from_predictions(
     bounds: Sequence[float] = DEFAULT_BOUNDS,
     quantile: float = DEFAULT_QUANTILE,
     min_count: int = DEFAULT_MIN_COUNT,
+    confidence: float | None = DEFAULT_CONFIDENCE,
     per_point_type: bool = True,
     alpha: float = 0.1,
     score: str = "normalized",
@@ -915,6 +943,7 @@ def calibrate_from_predictions(
         min_count=min_count,
         per_point_type=per_point_type,
         return_selections=True,
+        confidence=confidence,
     )
     conf = ConformalCalibrator.fit(
         pts.errors,
@@ -978,6 +1007,8 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
                         help="share of a class that must err at most its bound")
     parser.add_argument("--min-count", type=int, default=DEFAULT_MIN_COUNT, help="smallest class to fit on")
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                        help="one-sided confidence that a class meets its quantile (Clopper-Pearson); 0 = off")
     parser.add_argument("--no-per-point-type", dest="per_point_type", action="store_false",
                         help="one threshold pair / q_hat for all point types")
     parser.add_argument("--alpha", type=float, default=0.1, help="conformal miscoverage (radius covers 1 - alpha)")
@@ -996,6 +1027,7 @@ def calibrate_cli(
     bounds: Sequence[float] = DEFAULT_BOUNDS,
     quantile: float = DEFAULT_QUANTILE,
     min_count: int = DEFAULT_MIN_COUNT,
+    confidence: float | None = DEFAULT_CONFIDENCE,
     per_point_type: bool = True,
     alpha: float = 0.1,
     score: str = "normalized",
@@ -1020,6 +1052,7 @@ def calibrate_cli(
         bounds=tuple(bounds),
         quantile=quantile,
         min_count=min_count,
+        confidence=confidence or None,  # 0 switches the confidence bound off
         per_point_type=per_point_type,
         alpha=alpha,
         score=score,
