@@ -45,6 +45,7 @@ __all__ = [
     "ModelEval",
     "model_metrics",
     "format_table",
+    "format_uncertainty_table",
     "format_header",
     "calibrate_conformal",
     "run_pipeline_benchmark",
@@ -151,13 +152,15 @@ class ModelEval:
     seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
-def model_metrics(ev: ModelEval, conformal: Any = None, unit: str = "mm") -> dict[str, Any]:
+def model_metrics(ev: ModelEval, conformal: Any = None, unit: str = "mm", thresholds: Any = None) -> dict[str, Any]:
     """The table row of one model: error summary, uncertainty quality, conformal coverage, timing.
 
     Args:
         ev: the model's points.
         conformal: a fitted :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator` or None.
         unit: unit of the errors.
+        thresholds: uncertainty-class thresholds fitted on the validation split (sigma in mm), or None;
+            with them the row also holds ``classes`` (per-class count and mean error).
 
     Returns:
         dict with ``model``, ``mean``, ``median``, ``scans_below_2``, ``sdr_2``, ``fit_failure_3``
@@ -193,7 +196,35 @@ def model_metrics(ev: ModelEval, conformal: Any = None, unit: str = "mm") -> dic
     if conformal is not None:
         cov = conformal_coverage(e, s, conformal, np.asarray(ev.point_types).reshape(-1))
         row.update(coverage=cov["coverage"], nominal=cov["nominal"], mean_radius=cov["mean_radius"])
+    from monai_spine.uncertainty.quality import errors_per_class, referral_curve
+
+    ref = referral_curve(e, s, fractions=REFERRAL_FRACTIONS)
+    row["referral_mean"] = {f"{100 * f:g}": float(m) for f, m in zip(ref["fractions"], ref["mean_error"])}
+    if thresholds is not None:
+        per = errors_per_class(e, s, thresholds, np.asarray(ev.point_types).reshape(-1))
+        row["classes"] = {k: {"count": v["count"], "mean": v["mean"]} for k, v in per.items()}
     return row
+
+
+#: shares of the most uncertain points referred to a human in the referral columns
+REFERRAL_FRACTIONS = (0.0, 0.1, 0.2)
+
+
+def format_uncertainty_table(rows: Sequence[dict[str, Any]], unit: str = "mm") -> str:
+    """Markdown table of error per uncertainty class and mean error after referral, one row per model."""
+    from monai_spine.uncertainty.classes import CLASS_NAMES
+
+    header = ["model"] + [f"{c} n / mean {unit}" for c in CLASS_NAMES]
+    header += [f"mean {unit}, {100 * f:g} % referred" for f in REFERRAL_FRACTIONS[1:]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in rows:
+        cells = [str(r["model"])]
+        for c in CLASS_NAMES:
+            v = r.get("classes", {}).get(c)
+            cells.append("—" if v is None else f"{int(v['count'])} / {_num(v['mean'])}")
+        cells += [_num(r.get("referral_mean", {}).get(f"{100 * f:g}", float("nan"))) for f in REFERRAL_FRACTIONS[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _num(v: Any, fmt: str = "{:.2f}") -> str:
@@ -204,6 +235,14 @@ def _num(v: Any, fmt: str = "{:.2f}") -> str:
 
 def _pct(v: Any) -> str:
     return "—" if v is None or not math.isfinite(float(v)) else f"{100.0 * float(v):.1f} %"
+
+
+UNCERTAINTY_NOTES = (
+    "Uncertainty classes: tau1/tau2 fitted on the validation split (sigma_p in mm, the calibrate rule: "
+    "90 % of a class within 1.5 / 2.0 mm, with 95 % one-sided confidence), then applied to the test split; "
+    "n / mean: points of the class and their mean error. Referral: mean error of the points kept after "
+    "the given share of the most uncertain points is referred to a human."
+)
 
 
 def format_table(rows: Sequence[dict[str, Any]], unit: str = "mm") -> str:
@@ -459,6 +498,12 @@ def run_pipeline_benchmark(
     regressor.conformal = reg_cal
     he, hs = _heatmap_val(corners, val, settings.region)
     hm_cal = calibrate_conformal(he, hs, np.full(he.shape, "corner", dtype=object), settings.alpha)
+    from monai_spine.uncertainty.calibration import DEFAULT_CONFIDENCE, fit_thresholds
+
+    thresholds = {
+        "regressor": fit_thresholds(va.errors, va.sigma["total"], ptypes, units="mm", confidence=DEFAULT_CONFIDENCE),
+        "heatmap": fit_thresholds(he, hs, None, units="mm", confidence=DEFAULT_CONFIDENCE),
+    }
 
     # end to end on the test split
     rows: list[dict[str, Any]] = []
@@ -475,12 +520,13 @@ def run_pipeline_benchmark(
         evals[name] = ev
         if kind == "regressor" and cal is None:
             cal = reg_cal  # flip TTA: the same (non-TTA) calibration, so its coverage shows the shift
-        rows.append(model_metrics(ev, cal))
+        rows.append(model_metrics(ev, cal, thresholds=thresholds[kind]))
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
     header = format_header(settings, command, torch.get_num_threads(), cores, len(test), len(val))
     timing = ", ".join(f"{k} {v:.0f}" for k, v in times.items())
-    report = "\n\n".join([header, f"training wall seconds: {timing}", format_table(rows), NOTES]) + "\n"
+    report = "\n\n".join([header, f"training wall seconds: {timing}", format_table(rows), NOTES,
+                            format_uncertainty_table(rows), UNCERTAINTY_NOTES]) + "\n"
     (out / "table.md").write_text(report, encoding="utf-8")
 
     def clean(v: Any) -> Any:

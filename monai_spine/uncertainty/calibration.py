@@ -20,8 +20,8 @@ most 1.5 mm"):
 * a candidate is *admissible* when its class has at least ``min_count`` points (default 10, for
   stability) and its q-quantile of error is ``<= bound``;
 * ``tau1`` is the **largest** admissible candidate for the class ``{sigma_p < tau1}`` and
-  ``bound1 = 1.5``; if there is none, ``tau1 = c_1 = min sigma_p`` (the certain class is empty on
-  the validation set);
+  ``bound1 = 1.5``; if there is none, ``tau1 = 0`` (the certain class is empty on any data, not
+  only on the validation set);
 * ``tau2`` is the **largest** admissible candidate ``> tau1`` for the class
   ``{tau1 <= sigma_p < tau2}`` and ``bound2 = 2.0``; if there is none,
   ``tau2 = nextafter(tau1, +inf)`` (the moderate class is as small as ``tau1 < tau2`` allows: only
@@ -311,7 +311,9 @@ def select_thresholds(
     candidates = np.append(distinct, np.nextafter(distinct[-1], np.inf))
 
     i1 = _largest_admissible(s, e <= b1, candidates, 0, q, min_count, confidence)
-    tau1 = float(candidates[i1]) if i1 is not None else float(distinct[0])
+    # no admissible class: tau1 = 0 keeps 'certain' empty on any data (sigma_p >= 0); the minimum
+    # validation sigma would call new points below it certain, outside the calibrated range
+    tau1 = float(candidates[i1]) if i1 is not None else 0.0
     start = int(np.searchsorted(s, tau1, side="left"))
     above = candidates[candidates > tau1]
     i2 = _largest_admissible(s, e <= b2, above, start, q, min_count, confidence) if above.size else None

@@ -105,3 +105,22 @@ def test_settings_validation(kwargs):
 def test_settings_share_one_data_set():
     s = PipelineBenchSettings(n=12, size=256)
     assert s.regressor_settings().data_overrides() == s.data_overrides()
+
+
+def test_uncertainty_classes_and_referral_by_hand():
+    from monai_spine.engines.bench_pipeline import ModelEval, format_uncertainty_table, model_metrics
+    from monai_spine.uncertainty.classes import Thresholds
+
+    # 10 points, sigma 0.1 .. 1.0 mm, error = 10 * sigma (the most uncertain point errs most)
+    sigma = np.arange(1, 11) / 10.0
+    ev = ModelEval("m", errors=10 * sigma, sigma=sigma, image_ids=np.zeros(10, int),
+                   point_types=np.array(["corner"] * 10, dtype=object), found=2, annotated=2, seconds=[0.5])
+    row = model_metrics(ev, thresholds=Thresholds(0.35, 0.75, "mm"))
+    # certain: sigma 0.1-0.3 -> errors 1, 2, 3 (mean 2); moderate: 0.4-0.7 -> 4..7 (5.5); high: 0.8-1.0 (9)
+    assert row["classes"]["certain"] == {"count": 3.0, "mean": 2.0}
+    assert row["classes"]["moderately_uncertain"] == {"count": 4.0, "mean": 5.5}
+    assert row["classes"]["highly_uncertain"] == {"count": 3.0, "mean": 9.0}
+    # referring the 10 % / 20 % most uncertain drops the 10 / the 9 and 10: means 5.0 and 4.5
+    assert row["referral_mean"]["10"] == pytest.approx(5.0) and row["referral_mean"]["20"] == pytest.approx(4.5)
+    table = format_uncertainty_table([row])
+    assert "| m | 3 / 2.00 | 4 / 5.50 | 3 / 9.00 | 5.00 | 4.50 |" in table

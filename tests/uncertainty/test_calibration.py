@@ -86,14 +86,14 @@ HAND_CASES = [
     (SIG7, ERR7, 1.0, 1, 2.0, NEXT(2.0, np.inf), (1, 1, 5), False, True),
     # every point good: both classes hold everything below just above the largest sigma
     ([1.0, 2.0, 3.0], [0.1, 0.2, 0.3], 0.9, 1, NEXT(3.0, np.inf), NEXT(NEXT(3.0, np.inf), np.inf), (3, 0, 0), False, True),
-    # no point good: empty certain class (tau1 = min sigma), moderate fallback too
-    ([1.0, 2.0, 3.0], [9.0, 9.0, 9.0], 0.9, 1, 1.0, NEXT(1.0, np.inf), (0, 1, 2), True, True),
+    # no point good: empty certain class (tau1 = 0: empty on any data), moderate fallback too
+    ([1.0, 2.0, 3.0], [9.0, 9.0, 9.0], 0.9, 1, 0.0, NEXT(0.0, np.inf), (0, 0, 3), True, True),
     # bad points at small sigma, then good ones: the rule takes the LARGEST admissible tau1 (non-monotone)
     ([1.0, 2.0, 3.0, 4.0, 5.0], [3.0, 1.0, 1.0, 1.0, 9.0], 0.75, 1, 5.0, NEXT(5.0, np.inf), (4, 1, 0), False, True),
     # ties: {s < 2} = [1, 1] good; {s < 3} adds the two errors at sigma 2 -> [1, 1, 1, 9] (3 of 4, need 3)
     ([1.0, 1.0, 2.0, 2.0, 3.0], [1.0, 1.0, 1.0, 9.0, 1.9], 0.75, 1, 3.0, NEXT(3.0, np.inf), (4, 1, 0), False, False),
     # min_count larger than the data: nothing admissible
-    ([1.0, 2.0], [0.1, 0.1], 0.9, 5, 1.0, NEXT(1.0, np.inf), (0, 1, 1), True, True),
+    ([1.0, 2.0], [0.1, 0.1], 0.9, 5, 0.0, NEXT(0.0, np.inf), (0, 0, 2), True, True),
 ]
 
 
@@ -148,7 +148,7 @@ def test_select_thresholds_ignores_nan_error_and_nonfinite_sigma():
 def test_select_thresholds_inf_error_is_bad():
     # the failed prediction at sigma 1 makes {s < 2} fail with q = 1; {s < 1} is empty -> fallback
     sel = select_thresholds([np.inf, 0.1], [1.0, 2.0], quantile=1.0, min_count=1)
-    assert sel.fallback1 and sel.tau1 == 1.0
+    assert sel.fallback1 and sel.tau1 == 0.0
 
 
 @pytest.mark.parametrize(
