@@ -54,10 +54,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ignite.metrics import Metric
 
 from monai_spine.data.annotation import SpineAnnotation, read_annotation
 from monai_spine.data.keypoints import get_region, get_scheme
+from monai_spine.handlers.batch_metric import BatchSummaryMetric, batch_field
 from monai_spine.networks.detector import NUM_BOX_CHANNELS
 from transforms.detection import boxes_to_image_px, points_to_image_px
 
@@ -600,17 +600,10 @@ class DetectionAccumulator:
 
 
 def _field(container: Any, key: str) -> np.ndarray | None:
-    """A batched field from a dict of batched values or a list of per-sample dicts (decollated)."""
-    if isinstance(container, Mapping):
-        return None if key not in container else _np(container[key])
-    if isinstance(container, Sequence) and container and isinstance(container[0], Mapping):
-        if key not in container[0]:
-            return None
-        return np.stack([_np(c[key]) for c in container])
-    return None
+    return batch_field(container, key, _np)
 
 
-class DetectionErrorHandler(Metric):
+class DetectionErrorHandler(BatchSummaryMetric):
     """Evaluator key metric: the detector's recall and centre errors on the validation radiographs.
 
     Every iteration it reads the network output ``engine.state.output[pred_key]`` ``(B, L + 4, H, W)``
@@ -656,24 +649,13 @@ class DetectionErrorHandler(Metric):
         self.match_radius = match_radius
         self.decode_kwargs = {"method": str(decode_method), "nms_radius_px": int(nms_radius_px),
                               "gap_penalty": float(gap_penalty)}
-        self.prefix = prefix
         self.pred_key = pred_key
         self.batch_keys = (affine_key, centres_key, boxes_key, present_key, spacing_key, image_id_key)
         self.acc = DetectionAccumulator(self.levels)
-        self._engine = None
-        self.last_summary: dict[str, float] = {}
-        super().__init__(output_transform=output_transform)
+        super().__init__(prefix=prefix, output_transform=output_transform)
 
     def reset(self) -> None:
         self.acc.reset()
-
-    def attach(self, engine: Any, name: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        self._engine = engine
-        super().attach(engine, name, *args, **kwargs)
-
-    def iteration_completed(self, engine: Any) -> None:
-        """Feed the batch (geometry, ground truth) and the output (maps) of one iteration."""
-        self.update((engine.state.batch, self._output_transform(engine.state.output)))
 
     @torch.no_grad()
     def update(self, output: tuple[Any, Any]) -> None:  # type: ignore[override]
@@ -706,11 +688,7 @@ class DetectionErrorHandler(Metric):
     def compute(self) -> float:
         """Penalised centre error of the epoch (in ``self.acc.unit``)."""
         summary = self.acc.summary()
-        self.last_summary = summary
-        if self._engine is not None:
-            for k, v in summary.items():
-                self._engine.state.metrics[f"{self.prefix}{k}"] = v
-        return summary[f"penalised_error_{self.acc.unit}"]
+        return self._publish(summary, f"penalised_error_{self.acc.unit}")
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -36,11 +36,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from ignite.metrics import Metric
 
 from monai_spine.data.annotation import SpineAnnotation, read_annotation
 from monai_spine.data.keypoints import get_region, get_scheme, px_to_mm, validate_keypoints
 from monai_spine.data.patches import corner_maps, vertebra_geometry
+from monai_spine.handlers.batch_metric import BatchSummaryMetric, batch_field
 from monai_spine.inference.corners import CornerPrior, point_to_curve_distance
 from monai_spine.inference.heatmap import (
     DEFAULT_POSTPROCESS,
@@ -379,17 +379,10 @@ def _np(x: Any) -> np.ndarray:
 
 
 def _field(container: Any, key: str) -> np.ndarray | None:
-    """A batched field from a dict of batched values or a list of per-sample dicts (decollated)."""
-    if isinstance(container, Mapping):
-        return None if key not in container else _np(container[key])
-    if isinstance(container, Sequence) and container and isinstance(container[0], Mapping):
-        if key not in container[0]:
-            return None
-        return np.stack([_np(c[key]) for c in container])
-    return None
+    return batch_field(container, key, _np)
 
 
-class CornerErrorHandler(Metric):
+class CornerErrorHandler(BatchSummaryMetric):
     """Evaluator key metric: corner P2P / P2C errors and patch BC of the validation images.
 
     Reads, every iteration, the network maps ``engine.state.output["pred"]`` ``(P, 1, S, S)`` and from
@@ -427,25 +420,14 @@ class CornerErrorHandler(Metric):
     ) -> None:
         self.cases = {int(c["image_id"]): c for c in cases}
         self.model = model
-        self.prefix = prefix
         self.pred_key = pred_key
         self.label_key = label_key
         self.acc = CornerErrorAccumulator(thresholds_mm, fit_failure_mm, scan_threshold_mm)
-        self._engine = None
-        self.last_summary: dict[str, float] = {}
-        super().__init__(output_transform=output_transform)
+        super().__init__(prefix=prefix, output_transform=output_transform)
 
     def reset(self) -> None:
         self._parts: list[dict[str, np.ndarray]] = []
         self.acc.reset()
-
-    def attach(self, engine: Any, name: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        self._engine = engine
-        super().attach(engine, name, *args, **kwargs)
-
-    def iteration_completed(self, engine: Any) -> None:
-        """Feed the batch (geometry, targets) and the output (maps) of one iteration."""
-        self.update((engine.state.batch, self._output_transform(engine.state.output)))
 
     @torch.no_grad()
     def update(self, output: tuple[Any, Any]) -> None:  # type: ignore[override]
@@ -507,11 +489,7 @@ class CornerErrorHandler(Metric):
         """Mean corner P2P error of the epoch (in ``self.acc.unit``)."""
         self._localize_all()
         summary = self.acc.summary()
-        self.last_summary = summary
-        if self._engine is not None:
-            for k, v in summary.items():
-                self._engine.state.metrics[f"{self.prefix}{k}"] = v
-        return summary[f"p2p_mean_{self.acc.unit}"]
+        return self._publish(summary, f"p2p_mean_{self.acc.unit}")
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
