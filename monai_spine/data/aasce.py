@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import csv
 import os
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from monai_spine.data.annotation import AnnotationError, SpineAnnotation
+from monai_spine.data.annotation import AnnotationError, SpineAnnotation, atomic_write_text, write_annotation
 from monai_spine.data.keypoints import get_region, get_scheme
 
 __all__ = [
@@ -56,6 +58,11 @@ __all__ = [
     "read_cobb_angles",
     "read_image_size",
     "find_label_noise",
+    "aasce_group",
+    "split_aasce",
+    "write_aasce_dataset",
+    "ensure_aasce_dataset",
+    "AASCE_SPLIT_FRACTIONS",
 ]
 
 #: vertebrae per image (T1..T12, L1..L5)
@@ -376,3 +383,122 @@ def read_aasce(root: str | os.PathLike | None = None, use_mat: bool = False, ima
             report[name] = issues
         anns.append(ann)
     return AasceDataset(root=root, annotations=anns, report=report)
+
+
+# ----------------------------------------------------------------------------------------------
+# a seeded split by patient, written as a dataset folder in the project's format
+# ----------------------------------------------------------------------------------------------
+#: default shares of training, validation and test images
+AASCE_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+
+_GROUP_RE = re.compile(r"-(\d+)\s*[A-Za-z]?\s*(?:AP\d*)?\.jpe?g$", re.IGNORECASE)
+
+
+def aasce_group(filename: str) -> str:
+    """The patient key of an AASCE image name, so that one patient's images stay in one split.
+
+    Names look like ``sunhl-1th-02-Jan-2017-162 A AP.jpg``: the number before the letter (``162``)
+    numbers the patient, the letter (``A``, ``B``, ...) the radiograph (some patients have up to 16,
+    taken on different days). Names that do not follow it (``sunhl-1th-20-Jul-2016-coronal1.jpg``)
+    are their own group (the file stem).
+    """
+    m = _GROUP_RE.search(filename)
+    return f"patient-{m.group(1)}" if m else f"image-{Path(filename).stem}"
+
+
+def split_aasce(
+    names: list[str], fractions: tuple[float, float, float] = AASCE_SPLIT_FRACTIONS, seed: int = 0
+) -> dict[str, list[str]]:
+    """Seeded split of image names into training / validation / test, whole patients at a time.
+
+    Patients (:func:`aasce_group`) are shuffled with ``numpy.random.default_rng(seed)`` (over the sorted
+    patient keys) and dealt out in that order: to test until it holds ``round(fractions[2] * n)``
+    images, then to validation until ``round(fractions[1] * n)``, the rest to training. A split may
+    exceed its target by the last patient's images.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}`` names, each sorted.
+    """
+    fr = np.asarray(fractions, dtype=np.float64)
+    if fr.shape != (3,) or np.any(fr < 0) or fr.sum() <= 0:
+        raise ValueError(f"fractions must be three non-negative numbers, got {fractions!r}")
+    fr = fr / fr.sum()
+    groups: dict[str, list[str]] = {}
+    for n in sorted(names):
+        groups.setdefault(aasce_group(n), []).append(n)
+    keys = sorted(groups)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    n = len(names)
+    targets = {"test": int(round(fr[2] * n)), "validation": int(round(fr[1] * n))}
+    out: dict[str, list[str]] = {"training": [], "validation": [], "test": []}
+    for i in order:
+        members = groups[keys[i]]
+        for split in ("test", "validation"):
+            if len(out[split]) < targets[split]:
+                out[split].extend(members)
+                break
+        else:
+            out["training"].extend(members)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def write_aasce_dataset(
+    out_dir: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    fractions: tuple[float, float, float] = AASCE_SPLIT_FRACTIONS,
+    seed: int = 0,
+    use_mat: bool = False,
+) -> Path:
+    """Write the AASCE set as a dataset folder of the project's format (images stay where they are).
+
+    ``<out_dir>/labels/<image stem>.json`` is one ``monai-spine-keypoints`` annotation per image (its
+    ``image`` is the absolute path of the JPEG in ``root``, spacing unknown, the Cobb angles and label
+    noise in ``meta``); ``<out_dir>/dataset.json`` holds ``region: "ap"``, the explicit split of
+    :func:`split_aasce` (paths relative to ``out_dir``) and how it was made. The folder works as the
+    bundle's ``--dataset_dir`` with ``--region ap``.
+
+    Args:
+        out_dir: output folder (outside the repository; created).
+        root: the AASCE folder (see :func:`resolve_aasce_root`).
+        fractions, seed: the split (see :func:`split_aasce`).
+        use_mat: take the points from the ``.mat`` files (see :func:`read_aasce`).
+
+    Returns:
+        ``out_dir`` as a path.
+    """
+    ds = read_aasce(root, use_mat=use_mat)
+    out = Path(out_dir)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    label_of: dict[str, str] = {}
+    for ann in ds:
+        name = ann.meta["filename"]
+        rel = f"labels/{Path(name).stem}.json"
+        write_annotation(ann, out / rel)
+        label_of[name] = rel
+    split = split_aasce(ds.names, fractions, seed)
+    index = {
+        "name": "aasce-train",
+        "region": "ap",
+        "source": str(ds.root),
+        "split_rule": "monai_spine.data.aasce.split_aasce: whole patients, seeded permutation",
+        "split_seed": int(seed),
+        "split_fractions": [float(f) for f in fractions],
+        "label_source": "mat" if use_mat else "landmarks.csv",
+        **{s: [{"label": label_of[n], "image": str(ds.root / "images" / n)} for n in names] for s, names in split.items()},
+    }
+    atomic_write_text(out / "dataset.json", json.dumps(index, indent=1) + "\n")
+    return out
+
+
+def ensure_aasce_dataset(
+    cache_dir: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    fractions: tuple[float, float, float] = AASCE_SPLIT_FRACTIONS,
+    seed: int = 0,
+) -> Path:
+    """:func:`write_aasce_dataset` into ``<cache_dir>/aasce-seed<seed>-<fractions>`` unless it is there."""
+    tag = "-".join(f"{f:g}" for f in fractions)
+    folder = Path(cache_dir) / f"aasce-seed{seed}-{tag}"
+    if (folder / "dataset.json").is_file():
+        return folder
+    return write_aasce_dataset(folder, root, fractions, seed)

@@ -293,3 +293,72 @@ def test_real_cobb_angles(real, real_root):
     np.testing.assert_allclose(ang[0], [41.139, 14.63, 40.147])
     np.testing.assert_array_equal(real.cobb_angles_deg, ang)
     assert np.all(ang[:, 0] >= ang[:, 1:].max(axis=1))  # the main curve is the largest
+
+
+# --------------------------------------------------------------------------- the patient split
+from monai_spine.data.aasce import aasce_group, split_aasce, write_aasce_dataset  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "name, group",
+    [
+        ("sunhl-1th-02-Jan-2017-162 A AP.jpg", "patient-162"),
+        ("sunhl-1th-04-Jan-2017-165 B AP.jpg", "patient-165"),
+        ("sunhl-1th-30-Dec-2016-159 A AP2.jpg", "patient-159"),
+        ("sunhl-1th-20-Jul-2016-coronal1.jpg", "image-sunhl-1th-20-Jul-2016-coronal1"),
+    ],
+)
+def test_aasce_group(name, group):
+    assert aasce_group(name) == group
+
+
+def _names():
+    # 10 patients with 1..4 images each (25 images) + 5 single "coronal" images
+    names = [f"x-{p} {chr(65 + k)} AP.jpg" for p in range(10) for k in range(1 + p % 4)]
+    return names + [f"x-coronal{i}.jpg" for i in range(5)]
+
+
+def test_split_aasce_keeps_patients_together_and_is_seeded():
+    names = _names()
+    a = split_aasce(names, (0.6, 0.2, 0.2), seed=3)
+    assert sorted(sum(a.values(), [])) == sorted(names)  # every image exactly once
+    where = {}
+    for split, members in a.items():
+        for n in members:
+            assert where.setdefault(aasce_group(n), split) == split  # one patient, one split
+    assert len(a["test"]) >= round(0.2 * len(names)) and len(a["validation"]) >= round(0.2 * len(names))
+    assert split_aasce(list(reversed(names)), (0.6, 0.2, 0.2), seed=3) == a  # order of listing does not matter
+    assert split_aasce(names, (0.6, 0.2, 0.2), seed=4) != a
+
+
+def test_split_aasce_rejects_bad_fractions():
+    with pytest.raises(ValueError, match="fractions"):
+        split_aasce(_names(), (0.5, -0.1, 0.6))
+
+
+def test_write_aasce_dataset_round_trip(tmp_path):
+    from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.datasets import list_cases
+
+    pts = _write_fake(tmp_path / "aasce", names=("p-1 A AP.jpg", "p-2 A AP.jpg"))
+    out = write_aasce_dataset(tmp_path / "ds", tmp_path / "aasce", fractions=(0.0, 0.5, 0.5), seed=0)
+    index = list_cases(out)
+    assert index["region"] == "ap" and index["training"] == []
+    labels = index["validation"] + index["test"]
+    assert len(labels) == 2
+    for lab in labels:
+        ann = read_annotation(lab)
+        assert ann.spacing_mm is None and ann.spacing_source == "unknown"
+        row = ann.meta["row"]
+        np.testing.assert_allclose(ann.keypoints_px.reshape(68, 2), pts[row], atol=0.05)
+        assert (tmp_path / "aasce" / "images" / ann.meta["filename"]).samefile(ann.image)
+
+
+def test_real_aasce_split_sizes(shared_data, tmp_path):
+    from monai_spine.data.aasce import ensure_aasce_dataset
+    from monai_spine.data.datasets import list_cases
+
+    index = list_cases(ensure_aasce_dataset(tmp_path, shared_data))
+    sizes = {s: len(index[s]) for s in ("training", "validation", "test")}
+    assert sum(sizes.values()) == 481
+    assert sizes == {"training": 336, "validation": 73, "test": 72}

@@ -1,0 +1,580 @@
+"""Real radiographs: train and evaluate the detector, the heatmap FCN and the regressor on the AASCE set.
+
+The 481 AP radiographs of ``aasce-train`` (read in place) are split by patient with a seed
+(:func:`monai_spine.data.aasce.split_aasce`, 70/15/15 by default) into a dataset folder of the
+project's format under the cache (:func:`~monai_spine.data.aasce.ensure_aasce_dataset`). The bundle then
+trains, in this process and on the CPU, with ``--dataset_dir <that folder> --region ap``:
+
+* the vertebra detector (``train.json`` + ``detector_train.json``, 17 levels T1-L5),
+* the heatmap FCN (``train.json`` + ``heatmap_train.json``; corners from vertebra centres),
+* the BayeCBAM corner regressor (``train.json``, ``ap4`` scheme: 4 corners, no spinous process),
+  optionally warm-started from another checkpoint (``init_checkpoint``).
+
+Evaluation on the test split (the images carry no pixel spacing, so errors are in **pixels** and as
+a **percentage of the vertebra's height**): detection recall (a detected level is found when its centre
+lies inside the annotated box of that level); per model the mean / median corner error, the success
+detection rate (SDR) at 1 %, 2 % and 5 % of the image height; the uncertainty quality (Spearman of
+sigma with error, AUSE, split-conformal coverage and mean radius, calibrated on the validation split
+with the same detected centres / boxes as the test) and the AASCE 2019 challenge metric, the SMAPE of
+the three Cobb angles computed with the dataset's rule (:mod:`monai_spine.measure.cobb`) against
+``angles.csv``. Models: ``heatmap (clicked centres)`` (the Al Arif semi-automatic workflow, the
+ground-truth centres standing in for the clicks), ``heatmap (detected centres)`` and ``regressor
+(detected boxes)`` (fully automatic).
+
+Cobb angles need the whole spine: for an image where the detector missed levels, the angles come from
+the vertebrae it found (in level order), which is what a fully automatic tool would report.
+
+Pieces: :class:`AasceBenchSettings`, :func:`vertebra_heights_px`, :func:`sdr`, :func:`points_metrics`,
+:func:`format_aasce_table`, :func:`run_aasce_benchmark`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from transforms.io import LoadXrayd
+
+__all__ = [
+    "AasceBenchSettings",
+    "PointSet",
+    "vertebra_heights_px",
+    "sdr",
+    "points_metrics",
+    "format_aasce_table",
+    "run_aasce_benchmark",
+    "SDR_LEVELS",
+    "MemoLoadXrayd",
+]
+
+#: success detection rate thresholds, as fractions of the image height
+SDR_LEVELS = (0.01, 0.02, 0.05)
+
+
+class MemoLoadXrayd(LoadXrayd):
+    """:class:`~transforms.io.LoadXrayd` that keeps the decoded radiographs in memory (LRU).
+
+    Crop-based training reads each radiograph once per vertebra per epoch (17 times for an AASCE
+    image, each a 1-3 Mpx JPEG decode); this keeps the loaded outputs keyed by file path (and spacing
+    override) and returns copies. Images whose values are exact in float16 (8-bit JPEGs) are stored as
+    float16 and returned as float32. Only for ``num_workers=0`` (each worker process would keep its own).
+
+    Args:
+        keys: image keys (as LoadXrayd).
+        max_images: radiographs kept (least recently used dropped first).
+        kwargs: passed to LoadXrayd.
+    """
+
+    def __init__(self, keys: Any, max_images: int = 512, **kwargs: Any) -> None:
+        super().__init__(keys, **kwargs)
+        from collections import OrderedDict
+
+        if int(max_images) < 1:
+            raise ValueError(f"max_images must be >= 1, got {max_images}")
+        self.max_images = int(max_images)
+        self._memo: OrderedDict = OrderedDict()
+        self.hits = self.misses = 0
+
+    def __call__(self, data: Any) -> dict:
+        keys = [k for k in self.keys if k in data]
+        ov = data.get(self.spacing_override_key) if self.spacing_override_key is not None else None
+        memo_key = (tuple((k, os.fspath(data[k])) for k in keys),
+                    None if ov is None else tuple(float(v) for v in np.ravel(ov)))
+        stored = self._memo.get(memo_key)
+        if stored is None:
+            self.misses += 1
+            small = {k: data[k] for k in keys}
+            if ov is not None:
+                small[self.spacing_override_key] = ov
+            loaded = super().__call__(small)
+            stored = {}
+            for k, v in loaded.items():
+                if k == self.spacing_override_key:
+                    continue
+                if isinstance(v, np.ndarray) and v.dtype == np.float32:
+                    half = v.astype(np.float16)
+                    v = half if np.array_equal(half.astype(np.float32), v) else v.copy()
+                stored[k] = v
+            self._memo[memo_key] = stored
+            while len(self._memo) > self.max_images:
+                self._memo.popitem(last=False)
+        else:
+            self.hits += 1
+            self._memo.move_to_end(memo_key)
+        d = dict(data)
+        for k, v in stored.items():
+            d[k] = v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float16 else (
+                v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v))
+        return d
+
+
+@dataclass
+class AasceBenchSettings:
+    """Budget of the AASCE benchmark (all on the CPU).
+
+    Attributes:
+        split_seed: seed of the patient split; fractions: training / validation / test shares.
+        max_train: use at most this many training images (None: all) for the three trainings.
+        max_val, max_test: evaluate at most this many validation (calibration) / test images.
+        epochs_detector, detector_spatial (H, W), detector_features: the detector's budget and size.
+        epochs_heatmap, heatmap_width, heatmap_patches: the FCN's budget, width and patches per image.
+        heatmap_grid: ``(n, step)`` grid of patch centres per vertebra at prediction (the bundle's default
+            ``(3, 0.15)`` gives 81 patches per vertebra with its 3 scales and 3 rotations, about 1,400 FCN
+            passes for an AASCE image; ``(1, 0)`` gives 9). Training keeps the bundle's grid.
+        heatmap_val_images: validation images of the FCN's own in-training validation (bundle grid).
+        epochs_regressor, regressor_batch, regressor_width, regressor_fc, crop (H, W): the regressor's.
+        init_regressor: warm-start checkpoint of the regressor ("" for none).
+        mc_samples: MC-dropout passes; alpha: conformal miscoverage; seed: training seed.
+        models: which models to train and evaluate (subset of ``detector``, ``heatmap``, ``regressor``).
+    """
+
+    split_seed: int = 0
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    max_train: int | None = None
+    max_val: int | None = None
+    max_test: int | None = None
+    epochs_detector: int = 30
+    detector_spatial: tuple[int, int] = (256, 96)
+    detector_features: tuple[int, ...] = (8, 8, 16, 32, 64, 8)
+    epochs_heatmap: int = 4
+    heatmap_width: int = 8
+    heatmap_patches: int = 16
+    heatmap_grid: tuple[int, float] = (1, 0.0)
+    heatmap_val_images: int = 6
+    epochs_regressor: int = 2
+    regressor_batch: int = 16
+    regressor_width: float = 0.25
+    regressor_fc: int = 256
+    crop: tuple[int, int] = (112, 224)
+    init_regressor: str = ""
+    mc_samples: int = 10
+    alpha: float = 0.1
+    seed: int = 0
+    models: tuple[str, ...] = ("detector", "heatmap", "regressor")
+
+    def __post_init__(self) -> None:
+        for k in ("epochs_detector", "epochs_heatmap", "epochs_regressor", "mc_samples"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        unknown = set(self.models) - {"detector", "heatmap", "regressor"}
+        if unknown or "detector" not in self.models:
+            raise ValueError(f"models must include 'detector' and be among detector/heatmap/regressor, got {self.models}")
+        self.detector_spatial = tuple(int(v) for v in self.detector_spatial)  # type: ignore[assignment]
+        self.detector_features = tuple(int(v) for v in self.detector_features)
+        self.crop = tuple(int(v) for v in self.crop)  # type: ignore[assignment]
+        self.models = tuple(self.models)
+
+    def describe(self) -> str:
+        """One-line summary."""
+        parts = [f"AASCE split seed {self.split_seed} by patient {'/'.join(f'{f:g}' for f in self.fractions)}",
+                 f"training images {'all' if self.max_train is None else self.max_train}",
+                 f"detector {self.epochs_detector} epochs, input {self.detector_spatial[0]}x{self.detector_spatial[1]}, "
+                 f"features {'-'.join(map(str, self.detector_features))}"]
+        if "heatmap" in self.models:
+            parts.append(f"heatmap FCN {self.epochs_heatmap} epochs, width {self.heatmap_width}, "
+                         f"{self.heatmap_patches} patches/image, prediction grid {self.heatmap_grid[0]}x"
+                         f"{self.heatmap_grid[0]} step {self.heatmap_grid[1]:g}")
+        if "regressor" in self.models:
+            parts.append(f"regressor bayecbam {self.epochs_regressor} epochs, batch {self.regressor_batch}, width "
+                         f"{self.regressor_width:g}, fc {self.regressor_fc}, crop {self.crop[0]}x{self.crop[1]}, "
+                         f"MC T={self.mc_samples}, init {self.init_regressor or 'none'}")
+        parts.append(f"conformal alpha={self.alpha:g}; seed {self.seed}")
+        return "; ".join(parts)
+
+
+@dataclass
+class PointSet:
+    """Per-corner results of one model over a split (found vertebrae only).
+
+    Attributes:
+        name: row name.
+        errors_px: (M,) corner errors in pixels.
+        sigma_px: (M,) the model's uncertainty of each corner in pixels (NaN: none).
+        height_px: (M,) annotated height of the corner's vertebra, pixels.
+        image_height_px: (M,) height of the corner's radiograph, pixels.
+        image_ids: (M,) index of the radiograph.
+        cobb_pred_deg, cobb_ref_deg: (I, 3) predicted and reference Cobb angles per radiograph.
+        found, annotated: vertebrae found / annotated.
+        seconds: per-radiograph wall seconds of the model (after reading the image).
+    """
+
+    name: str
+    errors_px: list[float] = field(default_factory=list)
+    sigma_px: list[float] = field(default_factory=list)
+    height_px: list[float] = field(default_factory=list)
+    image_height_px: list[float] = field(default_factory=list)
+    image_ids: list[int] = field(default_factory=list)
+    cobb_pred_deg: list[list[float]] = field(default_factory=list)
+    cobb_ref_deg: list[list[float]] = field(default_factory=list)
+    found: int = 0
+    annotated: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+    def add_image(self, image_id: int, pred_px: np.ndarray, sigma_px: np.ndarray, gt_px: np.ndarray,
+                  visible: np.ndarray, image_height_px: float) -> None:
+        """Add the corners of the found vertebrae of one radiograph.
+
+        Args:
+            image_id: radiograph index.
+            pred_px, gt_px: (V, 4, 2) predicted and annotated corners (x, y) px of the same vertebrae.
+            sigma_px: (V, 4) the model's sigma per corner, px.
+            visible: (V, 4) annotated corners to score.
+            image_height_px: the radiograph's height.
+        """
+        pred_px, gt_px = np.asarray(pred_px, np.float64), np.asarray(gt_px, np.float64)
+        if pred_px.shape != gt_px.shape or pred_px.shape[-2:] != (4, 2):
+            raise ValueError(f"{self.name}: predicted {pred_px.shape} and annotated {gt_px.shape} corners differ")
+        err = np.linalg.norm(pred_px - gt_px, axis=-1)
+        err = np.where(np.isfinite(err), err, np.inf)
+        h = np.repeat(vertebra_heights_px(gt_px)[:, None], 4, axis=1)
+        sig = np.broadcast_to(np.asarray(sigma_px, np.float64), err.shape)
+        m = np.asarray(visible, bool)
+        self.errors_px += err[m].tolist()
+        self.sigma_px += sig[m].tolist()
+        self.height_px += h[m].tolist()
+        self.image_height_px += [float(image_height_px)] * int(m.sum())
+        self.image_ids += [int(image_id)] * int(m.sum())
+
+
+def vertebra_heights_px(corners_px: Any) -> np.ndarray:
+    """Height of each vertebra: mean of its left (TL-BL) and right (TR-BR) edge lengths.
+
+    Args:
+        corners_px: (V, 4, 2) corners in the ``ap4`` order TL, TR, BL, BR, (x, y) px.
+
+    Returns:
+        (V,) heights in px.
+    """
+    c = np.asarray(corners_px, np.float64)
+    if c.ndim != 3 or c.shape[1:] != (4, 2):
+        raise ValueError(f"corners must have shape (V, 4, 2), got {c.shape}")
+    left = np.linalg.norm(c[:, 0] - c[:, 2], axis=-1)
+    right = np.linalg.norm(c[:, 1] - c[:, 3], axis=-1)
+    return (left + right) / 2.0
+
+
+def sdr(errors_px: Any, image_height_px: Any, fraction: float) -> float:
+    """Success detection rate: share of points whose error is below ``fraction`` of their image's height."""
+    e = np.asarray(errors_px, np.float64)
+    h = np.asarray(image_height_px, np.float64)
+    if e.shape != h.shape:
+        raise ValueError(f"errors {e.shape} and image heights {h.shape} differ in shape")
+    return float(np.mean(e < fraction * h)) if e.size else float("nan")
+
+
+def points_metrics(ps: PointSet, conformal: Any = None) -> dict[str, Any]:
+    """The table row of one model (see :func:`format_aasce_table`)."""
+    from monai_spine.measure.cobb import smape
+    from monai_spine.uncertainty.quality import conformal_coverage, sparsification, spearman
+
+    e = np.asarray(ps.errors_px, np.float64)
+    s = np.asarray(ps.sigma_px, np.float64)
+    rel = 100.0 * e / np.asarray(ps.height_px, np.float64)
+    nan = float("nan")
+    finite = np.isfinite(e)
+    row: dict[str, Any] = {
+        "model": ps.name, "count": int(e.size),
+        "found": int(ps.found), "annotated": int(ps.annotated),
+        "recall": ps.found / ps.annotated if ps.annotated else nan,
+        "mean_px": float(np.mean(e[finite])) if finite.any() else nan,
+        "median_px": float(np.median(e)) if e.size else nan,
+        "mean_pct_height": float(np.mean(rel[finite])) if finite.any() else nan,
+        "median_pct_height": float(np.median(rel)) if e.size else nan,
+        **{f"sdr_{100 * f:g}pct": sdr(e, ps.image_height_px, f) for f in SDR_LEVELS},
+        "spearman": nan, "ause": nan, "coverage": nan, "nominal": nan, "mean_radius_px": nan,
+        "smape": smape(ps.cobb_pred_deg, ps.cobb_ref_deg) if ps.cobb_pred_deg else nan,
+        "cobb_images": len(ps.cobb_pred_deg),
+        "s_per_image": float(np.mean(ps.seconds)) if ps.seconds else nan,
+    }
+    if np.isfinite(s).any():
+        row["spearman"] = spearman(e, s)["rho"]
+        row["ause"] = sparsification(e, s)["ause"]
+        if conformal is not None:
+            cov = conformal_coverage(e, s, conformal, np.full(e.shape, "corner", dtype=object))
+            row.update(coverage=cov["coverage"], nominal=cov["nominal"], mean_radius_px=cov["mean_radius"])
+    return row
+
+
+def _num(v: Any, fmt: str = "{:.2f}") -> str:
+    return "—" if v is None or not math.isfinite(float(v)) else fmt.format(float(v))
+
+
+def _pct(v: Any) -> str:
+    return "—" if v is None or not math.isfinite(float(v)) else f"{100.0 * float(v):.1f} %"
+
+
+def format_aasce_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table, one row per model (rows from :func:`points_metrics`)."""
+    if not rows:
+        raise ValueError("no row to tabulate")
+    header = ["model", "detection recall", "mean px", "median px", "mean % height", "median % height",
+              "SDR@1%", "SDR@2%", "SDR@5%", "Spearman σ", "AUSE px", "conformal coverage", "mean radius px",
+              "Cobb SMAPE", "s / radiograph"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for r in rows:
+        cov = _pct(r.get("coverage"))
+        if cov != "—":
+            cov += f" (nominal {100 * float(r['nominal']):.0f} %)"
+        cells = [str(r["model"]), f"{_pct(r.get('recall'))} ({r.get('found', 0)}/{r.get('annotated', 0)})",
+                 _num(r["mean_px"], "{:.1f}"), _num(r["median_px"], "{:.1f}"), _num(r["mean_pct_height"], "{:.1f}"),
+                 _num(r["median_pct_height"], "{:.1f}"),
+                 *[_pct(r[f"sdr_{100 * f:g}pct"]) for f in SDR_LEVELS],
+                 _num(r["spearman"], "{:+.3f}"), _num(r["ause"], "{:.2f}"), cov, _num(r["mean_radius_px"], "{:.1f}"),
+                 f"{_num(r['smape'], '{:.1f}')} % ({r['cobb_images']} images)" if math.isfinite(r["smape"]) else "—",
+                 _num(r["s_per_image"], "{:.2f}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+NOTES = (
+    "Errors in pixels of the original JPEGs (the AASCE images carry no pixel spacing) and as a percentage of the "
+    "annotated vertebra height (mean of its left and right edges). SDR@p%: share of corners within p % of the image "
+    "height. Only vertebrae the detector found (its centre inside the annotated box of the same level) are scored; "
+    "the clicked-centres row uses the annotated centres (recall 100 % by construction). Spearman / AUSE: the model's "
+    "sigma in px (heatmap: the spread of the accumulated corner map; regressor: total sigma_p of MC dropout, crop "
+    "fractions times the crop's size in px) against the error. Conformal: split-conformal radii (normalised score) "
+    "fitted on the validation split with the same kind of centres / boxes, coverage on test. Cobb SMAPE: the AASCE "
+    "2019 challenge metric over the three angles, computed with the dataset's rule from the predicted corners of the "
+    "found vertebrae, against angles.csv."
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation of one split
+# ----------------------------------------------------------------------------------------------
+def _regressor_sigma_px(pred: Any, spatial_size: Sequence[int]) -> np.ndarray:
+    """Total sigma_p of a :class:`KeypointPrediction` in radiograph px (crop fractions times crop extent)."""
+    s = np.asarray(pred.sigma_frac["total"], np.float64)
+    aff = np.asarray(pred.crop_to_image, np.float64)
+    h, w = int(spatial_size[0]), int(spatial_size[1])
+    ext_x = np.hypot(aff[:, 0, 0], aff[:, 1, 0]) * w
+    ext_y = np.hypot(aff[:, 0, 1], aff[:, 1, 1]) * h
+    return s * np.sqrt((ext_x ** 2 + ext_y ** 2) / 2.0)[:, None]
+
+
+def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, regressor: Any = None,
+                   log: Callable[[str], None] = print) -> dict[str, PointSet]:
+    """Run the models on every radiograph of ``labels``; returns the :class:`PointSet` of each model row."""
+    from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.keypoints import get_region
+    from monai_spine.data.readers import read_xray
+    from monai_spine.engines.detector import vertebra_centres_px
+    from monai_spine.measure.cobb import cobb_angles_deg
+
+    levels = list(get_region("ap").levels)
+    sets: dict[str, PointSet] = {}
+    if corners is not None:
+        sets["clicked"] = PointSet("heatmap (clicked centres)")
+        sets["heatmap"] = PointSet("heatmap (detected centres)")
+    if regressor is not None:
+        sets["regressor"] = PointSet("regressor bayecbam (detected boxes)")
+    for i, label in enumerate(labels):
+        ann = read_annotation(label)
+        img = read_xray(ann.image)
+        image = img.channel_first()
+        H = float(image.shape[-2])
+        ref = np.asarray(ann.meta.get("cobb_angles_deg", [np.nan] * 3), np.float64)
+        gt_idx = {lev: j for j, lev in enumerate(ann.levels) if lev in levels and ann.visible[j].any()}
+        boxes_gt = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+        t0 = time.perf_counter()
+        det = detector.detect(image, None, "unknown")
+        t_det = time.perf_counter() - t0
+        found_det, found_gt = [], []
+        for d, lev in enumerate(det.levels):
+            j = gt_idx.get(str(lev))
+            if j is None:
+                continue
+            cx, cy = det.centres_px[d]
+            b = boxes_gt[j]
+            if b[0] <= cx <= b[2] and b[1] <= cy <= b[3]:
+                found_det.append(d)
+                found_gt.append(j)
+        order = np.argsort([levels.index(str(det.levels[d])) for d in found_det]) if found_det else []
+        found_det = [found_det[o] for o in order]
+        found_gt = [found_gt[o] for o in order]
+
+        def _record(ps: PointSet, pred_all: np.ndarray, sig_all: np.ndarray, seconds: float,
+                    pred_idx: Sequence[int], gt_rows: Sequence[int], gt_found: int) -> None:
+            ps.annotated += len(gt_idx)
+            ps.found += gt_found
+            ps.seconds.append(seconds)
+            if len(pred_idx):
+                ps.add_image(i, pred_all[list(pred_idx)], sig_all[list(pred_idx)], ann.keypoints_px[list(gt_rows)],
+                             ann.visible[list(gt_rows)], H)
+            if len(pred_all) >= 2:
+                ps.cobb_pred_deg.append(cobb_angles_deg(pred_all, H).tolist())
+                ps.cobb_ref_deg.append(ref.tolist())
+
+        det_order = np.argsort([levels.index(str(lev)) for lev in det.levels]) if len(det.levels) else np.zeros(0, int)
+        pos = {int(d): p for p, d in enumerate(det_order)}
+        if corners is not None and len(det.levels) >= 2:  # the FCN's frames need two centres or more
+            t0 = time.perf_counter()
+            cp = corners.predict(image, det.centres_px[det_order], None, "unknown",
+                                 levels=[str(det.levels[d]) for d in det_order])
+            _record(sets["heatmap"], cp.corners_px, cp.sigma_px, t_det + time.perf_counter() - t0,
+                    [pos[d] for d in found_det], found_gt, len(found_det))
+        elif corners is not None:
+            sets["heatmap"].annotated += len(gt_idx)
+        if corners is not None:
+            rows = sorted(gt_idx.values(), key=lambda j: levels.index(ann.levels[j]))
+            centres = vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme, boxes_px=ann.boxes_px)[rows]
+            t0 = time.perf_counter()
+            cc = corners.predict(image, centres, None, "unknown", levels=[ann.levels[j] for j in rows])
+            _record(sets["clicked"], cc.corners_px, cc.sigma_px, time.perf_counter() - t0,
+                    list(range(len(rows))), rows, len(rows))
+        if regressor is not None and len(det.levels):
+            t0 = time.perf_counter()
+            rp = regressor.predict(image, det.boxes_px[det_order], None, "unknown")
+            sig = _regressor_sigma_px(rp, regressor.spatial_size)
+            _record(sets["regressor"], np.asarray(rp.keypoints_px, np.float64), sig, t_det + time.perf_counter() - t0,
+                    [pos[d] for d in found_det], found_gt, len(found_det))
+        elif regressor is not None:
+            sets["regressor"].annotated += len(gt_idx)
+        if (i + 1) % 10 == 0:
+            log(f"[aasce]   {i + 1}/{len(labels)} radiographs")
+    return sets
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole benchmark
+# ----------------------------------------------------------------------------------------------
+def _conformal(ps: PointSet, alpha: float) -> Any:
+    from monai_spine.uncertainty.calibration import ConformalCalibrator
+
+    e, s = np.asarray(ps.errors_px, np.float64), np.asarray(ps.sigma_px, np.float64)
+    try:
+        return ConformalCalibrator.fit(e, s, np.full(e.shape, "corner", dtype=object), alpha=alpha,
+                                       score="normalized", sigma_units="px", error_unit="px")
+    except ValueError:
+        return None
+
+
+def run_aasce_benchmark(
+    settings: AasceBenchSettings,
+    out_dir: str | os.PathLike,
+    bundle_root: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    command: Sequence[str] = (),
+    logging_file: str | bool | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[str, list[dict[str, Any]]]:
+    """Prepare the split, train the models, calibrate on validation, evaluate on test.
+
+    Writes ``table.md`` and ``results.json`` into ``out_dir`` and the models under ``out_dir/<model>/models``.
+    Returns ``(report, rows)``.
+    """
+    import torch
+    from monai.bundle import run
+
+    from monai_spine.data.aasce import ensure_aasce_dataset
+    from monai_spine.data.datasets import default_cache_dir, list_cases
+    from monai_spine.engines.regressor import load_weights
+    from monai_spine.inference.detector import VertebraDetector
+    from monai_spine.inference.heatmap import CornerPredictor
+
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = Path(bundle_root).resolve()
+    cfg = bundle / "configs"
+    meta = str(cfg / "metadata.json")
+    ds = ensure_aasce_dataset(cache_dir or default_cache_dir(), data_root, settings.fractions, settings.split_seed)
+    index = list_cases(ds)
+    val = index["validation"][: settings.max_val] if settings.max_val else index["validation"]
+    test = index["test"][: settings.max_test] if settings.max_test else index["test"]
+    log(f"[aasce] dataset {ds}: {len(index['training'])} training, {len(index['validation'])} validation, "
+        f"{len(index['test'])} test images (using {len(val)} / {len(test)})")
+    common = {"dataset_dir": str(ds), "region": "ap", "max_cases": settings.max_train, "bundle_root": str(bundle),
+              "seed": settings.seed, "show_progress": False}
+    times: dict[str, float] = {}
+
+    def _train(name: str, configs: Sequence[str], epochs: int, **extra: Any) -> Path:
+        run_dir = out / name
+        ov = {**common, "ckpt_dir": str(run_dir / "models"), "mlflow_dir": str(run_dir / "mlruns"),
+              "output_dir": str(run_dir / "eval"), "epochs": int(epochs), "val_interval": int(epochs), **extra}
+        log(f"[aasce] training the {name} ({epochs} epochs)")
+        t0 = time.perf_counter()
+        run(run_id="training", meta_file=meta, config_file=[str(cfg / c) for c in configs], logging_file=logging_file,
+            **ov)
+        times[f"{name}_train_s"] = time.perf_counter() - t0
+        log(f"[aasce] {name} trained in {times[f'{name}_train_s']:.0f} s")
+        return run_dir / "models"
+
+    det_dir = _train("detector", ["train.json", "detector_train.json"], settings.epochs_detector,
+                     batch_size=4, val_batch_size=4, learning_rate=2e-3,
+                     **{"detector#spatial_size": list(settings.detector_spatial),
+                        "detector#features": list(settings.detector_features), "detector#sigma_px": 1.5})
+    detector = VertebraDetector.from_checkpoint(det_dir)
+    corners = regressor = None
+    if "heatmap" in settings.models:
+        hm_dir = _train("heatmap", ["train.json", "heatmap_train.json"], settings.epochs_heatmap, batch_size=4,
+                        fcn_width=settings.heatmap_width, learning_rate=1e-3,
+                        **{"patches#per_image": settings.heatmap_patches,
+                           # the in-training validation (full 81-patch grid) on a few images only: budget
+                           "validate#dataset#data": f"$@datalists['validation'][:{settings.heatmap_val_images}]"})
+        corners = CornerPredictor.from_ckpt_dir(hm_dir)
+        corners.spec.grid = (int(settings.heatmap_grid[0]), float(settings.heatmap_grid[1]))
+    if "regressor" in settings.models:
+        reg_ov = {"variant": "bayecbam", "batch_size": settings.regressor_batch,
+                  "network_width": settings.regressor_width, "fc_features": settings.regressor_fc,
+                  "spatial_size": list(settings.crop), "init_checkpoint": settings.init_regressor}
+        memo_load = [{"_target_": "monai_spine.engines.bench_aasce.MemoLoadXrayd", "keys": "image"}]
+        reg_dir = _train("regressor", ["train.json"], settings.epochs_regressor, load_transforms=memo_load, **reg_ov)
+        from monai_spine.engines.bench import bundle_parser
+
+        parser = bundle_parser({**common, **reg_ov, "ckpt_dir": str(reg_dir), "mc_samples": settings.mc_samples}, bundle)
+        regressor = parser.get_parsed_content("predictor")
+        regressor.seed = settings.seed
+        load_weights(regressor.network, reg_dir / "model.pt")
+        regressor.network.eval()
+
+    torch.set_grad_enabled(False)
+    log(f"[aasce] calibration predictions on {len(val)} validation radiographs")
+    val_sets = evaluate_split(val, detector, corners, regressor, log)
+    log(f"[aasce] evaluation on {len(test)} test radiographs")
+    test_sets = evaluate_split(test, detector, corners, regressor, log)
+    rows = [points_metrics(ps, _conformal(val_sets[k], settings.alpha)) for k, ps in test_sets.items()]
+    det_row = {"found": 0, "annotated": 0}
+    for ps in test_sets.values():
+        det_row = {"found": ps.found, "annotated": ps.annotated}
+        if ps.name.startswith("heatmap (detected") or ps.name.startswith("regressor"):
+            break
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+    header = "\n".join([
+        f"command: `{shlex.join([str(c) for c in command])}`",
+        f"torch threads: {torch.get_num_threads()}, CPU cores: {cores}",
+        f"settings: {settings.describe()}",
+        f"test split: {len(test)} radiographs; calibration (validation split): {len(val)} radiographs",
+        "training wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()),
+    ])
+    report = "\n\n".join([header, format_aasce_table(rows) if rows else "(no keypoint model)", NOTES]) + "\n"
+    (out / "table.md").write_text(report, encoding="utf-8")
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (float, np.floating)):
+            return float(v) if math.isfinite(float(v)) else None
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+
+    record = {"command": list(map(str, command)), "settings": asdict(settings), "dataset_dir": str(ds),
+              "train_seconds": times, "num_test": len(test), "num_validation": len(val), "detection": det_row,
+              "rows": rows}
+    (out / "results.json").write_text(json.dumps(clean(record), indent=1, allow_nan=False), encoding="utf-8")
+    return report, rows

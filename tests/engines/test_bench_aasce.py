@@ -1,0 +1,106 @@
+"""Tests of the AASCE benchmark's pieces (monai_spine/engines/bench_aasce.py); the full run is a script."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from monai_spine.engines.bench_aasce import (
+    AasceBenchSettings,
+    PointSet,
+    format_aasce_table,
+    points_metrics,
+    sdr,
+    vertebra_heights_px,
+)
+
+# one vertebra: TL (0,0), TR (10,0), BL (0,6), BR (10,8) -> left edge 6, right edge 8, height 7
+BOX = np.array([[[0.0, 0.0], [10.0, 0.0], [0.0, 6.0], [10.0, 8.0]]])
+
+
+def test_vertebra_height_is_the_mean_of_its_sides():
+    np.testing.assert_allclose(vertebra_heights_px(BOX), [7.0])
+    with pytest.raises(ValueError, match=r"\(V, 4, 2\)"):
+        vertebra_heights_px(np.zeros((2, 5, 2)))
+
+
+@pytest.mark.parametrize(
+    "errors, heights, fraction, expected",
+    [
+        ([1.0, 5.0, 20.0], [100.0, 100.0, 1000.0], 0.02, 1 / 3),  # thresholds 2, 2, 20 px: only 1 < 2
+        ([0.5, 3.0], [100.0, 100.0], 0.05, 1.0),
+        ([10.0], [100.0], 0.01, 0.0),
+    ],
+)
+def test_sdr_counts_points_below_a_share_of_the_image_height(errors, heights, fraction, expected):
+    assert sdr(errors, heights, fraction) == pytest.approx(expected)
+
+
+def test_point_set_and_row_by_hand():
+    ps = PointSet("m")
+    pred = BOX + np.array([[[3.0, 4.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.7]]])  # errors 5, 0, 0, 0.7
+    ps.add_image(0, pred, np.array([[2.0, 0.1, 0.2, 0.5]]), BOX, np.array([[True, True, True, False]]), 100.0)
+    ps.found, ps.annotated = 1, 2
+    ps.cobb_pred_deg.append([10.0, 5.0, 5.0])
+    ps.cobb_ref_deg.append([10.0, 0.0, 10.0])
+    row = points_metrics(ps)
+    assert row["count"] == 3  # the invisible corner is not scored
+    assert row["mean_px"] == pytest.approx(5 / 3)
+    assert row["median_px"] == pytest.approx(0.0)
+    assert row["mean_pct_height"] == pytest.approx(100 * (5 / 3) / 7)
+    assert row["recall"] == pytest.approx(0.5)
+    assert row["sdr_1pct"] == pytest.approx(2 / 3)  # 1 px threshold: 0, 0 below, 5 not
+    assert row["sdr_5pct"] == pytest.approx(2 / 3)  # 5 px threshold: 5 is not below 5
+    # SMAPE of one image: (0 + 5 + 5) / (20 + 5 + 15) = 0.25
+    assert row["smape"] == pytest.approx(25.0)
+    # ranks: errors (3, 1.5, 1.5), sigma (3, 1, 2) -> Pearson of the ranks = sqrt(3) / 2
+    assert row["spearman"] == pytest.approx(math.sqrt(3) / 2)
+    table = format_aasce_table([row])
+    assert "| m | 50.0 % (1/2) | 1.7 | 0.0 |" in table and "25.0 % (1 images)" in table
+
+
+def test_add_image_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="differ"):
+        PointSet("m").add_image(0, BOX, np.zeros((1, 4)), np.zeros((2, 4, 2)), np.ones((1, 4), bool), 10.0)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [({"epochs_detector": 0}, "epochs_detector"), ({"alpha": 1.0}, "alpha"), ({"models": ("heatmap",)}, "detector")],
+)
+def test_settings_validate(kw, match):
+    with pytest.raises(ValueError, match=match):
+        AasceBenchSettings(**kw)
+
+
+def test_unfinite_rows_print_dashes():
+    row = points_metrics(PointSet("empty"))
+    assert math.isnan(row["mean_px"]) and math.isnan(row["smape"])
+    assert "| empty | — (0/0) | — |" in format_aasce_table([row])
+
+
+def test_memo_loader_returns_equal_independent_copies(tmp_path):
+    import cv2
+
+    from monai_spine.engines.bench_aasce import MemoLoadXrayd
+    from transforms.io import LoadXrayd
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"im{i}.png"
+        cv2.imwrite(str(p), (np.arange(40 * 30).reshape(40, 30) % 251 + i).astype(np.uint8))
+        paths.append(str(p))
+    memo, plain = MemoLoadXrayd(keys="image", max_images=2), LoadXrayd(keys="image")
+    for p in paths + paths[-1:]:
+        a, b = memo({"image": p, "other": 1}), plain({"image": p})
+        np.testing.assert_array_equal(a["image"], b["image"])
+        assert a["image"].dtype == np.float32 and a["other"] == 1
+        assert a["spacing_source"] == b["spacing_source"] == "unknown"
+    assert (memo.misses, memo.hits) == (3, 1)  # the last image is served from memory
+    a = memo({"image": paths[-1]})
+    a["image"][:] = 0  # a caller's change does not leak into the memory
+    assert memo({"image": paths[-1]})["image"].max() > 0
+    memo({"image": paths[0]})  # dropped by the LRU limit of 2: decoded again
+    assert memo.misses == 4
