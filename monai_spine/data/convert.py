@@ -12,6 +12,10 @@ Formats (:data:`CONVERT_FORMATS`):
   exported report sheet, are skipped and counted).
 * ``csxa``: labelme JSON files (:mod:`monai_spine.data.csxa`); in folders, every ``*.json`` that
   is a labelme object (has a ``shapes`` list) is converted, other JSON files are skipped.
+* ``aasce``: the AASCE 2019 folder (``images/``, ``labels/``; one path): written as a dataset folder
+  with the seeded patient-wise training / validation / test split in ``dataset.json``
+  (:func:`monai_spine.data.aasce.write_aasce_dataset`, ``--split-seed``), ready for the bundle's
+  ``--dataset_dir OUT --region ap``.
 
 Batch behaviour (issue #9): a bad file does not stop the run; every output is written atomically
 (temporary file, then rename, so no partial file is ever left); the failures are listed after a
@@ -297,7 +301,9 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     """Add the options of ``monai-spine convert`` to ``parser`` (names match :func:`convert_cli`)."""
     parser.add_argument("paths", nargs="+", help="annotation files or dataset folders (searched recursively)")
     parser.add_argument("--out", required=True, help="output folder for the monai-spine-keypoints JSON files")
-    parser.add_argument("--format", dest="fmt", choices=CONVERT_FORMATS, required=True, help="dataset format")
+    parser.add_argument("--format", dest="fmt", choices=CONVERT_FORMATS + ("aasce",), required=True,
+                        help="dataset format")
+    parser.add_argument("--split-seed", type=int, default=0, help="aasce: seed of the patient-wise split")
     parser.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
                         help="pixel spacing for every image, mm/pixel: one value, or sx sy")
     parser.add_argument("--spacing-table", default=None,
@@ -321,5 +327,16 @@ def convert_from_args(args: argparse.Namespace) -> int:
     Other attributes of ``args`` (``func``, ``command``...) are ignored, so the ``monai-spine`` parser
     can use ``set_defaults(func=convert_from_args)``.
     """
+    if args.fmt == "aasce":
+        from monai_spine.data.aasce import write_aasce_dataset
+        from monai_spine.data.datasets import list_cases
+
+        if len(args.paths) != 1:
+            raise ValueError(f"--format aasce takes one dataset folder, got {len(args.paths)} paths")
+        out = write_aasce_dataset(args.out, args.paths[0], seed=int(args.split_seed))
+        index = list_cases(out)
+        sizes = ", ".join(f"{len(index[s])} {s}" for s in ("training", "validation", "test"))
+        print(f"convert: wrote the AASCE set to {out} ({sizes}; split seed {args.split_seed}, by patient)")
+        return 0
     names = inspect.signature(convert_cli).parameters
     return convert_cli(**{k: v for k, v in vars(args).items() if k in names})

@@ -210,3 +210,30 @@ def test_argparse_wiring(tmp_path, capsys):
     assert ann.spacing_mm == (0.1, 0.12) and ann.meta["facing"] == "right"
     np.testing.assert_allclose(ann.keypoints_px[0, 0], [160, 30])  # AS forced to the right corner
     assert "lateral facing decided by: user 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_convert_aasce_writes_a_split_dataset_folder(shared_data, tmp_path, capsys, seed):
+    from monai_spine.data.convert import add_convert_arguments, convert_from_args
+    from monai_spine.data.datasets import list_cases
+
+    args = add_convert_arguments(argparse.ArgumentParser()).parse_args(
+        [str(shared_data / "aasce-train"), "--out", str(tmp_path / "ds"), "--format", "aasce", "--split-seed", str(seed)]
+    )
+    assert convert_from_args(args) == 0
+    index = list_cases(tmp_path / "ds")
+    assert index["region"] == "ap"
+    assert sum(len(index[s]) for s in ("training", "validation", "test")) == 481
+    assert "by patient" in capsys.readouterr().out
+    first = read_annotation(index["test"][0])
+    assert first.spacing_mm is None and os.path.isfile(first.image)
+
+
+def test_convert_aasce_takes_one_folder(tmp_path):
+    from monai_spine.data.convert import add_convert_arguments, convert_from_args
+
+    args = add_convert_arguments(argparse.ArgumentParser()).parse_args(
+        ["a", "b", "--out", str(tmp_path), "--format", "aasce"]
+    )
+    with pytest.raises(ValueError, match="one dataset folder"):
+        convert_from_args(args)
