@@ -3,15 +3,26 @@
 Subcommands import their heavy modules lazily so ``monai-spine --help`` stays fast. Errors that a
 user can fix (a bad file, a missing spacing) are printed as one line, without a traceback, and the
 command exits non-zero.
+
+Exit status: 0 success; 1 a batch command (``predict``, ``measure``) finished but some files failed
+(each is listed, one line per file, and the others were processed); 2 a user error stopped the
+command (bad argument, missing or unreadable file: one line on stderr naming it); 3 an unexpected
+internal error (one line; set ``MONAI_SPINE_DEBUG=1`` to see the traceback); 130 interrupted.
+Warnings (a rejected spacing, a colour image converted) are printed as one line each on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from typing import Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "DEBUG_ENV"]
+
+#: Environment variable: when set (non-empty, not "0"), unexpected errors show their traceback.
+DEBUG_ENV = "MONAI_SPINE_DEBUG"
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -55,8 +66,12 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         sigma_px=args.sigma_px,
         sigma_kind=args.sigma_kind,
     )
-    print(f"wrote measurements of {len(args.paths) + len(args.flexion)} file(s) to {args.out}")
-    return 0 if res is not None else 1
+    failures = res.get("failures", []) if res is not None else []
+    for fail in failures:
+        print(f"monai-spine measure: failed: {_one_line(fail['error'])}", file=sys.stderr)
+    print(f"measured {len(res['cases']) if res else 0} file(s) into {args.out}"
+          + (f"; {len(failures)} failed (listed on stderr)" if failures else ""))
+    return 0 if res is not None and not failures else 1
 
 
 def _cmd_corners(args: argparse.Namespace) -> int:
@@ -109,6 +124,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from monai_spine.inference.report import report_from_args
 
     return report_from_args(args)
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from monai_spine.data.convert import convert_from_args
+
+    return convert_from_args(args)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -196,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_arguments(c)
     c.set_defaults(func=_cmd_calibrate)
 
+    cv = sub.add_parser("convert", help="public dataset annotations (BUU-LSPINE, CSXA, AASCE) to the project's keypoint JSON")
+    from monai_spine.data.convert import add_convert_arguments
+
+    add_convert_arguments(cv)
+    cv.set_defaults(func=_cmd_convert)
+
     d = sub.add_parser("demo", help="the main job on the embedded synthetic data (README)")
     d.add_argument("--out", default="runs/demo", help="output folder")
     d.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo's)")
@@ -206,15 +233,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(msg: object) -> str:
+    """``msg`` as a single line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(msg).split())
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``monai-spine``; returns the exit status."""
+    """Run ``monai-spine``; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    prog = f"monai-spine {args.command}"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):  # one line, no source code
+        print(f"{prog}: warning: {_one_line(message)}", file=sys.stderr)
+
+    old_show = warnings.showwarning
+    warnings.showwarning = show_warning
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+    except (ValueError, KeyError, OSError) as e:  # includes XrayReadError, AnnotationError, FileNotFoundError
+        if _debug():
+            raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"monai-spine {args.command}: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(msg)}", file=sys.stderr)
         return 2
+    except MemoryError as e:
+        if _debug():
+            raise
+        print(f"{prog}: error: out of memory ({_one_line(e) or 'MemoryError'})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not a user error: still no traceback unless asked for
+        if _debug():
+            raise
+        print(f"{prog}: internal error: {type(e).__name__}: {_one_line(e)} (set {DEBUG_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        return 3
+    finally:
+        warnings.showwarning = old_show
 
 
 if __name__ == "__main__":  # pragma: no cover

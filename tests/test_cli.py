@@ -63,3 +63,13 @@ def test_demo_trains_calibrates_evaluates_and_predicts_on_tiny_settings(tmp_path
     preds = list((tmp_path / "predictions").glob("*.keypoints.json"))
     assert preds and json.loads(preds[0].read_text())["thresholds"]["tau1"] == thresholds["tau1"]
     assert list((tmp_path / "predictions").glob("*.overlay.png"))
+
+
+def test_convert_subcommand_runs_the_converter(tmp_path, capsys):
+    from monai_spine.cli import main
+
+    # a folder with no BUU-LSPINE annotation: the batch converter reports it and exits 1
+    (tmp_path / "empty").mkdir()
+    rc = main(["convert", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--format", "buu-lspine"])
+    assert rc == 1
+    assert "no buu-lspine annotation" in capsys.readouterr().err

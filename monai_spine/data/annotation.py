@@ -20,6 +20,16 @@ One JSON file describes the vertebra keypoints of one image; see ``docs/formats.
       ],
       "meta": {...}                             # free-form (generator parameters, hard cases)
     }
+
+Bad files: :func:`read_annotation` raises :class:`AnnotationError` (a ``ValueError``) naming the
+file and the field for anything malformed: not JSON (or nested too deeply), another format or
+version, a missing field, a wrong number of points, a point that is not two finite numbers (use
+``null`` for a missing point), an unknown or repeated level name, a bad ``image_size`` or
+``spacing_mm``; ``FileNotFoundError`` when the file is absent. No other exception type leaves it
+for a bad file. A point outside the image (``image_size`` known) is kept, with an
+:class:`AnnotationWarning` naming the file, level and point: annotations at the border of a
+radiograph may legitimately reach beyond it, but far-away points usually mean swapped x/y or a
+wrong image.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +51,7 @@ __all__ = [
     "FORMAT_VERSION",
     "SpineAnnotation",
     "AnnotationError",
+    "AnnotationWarning",
     "read_annotation",
     "write_annotation",
     "atomic_write_text",
@@ -51,6 +63,10 @@ FORMAT_VERSION = 1
 
 class AnnotationError(ValueError):
     """An annotation file or record is malformed; the message names the file and the problem."""
+
+
+class AnnotationWarning(UserWarning):
+    """An annotation is readable but suspicious (points outside the image); the message names the file."""
 
 
 @dataclass
@@ -212,6 +228,9 @@ class SpineAnnotation:
         for key in ("region", "scheme", "vertebrae"):
             if key not in d:
                 raise AnnotationError(f"{source}: missing field {key!r}")
+        for key in ("region", "scheme", "spacing_source", "image"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise AnnotationError(f"{source}: {key!r} must be a string, got {d[key]!r}")
         try:
             sch = get_scheme(d["scheme"])
         except KeyError as e:
@@ -238,8 +257,10 @@ class SpineAnnotation:
                     raise AnnotationError(f"{where}: point {j} is not [x, y]: {p!r}")
                 try:
                     kp[i, j] = [float(p[0]), float(p[1])]
-                except (TypeError, ValueError, IndexError):
+                except (TypeError, ValueError, IndexError, OverflowError):
                     raise AnnotationError(f"{where}: point {j} is not [x, y]: {p!r}") from None
+                if not np.all(np.isfinite(kp[i, j])):
+                    raise AnnotationError(f"{where}: point {j} is not finite: {p!r} (write null for a missing point)")
             vflags = v.get("visible")
             if vflags is None:
                 vis[i] = np.all(np.isfinite(kp[i]), axis=-1)
@@ -248,7 +269,9 @@ class SpineAnnotation:
                     raise AnnotationError(f"{where}: 'visible' must be a list of {k} booleans")
                 vis[i] = [bool(b) for b in vflags]
                 vis[i] &= np.all(np.isfinite(kp[i]), axis=-1)
-            levels.append(str(v["level"]))
+            if not isinstance(v["level"], str):
+                raise AnnotationError(f"{where}: 'level' must be a string, got {v['level']!r}")
+            levels.append(v["level"])
             boxes.append(v.get("box_px"))
             outlines.append(v.get("outline_px"))
         boxes_arr = None
@@ -271,8 +294,18 @@ class SpineAnnotation:
         if image is not None and base_dir is not None and not os.path.isabs(image):
             image = os.path.normpath(os.path.join(base_dir, image))
         size = d.get("image_size")
+        if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in size)):
+            raise AnnotationError(f"{source}: 'image_size' must be [W, H] in pixels, got {size!r}")
+        sp = d.get("spacing_mm")
+        if sp is not None and not (isinstance(sp, list) and all(
+                isinstance(s, (int, float)) and not isinstance(s, bool) for s in sp)):
+            raise AnnotationError(f"{source}: 'spacing_mm' must be [sx, sy] in mm per pixel or null, got {sp!r}")
+        meta = d.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise AnnotationError(f"{source}: 'meta' must be a JSON object, got {type(meta).__name__}")
         try:
-            return cls(
+            ann = cls(
                 levels=levels,
                 keypoints_px=kp,
                 visible=vis,
@@ -284,12 +317,33 @@ class SpineAnnotation:
                 spacing_source=d.get("spacing_source", "unknown" if d.get("spacing_mm") is None else "sidecar"),
                 boxes_px=boxes_arr,
                 outlines_px=outlines_list,
-                meta=d.get("meta") or {},
+                meta=meta,
             )
-        except AnnotationError:
-            raise
-        except (KeyError, ValueError, TypeError) as e:
+        except AnnotationError as e:
             raise AnnotationError(f"{source}: {e}") from None
+        except (KeyError, ValueError, TypeError, OverflowError) as e:
+            raise AnnotationError(f"{source}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from None
+        _warn_outside(ann, source)
+        return ann
+
+
+def _warn_outside(ann: SpineAnnotation, source: str) -> None:
+    """Warn (:class:`AnnotationWarning`) about visible points outside the ``image_size`` box."""
+    if ann.image_size is None or ann.num_vertebrae == 0:
+        return
+    w, h = ann.image_size
+    kp = ann.keypoints_px
+    with np.errstate(invalid="ignore"):
+        out = ((kp[..., 0] < -0.5) | (kp[..., 0] > w - 0.5) | (kp[..., 1] < -0.5) | (kp[..., 1] > h - 0.5))
+    out &= np.all(np.isfinite(kp), axis=-1)
+    if out.any():
+        i, j = (int(v) for v in np.argwhere(out)[0])
+        warnings.warn(
+            f"{source}: {int(out.sum())} point(s) outside the {w} x {h} image, first {ann.levels[i]} "
+            f"point {j} at ({kp[i, j, 0]:g}, {kp[i, j, 1]:g}) px; kept as given",
+            AnnotationWarning,
+            stacklevel=3,
+        )
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -314,6 +368,9 @@ def read_annotation(path: str | os.PathLike) -> SpineAnnotation:
     Raises:
         AnnotationError: the file is not valid JSON or not in the format (message names the file).
         FileNotFoundError: the file does not exist.
+
+    Warns:
+        AnnotationWarning: visible points outside the image (they are kept).
     """
     path = str(path)
     try:
@@ -321,6 +378,8 @@ def read_annotation(path: str | os.PathLike) -> SpineAnnotation:
             d = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AnnotationError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise AnnotationError(f"{path}: JSON nested too deeply") from None
     return SpineAnnotation.from_dict(d, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

@@ -57,6 +57,18 @@ A sidecar that is not a JSON object raises :class:`XrayReadError`; a sidecar who
 ``spacing_mm`` is missing, ``null`` or invalid is rejected like a bad tag (warning, next source).
 
 Intensities are raw (after the modality LUT and MONOCHROME1 inversion), never normalised.
+
+Bad input (see ``docs/reliability.md``): every failure to read an image is an
+:class:`XrayReadError` (a ``ValueError``) whose message starts with the file name, or
+``FileNotFoundError`` for a missing file; no other exception type leaves :func:`read_xray` for a
+broken file. In particular:
+
+* an image larger than :func:`max_image_pixels` (``W * H``, default :data:`MAX_IMAGE_PIXELS`,
+  override with the environment variable ``MONAI_SPINE_MAX_PIXELS``) is refused from its header,
+  before the pixels are decoded or allocated;
+* NaN or infinite pixel values (float DICOM, NIfTI, NRRD, TIFF) are refused;
+* a constant image (every pixel equal) is read, with an :class:`XrayWarning`: it has no contrast,
+  so nothing can be found in it.
 """
 
 from __future__ import annotations
@@ -84,6 +96,8 @@ __all__ = [
     "XrayWarning",
     "SpacingWarning",
     "FORMATS",
+    "MAX_IMAGE_PIXELS",
+    "max_image_pixels",
     "SIDECAR_SUFFIX",
     "LUMA_WEIGHTS_RGB",
     "read_xray",
@@ -98,6 +112,13 @@ __all__ = [
 
 #: Formats :func:`detect_format` can return.
 FORMATS = ("dicom", "raster", "nifti", "nrrd")
+
+#: Default largest image :func:`read_xray` accepts, in pixels (``W * H``): 100 megapixels, 400 MB
+#: as float32. Radiographs are at most about 40 megapixels (a 43 x 90 cm stitched spine at 0.1 mm).
+MAX_IMAGE_PIXELS = 100_000_000
+
+#: Environment variable that overrides :data:`MAX_IMAGE_PIXELS`.
+MAX_PIXELS_ENV = "MONAI_SPINE_MAX_PIXELS"
 
 #: Name suffix of the spacing sidecar file: ``img.png`` -> ``img.png.spacing.json``.
 SIDECAR_SUFFIX = ".spacing.json"
@@ -132,7 +153,9 @@ class XrayReadError(ValueError):
     """A file cannot be read as one 2D grayscale X-ray; the message names the file and the reason.
 
     Raised for files without pixel data (e.g. a header-only DICOM), multi-frame or 3D images,
-    undecodable pixel data, unknown formats and unreadable sidecar files.
+    undecodable, truncated or corrupt files, images above :func:`max_image_pixels`, NaN or
+    infinite pixel values, unknown formats and unreadable sidecar files. It is the only exception
+    (besides ``FileNotFoundError`` for a missing file) that :func:`read_xray` raises for a bad file.
     """
 
 
@@ -224,6 +247,55 @@ class XrayImage:
         return self.array[None]
 
 
+def max_image_pixels() -> int:
+    """The largest image (``W * H`` pixels) :func:`read_xray` accepts.
+
+    ``$MONAI_SPINE_MAX_PIXELS`` when set to a positive integer, else :data:`MAX_IMAGE_PIXELS`.
+
+    Raises:
+        ValueError: the environment variable is set but not a positive integer.
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"${MAX_PIXELS_ENV} must be a positive number of pixels, got {raw!r}")
+    return value
+
+
+def _check_size(name: str, width: int, height: int, what: str = "image") -> None:
+    """Refuse an image whose header announces more than :func:`max_image_pixels` pixels."""
+    limit = max_image_pixels()
+    if width < 0 or height < 0:
+        raise XrayReadError(f"{name}: {what} header gives a negative size {width} x {height}")
+    if width * height > limit:
+        raise XrayReadError(
+            f"{name}: {what} of {width} x {height} pixels exceeds the limit of {limit} pixels "
+            f"(set ${MAX_PIXELS_ENV} to raise it); not read"
+        )
+
+
+def _check_pixels(name: str, array: np.ndarray) -> None:
+    """Refuse NaN/inf pixels; warn about a constant image."""
+    if array.size == 0:
+        raise XrayReadError(f"{name}: the image has no pixels (shape {array.shape})")
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise XrayReadError(f"{name}: {bad} of {array.size} pixel values are NaN or infinite; not a usable image")
+    lo, hi = float(array.min()), float(array.max())
+    if lo == hi:
+        warnings.warn(
+            f"{name}: constant image (every pixel = {lo:g}); it has no contrast, nothing can be found in it",
+            XrayWarning,
+            stacklevel=3,
+        )
+
+
 # --------------------------------------------------------------------------------------------
 # public entry points
 # --------------------------------------------------------------------------------------------
@@ -249,22 +321,35 @@ def read_xray(
     Raises:
         FileNotFoundError: ``path`` (or an explicit ``sidecar``) does not exist.
         XrayReadError: the format is unknown, the file has no (decodable, single-frame 2D) pixels,
+            is truncated or corrupt, is larger than :func:`max_image_pixels`, has NaN/inf pixels,
             or a sidecar is not a JSON object.
         ValueError: ``spacing_mm`` is not two positive finite numbers.
+
+    Warns:
+        SpacingWarning: a spacing tag/field was present but rejected (spacing then unknown).
+        XrayWarning: colour converted to luminance, alpha dropped, or a constant image.
     """
     name = os.fspath(path)
     override = None if spacing_mm is None else _require_spacing(spacing_mm, name)
     fmt = detect_format(name)
-    if fmt == "dicom":
-        ds = _dcmread(name, stop_before_pixels=False)
-        array, header, meta = _dicom_pixels_and_meta(ds, name)
-    elif fmt == "raster":
-        array, meta = _read_raster(name)
-        header = SpacingInfo(None, "unknown")
-    elif fmt == "nifti":
-        array, header, meta = _read_nifti(name)
-    else:
-        array, header, meta = _read_nrrd(name)
+    try:
+        if fmt == "dicom":
+            ds = _dcmread(name, stop_before_pixels=False)
+            array, header, meta = _dicom_pixels_and_meta(ds, name)
+        elif fmt == "raster":
+            array, meta = _read_raster(name)
+            header = SpacingInfo(None, "unknown")
+        elif fmt == "nifti":
+            array, header, meta = _read_nifti(name)
+        else:
+            array, header, meta = _read_nrrd(name)
+    except (XrayReadError, FileNotFoundError):
+        raise
+    except MemoryError as e:
+        raise XrayReadError(f"{name}: not enough memory to read this image ({e})") from e
+    except Exception as e:  # third-party readers raise many types for corrupt files
+        raise XrayReadError(f"{name}: cannot read this {fmt} file ({type(e).__name__}: {e})") from e
+    _check_pixels(name, array)
     info = _apply_overrides(name, header, override, sidecar, fmt)
     meta["format"] = fmt
     meta["spacing_notes"] = list(info.notes)
@@ -292,7 +377,11 @@ def read_spacing(
     override = None if spacing_mm is None else _require_spacing(spacing_mm, name)
     fmt = detect_format(name)
     if fmt == "dicom":
-        header = spacing_from_dicom(_dcmread(name, stop_before_pixels=True), name)
+        ds = _dcmread(name, stop_before_pixels=True)
+        try:
+            header = spacing_from_dicom(ds, name)
+        except Exception as e:  # malformed elements of a forced read
+            raise XrayReadError(f"{name}: cannot read the DICOM spacing ({type(e).__name__}: {e})") from e
     elif fmt == "raster":
         header = SpacingInfo(None, "unknown")
     elif fmt == "nifti":
@@ -521,8 +610,12 @@ def _dcmread(name: str, stop_before_pixels: bool):
         has_preamble = f.read(132)[128:132] == b"DICM"
     try:
         return pydicom.dcmread(name, stop_before_pixels=stop_before_pixels, force=not has_preamble)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as e:
-        raise XrayReadError(f"{name}: not a readable DICOM file ({e})") from e
+    except FileNotFoundError:
+        raise
+    except (InvalidDicomError, EOFError) as e:
+        raise XrayReadError(f"{name}: not a readable DICOM file (truncated or corrupt: {e})") from e
+    except Exception as e:  # pydicom raises many types on garbage read with force=True
+        raise XrayReadError(f"{name}: not a readable DICOM file ({type(e).__name__}: {e})") from e
 
 
 def _dicom_text(ds, keyword: str) -> str | None:
@@ -667,7 +760,13 @@ def xray_from_dicom(ds, name: str = "<dataset>") -> XrayImage:
     Raises:
         XrayReadError: no pixel data, several frames, a 3D array or undecodable pixel data.
     """
-    array, info, meta = _dicom_pixels_and_meta(ds, name)
+    try:
+        array, info, meta = _dicom_pixels_and_meta(ds, name)
+    except XrayReadError:
+        raise
+    except Exception as e:  # malformed elements
+        raise XrayReadError(f"{name}: cannot read this DICOM dataset ({type(e).__name__}: {e})") from e
+    _check_pixels(name, array)
     meta["format"] = "dicom"
     meta["spacing_notes"] = list(info.notes)
     return XrayImage(array, info.spacing_mm, info.spacing_source, name, meta)
@@ -677,12 +776,21 @@ def _dicom_pixels_and_meta(ds, name: str) -> tuple[np.ndarray, SpacingInfo, dict
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if "Rows" not in ds or "Columns" not in ds:
+            raise XrayReadError(
+                f"{name}: not a readable DICOM image (no pixel data and no Rows/Columns: corrupt, truncated "
+                "or not an image)"
+            )
         raise XrayReadError(
             f"{name}: DICOM file has no pixel data (header only); read_spacing() can still give its spacing"
         )
     frames = _dicom_int(ds, "NumberOfFrames", 1)
     if frames > 1:
         raise XrayReadError(f"{name}: {frames} frames; only single-frame 2D images are supported")
+    rows, cols = _dicom_int(ds, "Rows", 0), _dicom_int(ds, "Columns", 0)
+    if rows <= 0 or cols <= 0:
+        raise XrayReadError(f"{name}: DICOM Rows/Columns missing or not positive ({rows} x {cols})")
+    _check_size(name, cols, rows, "DICOM image")
     info = spacing_from_dicom(ds, name)
     meta = _dicom_meta(ds)
     try:
@@ -762,10 +870,22 @@ def _luminance(rgb: np.ndarray, name: str, what: str) -> np.ndarray:
 def _read_raster(name: str) -> tuple[np.ndarray, dict[str, Any]]:
     import cv2
 
+    size = _raster_size(name)
+    if size is not None:
+        _check_size(name, size[0], size[1])
     buf = np.fromfile(name, dtype=np.uint8)
-    arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # keeps 16-bit values, ignores EXIF orientation
+    if buf.size == 0:
+        raise XrayReadError(f"{name}: empty file")
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our error says it in one line
+    try:
+        arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # keeps 16-bit values, ignores EXIF orientation
+    except cv2.error as e:
+        raise XrayReadError(f"{name}: OpenCV cannot decode this image ({e})") from e
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if arr is None:
-        raise XrayReadError(f"{name}: OpenCV cannot decode this image")
+        raise XrayReadError(f"{name}: OpenCV cannot decode this image (truncated, corrupt or unsupported)")
     meta: dict[str, Any] = {"original_dtype": str(arr.dtype), "channels": 1 if arr.ndim == 2 else int(arr.shape[2])}
     if arr.ndim == 3 and arr.shape[2] in (2, 4):  # gray + alpha or BGRA: drop alpha
         meta["alpha_dropped"] = True
@@ -778,6 +898,28 @@ def _read_raster(name: str) -> tuple[np.ndarray, dict[str, Any]]:
         arr = _luminance(arr[..., ::-1], name, "RGB")  # OpenCV gives BGR
         meta["converted_to_luminance"] = True
     return np.asarray(arr, dtype=np.float32), meta
+
+
+def _raster_size(name: str) -> tuple[int, int] | None:
+    """``(W, H)`` from a PNG ``IHDR`` chunk, else from Pillow's header parser; None when unknown.
+
+    Only the header is read, so an oversized image can be refused before it is decoded.
+    """
+    with open(name, "rb") as f:
+        head = f.read(24)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(name) as im:  # reads the header only
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as e:  # above twice Pillow's limit (about 179 megapixels)
+        raise XrayReadError(f"{name}: image too large ({e}); not read") from e
+    except Exception:  # not identifiable by Pillow: OpenCV decides (and refuses) below
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -813,6 +955,14 @@ def _load_with_monai(name: str, reader: str) -> tuple[np.ndarray, dict[str, Any]
 
 
 def _read_nifti(name: str) -> tuple[np.ndarray, SpacingInfo, dict[str, Any]]:
+    import nibabel as nib
+
+    try:
+        shape = tuple(int(s) for s in nib.load(name).header.get_data_shape())
+    except Exception as e:  # nibabel raises several types for broken headers
+        raise XrayReadError(f"{name}: not a readable NIfTI file ({type(e).__name__}: {e})") from e
+    if len(shape) >= 2:
+        _check_size(name, shape[0], int(np.prod(shape[1:], dtype=np.int64)), "NIfTI image")
     arr, mmeta = _load_with_monai(name, "NibabelReader")
     pixdim = np.asarray(mmeta.get("pixdim", []), dtype=np.float64).reshape(-1)
     units = int(np.asarray(mmeta.get("xyzt_units", 0)).reshape(-1)[0])
@@ -852,6 +1002,12 @@ def _nifti_spacing(pixdim: Any, xyzt_units: Any, name: str) -> SpacingInfo:
 
 def _read_nrrd(name: str) -> tuple[np.ndarray, SpacingInfo, dict[str, Any]]:
     fields = _nrrd_header(name)
+    try:
+        sizes = [int(v) for v in fields.get("sizes", "").split()]
+    except ValueError:
+        raise XrayReadError(f"{name}: NRRD 'sizes' field is malformed: {fields.get('sizes')!r}") from None
+    if len(sizes) >= 2:
+        _check_size(name, sizes[0], int(np.prod(sizes[1:], dtype=np.int64)), "NRRD image")
     info = _nrrd_spacing(fields, name)
     arr, _ = _load_with_monai(name, "ITKReader")
     meta = {"nrrd_type": fields.get("type", "")}

@@ -16,8 +16,12 @@ measurements are then reported without uncertainty (a note says so) unless ``sig
 
 Outputs (in the folder ``out``, written atomically): ``measurements.json`` (format
 ``monai-spine-measurements``, version 1) and ``measurements.csv`` (one row per measurement; columns
-:data:`CSV_COLUMNS`). Lengths are in mm when the image spacing is known; otherwise they are in
-pixels and their names end in ``_px``; angles and shares never depend on the spacing.
+:data:`CSV_COLUMNS`). A batch goes on past a file that cannot be read or measured: the file is
+listed under ``"failures"`` (``{"file", "error"}``) in ``measurements.json`` and in the return
+value, the other files are measured, and ``monai-spine measure`` exits non-zero. A missing path or
+a bad argument stops the command before anything is written. Lengths are in mm when the image
+spacing is known; otherwise they are in pixels and their names end in ``_px``; angles and shares
+never depend on the spacing.
 """
 
 from __future__ import annotations
@@ -670,6 +674,22 @@ def _csv_value(v: Any) -> Any:
     return v
 
 
+def _check_sigma_px(sigma_px: float) -> None:
+    s = float(sigma_px)
+    if not math.isfinite(s) or s < 0:
+        raise ValueError(f"sigma_px must be a finite number >= 0, got {sigma_px!r}")
+
+
+def _failure_text(e: BaseException, name: str) -> str:
+    """One line naming the file: the message of a documented error, else ``Type: message``."""
+    msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    if not isinstance(e, (ValueError, KeyError, OSError)):
+        msg = f"{type(e).__name__}: {msg}"
+    if name not in msg:
+        msg = f"{name}: {msg}"
+    return " ".join(msg.split())
+
+
 def _expand_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
     files: list[str] = []
     for p in paths:
@@ -715,29 +735,51 @@ def measure_cli(
 
     Returns:
         the result written to ``measurements.json``: ``{"format", "version", "cases": [...],
-        "motion": [...], "cobb_summary": {...} | None, "outputs": {"json", "csv"}}``.
+        "motion": [...], "cobb_summary": {...} | None, "failures": [{"file", "error"}, ...],
+        "outputs": {"json", "csv"}}``. ``failures`` lists every file (or flexion/extension pair)
+        that could not be read or measured; the others are measured and written.
 
     Raises:
-        FileNotFoundError: a path does not exist.
-        ValueError: unequal flexion/extension lists, bad arguments, or a file in neither format
-            (:class:`~monai_spine.data.annotation.AnnotationError`, naming the file).
+        FileNotFoundError: a path does not exist (nothing is written).
+        ValueError: unequal flexion/extension lists or bad arguments (nothing is written).
     """
     if len(flexion) != len(extension):
         raise ValueError(f"got {len(flexion)} flexion files but {len(extension)} extension files; pass them in pairs")
     if int(num_samples) < 0:
         raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    if sigma_kind not in _SIGMA_KINDS:
+        raise ValueError(f"sigma_kind must be one of {_SIGMA_KINDS}, got {sigma_kind!r}")
+    if sigma_px is not None:
+        _check_sigma_px(sigma_px)
     files = _expand_paths(paths)
     pair_files = [(str(f), str(e)) for f, e in zip(_expand_paths(flexion), _expand_paths(extension))] if flexion else []
     records: dict[str, KeypointRecord] = {}
+    failed: dict[str, str] = {}
     order: list[str] = []
     for f in files + [p for pair in pair_files for p in pair]:
-        if f not in records:
+        if f in records or f in failed:
+            continue
+        try:
             records[f] = read_keypoint_file(f, sigma_kind=sigma_kind)
             order.append(f)
-    cases = [measure_record(records[f], int(num_samples), seed, ci, sigma_px) for f in order]
-    motion = [
-        measure_motion(records[f], records[e], int(num_samples), seed, ci, sigma_px, thresholds) for f, e in pair_files
-    ]
+        except Exception as e:  # a batch goes on; every failure is listed
+            failed[f] = _failure_text(e, f)
+    cases = []
+    for f in order:
+        try:
+            cases.append(measure_record(records[f], int(num_samples), seed, ci, sigma_px))
+        except Exception as e:
+            failed[f] = _failure_text(e, f)
+    motion = []
+    for f, e in pair_files:
+        if f in failed or e in failed:
+            bad = f if f in failed else e
+            failed[f"{f} + {e}"] = f"{f} + {e}: flexion/extension pair not measured ({bad} failed)"
+            continue
+        try:
+            motion.append(measure_motion(records[f], records[e], int(num_samples), seed, ci, sigma_px, thresholds))
+        except Exception as ex:
+            failed[f"{f} + {e}"] = _failure_text(ex, f"{f} + {e}")
     with_ref = [c for c in cases if c.get("cobb") and "cobb_reference_deg" in c]
     cobb_summary = None
     if with_ref:
@@ -757,6 +799,7 @@ def measure_cli(
         "cases": cases,
         "motion": motion,
         "cobb_summary": cobb_summary,
+        "failures": [{"file": f, "error": msg} for f, msg in failed.items()],
         "outputs": {"json": str(out_dir / "measurements.json"), "csv": str(out_dir / "measurements.csv")},
     }
     write_measurements(out_dir, result)

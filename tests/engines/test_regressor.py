@@ -81,3 +81,52 @@ def test_sqlite_tracking_uri_is_absolute_and_creates_the_folder(tmp_path):
     uri = sqlite_tracking_uri(tmp_path / "store")
     assert uri == f"sqlite:///{(tmp_path / 'store' / 'mlruns.db').resolve()}"
     assert (tmp_path / "store").is_dir()
+
+
+def test_atomic_torch_save_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    from monai_spine.engines.regressor import atomic_torch_save
+
+    path = tmp_path / "m" / "state.pt"
+    atomic_torch_save({"w": torch.ones(3)}, path)
+    atomic_torch_save({"w": torch.zeros(2)}, path)
+    loaded = torch.load(path, weights_only=True)
+    torch.testing.assert_close(loaded["w"], torch.zeros(2))
+    assert [p.name for p in path.parent.iterdir()] == ["state.pt"]
+
+
+def test_train_state_checkpoint_round_trip_restores_epoch_optimizer_and_scheduler(tmp_path):
+    from ignite.engine import Engine, Events
+
+    from monai_spine.engines.regressor import TrainStateCheckpoint
+
+    def make():
+        torch.manual_seed(0)
+        net = torch.nn.Linear(2, 1)
+        opt = torch.optim.Adam(net.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+
+        def step(engine, batch):
+            opt.zero_grad()
+            net(torch.ones(1, 2)).sum().backward()
+            opt.step()
+
+        eng = Engine(step)
+        eng.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())
+        return net, opt, sched, eng
+
+    net, opt, sched, eng = make()
+    TrainStateCheckpoint(tmp_path / "s.pt", net, opt, sched).attach(eng)
+    eng.run([0, 1, 2], max_epochs=2)  # 2 epochs of 3 iterations
+    net2, opt2, sched2, eng2 = make()
+    epochs_run = []
+    eng2.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs_run.append(e.state.epoch))
+    handler = TrainStateCheckpoint(tmp_path / "s.pt", net2, opt2, sched2, resume=True)
+    handler.attach(eng2)
+    eng2.run([0, 1, 2], max_epochs=3)
+    assert handler.resumed_from_epoch == 2 and epochs_run == [3]
+    assert {int(s["step"]) for s in opt2.state_dict()["state"].values()} == {9}
+    assert sched2.last_epoch == 3 and opt2.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+    with pytest.raises(ValueError, match="beyond max_epochs 1"):
+        _, o, s, e = make()
+        TrainStateCheckpoint(tmp_path / "s.pt", torch.nn.Linear(2, 1), o, s, resume=True).attach(e)
+        e.run([0, 1, 2], max_epochs=1)
