@@ -39,7 +39,12 @@ import torch
 
 from monai_spine.data.keypoints import get_scheme, px_to_mm
 from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
-from monai_spine.uncertainty.mc_dropout import MCDropoutResult, mc_dropout_predict, sigma_frac_to_mm
+from monai_spine.uncertainty.mc_dropout import (
+    MCDropoutResult,
+    mc_dropout_predict,
+    mc_dropout_reference,
+    sigma_frac_to_mm,
+)
 from transforms.keypoints import VertebraCropd, frac_to_image_px
 
 __all__ = [
@@ -183,6 +188,9 @@ class KeypointPredictor:
         flip_tta: also predict each crop flipped along W and average (module docstring).
         conformal: a fitted :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator` giving
             each point an error radius (from the total ``sigma_p``), or None.
+        reference: run the plain reference instead of the batched MC dropout: one crop at a time,
+            ``T`` full passes one by one (:func:`~monai_spine.uncertainty.mc_dropout.mc_dropout_reference`;
+            for speed comparisons: same distribution, other dropout masks).
     """
 
     def __init__(
@@ -198,7 +206,9 @@ class KeypointPredictor:
         seed: int | None = 0,
         flip_tta: bool = False,
         conformal: Any | None = None,
+        reference: bool = False,
     ) -> None:
+        self.reference = bool(reference)
         self.network = network.to(device).eval()
         self.scheme = get_scheme(scheme)
         self.spatial_size = (int(spatial_size[0]), int(spatial_size[1]))
@@ -279,9 +289,10 @@ class KeypointPredictor:
         if self.seed is not None:
             torch.manual_seed(self.seed)
         try:
-            res = mc_dropout_predict(self.network, x, num_samples=self.num_samples)
+            mc = mc_dropout_reference if self.reference else mc_dropout_predict
+            res = mc(self.network, x, num_samples=self.num_samples)
             if self.flip_tta:
-                res_f = mc_dropout_predict(self.network, torch.flip(x, dims=(-1,)), num_samples=self.num_samples)
+                res_f = mc(self.network, torch.flip(x, dims=(-1,)), num_samples=self.num_samples)
                 res = combine_flip_tta(res, res_f, self.scheme.flip_permutation)
         finally:
             torch.random.set_rng_state(gen_state)

@@ -31,6 +31,7 @@ __all__ = [
     "UNCERTAINTY_KINDS",
     "MCDropoutResult",
     "mc_dropout_predict",
+    "mc_dropout_reference",
     "predict_deterministic",
     "sigma_p",
     "sigma_xy_frac_to_mm",
@@ -219,6 +220,53 @@ def mc_dropout_predict(
     return MCDropoutResult(
         mean_frac=mean,
         epistemic_var_frac=epistemic,
+        aleatoric_var_frac=var.mean(dim=0),
+        num_samples=t,
+        samples_frac=means if return_samples else None,
+    )
+
+
+def mc_dropout_reference(
+    model: nn.Module,
+    x: torch.Tensor,
+    num_samples: int = 20,
+    *,
+    return_samples: bool = False,
+    logvar_range: Sequence[float] = LOGVAR_RANGE,
+) -> MCDropoutResult:
+    """Plain reference of :func:`mc_dropout_predict`: one crop at a time, ``T`` full passes one by one.
+
+    The eager textbook loop (the whole network, trunk included, runs ``T * B`` times on batches of
+    one), kept as the baseline of ``scripts/bench_speed.py`` and the tests. It draws its dropout
+    masks in another order than the batched function, so with dropout active the two agree in
+    distribution, not sample by sample; without dropout (``p = 0``) they agree to float rounding.
+    The train/eval flags are restored afterwards, also on error.
+
+    Args:
+        model, x, num_samples, return_samples, logvar_range: as in :func:`mc_dropout_predict`.
+
+    Returns:
+        :class:`MCDropoutResult`.
+    """
+    if int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    t = int(num_samples)
+    states = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        for m in _dropout_modules(model):
+            m.train()
+        with torch.no_grad():
+            per_crop = [torch.cat([model(x[i : i + 1]) for _ in range(t)], dim=0) for i in range(x.shape[0])]
+    finally:
+        for m, flag in states:
+            m.training = flag
+    out = torch.stack(per_crop, dim=1)  # (T, B, K, 2|4)
+    means, var = _split(model, out, logvar_range)
+    mean = means.mean(dim=0)
+    return MCDropoutResult(
+        mean_frac=mean,
+        epistemic_var_frac=((means - mean) ** 2).mean(dim=0),
         aleatoric_var_frac=var.mean(dim=0),
         num_samples=t,
         samples_frac=means if return_samples else None,

@@ -287,3 +287,73 @@ def test_nan_spacing_means_unknown():
     pred = CornerPredictor(Flat(), spec()).predict(dot_image(corners), corners.mean(1), spacing_mm=(np.nan, np.nan),
                                                    spacing_source="PixelSpacing")
     assert pred.spacing_mm is None and pred.corners_mm is None and pred.spacing_source == "unknown"
+
+
+# ---------------------------------------------------------------------------------------------- speed paths
+@pytest.mark.parametrize("scales,rotations,centre_x", [
+    ((1.6, 2.0, 2.4), (-10.0, 0.0, 10.0), 100.0),  # blurred (s > 1), three scales sharing nothing
+    ((0.5,), (0.0, 15.0), 100.0),  # s < 1: no blur
+    ((2.4,), (0.0,), 5.0),  # regions clipped at the image border
+])
+def test_extract_patches_equals_one_by_one(scales, rotations, centre_x):
+    from monai_spine.data.patches import extract_patch
+    from monai_spine.inference.heatmap import extract_patches, patch_params
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.random((300, 200)).astype(np.float32) * 1000, (0, 0), 2)
+    c = np.array([[centre_x, 80.0], [centre_x + 4, 140.0], [centre_x + 8, 200.0]])
+    aff, _ = patch_params(c, np.array([3.0, 5.0, 7.0]), np.array([40.0, 42.0, 44.0]), (3, 0.15), scales, rotations)
+    ref = np.stack([extract_patch(img, a, 64) for a in aff])
+    fast = extract_patches(img, aff, 64)
+    assert fast.shape == ref.shape and fast.dtype == np.float32
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_extract_patches_outside_the_image_is_zero():
+    from monai_spine.data.patches import patch_affine
+    from monai_spine.inference.heatmap import extract_patches
+
+    a = patch_affine(-500.0, -500.0, 100.0, 0.0, 64)[None]
+    assert np.all(extract_patches(np.ones((50, 50), np.float32), a, 64) == 0)
+
+
+def test_inference_network_matches_eval_network_and_leaves_it_alone():
+    from monai_spine.inference.heatmap import inference_network
+
+    torch.manual_seed(0)
+    net = ProbabilisticUNet(width=2).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 1, 32, 32)
+    fast = inference_network(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    with torch.no_grad():
+        ref = net(x)
+        out = fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_optimised_predictor_equals_reference_and_tracks_weight_changes():
+    torch.manual_seed(1)
+    net = ProbabilisticUNet(width=2).eval()
+    corners = rect_corners()
+    img = dot_image(corners)
+    sp = spec(scales=(1.6, 2.4), rotations_deg=(-10.0, 10.0))
+    fast = CornerPredictor(net, sp)
+    ref = CornerPredictor(net, sp, optimize=False, batch_size=1)
+    a = fast.predict(img, corners.mean(1), return_maps=True)
+    b = ref.predict(img, corners.mean(1), return_maps=True)
+    np.testing.assert_allclose(a.maps, b.maps, rtol=1e-4, atol=1e-4 * b.maps.max())
+    np.testing.assert_allclose(a.corners_px, b.corners_px, atol=1e-4)
+    np.testing.assert_allclose(a.sigma_px, b.sigma_px, atol=1e-4)
+    with torch.no_grad():  # new weights in place (as load_state_dict does): the fast copy is rebuilt
+        net.final.bias.add_(1.0)
+        net.down[0][0][0].weight.mul_(-1.0)
+    a2 = fast.predict_maps(a.patches.patches[:4])
+    b2 = ref.predict_maps(a.patches.patches[:4])
+    np.testing.assert_allclose(a2, b2, rtol=1e-4, atol=1e-4 * b2.max())

@@ -237,3 +237,24 @@ def test_load_conformal_round_trip_and_absent(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json"):
         load_conformal(tmp_path / "bad.json")
+
+
+# ---------------------------------------------------------------------------------------------- speed paths
+def test_reference_predictor_equals_batched_without_dropout():
+    """Dropout off: the batched (trunk once) predictor and the plain reference (one crop at a time,
+    T full passes one by one) give the same points to 1e-4 px and the same sigmas."""
+    from monai_spine.networks.regressor import build_regressor
+
+    torch.manual_seed(0)
+    net = build_regressor("bayecbam", 5, width=0.0625, fc_features=16, dropout=0.0, spatial_size=(64, 128),
+                          logvar_bias_init=-6.0)
+    rng = np.random.default_rng(0)
+    img = (rng.random((1, 200, 160)) * 1000).astype(np.float32)
+    boxes = np.array([[40.0, 30.0, 100.0, 60.0], [45.0, 80.0, 105.0, 110.0], [50.0, 130.0, 110.0, 160.0]])
+    kw = dict(scheme="lateral5", spatial_size=(64, 128), num_samples=4)
+    a = KeypointPredictor(net, **kw).predict(img, boxes, (0.2, 0.2))
+    b = KeypointPredictor(net, reference=True, **kw).predict(img, boxes, (0.2, 0.2))
+    np.testing.assert_allclose(a.keypoints_px, b.keypoints_px, atol=1e-4)
+    for kind in ("aleatoric", "total"):
+        np.testing.assert_allclose(a.sigma_mm[kind], b.sigma_mm[kind], rtol=1e-4)
+    assert np.all(b.sigma_frac["epistemic"] < 1e-6)

@@ -9,10 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from monai_spine.losses.gaussian_nll import LOGVAR_RANGE
 from monai_spine.networks.regressor import build_regressor
 from monai_spine.uncertainty.mc_dropout import (
     MCDropoutResult,
     mc_dropout_predict,
+    mc_dropout_reference,
     predict_deterministic,
     sigma_frac_to_mm,
     sigma_p,
@@ -252,3 +254,59 @@ def test_sigma_to_mm_bad_shape():
         sigma_frac_to_mm(np.zeros((3, 3)), (10, 10), (1, 1))
     with pytest.raises(ValueError, match="crop_size_wh"):
         sigma_frac_to_mm(np.zeros((3, 2)), (10, 10, 10), (1, 1))
+
+
+# ---------------------------------------------------------------------------------------------- equivalence
+def test_trunk_once_draws_the_same_masks_as_full_passes_on_a_repeated_batch():
+    """The trunk has no dropout, so (same seed) the batched head sees exactly the masks that full
+    forward passes of the T-times repeated batch would draw: the T samples agree to float rounding."""
+    net = _net(dropout=0.5)
+    x, t = _x(3), 4
+    torch.manual_seed(11)
+    res = mc_dropout_predict(net, x, num_samples=t, return_samples=True)
+    net.eval()
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.train()
+    torch.manual_seed(11)
+    with torch.no_grad():
+        full = net(x.repeat(t, 1, 1, 1)).reshape(t, 3, *res.mean_frac.shape[1:-1], -1)
+    torch.testing.assert_close(res.samples_frac, full[..., :2], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(res.aleatoric_var_frac, torch.exp(full[..., 2:].clamp(*LOGVAR_RANGE)).mean(0),
+                               atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("t", [1, 3])
+def test_reference_equals_batched_without_dropout(t):
+    net = _net(dropout=0.0)
+    x = _x(3)
+    fast = mc_dropout_predict(net, x, num_samples=t)
+    ref = mc_dropout_reference(net, x, num_samples=t)
+    torch.testing.assert_close(fast.mean_frac, ref.mean_frac, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fast.aleatoric_var_frac, ref.aleatoric_var_frac, atol=1e-9, rtol=1e-5)
+    assert torch.all(ref.epistemic_var_frac.abs() < 1e-10)
+
+
+def test_reference_matches_batched_statistically():
+    torch.manual_seed(3)
+    net = _ToyBayes()
+    x = torch.randn(2, 1, 4, 4)
+    t = 1500
+    torch.manual_seed(5)
+    fast = mc_dropout_predict(net, x, num_samples=t)
+    torch.manual_seed(6)
+    ref = mc_dropout_reference(net, x, num_samples=t, return_samples=True)
+    assert ref.samples_frac.shape == (t, 2, 3, 2)
+    se = torch.sqrt((fast.epistemic_var_frac + ref.epistemic_var_frac) / t)
+    assert torch.all((fast.mean_frac - ref.mean_frac).abs() <= 5 * se + 1e-9)
+    ratio = fast.epistemic_var_frac / ref.epistemic_var_frac
+    assert torch.all((ratio > 0.75) & (ratio < 1.33)), ratio
+
+
+def test_reference_restores_state_and_rejects_bad_t():
+    net = _net()
+    net.train()
+    mc_dropout_reference(net, _x(1), num_samples=2)
+    assert all(m.training for m in net.modules())
+    with pytest.raises(ValueError):
+        mc_dropout_reference(net, _x(1), num_samples=0)
