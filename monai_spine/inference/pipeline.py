@@ -431,9 +431,9 @@ def predict_cli(
             failures.append((str(f), f"{type(e).__name__}: {e}"))
     print(f"predicted {done} of {len(files)} radiograph(s) into {out_dir}", file=stream)
     if failures:
-        print(f"{len(failures)} failed:", file=stream)
+        print(f"{len(failures)} failed:", file=sys.stderr)  # failures go to stderr, as in measure / convert
         for f, msg in failures:
-            print(f"  {f}: {msg}", file=stream)
+            print(f"  {f}: {msg}", file=sys.stderr)
         return 1
     return 0
 

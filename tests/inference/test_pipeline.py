@@ -119,15 +119,15 @@ def test_detector_gets_the_spacing_of_the_file(inputs, tmp_path):
     assert pipe.detector.calls == [((1, *IMAGE_HW), (0.1, 0.2), "PixelSpacing"), ((1, *IMAGE_HW), None, "unknown")]
 
 
-def test_cli_goes_on_past_bad_files_and_lists_them(inputs, tmp_path):
+def test_cli_goes_on_past_bad_files_and_lists_them(inputs, tmp_path, capsys):
     (inputs / "broken.png").write_bytes(b"not an image at all")
     out = tmp_path / "out"
     buf = io.StringIO()
     rc = predict_cli([inputs, tmp_path / "missing.dcm"], out, pipeline=stub_pipeline(), stream=buf, progress=False)
-    text = buf.getvalue()
+    text, err = buf.getvalue(), capsys.readouterr().err
     assert rc == 1
-    assert "predicted 3 of 5" in text and "2 failed" in text
-    assert "broken.png" in text and "missing.dcm" in text
+    assert "predicted 3 of 5" in text and "2 failed" in err  # the summary on the stream, failures on stderr
+    assert "broken.png" in err and "missing.dcm" in err
     for stem in ("bare", "dx", "side"):
         for suffix in (".keypoints.json", ".mrk.json", ".overlay.png"):
             assert (out / f"{stem}{suffix}").is_file()
