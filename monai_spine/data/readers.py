@@ -876,14 +876,17 @@ def _read_raster(name: str) -> tuple[np.ndarray, dict[str, Any]]:
     buf = np.fromfile(name, dtype=np.uint8)
     if buf.size == 0:
         raise XrayReadError(f"{name}: empty file")
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our error says it in one line
+    cvlog = getattr(getattr(cv2, "utils", None), "logging", None)  # absent in older OpenCV builds
+    level = cvlog.getLogLevel() if cvlog is not None else None
+    if cvlog is not None:
+        cvlog.setLogLevel(cvlog.LOG_LEVEL_SILENT)  # our error says it in one line
     try:
         arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)  # keeps 16-bit values, ignores EXIF orientation
     except cv2.error as e:
         raise XrayReadError(f"{name}: OpenCV cannot decode this image ({e})") from e
     finally:
-        cv2.utils.logging.setLogLevel(level)
+        if cvlog is not None:
+            cvlog.setLogLevel(level)
     if arr is None:
         raise XrayReadError(f"{name}: OpenCV cannot decode this image (truncated, corrupt or unsupported)")
     meta: dict[str, Any] = {"original_dtype": str(arr.dtype), "channels": 1 if arr.ndim == 2 else int(arr.shape[2])}

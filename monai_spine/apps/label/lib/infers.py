@@ -1,0 +1,148 @@
+"""MONAI Label inference tasks: whole-radiograph keypoints, and corners from clicked vertebra centres.
+
+Both are :class:`monailabel.interfaces.tasks.infer_v2.InferTask` s whose ``__call__(request)``
+returns ``(result_file, result_json)``: the result file is a 3D Slicer markups JSON (``.mrk.json``,
+what ``/infer/<model>?output=image`` sends back), the JSON holds the project's result and the same
+markups (``output=json``). See ``docs/label.md`` for the request and response formats.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Any, Dict, Tuple, Union
+
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from monai_spine.apps.label.lib.core import LabelAppError, ModelStore
+from monai_spine.apps.label.lib.datastore import http_error
+
+__all__ = ["KeypointsInfer", "CornersInfer", "resolve_image", "RESULT_FORMAT"]
+
+logger = logging.getLogger(__name__)
+
+#: ``format`` of the JSON both tasks return
+RESULT_FORMAT = "monai-spine-label-result"
+
+
+def resolve_image(request: Dict[str, Any], studies: str) -> Tuple[str, str]:
+    """The radiograph a request names, confined to the studies folder.
+
+    MONAI Label replaces a datastore id by the image's path, or passes the path of a file uploaded
+    with the request (a temporary file directly inside the system's temporary folder). Any other
+    existing path (e.g. ``image=/etc/hosts``, which MONAI Label would pass through) is refused.
+
+    Returns:
+        ``(path, name)``: the image path and the name recorded in the result (the id or file name).
+
+    Raises:
+        fastapi.HTTPException: 400 (no image / outside the studies folder), 404 (unknown id).
+    """
+    image = request.get("image")
+    if not isinstance(image, str) or not image:
+        raise http_error(404, f"image {image!r} not found in the studies folder")
+    real = os.path.realpath(image)
+    studies_real = os.path.realpath(studies)
+    tmp = os.path.realpath(tempfile.gettempdir())
+    if os.path.commonpath([real, studies_real]) == studies_real:
+        if not os.path.isfile(real):
+            raise http_error(404, f"image {os.path.basename(image)!r} not found in the studies folder")
+        return real, os.path.basename(real)
+    if os.path.dirname(real) == tmp and os.path.basename(real).startswith("tmp") and os.path.isfile(real):
+        return real, "upload"
+    if not os.path.exists(image):
+        raise http_error(404, f"image {os.path.basename(image)!r} not found in the studies folder")
+    raise http_error(400, f"refused image {image!r}: outside the studies folder")
+
+
+def _write_result_file(markups: Any) -> Union[str, None]:
+    if markups is None:
+        return None
+    fd, path = tempfile.mkstemp(prefix="monai-spine-", suffix=".mrk.json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(markups, f, indent=1, allow_nan=False)
+    return path
+
+
+class _Base(InferTask):
+    def __init__(self, store: ModelStore, studies: str, type: Any, description: str, config: Dict[str, Any]) -> None:
+        super().__init__(type=type, labels=[], dimension=2, description=description, config=config)
+        self.store = store
+        self.studies = studies
+
+
+class KeypointsInfer(_Base):
+    """All vertebrae of a radiograph: detector, then BayeRegX keypoints with sigma_p and class.
+
+    Request params: ``model`` (``regressor`` default, ``heatmap`` or ``both``; the MONAI Label
+    model name is ``keypoints``, so the field is ``pipeline``).
+
+    Result JSON: ``{"format": "monai-spine-label-result", "task": "keypoints", "image": id,
+    "prediction": <monai-spine-prediction>, "markups": <Slicer markups>, "corners_markups": ...,
+    "uncertainty": mean total sigma_p (crop fractions) or null}``.
+    """
+
+    def __init__(self, store: ModelStore, studies: str) -> None:
+        super().__init__(store, studies, InferType.DETECTION,
+                         "Vertebra keypoints with uncertainty (BayeRegX) on the whole radiograph, as 3D Slicer markups",
+                         {"pipeline": ["regressor", "both", "heatmap"]})
+
+    def is_valid(self) -> bool:
+        return self.store.config.has_regressor()
+
+    def __call__(self, request: Dict[str, Any]) -> Tuple[Union[str, None], Dict[str, Any]]:
+        path, name = resolve_image(request, self.studies)
+        pipeline = request.get("pipeline", "regressor")
+        if isinstance(pipeline, list):
+            pipeline = pipeline[0]
+        try:
+            out = self.store.predict(path, model=str(pipeline), name=name)
+        except LabelAppError as e:
+            raise http_error(400, str(e)) from None
+        except FileNotFoundError as e:
+            raise http_error(503, f"model missing: {e}") from None
+        except ValueError as e:  # unreadable image (XrayReadError names the file), bad spacing
+            raise http_error(422, f"{name}: {e}") from None
+        res = {"format": RESULT_FORMAT, "task": "keypoints", "image": name, "prediction": out["result"],
+               "markups": out["markups"], "corners_markups": out["corners_markups"], "uncertainty": out["uncertainty"]}
+        return _write_result_file(out["markups"] or out["corners_markups"]), res
+
+
+class CornersInfer(_Base):
+    """Semi-automatic corners: the annotator clicks vertebra centres, the heatmap FCN gives the corners.
+
+    Request params: ``centres`` (``[[x, y], ...]`` image pixels, at least two) or MONAI Label's
+    ``foreground`` clicks (``[[x, y(, z)], ...]``, as the Slicer module sends them), and optional
+    ``levels`` (``["C3", "C4", ...]``, one per centre; default from the model's region top down).
+
+    Result JSON: ``{"format": "monai-spine-label-result", "task": "corners", "image": id,
+    "corners": <monai-spine-corners>, "markups": <Slicer markups, labels like C4-AS>}``.
+    """
+
+    def __init__(self, store: ModelStore, studies: str) -> None:
+        super().__init__(store, studies, InferType.DEEPGROW,
+                         "Vertebral corners from clicked vertebra centres (probabilistic spatial regression FCN)",
+                         {"centres": [], "levels": []})
+
+    def is_valid(self) -> bool:
+        return self.store.config.has_heatmap()
+
+    def __call__(self, request: Dict[str, Any]) -> Tuple[Union[str, None], Dict[str, Any]]:
+        path, name = resolve_image(request, self.studies)
+        centres = request.get("centres") or request.get("foreground")
+        levels = request.get("levels") or None
+        if isinstance(levels, str):
+            levels = [s for s in levels.replace(";", ",").split(",") if s.strip()]
+        try:
+            out = self.store.corners(path, centres, levels=levels, name=name)
+        except LabelAppError as e:
+            raise http_error(400, str(e)) from None
+        except FileNotFoundError as e:
+            raise http_error(503, f"model missing: {e}") from None
+        except ValueError as e:  # unreadable image, centres the frames cannot use
+            raise http_error(422, f"{name}: {e}") from None
+        res = {"format": RESULT_FORMAT, "task": "corners", "image": name, "corners": out["result"],
+               "markups": out["markups"]}
+        return _write_result_file(out["markups"]), res
