@@ -5,10 +5,13 @@ seeded 70/15/15 split is identical) the bundle trains, in this process, the vert
 (``train.json`` + ``detector_train.json``), the BayeCBAM regressor (``train.json``) and the heatmap FCN
 (``train.json`` + ``heatmap_train.json``). Then:
 
-* **calibration** on the validation split (ground-truth boxes / centres): split-conformal radii
+* **calibration** on the validation split: the whole pipeline (detector first, as on test) predicts the
+  validation radiographs in memory; on the found vertebrae, split-conformal radii
   (:class:`~monai_spine.uncertainty.calibration.ConformalCalibrator`, normalised score, alpha 0.1,
-  per point type) on the regressor's total ``sigma_p`` in mm, and on the heatmap corners' ``sigma``
-  in mm;
+  per point type) and uncertainty-class thresholds (``monai-spine calibrate``'s rule) are fitted on the
+  regressor's total ``sigma_p`` in mm and on the heatmap corners' ``sigma`` in mm. The same is fitted
+  on predictions from ground-truth boxes / centres (an oracle detector) for comparison;
+  ``PipelineBenchSettings.calibrate_on`` picks which one the main tables use;
 * **evaluation** end to end on the test split with
   :class:`~monai_spine.inference.pipeline.SpinePipeline.predict_file` (read the image, detect,
   crop, MC dropout, map back, write the JSON / markups / overlay), timed per radiograph. Each
@@ -20,10 +23,14 @@ seeded 70/15/15 split is identical) the bundle trains, in this process, the vert
 Per model (``regressor``, ``regressor + flip TTA``, ``heatmap (corners)``) the table shows mean /
 median point error, share of scans with mean error < 2 mm, SDR@2mm, fit failure > 3 mm, Spearman
 (sigma, error), AUSE, conformal coverage and mean radius on the test split, detection recall and
-seconds per radiograph.
+seconds per radiograph; a second table the error per uncertainty class and after referral; a third
+the test classes and coverage under each calibration source.
 
-Pieces: :class:`PipelineBenchSettings`, :func:`model_metrics` (pure: numbers -> row),
-:func:`format_table`, :func:`format_header`, :func:`run_pipeline_benchmark`.
+Pieces: :class:`PipelineBenchSettings`, :func:`predict_split` / :func:`collect_points` /
+:func:`evaluate_pipeline` (predict and match by level), :func:`fit_calibration`, :func:`model_metrics`
+and :func:`calibration_row` (pure: numbers -> row), :func:`format_table`,
+:func:`format_uncertainty_table`, :func:`format_calibration_table`, :func:`format_header`,
+:func:`run_pipeline_benchmark`.
 """
 
 from __future__ import annotations
@@ -48,8 +55,24 @@ __all__ = [
     "format_uncertainty_table",
     "format_header",
     "calibrate_conformal",
+    "CALIBRATION_SOURCES",
+    "fit_calibration",
+    "predict_split",
+    "collect_points",
+    "evaluate_pipeline",
+    "calibration_row",
+    "format_calibration_table",
     "run_pipeline_benchmark",
 ]
+
+
+#: where the validation predictions used for calibration come from
+CALIBRATION_SOURCES = ("detected", "annotation")
+#: how the tables describe each calibration source
+SOURCE_TEXT = {
+    "detected": "detected boxes / centres, as on the test split",
+    "annotation": "ground-truth boxes / centres",
+}
 
 
 @dataclass
@@ -66,6 +89,10 @@ class PipelineBenchSettings:
         alpha: conformal miscoverage.
         flip_tta: also evaluate the regressor with flip test-time augmentation.
         seed: training seed.
+        calibrate_on: validation predictions behind the main table's conformal radii and uncertainty
+            classes: ``"detected"`` (detector boxes / centres, as on the test split) or ``"annotation"``
+            (ground-truth boxes / centres, an oracle detector). Both are fitted and compared in the
+            calibration table either way.
     """
 
     n: int = 60
@@ -87,6 +114,7 @@ class PipelineBenchSettings:
     alpha: float = 0.1
     flip_tta: bool = True
     seed: int = 0
+    calibrate_on: str = "detected"
 
     def __post_init__(self) -> None:
         if self.n < 3:
@@ -96,6 +124,8 @@ class PipelineBenchSettings:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.calibrate_on not in CALIBRATION_SOURCES:
+            raise ValueError(f"calibrate_on must be one of {CALIBRATION_SOURCES}, got {self.calibrate_on!r}")
         self.detector_features = tuple(int(f) for f in self.detector_features)
 
     def data_overrides(self) -> dict[str, Any]:
@@ -124,7 +154,8 @@ class PipelineBenchSettings:
             f"{'-'.join(map(str, self.detector_features))}; regressor bayecbam {self.epochs_regressor} epochs, "
             f"batch {self.regressor_batch}, width {self.regressor_width:g}, fc {self.regressor_fc}, "
             f"MC dropout T={self.mc_samples}; heatmap FCN {self.epochs_heatmap} epochs, width {self.heatmap_width}, "
-            f"{self.heatmap_patches} patches/image; conformal alpha={self.alpha:g} (validation split); seed={self.seed}"
+            f"{self.heatmap_patches} patches/image; conformal alpha={self.alpha:g} and uncertainty classes fitted on "
+            f"the validation split ({SOURCE_TEXT[self.calibrate_on]}); seed={self.seed}"
         )
 
 
@@ -238,10 +269,78 @@ def _pct(v: Any) -> str:
 
 
 UNCERTAINTY_NOTES = (
-    "Uncertainty classes: tau1/tau2 fitted on the validation split (sigma_p in mm, the calibrate rule: "
+    "Uncertainty classes: tau1/tau2 fitted on the validation split ({source}; sigma in mm, the calibrate rule: "
     "90 % of a class within 1.5 / 2.0 mm, with 95 % one-sided confidence), then applied to the test split; "
     "n / mean: points of the class and their mean error. Referral: mean error of the points kept after "
     "the given share of the most uncertain points is referred to a human."
+)
+
+
+def calibration_row(ev: ModelEval, kind: str, source: str, cal: dict[str, Any]) -> dict[str, Any]:
+    """One row of the calibration comparison: a model's test points under one validation calibration.
+
+    Args:
+        ev: the model's test points.
+        kind: ``"regressor"`` or ``"heatmap"``.
+        source: calibration source (one of :data:`CALIBRATION_SOURCES`).
+        cal: :func:`fit_calibration` output of that source.
+
+    Returns:
+        dict with ``model``, ``kind``, ``source``, ``val_n``, ``val_mean`` (mm), ``thresholds`` (dict or
+        None), ``classes`` (per class ``count`` / ``mean`` on test), ``coverage``, ``nominal``, ``mean_radius``.
+    """
+    if source not in CALIBRATION_SOURCES:
+        raise ValueError(f"source must be one of {CALIBRATION_SOURCES}, got {source!r}")
+    row = model_metrics(ev, cal["conformal"], thresholds=cal["thresholds"])
+    thr = cal["thresholds"]
+    return {"model": ev.model, "kind": kind, "source": source, "val_n": int(cal["n"]), "val_mean": cal["mean"],
+            "thresholds": None if thr is None else thr.to_dict(), "classes": row.get("classes", {}),
+            "coverage": row["coverage"], "nominal": row["nominal"], "mean_radius": row["mean_radius"]}
+
+
+def _taus(thr: dict[str, Any] | None) -> str:
+    """``tau1 / tau2`` (mm) of a thresholds dict; per point type where a type's pair differs."""
+    if thr is None:
+        return "—"
+
+    def pair(a: float, b: float) -> str:
+        if b - a <= 1e-9 * max(1.0, abs(a)):  # the rule left no moderate class (tau2 is the next float)
+            return f"{_num(a)} / = tau1"
+        return f"{_num(a)} / {_num(b)}"
+
+    default = (float(thr["tau1"]), float(thr["tau2"]))
+    per = {k: tuple(float(x) for x in v) for k, v in (thr.get("per_point_type") or {}).items()}
+    if all(np.allclose(v, default) for v in per.values()):
+        return pair(*default)
+    return "; ".join(f"{k}: {pair(*v)}" for k, v in per.items())
+
+
+def format_calibration_table(rows: Sequence[dict[str, Any]], unit: str = "mm") -> str:
+    """Markdown table comparing calibration sources (rows from :func:`calibration_row`)."""
+    from monai_spine.uncertainty.classes import CLASS_NAMES
+
+    header = ["model", "calibrated on (validation)", f"validation points (mean {unit})", f"tau1 / tau2 {unit}"]
+    header += [f"test {c} n / mean {unit}" for c in CLASS_NAMES] + ["test conformal coverage", f"mean radius {unit}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
+    for r in rows:
+        cov = _pct(r.get("coverage"))
+        if cov != "—" and r.get("nominal") is not None and math.isfinite(float(r["nominal"])):
+            cov += f" (nominal {100 * float(r['nominal']):.0f} %)"
+        cells = [str(r["model"]), SOURCE_TEXT.get(r["source"], str(r["source"])).split(",")[0],
+                 f"{int(r['val_n'])} ({_num(r.get('val_mean'))})", _taus(r.get("thresholds"))]
+        for c in CLASS_NAMES:
+            v = (r.get("classes") or {}).get(c)
+            cells.append("—" if v is None else f"{int(v['count'])} / {_num(v['mean'])}")
+        cells += [cov, _num(r.get("mean_radius"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+CALIBRATION_NOTES = (
+    "Calibration source: the same test points under thresholds and conformal radii fitted on validation "
+    "predictions made from detected boxes / centres (the detector the test split uses) or from ground-truth "
+    "ones (an oracle detector). A calibration transfers when the test classes and coverage keep the promise made "
+    "on validation."
 )
 
 
@@ -290,8 +389,8 @@ NOTES = (
     "body corners). Scans < 2: images whose mean point error is < 2 mm; SDR@2: points within 2 mm; fit failure: "
     "points > 3 mm. Spearman and AUSE (sparsification, Ilg et al. 2018): the model's sigma (regressor: total "
     "sigma_p in mm; heatmap: corner sigma in mm) against the point error. Conformal: split-conformal radii "
-    "(normalised score, per point type) fitted on the validation split with ground-truth boxes/centres, coverage "
-    "and mean radius on the test split."
+    "(normalised score, per point type) fitted on the validation split ({source}), coverage and mean radius on the "
+    "test split."
 )
 
 
@@ -329,7 +428,11 @@ def _dist_mm(pred: np.ndarray, gt: np.ndarray, sp: Sequence[float]) -> np.ndarra
 
 
 def _heatmap_val(corner_predictor: Any, labels: Sequence[str], region: str) -> tuple[np.ndarray, np.ndarray]:
-    """Corner errors and sigma (mm) on annotated images from ground-truth centres (for the calibration)."""
+    """Corner errors and sigma (mm) on annotated images from **ground-truth** centres.
+
+    The ``"annotation"`` calibration source (an oracle detector); the benchmark's default calibrates on
+    detected centres instead (:func:`predict_split` + :func:`collect_points`), as on the test split.
+    """
     from monai_spine.data.keypoints import get_region, get_scheme
     from monai_spine.engines.detector import vertebra_centres_px
 
@@ -359,30 +462,62 @@ def _heatmap_val(corner_predictor: Any, labels: Sequence[str], region: str) -> t
     return np.asarray(errs), np.asarray(sigs)
 
 
-def evaluate_pipeline(pipeline: Any, labels: Sequence[str], out_dir: str | os.PathLike, model: str,
-                      region: str, name: str) -> ModelEval:
-    """Run ``pipeline.predict_file`` on every test radiograph (timed) and collect the found vertebrae's points.
+def predict_split(pipeline: Any, labels: Sequence[str], out_dir: str | os.PathLike | None = None
+                  ) -> tuple[list[tuple[Any, dict[str, Any]]], np.ndarray]:
+    """Run the whole pipeline (detector first) on every radiograph of ``labels``, timed.
 
     Args:
         pipeline: a :class:`~monai_spine.inference.pipeline.SpinePipeline`.
-        labels: annotation files of the test split.
-        out_dir: where the pipeline writes its outputs.
-        model: ``"regressor"`` (points and total sigma_p of the JSON) or ``"heatmap"`` (corners).
+        labels: annotation files (each names its image).
+        out_dir: where ``pipeline.predict_file`` writes the JSON / markups / overlay of each radiograph;
+            None predicts in memory (``predict_image``, nothing written; used for the calibration split).
+
+    Returns:
+        ``(records, seconds)``: one ``(annotation, result JSON)`` per radiograph, and ``(num_images,)``
+        wall seconds of each prediction (reading the image included when ``out_dir`` is given).
+    """
+    records, seconds = [], []
+    for label in labels:
+        ann, override, img = _read(label)
+        t0 = time.perf_counter()
+        if out_dir is None:
+            res = pipeline.predict_image(img.channel_first(), img.spacing_mm, img.spacing_source,
+                                         name=str(ann.image))[0]
+        else:
+            res = pipeline.predict_file(ann.image, out_dir, spacing_mm=override).result
+        seconds.append(time.perf_counter() - t0)
+        records.append((ann, res))
+    return records, np.asarray(seconds, np.float64)
+
+
+def collect_points(records: Sequence[tuple[Any, dict[str, Any]]], model: str, region: str, name: str,
+                   seconds: Any = ()) -> ModelEval:
+    """Match each radiograph's detected vertebrae to its annotation by level and collect the point errors.
+
+    A detected vertebra is *found* when its detected centre lies inside the annotated box of its level;
+    only found vertebrae contribute points.
+
+    Args:
+        records: ``(annotation, result JSON)`` per radiograph (from :func:`predict_split`); the position is
+            the image index.
+        model: ``"regressor"`` (points and total sigma_p in mm) or ``"heatmap"`` (the four corners and
+            their sigma in mm).
         region: evaluated region.
         name: row name.
+        seconds: per-radiograph wall seconds, kept in the result.
+
+    Raises:
+        ValueError: unknown ``model``, or a radiograph without spacing (errors are in mm only).
     """
     from monai_spine.data.keypoints import get_region, get_scheme
 
+    if model not in ("regressor", "heatmap"):
+        raise ValueError(f"model must be 'regressor' or 'heatmap', got {model!r}")
     levels = get_region(region).levels
     errs, sigs, ids, types = [], [], [], []
     found = annotated = 0
-    seconds = []
-    for i, label in enumerate(labels):
-        ann, override, _ = _read(label)
+    for i, (ann, res) in enumerate(records):
         scheme = get_scheme(ann.scheme)
-        t0 = time.perf_counter()
-        res = pipeline.predict_file(ann.image, out_dir, spacing_mm=override).result
-        seconds.append(time.perf_counter() - t0)
         sp = res.get("spacing_mm")
         if sp is None:
             raise ValueError(f"{ann.image}: spacing unknown; the benchmark reports errors in mm only")
@@ -413,7 +548,51 @@ def evaluate_pipeline(pipeline: Any, labels: Sequence[str], out_dir: str | os.Pa
                 ids.append(i)
                 types.append(scheme.point_types[k])
     return ModelEval(name, np.asarray(errs, np.float64), np.asarray(sigs, np.float64), np.asarray(ids, np.int64),
-                     np.asarray(types, dtype=object), found, annotated, np.asarray(seconds))
+                     np.asarray(types, dtype=object), found, annotated, np.asarray(seconds, np.float64))
+
+
+def evaluate_pipeline(pipeline: Any, labels: Sequence[str], out_dir: str | os.PathLike | None, model: str,
+                      region: str, name: str) -> ModelEval:
+    """:func:`predict_split` then :func:`collect_points`: one model's found points on ``labels``.
+
+    Args:
+        pipeline: a :class:`~monai_spine.inference.pipeline.SpinePipeline`.
+        labels: annotation files.
+        out_dir: where the pipeline writes its outputs (None: in memory, nothing written).
+        model: ``"regressor"`` or ``"heatmap"``.
+        region: evaluated region.
+        name: row name.
+    """
+    records, seconds = predict_split(pipeline, labels, out_dir)
+    return collect_points(records, model, region, name, seconds)
+
+
+def fit_calibration(errors: Any, sigma: Any, point_types: Any, alpha: float) -> dict[str, Any]:
+    """Conformal radii and uncertainty-class thresholds (sigma in mm) fitted on one set of validation points.
+
+    Args:
+        errors, sigma: flat validation errors and sigma (mm).
+        point_types: flat point types (per-type conformal quantiles and tau pairs).
+        alpha: conformal miscoverage.
+
+    Returns:
+        ``{"conformal": ConformalCalibrator | None, "thresholds": Thresholds | None (None: no point with a
+        finite sigma), "n": points, "mean": mean finite error (mm)}``.
+    """
+    from monai_spine.uncertainty.calibration import DEFAULT_CONFIDENCE, fit_thresholds
+
+    e = np.asarray(errors, np.float64).reshape(-1)
+    s = np.asarray(sigma, np.float64).reshape(-1)
+    t = np.broadcast_to(np.asarray(point_types, dtype=object), e.shape)
+    if s.shape != e.shape:
+        raise ValueError(f"fit_calibration: errors {e.shape} and sigma {s.shape} differ in shape")
+    fin = e[np.isfinite(e)]
+    try:
+        thr = fit_thresholds(e, s, t, units="mm", confidence=DEFAULT_CONFIDENCE)
+    except ValueError:  # no validation point with a finite sigma
+        thr = None
+    return {"conformal": calibrate_conformal(e, s, t, alpha), "thresholds": thr,
+            "n": int(e.size), "mean": float(fin.mean()) if fin.size else float("nan")}
 
 
 def _val_interval(epochs: int, wanted: int) -> int:
@@ -488,45 +667,56 @@ def run_pipeline_benchmark(
     times["heatmap_train_s"] = time.perf_counter() - t0
     corners = CornerPredictor.from_ckpt_dir(hm_dir / "models")
 
-    # calibration on the validation split (ground-truth boxes / centres)
-    log("[bench] calibrating on the validation split")
+    # calibration on the validation split: detected boxes / centres (as on test) and, for comparison,
+    # ground-truth ones (an oracle detector)
+    log("[bench] calibrating on the validation split (detected and annotated vertebrae)")
+    records, _ = predict_split(SpinePipeline(detector, regressor, corners, overlays=False), val, None)
+    val_points: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {"detected": {}, "annotation": {}}
+    for kind in ("regressor", "heatmap"):
+        ev = collect_points(records, kind, settings.region, kind)
+        val_points["detected"][kind] = (ev.errors, ev.sigma, ev.point_types)
     va = evaluate_predictor(regressor, val, settings.region)
     if va.unit != "mm" or "total" not in va.sigma:
         raise ValueError("validation split: spacing unknown or no total sigma_p; cannot calibrate in mm")
     ptypes = np.broadcast_to(np.asarray(va.point_types, dtype=object), va.errors.shape)
-    reg_cal = calibrate_conformal(va.errors, va.sigma["total"], ptypes, settings.alpha)
-    regressor.conformal = reg_cal
+    keep = ~np.isnan(va.errors)
+    val_points["annotation"]["regressor"] = (va.errors[keep], va.sigma["total"][keep], ptypes[keep])
     he, hs = _heatmap_val(corners, val, settings.region)
-    hm_cal = calibrate_conformal(he, hs, np.full(he.shape, "corner", dtype=object), settings.alpha)
-    from monai_spine.uncertainty.calibration import DEFAULT_CONFIDENCE, fit_thresholds
-
-    thresholds = {
-        "regressor": fit_thresholds(va.errors, va.sigma["total"], ptypes, units="mm", confidence=DEFAULT_CONFIDENCE),
-        "heatmap": fit_thresholds(he, hs, None, units="mm", confidence=DEFAULT_CONFIDENCE),
-    }
+    val_points["annotation"]["heatmap"] = (he, hs, np.full(he.shape, "corner", dtype=object))
+    cals = {src: {kind: fit_calibration(*pts, settings.alpha) for kind, pts in by_kind.items()}
+            for src, by_kind in val_points.items()}
+    main = cals[settings.calibrate_on]
+    regressor.conformal = main["regressor"]["conformal"]
+    if main["regressor"]["thresholds"] is not None:
+        regressor.thresholds = main["regressor"]["thresholds"]  # the written JSON carries the fitted classes
 
     # end to end on the test split
     rows: list[dict[str, Any]] = []
-    configs = [("regressor (bayecbam)", "regressor", SpinePipeline(detector, regressor), reg_cal)]
+    configs = [("regressor (bayecbam)", "regressor", SpinePipeline(detector, regressor))]
     if settings.flip_tta:
         flipped = copy.copy(regressor)
         flipped.flip_tta = True
-        configs.append(("regressor + flip TTA", "regressor", SpinePipeline(detector, flipped), None))
-    configs.append(("heatmap (corners only)", "heatmap", SpinePipeline(detector, None, corners), hm_cal))
+        configs.append(("regressor + flip TTA", "regressor", SpinePipeline(detector, flipped)))
+    configs.append(("heatmap (corners only)", "heatmap", SpinePipeline(detector, None, corners)))
     evals = {}
-    for i, (name, kind, pipe, cal) in enumerate(configs):
+    for i, (name, kind, pipe) in enumerate(configs):
         log(f"[bench] end to end on {len(test)} test radiographs: {name}")
         ev = evaluate_pipeline(pipe, test, out / "predictions" / f"model{i}", kind, settings.region, name)
-        evals[name] = ev
-        if kind == "regressor" and cal is None:
-            cal = reg_cal  # flip TTA: the same (non-TTA) calibration, so its coverage shows the shift
-        rows.append(model_metrics(ev, cal, thresholds=thresholds[kind]))
+        evals[name] = (kind, ev)
+        # flip TTA: the same (non-TTA) calibration, so its coverage shows the shift
+        rows.append(model_metrics(ev, main[kind]["conformal"], thresholds=main[kind]["thresholds"]))
+    comparison = [
+        calibration_row(ev, kind, src, cals[src][kind])
+        for name, (kind, ev) in evals.items() if "flip" not in name for src in CALIBRATION_SOURCES
+    ]
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
     header = format_header(settings, command, torch.get_num_threads(), cores, len(test), len(val))
     timing = ", ".join(f"{k} {v:.0f}" for k, v in times.items())
-    report = "\n\n".join([header, f"training wall seconds: {timing}", format_table(rows), NOTES,
-                            format_uncertainty_table(rows), UNCERTAINTY_NOTES]) + "\n"
+    report = "\n\n".join([header, f"training wall seconds: {timing}", format_table(rows),
+                            NOTES.format(source=SOURCE_TEXT[settings.calibrate_on]), format_uncertainty_table(rows),
+                            UNCERTAINTY_NOTES.format(source=SOURCE_TEXT[settings.calibrate_on]),
+                            format_calibration_table(comparison), CALIBRATION_NOTES]) + "\n"
     (out / "table.md").write_text(report, encoding="utf-8")
 
     def clean(v: Any) -> Any:
@@ -543,9 +733,12 @@ def run_pipeline_benchmark(
     record = {
         "command": list(map(str, command)), "torch_threads": torch.get_num_threads(), "cpu_cores": cores,
         "settings": asdict(settings), "train_seconds": times, "num_test": len(test), "num_validation": len(val),
-        "conformal_regressor": None if reg_cal is None else reg_cal.to_dict(),
-        "conformal_heatmap": None if hm_cal is None else hm_cal.to_dict(),
-        "rows": rows,
+        "calibrate_on": settings.calibrate_on,
+        "calibration": {src: {kind: {"n": c["n"], "mean_mm": c["mean"],
+                                     "conformal": None if c["conformal"] is None else c["conformal"].to_dict(),
+                                     "thresholds": None if c["thresholds"] is None else c["thresholds"].to_dict()}
+                              for kind, c in by_kind.items()} for src, by_kind in cals.items()},
+        "rows": rows, "calibration_comparison": comparison,
     }
     (out / "results.json").write_text(json.dumps(clean(record), indent=1, allow_nan=False), encoding="utf-8")
     return report, rows

@@ -9,16 +9,29 @@ with :func:`monai_spine.uncertainty.calibration.collect_errors`, and writes to `
 * ``error_vs_sigma.png``: 2D histogram (hexbin) of (error, ``sigma_p``) per model;
 * ``cumulative_errors.png``: share of points with error <= x, per model;
 * ``box_point_name.png`` / ``box_level.png``: box plots of the error per point name / vertebra level;
+* ``box_class.png``: box plots of the error per uncertainty class (certain / moderately / highly
+  uncertain / unknown) per model;
+* ``referral.png``: mean error of the points kept against the share of the most uncertain points
+  referred to a human, per model;
 * ``bc_hist.png``: histogram of patch Bhattacharyya coefficients (only when given);
 * ``crop_<model>_<certain|uncertain>_<i>.png``: crops of the prediction overlays around the most and
   least certain vertebrae (mean ``sigma_p`` of their points), or a list with links to the overlay
   PNGs when they cannot be read;
-* ``index.html`` (written atomically) linking all of them, with a table of summary numbers.
+* ``index.html`` (written atomically) linking all of them, with a table of summary numbers, a table of
+  the error per uncertainty class and one of the accuracy after referral (with Spearman and AUSE).
+
+Uncertainty classes use, per model, the thresholds given (``thresholds=``, e.g. the ``thresholds.json``
+that ``monai-spine calibrate`` wrote), else those recorded in the model's prediction files (what
+prediction classed each point by), else the paper's; the report names the source. Referral ranks
+points by ``sigma_p`` in mm when the errors are in mm, else in crop fractions
+(:func:`monai_spine.uncertainty.quality.referral_curve`).
 
 Errors are in mm (in px when the spacing of some case is unknown; the unit is written in every label).
 Failed predictions (infinite errors) are counted in ``n_failed`` and left out of the means and plots.
-With a ``tracking_uri`` the PNGs and ``index.html`` are logged as artifacts of a new MLflow run and
-the summary numbers as metrics ``<model>.<name>``.
+With a ``tracking_uri`` the PNGs and ``index.html`` are logged as artifacts of a new MLflow run, the
+summary numbers as metrics ``<model>.<name>`` and the uncertainty numbers of
+:func:`uncertainty_numbers` as ``<model>.<key>`` (``class/<class>/mean_mm``,
+``referral/refer_10pct/mean_mm``, ``spearman_rho``, ...).
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import html
 import math
 import os
 import re
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,9 +55,13 @@ __all__ = [
     "FIGURES",
     "POINT_TYPES",
     "summary_numbers",
+    "uncertainty_numbers",
+    "resolve_thresholds",
+    "REFERRAL_FRACTIONS",
     "level_sort_key",
     "report_cli",
     "parse_model_dirs",
+    "parse_thresholds_args",
     "add_report_arguments",
     "report_from_args",
 ]
@@ -58,7 +76,12 @@ FIGURES = (
     "cumulative_errors.png",
     "box_point_name.png",
     "box_level.png",
+    "box_class.png",
+    "referral.png",
 )
+#: shares of the most uncertain points referred to a human in the referral table (the figure uses a finer grid)
+REFERRAL_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+_REFERRAL_GRID = tuple(np.round(np.arange(0, 51) / 100, 2).tolist())
 #: point types compared in the figures (as in :func:`collect_errors`)
 POINT_TYPES = ("corner", "spinous_process")
 _TYPE_COLOURS = {"corner": "#4c72b0", "spinous_process": "#dd8452"}
@@ -105,6 +128,98 @@ def summary_numbers(points: Any) -> dict[str, float]:
     out["mean_sigma_frac"] = _mean(points.sigma_frac)
     out["frac_within_2"] = float(np.mean(fin <= 2.0)) if fin.size else float("nan")
     return out
+
+
+def resolve_thresholds(points: Any, given: Any = None) -> tuple[Any, str]:
+    """Uncertainty-class thresholds for one model's points, and where they come from.
+
+    Args:
+        points: the model's :class:`~monai_spine.uncertainty.calibration.MatchedPoints` (its ``cases`` are
+            the prediction files).
+        given: a :class:`~monai_spine.uncertainty.classes.Thresholds`, its ``to_dict`` mapping, or the path
+            of a thresholds JSON (``monai-spine calibrate``'s ``thresholds.json``); None: read the
+            ``thresholds`` recorded in the prediction files, else use the paper's.
+
+    Returns:
+        ``(thresholds, source)``; ``source`` is a short sentence for the report.
+
+    Raises:
+        ValueError / KeyError: a malformed thresholds file or mapping (the message names it).
+    """
+    import json
+    import warnings
+
+    from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
+
+    if given is not None:
+        if isinstance(given, Thresholds):
+            return given, f"given ({given.source or 'no source recorded'})"
+        if isinstance(given, Mapping):
+            return Thresholds.from_dict(given, source="thresholds"), "given"
+        return Thresholds.load(given), f"given ({os.fspath(given)})"
+    recorded: dict[str, tuple[dict[str, Any], str]] = {}
+    for case in dict.fromkeys(np.asarray(points.cases).tolist()):
+        try:
+            with open(case, encoding="utf-8") as f:
+                d = json.load(f).get("thresholds")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(d, dict):
+            recorded.setdefault(json.dumps(d, sort_keys=True), (d, str(case)))
+    if recorded:
+        d, case = next(iter(recorded.values()))
+        thr = Thresholds.from_dict(d, source=case)
+        if len(recorded) > 1:
+            warnings.warn(f"prediction files record {len(recorded)} different thresholds; the report uses those "
+                          f"of {case} (give thresholds= to choose)", stacklevel=2)
+            return thr, f"recorded in the prediction files ({len(recorded)} differ: those of {Path(case).name})"
+        return thr, "recorded in the prediction files"
+    return PAPER_THRESHOLDS, "the paper's (BayeRegX section 4): none given or recorded in the prediction files"
+
+
+def _rank_units(points: Any) -> str:
+    """``"mm"`` when the errors are in mm and sigma_p in mm is known, else ``"frac"``."""
+    return "mm" if points.error_unit == "mm" and np.isfinite(points.sigma_mm).any() else "frac"
+
+
+def uncertainty_numbers(points: Any, thresholds: Any,
+                        referral_fractions: Sequence[float] = REFERRAL_FRACTIONS) -> dict[str, float]:
+    """Error per uncertainty class, accuracy after referral, Spearman and AUSE of one model.
+
+    :func:`monai_spine.uncertainty.quality.quality_report` on the model's points: classes with
+    ``thresholds`` (in their units, per point type where they have a pair), ranking measures and
+    referral on sigma_p in mm when the errors are in mm (else in crop fractions). Failed predictions
+    (infinite errors) stay in their class (its mean is then infinite) and are left out of the ranking
+    and referral.
+
+    Returns:
+        ``{key: float}`` with ``class/<class>/{count,share,mean_<u>,median_<u>,q90_<u>}``,
+        ``referral/refer_<p>pct/{mean_<u>,sdr_2.0<u>}``, ``spearman_rho``, ``ause_<u>``, ... and the
+        same per point type (prefixed ``<type>/``, no referral); ``<u>`` is the error unit.
+    """
+    from monai_spine.uncertainty.quality import quality_report
+
+    return quality_report(points.errors, {"frac": points.sigma_frac, "mm": points.sigma_mm}, points.point_types,
+                          thresholds=thresholds, primary_units=_rank_units(points), error_unit=points.error_unit,
+                          referral_fractions=referral_fractions)
+
+
+def _classes(points: Any, thresholds: Any) -> np.ndarray:
+    """Uncertainty class index of every point (per point type where the thresholds have a pair)."""
+    from monai_spine.uncertainty.classes import classify
+
+    s = points.sigma(thresholds.units)
+    out = np.empty(s.shape, dtype=np.int64)
+    for t in dict.fromkeys(points.point_types.tolist()):
+        m = points.point_types == t
+        out[m] = classify(s[m], *thresholds.for_point_type(str(t)))
+    return out
+
+
+def _class_groups() -> list[tuple[int, str]]:
+    from monai_spine.uncertainty.classes import CLASS_NAMES, UNKNOWN
+
+    return list(enumerate(CLASS_NAMES)) + [(UNKNOWN, "unknown")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,7 +276,8 @@ def _violin(ax: Any, data: list[np.ndarray], positions: list[float], color: str)
 
 
 def _figures(
-    pts: Mapping[str, Any], out: Path, unit: str, bc: Mapping[str, np.ndarray] | None
+    pts: Mapping[str, Any], out: Path, unit: str, bc: Mapping[str, np.ndarray] | None,
+    thresholds: Mapping[str, Any],
 ) -> list[tuple[str, str]]:
     """Write the figures; returns ``(title, file name)`` pairs."""
     plt = _plt()
@@ -231,6 +347,34 @@ def _figures(
             ax.set_ylabel(f"error ({unit})")
             ax.set_title(f"{m}: error per {title}")
         figs.append((f"Errors per {title}", _save(fig, out / fname)))
+
+    # box plots per uncertainty class
+    groups = _class_groups()
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.5), squeeze=False)
+    for ax, (m, p) in zip(axes[0], pts.items()):
+        cls = _classes(p, thresholds[m])
+        data = [_finite(p.errors[cls == i]) for i, _ in groups]
+        labels = [f"{n.replace('_uncertain', '')}\n(n={d.size})" for (_, n), d in zip(groups, data)]
+        data = [d if d.size else np.array([np.nan]) for d in data]
+        ax.boxplot(data, tick_labels=labels) if _has_tick_labels() else ax.boxplot(data, labels=labels)
+        ax.set_ylabel(f"error ({unit})")
+        ax.set_title(f"{m}: error per uncertainty class", fontsize=9)
+    figs.append(("Errors per uncertainty class", _save(fig, out / FIGURES[6])))
+
+    # accuracy against the share of points referred to a human
+    from monai_spine.uncertainty.quality import referral_curve
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for m, p in pts.items():
+        rc = referral_curve(p.errors, p.sigma(_rank_units(p)), _REFERRAL_GRID)
+        axes[0].plot(100 * rc["fractions"], rc["mean_error"], label=m)
+        axes[1].plot(100 * rc["fractions"], 100 * rc["sdr"], label=m)
+    axes[0].set_ylabel(f"mean error of kept points ({unit})")
+    axes[1].set_ylabel(f"kept points within 2 {unit} (%)")
+    for ax in axes:
+        ax.set_xlabel("most uncertain points referred (%)")
+        ax.legend(fontsize=7)
+    figs.append(("Accuracy against the share of points referred to a human", _save(fig, out / FIGURES[7])))
 
     if bc:
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -349,6 +493,8 @@ def _load_bc(value: Any) -> np.ndarray:
 
 
 def _fmt(v: float) -> str:
+    if v == float("inf"):
+        return "inf"  # a class holding a failed prediction
     return "n/a" if not math.isfinite(v) else f"{v:.3f}"
 
 
@@ -368,11 +514,15 @@ def _log_mlflow(tracking_uri: str, experiment: str, out: Path, files: Sequence[s
     run = client.create_run(exp_id, tags={"monai_spine.error_unit": unit})
     rid = run.info.run_id
     try:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics = []
         for m, s in summaries.items():
             safe = re.sub(r"[^A-Za-z0-9_./ -]", "_", m)
-            for k, v in s.items():
-                if math.isfinite(v):
-                    client.log_metric(rid, f"{safe}.{k}", float(v))
+            metrics += [Metric(f"{safe}.{k}", float(v), ts, 0) for k, v in s.items() if math.isfinite(v)]
+        for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(rid, metrics=metrics[i:i + 1000])
         for f in files:
             client.log_artifact(rid, str(out / f), artifact_path="report")
     except Exception:
@@ -391,6 +541,7 @@ def report_cli(
     sigma_kind: str = "total",
     bhattacharyya: Mapping[str, Any] | None = None,
     n_samples: int = 3,
+    thresholds: Any = None,
 ) -> Path:
     """Write the HTML report of several models' predictions on one test set.
 
@@ -405,12 +556,17 @@ def report_cli(
         bhattacharyya: optional model name -> patch Bhattacharyya coefficients (array-like, or a
             ``.npy`` / ``.json`` / text file); adds ``bc_hist.png``.
         n_samples: number of most / least certain vertebrae shown per model.
+        thresholds: uncertainty-class thresholds: one for every model or a mapping model name -> one (a
+            :class:`~monai_spine.uncertainty.classes.Thresholds`, its dict, or a thresholds JSON path);
+            a model not given one uses those recorded in its prediction files, else the paper's
+            (:func:`resolve_thresholds`).
 
     Returns:
         path of ``index.html``.
 
     Raises:
-        ValueError: no model, or a prediction file without annotation (from ``collect_errors``).
+        ValueError: no model, a prediction file without annotation (from ``collect_errors``), or
+            ``thresholds`` naming a model that is not reported.
     """
     from monai_spine.uncertainty.calibration import collect_errors
 
@@ -426,8 +582,11 @@ def report_cli(
     unit = units.pop()
     bc = {str(m): _load_bc(v) for m, v in (bhattacharyya or {}).items()} or None
 
-    figs = _figures(pts, out_dir, unit, bc)
+    per_model = _per_model_thresholds(thresholds, pts)
+    thr = {m: resolve_thresholds(p, per_model.get(m)) for m, p in pts.items()}
+    figs = _figures(pts, out_dir, unit, bc, {m: t for m, (t, _) in thr.items()})
     summaries = {m: summary_numbers(p) for m, p in pts.items()}
+    unc = {m: uncertainty_numbers(p, thr[m][0]) for m, p in pts.items()}
     if bc:
         for m, v in bc.items():
             summaries.setdefault(m, {})["mean_bc"] = _mean(v)
@@ -454,14 +613,86 @@ def report_cli(
         + (" (pixel spacing unknown for some case)" if unit == "px" else "")
         + f"; sigma_p kind: {html.escape(sigma_kind)} (crop fractions). Means exclude failed predictions.</p>\n"
         f"<h2>Summary (errors in {unit})</h2>\n<table><tr><th>model</th>{head}</tr>{rows}</table>\n"
+        + _uncertainty_html(pts, thr, unc, unit) +
         f"<h2>Figures</h2>\n{fig_html}\n<h2>Sample vertebrae</h2>\n{samples}\n</body></html>\n"
     )
     index = out_dir / INDEX_FILE
     atomic_write_text(index, text)
     if tracking_uri:
         files = [f for _, f in figs] + sorted(p.name for p in out_dir.glob("crop_*.png")) + [INDEX_FILE]
-        _log_mlflow(tracking_uri, experiment, out_dir, files, summaries, unit)
+        _log_mlflow(tracking_uri, experiment, out_dir, files, {m: {**summaries[m], **unc[m]} for m in pts}, unit)
     return index
+
+
+def _per_model_thresholds(thresholds: Any, pts: Mapping[str, Any]) -> dict[str, Any]:
+    """``thresholds`` argument of :func:`report_cli` as ``{model: given}``."""
+    from monai_spine.uncertainty.classes import Thresholds
+
+    if thresholds is None:
+        return {}
+    if isinstance(thresholds, Mapping) and not {"tau1", "tau2"} <= set(thresholds):
+        unknown = sorted(set(map(str, thresholds)) - set(pts))
+        if unknown:
+            raise ValueError(f"report_cli: thresholds name model(s) {unknown} not in the report ({sorted(pts)})")
+        return {str(k): v for k, v in thresholds.items()}
+    if isinstance(thresholds, (Thresholds, Mapping, str, os.PathLike)):
+        return {m: thresholds for m in pts}
+    raise ValueError(f"report_cli: thresholds must be Thresholds, a dict, a path or a mapping per model, "
+                     f"got {type(thresholds).__name__}")
+
+
+def _pct_key(f: float) -> str:
+    """``0.1`` -> ``"10pct"``: the referral share as in :func:`~monai_spine.uncertainty.quality.quality_report` keys."""
+    return f"{100 * f:.10g}".replace(".", "_") + "pct"
+
+
+def _uncertainty_html(pts: Mapping[str, Any], thr: Mapping[str, tuple[Any, str]],
+                      unc: Mapping[str, Mapping[str, float]], unit: str) -> str:
+    """Tables of the error per uncertainty class and of the accuracy after referral."""
+    def cell(v: float, cls: str) -> str:
+        text = str(int(v)) if cls.endswith("-count") and math.isfinite(v) else _fmt(v)
+        return f'<td class="{cls}">{text}</td>'
+
+    nan = float("nan")
+    stats = ("count", "share", f"mean_{unit}", f"median_{unit}", f"q90_{unit}")
+    src = "".join(
+        f"<li>{html.escape(m)}: tau1 = {t.tau1:.4g}, tau2 = {t.tau2:.4g} ({html.escape(t.units)})"
+        + "".join(f"; {html.escape(k)}: {a:.4g} / {b:.4g}" for k, (a, b) in t.per_point_type.items())
+        + f"; {html.escape(how)}</li>"
+        for m, (t, how) in thr.items()
+    )
+    class_rows = "".join(
+        f'<tr><td>{html.escape(m)}</td><td>{name}</td>'
+        + "".join(cell(u.get(f"class/{name}/{k}", nan), f"class-{name}-{k}") for k in stats) + "</tr>"
+        for m, u in unc.items() for _, name in _class_groups()
+    )
+    sdr = f"sdr_2.0{unit}"
+    ref_head = "".join(f"<th>{100 * f:g} % referred: mean {unit} / within 2 {unit}</th>" for f in REFERRAL_FRACTIONS)
+    ref_rows = "".join(
+        f"<tr><td>{html.escape(m)}</td>"
+        + "".join(
+            f'<td class="refer-{k}">{_fmt(u.get(f"referral/refer_{k}/mean_{unit}", nan))}'
+            f' / {_fmt(u.get(f"referral/refer_{k}/{sdr}", nan))}</td>'
+            for k in (_pct_key(float(f)) for f in REFERRAL_FRACTIONS))
+        + cell(u.get("spearman_rho", nan), "spearman_rho") + cell(u.get(f"ause_{unit}", nan), "ause") + "</tr>"
+        for m, u in unc.items()
+    )
+    ranks = {m: _rank_units(p) for m, p in pts.items()}
+    return (
+        "<h2>Uncertainty classes</h2>\n"
+        f"<p>Thresholds on sigma_p per model:</p><ul>{src}</ul>\n"
+        f"<table><tr><th>model</th><th>class</th><th>points</th><th>share</th><th>mean {unit}</th>"
+        f"<th>median {unit}</th><th>q90 {unit}</th></tr>{class_rows}</table>\n"
+        "<p>A class holding a failed prediction has an infinite mean (inf); <i>unknown</i>: sigma_p not finite "
+        "in the thresholds' units.</p>\n"
+        "<h2>Referral to a human</h2>\n"
+        "<p>The given share of the most uncertain points (by sigma_p in "
+        + ", ".join(f"{html.escape(m)}: {r}" for m, r in ranks.items())
+        + ") is referred; the cells give the mean error of the points kept and the share of them within 2 "
+        f"{unit}. Spearman: rank correlation of sigma_p with the error; AUSE: area between the sparsification "
+        "curve and its oracle (Ilg et al. 2018), 0 is a perfect ranking.</p>\n"
+        f"<table><tr><th>model</th>{ref_head}<th>Spearman</th><th>AUSE {unit}</th></tr>{ref_rows}</table>\n"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,7 +729,26 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--bhattacharyya", nargs="+", default=None, metavar="NAME=FILE",
                         help="per model, patch Bhattacharyya coefficients (.npy, .json list or text file)")
     parser.add_argument("--n-samples", type=int, default=3, help="most / least certain vertebrae shown per model")
+    parser.add_argument("--thresholds", nargs="+", default=None, metavar="[NAME=]FILE",
+                        help="uncertainty-class thresholds JSON (monai-spine calibrate's thresholds.json): a bare FILE "
+                             "for every model, NAME=FILE per model (default: those recorded in the predictions)")
     return parser
+
+
+def parse_thresholds_args(items: Sequence[str] | None) -> Any:
+    """``--thresholds`` values to :func:`report_cli`'s ``thresholds``: one bare ``FILE`` (every model) or
+    ``NAME=FILE`` items (per model); None when not given.
+
+    Raises:
+        ValueError: a bare file mixed with others, or a malformed / repeated ``NAME=FILE``.
+    """
+    if not items:
+        return None
+    if len(items) == 1 and "=" not in items[0]:
+        return items[0]
+    if any("=" not in i for i in items):
+        raise ValueError(f"--thresholds: give one FILE for every model or NAME=FILE items, got {list(items)}")
+    return parse_model_dirs(items, "--thresholds")
 
 
 def report_from_args(args: argparse.Namespace) -> int:
@@ -512,6 +762,7 @@ def report_from_args(args: argparse.Namespace) -> int:
         sigma_kind=args.sigma_kind,
         bhattacharyya=parse_model_dirs(args.bhattacharyya, "--bhattacharyya") if args.bhattacharyya else None,
         n_samples=args.n_samples,
+        thresholds=parse_thresholds_args(getattr(args, "thresholds", None)),
     )
     print(index)
     return 0

@@ -68,7 +68,7 @@ class InstabilityThresholds:
         return asdict(self)
 
 
-#: White & Panjabi, lower cervical spine (C2-T1) checklist, as quoted in the issue; see docs/measurements.md
+#: White & Panjabi, lower cervical spine (C2-T1) checklist, quoted second-hand; see docs/measurements.md
 CERVICAL_THRESHOLDS = InstabilityThresholds(
     region="cervical",
     translation_mm=3.5,
@@ -83,7 +83,7 @@ CERVICAL_THRESHOLDS = InstabilityThresholds(
     ),
 )
 
-#: White & Panjabi, lumbar spine checklist (flexion-extension films); see docs/measurements.md
+#: White & Panjabi, lumbar spine checklist (flexion-extension films), quoted second-hand; see docs/measurements.md
 LUMBAR_THRESHOLDS = InstabilityThresholds(
     region="lumbar",
     translation_mm=4.5,
@@ -93,8 +93,8 @@ LUMBAR_THRESHOLDS = InstabilityThresholds(
     source=(
         "White & Panjabi, Clinical Biomechanics of the Spine, 2nd ed. 1990 (lumbar checklist, flexion-"
         "extension radiographs): translation > 4.5 mm or > 15% of the body's sagittal diameter; rotation "
-        "> 15 deg at L1-L2, L2-L3, L3-L4, > 20 deg at L4-L5, > 25 deg at L5-S1, as commonly quoted. Not "
-        "checked against the primary text."
+        "> 15 deg at L1-L2, L2-L3, L3-L4, > 20 deg at L4-L5, > 25 deg at L5-S1, as commonly quoted (another "
+        "quoted form: > 15 deg at L1-L4, > 20 deg at L5-S1). Not checked against the primary text."
     ),
 )
 

@@ -124,3 +124,120 @@ def test_uncertainty_classes_and_referral_by_hand():
     assert row["referral_mean"]["10"] == pytest.approx(5.0) and row["referral_mean"]["20"] == pytest.approx(4.5)
     table = format_uncertainty_table([row])
     assert "| m | 3 / 2.00 | 4 / 5.50 | 3 / 9.00 | 5.00 | 4.50 |" in table
+
+
+def _one_vertebra_case():
+    """One annotated C3 (lateral5, SP invisible) and a result JSON whose points are 1 px (x) off."""
+    kp = np.array([[[10, 10], [20, 10], [10, 20], [20, 20], [25, 15]]], float)
+    ann = SimpleNamespace(levels=["C3"], visible=np.array([[True] * 4 + [False]]), keypoints_px=kp,
+                          boxes_px=np.array([[8, 8, 27, 22]], float), scheme="lateral5", image="x.png")
+    pts = [{"x_px": x + 1.0, "y_px": y, "sigma_p_total_mm": 0.5} for x, y in kp[0]]
+    corners = [{"x_px": x, "y_px": y + 2.0, "sigma_mm": 1.0} for x, y in kp[0][:4]]
+    result = {"spacing_mm": [0.5, 0.25],
+              "vertebrae": [{"level": "C3", "centre_px": [15.0, 15.0], "points": pts, "corners": corners}]}
+    return ann, result
+
+
+def test_predict_split_in_memory_uses_predict_image(monkeypatch):
+    # out_dir None (the calibration split): predict_image on the image read once, nothing written
+    ann, result = _one_vertebra_case()
+    img = SimpleNamespace(channel_first=lambda: np.zeros((1, 4, 4), np.float32), spacing_mm=(0.5, 0.25),
+                          spacing_source="sidecar")
+    monkeypatch.setattr(bp, "_read", lambda label: (ann, None, img))
+    calls = []
+
+    def predict_image(image, sp, source, name=None):
+        calls.append((image.shape, sp, source, name))
+        return result, {}
+
+    def predict_file(*a, **k):
+        raise AssertionError("the calibration split must not write outputs")
+
+    pipe = SimpleNamespace(predict_image=predict_image, predict_file=predict_file)
+    records, seconds = bp.predict_split(pipe, ["a.json", "b.json"], None)
+    assert len(records) == 2 and seconds.shape == (2,)
+    assert calls[0] == ((1, 4, 4), (0.5, 0.25), "sidecar", "x.png")
+    ev = bp.evaluate_pipeline(pipe, ["a.json"], None, "heatmap", "cervical", "hm")
+    np.testing.assert_allclose(ev.errors, [0.5] * 4)  # 2 px * 0.25 mm
+    assert (ev.found, ev.annotated) == (1, 1)
+
+
+@pytest.mark.parametrize("model, errors, sigma", [
+    ("regressor", [0.5] * 4, [0.5] * 4),  # 1 px * 0.5 mm; sigma_p_total_mm
+    ("heatmap", [0.5] * 4, [1.0] * 4),  # 2 px * 0.25 mm; corner sigma_mm
+])
+def test_collect_points_models(model, errors, sigma):
+    ann, result = _one_vertebra_case()
+    ev = bp.collect_points([(ann, result), (ann, result)], model, "cervical", "m", seconds=[1.0, 2.0])
+    np.testing.assert_allclose(ev.errors, errors * 2)
+    np.testing.assert_allclose(ev.sigma, sigma * 2)
+    assert list(ev.image_ids) == [0] * 4 + [1] * 4
+    assert (ev.found, ev.annotated) == (2, 2) and ev.seconds.tolist() == [1.0, 2.0]
+
+
+def test_collect_points_rejects():
+    ann, result = _one_vertebra_case()
+    with pytest.raises(ValueError, match="model must be"):
+        bp.collect_points([(ann, result)], "both", "cervical", "m")
+    with pytest.raises(ValueError, match="spacing unknown"):
+        bp.collect_points([(ann, {**result, "spacing_mm": None})], "heatmap", "cervical", "m")
+
+
+def _calibration_points(scale=1.0):
+    # 200 corner points, sigma 0.01 .. 2.0 mm, error = scale * sigma: a perfectly ranked, proportional sigma
+    sigma = np.arange(1, 201) / 100.0
+    return scale * sigma, sigma, np.full(sigma.shape, "corner", dtype=object)
+
+
+def test_fit_calibration_and_transfer_row():
+    e, s, t = _calibration_points()
+    cal = bp.fit_calibration(e, s, t, alpha=0.1)
+    assert cal["n"] == 200 and cal["mean"] == pytest.approx(np.mean(e))
+    assert cal["conformal"].q_hat == pytest.approx(1.0)  # every normalised score is 1
+    thr = cal["thresholds"]
+    # the rule's q90: below tau1 = 1.6 mm the errors run 0.01..1.59, their 90 % quantile is about 1.44 <= 1.5
+    assert thr.units == "mm" and thr.tau1 == pytest.approx(1.6) and thr.tau2 == pytest.approx(2.0)
+    # test points whose sigma runs 2 mm above the validation one (detected vs true centres): all highly
+    # uncertain although their errors are those of the validation points, and the radii (2 mm wider) cover all
+    ev = ModelEval("hm", e, s + 2.0, np.zeros(200, int), t, 1, 1, np.ones(1))
+    row = bp.calibration_row(ev, "heatmap", "annotation", cal)
+    assert row["classes"]["highly_uncertain"]["count"] == 200 and row["classes"]["certain"]["count"] == 0
+    assert row["coverage"] == pytest.approx(1.0) and row["mean_radius"] == pytest.approx(np.mean(s) + 2.0)
+    # the same test points under a calibration made on the same kind of predictions keep the rule
+    row = bp.calibration_row(ModelEval("hm", e, s, np.zeros(200, int), t, 1, 1, np.ones(1)), "heatmap",
+                             "detected", cal)
+    assert row["classes"]["certain"]["count"] > 0 and row["coverage"] == pytest.approx(1.0)
+    table = bp.format_calibration_table([row]).splitlines()
+    assert table[0].startswith("| model | calibrated on (validation) | validation points (mean mm) | tau1 / tau2 mm")
+    assert table[2].startswith("| hm | detected boxes / centres | 200 (1.00) | ")
+    assert "100.0 % (nominal 90 %)" in table[2]
+    with pytest.raises(ValueError, match="source must be"):
+        bp.calibration_row(ev, "heatmap", "oracle", cal)
+
+
+def test_fit_calibration_without_usable_points():
+    cal = bp.fit_calibration([float("inf")], [float("nan")], ["corner"], alpha=0.1)
+    assert cal["thresholds"] is None and cal["conformal"] is None and np.isnan(cal["mean"])
+    row = bp.calibration_row(_eval([1.0], [1.0], [0]), "heatmap", "detected", cal)
+    assert row["thresholds"] is None and row["classes"] == {} and np.isnan(row["coverage"])
+    assert "| — | — | — | — | — | — |" in bp.format_calibration_table([row])
+
+
+@pytest.mark.parametrize("thr, text", [
+    ({"tau1": 0.5, "tau2": 1.25, "per_point_type": {}}, "0.50 / 1.25"),
+    ({"tau1": 0.5, "tau2": 1.25, "per_point_type": {"corner": [0.5, 1.25]}}, "0.50 / 1.25"),
+    ({"tau1": 0.5, "tau2": 1.25, "per_point_type": {"corner": [0.5, 1.0], "spinous_process": [0.0, 2.0]}},
+     "corner: 0.50 / 1.00; spinous_process: 0.00 / 2.00"),
+    ({"tau1": 1.3021553494806044, "tau2": 1.3021553494806046, "per_point_type": {}}, "1.30 / = tau1"),
+    ({"tau1": 0.0, "tau2": 5e-324, "per_point_type": {}}, "0.00 / = tau1"),
+    (None, "—"),
+])
+def test_taus_text(thr, text):
+    assert bp._taus(thr) == text
+
+
+def test_settings_calibration_source():
+    assert PipelineBenchSettings().calibrate_on == "detected"
+    assert "ground-truth boxes" in PipelineBenchSettings(calibrate_on="annotation").describe()
+    with pytest.raises(ValueError, match="calibrate_on"):
+        PipelineBenchSettings(calibrate_on="oracle")

@@ -187,3 +187,131 @@ def test_report_errors(tmp_path, report_case):
                                                  .replace('"image": "', '"image": "/nowhere/'))
     with pytest.raises(ValueError, match="nomatch.keypoints.json"):
         report_cli({"m": other}, root / "ann", tmp_path / "o")
+
+
+# --------------------------------------------------------------------------------------------------
+# uncertainty classes and referral
+# --------------------------------------------------------------------------------------------------
+TAU = (0.025, 0.045)  # frac; the fixture's sigma are multiples of 0.01, so no point sits on a threshold
+
+
+def _expected_classes(ann_paths, scale, tau1, tau2):
+    """Per class: the errors (mm) of the fixture's points, classed by hand (certain: sigma < tau1, ...)."""
+    out = {"certain": [], "moderately_uncertain": [], "highly_uncertain": []}
+    for i, ap in enumerate(ann_paths):
+        ann = read_annotation(ap)
+        sx = ann.spacing_mm[0]
+        for v in range(len(ann.levels)):
+            for typ in get_scheme(ann.scheme).point_types:
+                sig = 0.01 * (1 + v) * (1 + i) * (2.0 if typ == "spinous_process" else 1.0)
+                err = scale * ((1 + i) if typ == "corner" else (3 + i)) * sx
+                name = "certain" if sig < tau1 else "moderately_uncertain" if sig < tau2 else "highly_uncertain"
+                out[name].append(err)
+    return out
+
+
+def _class_cell(text, model, name, stat):
+    m = re.search(rf'<tr><td>{model}</td><td>{name}</td>(.*?)</tr>', text)
+    assert m, f"no class row {model}/{name}"
+    c = re.search(rf'<td class="class-{name}-{stat}">([^<]*)</td>', m.group(1))
+    assert c, f"no {stat} cell in {model}/{name}"
+    return c.group(1)
+
+
+def test_report_classes_and_referral(report_case, tmp_path):
+    from monai_spine.uncertainty.classes import Thresholds
+
+    root, ann_paths = report_case
+    thr = Thresholds(*TAU, units="frac", source="test")
+    index = report_cli({m: root / "pred" / m for m in MODELS}, root / "ann", tmp_path / "out", thresholds=thr)
+    text = index.read_text()
+    assert "box_class.png" in text and "referral.png" in text
+    assert "tau1 = 0.025, tau2 = 0.045 (frac); given (test)" in text
+    for m, scale in MODELS.items():
+        exp = _expected_classes(ann_paths, scale, *TAU)
+        n = sum(len(v) for v in exp.values())
+        for name, errs in exp.items():
+            assert _class_cell(text, m, name, "count") == str(len(errs)), (m, name)
+            assert _class_cell(text, m, name, "share") == f"{len(errs) / n:.3f}", (m, name)
+            assert _class_cell(text, m, name, "mean_mm") == (f"{np.mean(errs):.3f}" if errs else "n/a"), (m, name)
+        assert _class_cell(text, m, "unknown", "count") == "0"
+    # by hand for modelA: 75 points, certain = case 0 corners v 0-1 (4 * 2 = 8) and SP v 0 (1), case 1 corners v 0
+    # (4): 13 points; their errors 1, 1 px (case 0) and 2 px (case 1) * spacing
+    assert len(_expected_classes(ann_paths, 1.0, *TAU)["certain"]) == 13
+    row = re.search(r"<tr><td>modelA</td>(<td class=\"refer-0pct\">.*?)</tr>", text).group(1)
+    mean0 = float(re.search(r'class="refer-0pct">([^ ]*) /', row).group(1))
+    mean20 = float(re.search(r'class="refer-20pct">([^ ]*) /', row).group(1))
+    assert mean0 == pytest.approx(_expected(ann_paths, 1.0)["mean_error"], abs=1e-3)
+    # the errors grow with the case index as the sigma does: referring the most uncertain lowers the mean
+    assert mean20 < mean0
+    assert float(re.search(r'class="spearman_rho">([^<]*)<', row).group(1)) > 0.5
+
+
+def test_report_thresholds_sources(report_case, tmp_path):
+    from monai_spine.inference.report import resolve_thresholds
+    from monai_spine.uncertainty.calibration import collect_errors
+    from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
+
+    root, ann_paths = report_case
+    pts = collect_errors(root / "pred" / "modelA", root / "ann")
+    # the fixture's predictions record no thresholds: the paper's, said so
+    thr, how = resolve_thresholds(pts)
+    assert thr == PAPER_THRESHOLDS and "paper" in how
+    # recorded in the prediction files
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    for f in (root / "pred" / "modelA").glob("*.keypoints.json"):
+        d = json.loads(f.read_text())
+        d["thresholds"] = {"tau1": 0.5, "tau2": 1.0, "units": "mm", "per_point_type": {"corner": [0.4, 0.9]},
+                           "source": "calibrate"}
+        (rec / f.name).write_text(json.dumps(d))
+    thr, how = resolve_thresholds(collect_errors(rec, root / "ann"))
+    assert (thr.tau1, thr.tau2, thr.units, thr.for_point_type("corner")) == (0.5, 1.0, "mm", (0.4, 0.9))
+    assert how == "recorded in the prediction files"
+    # a file given wins
+    path = tmp_path / "thresholds.json"
+    Thresholds(0.1, 0.2, "mm").save(path)
+    thr, how = resolve_thresholds(pts, path)
+    assert (thr.tau1, thr.tau2) == (0.1, 0.2) and str(path) in how
+    with pytest.raises(ValueError, match="not in the report"):
+        report_cli({"modelA": root / "pred" / "modelA"}, root / "ann", tmp_path / "o", thresholds={"other": path})
+
+
+def test_report_mlflow_uncertainty_metrics(report_case, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from monai_spine.uncertainty.classes import Thresholds
+
+    root, ann_paths = report_case
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    report_cli({"modelA": root / "pred" / "modelA"}, root / "ann", tmp_path / "out", tracking_uri=uri,
+               experiment="exp-unc", thresholds={"modelA": Thresholds(*TAU, units="frac")})
+    client = MlflowClient(tracking_uri=uri)
+    run = client.search_runs([client.get_experiment_by_name("exp-unc").experiment_id])[0]
+    met = run.data.metrics
+    exp = _expected_classes(ann_paths, 1.0, *TAU)
+    assert met["modelA.class/certain/count"] == len(exp["certain"])
+    assert met["modelA.class/highly_uncertain/mean_mm"] == pytest.approx(np.mean(exp["highly_uncertain"]))
+    assert met["modelA.referral/refer_0pct/mean_mm"] == pytest.approx(_expected(ann_paths, 1.0)["mean_error"])
+    assert "modelA.referral/refer_20pct/sdr_2.0mm" in met and "modelA.spearman_rho" in met
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert {"report/box_class.png", "report/referral.png"} <= arts
+
+
+@pytest.mark.parametrize("items, expected", [
+    (None, None),
+    (["t.json"], "t.json"),
+    (["a=t.json", "b=u.json"], {"a": "t.json", "b": "u.json"}),
+])
+def test_parse_thresholds_args(items, expected):
+    from monai_spine.inference.report import parse_thresholds_args
+
+    assert parse_thresholds_args(items) == expected
+
+
+@pytest.mark.parametrize("items", [["t.json", "a=u.json"], ["a=t.json", "a=u.json"]])
+def test_parse_thresholds_args_rejects(items):
+    from monai_spine.inference.report import parse_thresholds_args
+
+    with pytest.raises(ValueError, match="--thresholds"):
+        parse_thresholds_args(items)

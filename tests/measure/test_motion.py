@@ -126,3 +126,42 @@ def test_threshold_tables_and_custom():
 def test_common_levels_matches_by_name():
     levs, ia, ib = common_levels(["C3", "C4", "C5", "C6"], ["C4", "C5", "C6", "C7"])
     assert levs == ["C4", "C5", "C6"] and ia == [1, 2, 3] and ib == [0, 1, 2]
+
+
+def _docs_threshold_rows():
+    """The instability table of docs/measurements.md as {(region, check): threshold text}."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "measurements.md").read_text(encoding="utf-8")
+    section = text[text.index("## 4. Flexion-extension"):text.index("## 5.")]
+    rows, region = {}, None
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or cells[0] in ("region", "---"):
+            continue
+        region = cells[0].split()[0] if cells[0] else region
+        rows[(region, cells[1])] = cells[2]
+    return rows
+
+
+def test_docs_threshold_table_matches_code():
+    import re
+
+    rows = _docs_threshold_rows()
+
+    def nums(key):
+        return [float(x) for x in re.findall(r"\d+(?:\.\d+)?", rows[key])]
+
+    for region, thr in (("cervical", CERVICAL_THRESHOLDS), ("lumbar", LUMBAR_THRESHOLDS)):
+        assert nums((region, "translational motion")) == [thr.translation_mm]
+        assert nums((region, "translational motion as share of body depth")) == [100 * thr.translation_share]
+    assert nums(("cervical", "angular motion relative to adjacent segments")) == [
+        CERVICAL_THRESHOLDS.relative_angular_motion_deg]
+    assert CERVICAL_THRESHOLDS.angular_motion_deg == {}
+    # "> 15 degrees at L1-L2, L2-L3, L3-L4; > 20 degrees at L4-L5; > 25 degrees at L5-S1"
+    per_level = {}
+    for part in rows[("lumbar", "angular motion")].split(";"):
+        value = float(re.search(r">\s*(\d+(?:\.\d+)?)", part).group(1))
+        per_level.update({seg: value for seg in re.findall(r"L\d-[LS]\d", part)})
+    assert per_level == LUMBAR_THRESHOLDS.angular_motion_deg
+    assert LUMBAR_THRESHOLDS.relative_angular_motion_deg is None
