@@ -30,7 +30,6 @@ Pieces: :class:`AasceBenchSettings`, :func:`vertebra_heights_px`, :func:`sdr`, :
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -42,8 +41,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from transforms.io import LoadXrayd
-
 __all__ = [
     "AasceBenchSettings",
     "PointSet",
@@ -53,68 +50,10 @@ __all__ = [
     "format_aasce_table",
     "run_aasce_benchmark",
     "SDR_LEVELS",
-    "MemoLoadXrayd",
 ]
 
 #: success detection rate thresholds, as fractions of the image height
 SDR_LEVELS = (0.01, 0.02, 0.05)
-
-
-class MemoLoadXrayd(LoadXrayd):
-    """:class:`~transforms.io.LoadXrayd` that keeps the decoded radiographs in memory (LRU).
-
-    Crop-based training reads each radiograph once per vertebra per epoch (17 times for an AASCE
-    image, each a 1-3 Mpx JPEG decode); this keeps the loaded outputs keyed by file path (and spacing
-    override) and returns copies. Images whose values are exact in float16 (8-bit JPEGs) are stored as
-    float16 and returned as float32. Only for ``num_workers=0`` (each worker process would keep its own).
-
-    Args:
-        keys: image keys (as LoadXrayd).
-        max_images: radiographs kept (least recently used dropped first).
-        kwargs: passed to LoadXrayd.
-    """
-
-    def __init__(self, keys: Any, max_images: int = 512, **kwargs: Any) -> None:
-        super().__init__(keys, **kwargs)
-        from collections import OrderedDict
-
-        if int(max_images) < 1:
-            raise ValueError(f"max_images must be >= 1, got {max_images}")
-        self.max_images = int(max_images)
-        self._memo: OrderedDict = OrderedDict()
-        self.hits = self.misses = 0
-
-    def __call__(self, data: Any) -> dict:
-        keys = [k for k in self.keys if k in data]
-        ov = data.get(self.spacing_override_key) if self.spacing_override_key is not None else None
-        memo_key = (tuple((k, os.fspath(data[k])) for k in keys),
-                    None if ov is None else tuple(float(v) for v in np.ravel(ov)))
-        stored = self._memo.get(memo_key)
-        if stored is None:
-            self.misses += 1
-            small = {k: data[k] for k in keys}
-            if ov is not None:
-                small[self.spacing_override_key] = ov
-            loaded = super().__call__(small)
-            stored = {}
-            for k, v in loaded.items():
-                if k == self.spacing_override_key:
-                    continue
-                if isinstance(v, np.ndarray) and v.dtype == np.float32:
-                    half = v.astype(np.float16)
-                    v = half if np.array_equal(half.astype(np.float32), v) else v.copy()
-                stored[k] = v
-            self._memo[memo_key] = stored
-            while len(self._memo) > self.max_images:
-                self._memo.popitem(last=False)
-        else:
-            self.hits += 1
-            self._memo.move_to_end(memo_key)
-        d = dict(data)
-        for k, v in stored.items():
-            d[k] = v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float16 else (
-                v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v))
-        return d
 
 
 @dataclass
@@ -529,8 +468,7 @@ def run_aasce_benchmark(
         reg_ov = {"variant": "bayecbam", "batch_size": settings.regressor_batch,
                   "network_width": settings.regressor_width, "fc_features": settings.regressor_fc,
                   "spatial_size": list(settings.crop), "init_checkpoint": settings.init_regressor}
-        memo_load = [{"_target_": "monai_spine.engines.bench_aasce.MemoLoadXrayd", "keys": "image"}]
-        reg_dir = _train("regressor", ["train.json"], settings.epochs_regressor, load_transforms=memo_load, **reg_ov)
+        reg_dir = _train("regressor", ["train.json"], settings.epochs_regressor, **reg_ov)
         from monai_spine.engines.bench import bundle_parser
 
         parser = bundle_parser({**common, **reg_ov, "ckpt_dir": str(reg_dir), "mc_samples": settings.mc_samples}, bundle)
