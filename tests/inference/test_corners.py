@@ -331,3 +331,290 @@ def test_perfect_maps_on_real_aasce_geometry(shared_data):
     err = np.linalg.norm(res.corners_px - kp, axis=-1)
     assert not res.used_prior.any()
     assert np.median(err / g.size[:, None]) < 0.01 and err.max() < 0.05 * g.size.max()
+
+
+# ----------------------------------------------------------------------------- equivalence with the references
+# The vectorised steps must give the results of the original one-map / one-patch / whole-canvas
+# implementations kept as private ``_..._reference`` functions (corners within 1e-4 px, maps and
+# sigma within 1e-5 relative; in practice they agree to the last bit).
+from monai_spine.inference.corners import (  # noqa: E402
+    _accumulate_patches_reference,
+    _corners_from_patches_reference,
+    _histograms,
+    _localize_corners_reference,
+    _remove_background_reference,
+)
+
+
+def _map_stack(seed=0, n=6, s=32):
+    """Network-like maps plus the awkward ones: flat, all zero, NaN/inf, values exactly on bin edges, a lone spike."""
+    rng = np.random.default_rng(seed)
+    maps = []
+    for i in range(n):
+        m = 1e-4 + 1e-5 * rng.standard_normal((s, s))
+        m += gaussian((s, s), rng.uniform(4, s - 4, 2), rng.uniform(1, 3), rng.uniform(1e-3, 4e-3))
+        maps.append(m / m.sum())
+    flat = np.full((s, s), 1.0 / s**2)
+    zeros = np.zeros((s, s))
+    bad = maps[0].copy()
+    bad[3, 4], bad[7, 1], bad[0, 0] = np.nan, np.inf, -np.inf
+    on_edges = rng.integers(0, 65, (s, s)) / 64.0  # many values exactly on the 64 bin edges
+    spike = np.zeros((s, s))
+    spike[5, 9] = 1.0
+    tiny_range = 1e-4 + 1e-13 * rng.standard_normal((s, s))  # |min| >> max - min
+    return np.stack(maps + [flat, zeros, bad, on_edges, spike, tiny_range])
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        np.arange(65, dtype=float)[None] / 64.0,  # every value on an edge, the maximum in the last bin
+        np.array([[0.0, 1.0, 1.0 - 1e-16, 0.5, 0.5 + 1e-16, 1e-300]]),
+        1e-4 + 1e-12 * np.random.default_rng(3).standard_normal((4, 200)),
+        np.round(np.random.default_rng(4).standard_normal((5, 300)) * 64) / 64 - 5.0,
+        np.random.default_rng(5).integers(-3, 300, (3, 500)).astype(float),
+    ],
+)
+@pytest.mark.parametrize("bins", [1, 7, 64])
+def test_histograms_equal_numpy(rows, bins):
+    hist, edges = _histograms(rows, bins, rows.min(axis=1), rows.max(axis=1))
+    for r, h, e in zip(rows, hist, edges):
+        h2, e2 = np.histogram(r, bins=bins)
+        assert np.array_equal(h, h2) and np.array_equal(e, e2)
+
+
+@pytest.mark.parametrize(
+    "lo, hi, bins",
+    [(-0.9433606577090741, 5.248951945955339, 64), (6.79823544571424e-05, 0.0005188713817397802, 10),
+     (0.24780556387826858, 5.7507194661692065, 64), (1e-4, 1e-4 + 3e-9, 64)],
+)
+def test_histograms_values_ulps_from_edges(lo, hi, bins):
+    """Values 1-3 ulps either side of every edge: where the scaled index alone puts some in the wrong bin."""
+    edges = np.linspace(lo, hi, bins + 1)
+    vals = [lo, hi]
+    for e in edges[1:-1]:
+        for direction in (-np.inf, np.inf):
+            x = e
+            for _ in range(3):
+                x = np.nextafter(x, direction)
+                vals.append(x)
+    row = np.array(vals)[None]
+    naive = ((row - lo) / (hi - lo) * bins).astype(int).clip(0, bins - 1)
+    assert np.any(naive != np.searchsorted(edges, row, side="right").clip(1, bins) - 1) or lo == 1e-4
+    hist, e2 = _histograms(row, bins, row.min(axis=1), row.max(axis=1))
+    h_np, e_np = np.histogram(row[0], bins=bins)
+    assert np.array_equal(hist[0], h_np) and np.array_equal(e2[0], e_np)
+
+
+@pytest.mark.parametrize("method", ["mode", "otsu", "none"])
+@pytest.mark.parametrize("renormalize", ["max", "sum", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_remove_background_matches_reference(method, renormalize, dtype):
+    maps = _map_stack().astype(dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = _remove_background_reference(maps, method=method, renormalize=renormalize)
+    new = remove_background(maps, method=method, renormalize=renormalize)
+    assert new.dtype == np.float64 and new.shape == maps.shape
+    np.testing.assert_allclose(new, ref, rtol=1e-12, atol=1e-14 * np.abs(ref).max())
+    assert np.all(new[6:8] == 0)  # the flat and the all-zero map
+    # one map on its own gives what it gives in the stack
+    np.testing.assert_array_equal(remove_background(maps[3], method=method, renormalize=renormalize), new[3])
+
+
+def test_remove_background_blocks_and_empty_stack(monkeypatch):
+    import monai_spine.inference.corners as corners_mod
+
+    maps = _map_stack(seed=1, n=9)
+    whole = remove_background(maps, tail_frac=0.2, bins=32)
+    monkeypatch.setattr(corners_mod, "_BLOCK_MAPS", 4)  # maps split across blocks
+    np.testing.assert_array_equal(remove_background(maps, tail_frac=0.2, bins=32), whole)
+    np.testing.assert_allclose(whole, _remove_background_reference(maps, tail_frac=0.2, bins=32), rtol=1e-12, atol=0)
+    assert remove_background(np.zeros((0, 8, 8))).shape == (0, 8, 8)
+    with pytest.raises(ValueError, match="bogus"):
+        remove_background(maps, renormalize="bogus")
+
+
+def _patch_set(angle, centre=(60.0, 50.0), sides=(40.0, 64.0, 100.0), rots=(-10.0, 0.0, 10.0), seed=0, s=32):
+    rng = np.random.default_rng(seed)
+    affs, maps = [], []
+    for side in sides:
+        for rot in rots:
+            cx, cy = np.asarray(centre) + rng.uniform(-4, 4, 2)
+            affs.append(patch_affine(cx, cy, side, angle + rot, s))
+            m = gaussian((s, s), rng.uniform(6, s - 6, 2), 2.0) + gaussian((s, s), rng.uniform(6, s - 6, 2), 3.0, 0.5)
+            maps.append(m / m.max())
+    return np.stack(maps), np.stack(affs)
+
+
+@pytest.mark.parametrize(
+    "angle, centre, origin, shape",
+    [
+        (0.0, (60.0, 50.0), (0, 0), (120, 130)),
+        (23.0, (60.0, 50.0), (-15, 5), (110, 140)),  # negative origin
+        (-65.0, (10.0, 8.0), (0, 0), (80, 90)),  # patches hang over the canvas's top-left border
+        (90.0, (118.0, 95.0), (0, 0), (100, 120)),  # ... and over its bottom-right border
+        (180.0, (300.0, 300.0), (0, 0), (50, 50)),  # entirely outside the canvas: all zero
+        (7.5, (40.3, 41.7), (12, 9), (1, 1)),  # a one-pixel canvas
+    ],
+)
+@pytest.mark.parametrize("density", [False, True])
+def test_accumulate_patches_matches_reference(angle, centre, origin, shape, density):
+    maps, affs = _patch_set(angle, centre)
+    ref = _accumulate_patches_reference(maps, affs, origin, shape, density=density)
+    new = accumulate_patches(maps, affs, origin, shape, density=density)
+    assert new.shape == tuple(shape) and new.dtype == np.float64
+    np.testing.assert_allclose(new, ref, rtol=1e-12, atol=1e-12 * max(np.abs(ref).max(), 1e-300))
+    if centre == (300.0, 300.0):
+        assert np.all(new == 0)
+    assert accumulate_patches(maps[:0], affs[:0], origin, shape).shape == tuple(shape)
+
+
+def _correlated_prior():
+    """A narrow prior with strongly correlated, rotated covariances (the ellipse boxes must hold them)."""
+    mean = np.array([[-20, -10], [20, -10], [-20, 10], [20, 10]]) / 30.0
+    base = np.array([[4e-3, 3.5e-3], [3.5e-3, 4e-3]])
+    cov = np.stack([base, base * [[1, -1], [-1, 1]], 0.5 * base * [[1, -1], [-1, 1]], 2 * base])
+    return CornerPrior(mean, cov, 10, levels={"L1": (mean * 1.1, cov * 0.5, 10)})
+
+
+def _noisy_vertebra_map(shape, origin, centre, angle, size, seed, missing=()):
+    """Corner blobs of a rectangle, neighbours' corners above and below, noise; some corners left out."""
+    rng = np.random.default_rng(seed)
+    acc = 0.02 * rng.random(shape)
+    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
+    for dy, h in ((0.0, 1.0), (-1.25, 0.7), (1.25, 0.7)):
+        a = np.radians(angle)
+        c = np.asarray(centre) + dy * size * np.array([-np.sin(a), np.cos(a)])
+        for k, p in enumerate(rect_corners(c[0], c[1], size * 40 / 30, size * 20 / 30, angle)):
+            if dy == 0.0 and k in missing:
+                continue
+            p = p + rng.normal(0, 1.5, 2) - origin
+            acc += h * rng.uniform(0.6, 1.0) * np.exp(-((xs - p[0]) ** 2 + (ys - p[1]) ** 2) / (2 * rng.uniform(1.5, 4) ** 2))
+    return acc
+
+
+LOCALIZE_CASES = [
+    # (angle, centre, origin, shape, prior, kwargs)
+    (0.0, (100.0, 90.0), (40, 30), (121, 141), "fitted", {}),
+    (17.0, (100.0, 90.0), (40, 30), (121, 141), "fitted", {}),
+    (-40.0, (63.3, 71.8), (0, 0), (150, 130), "fitted", {"prior_scale": 2.0}),
+    (90.0, (100.0, 90.0), (40, 30), (121, 141), "correlated", {}),
+    (180.0, (100.0, 90.0), (40, 30), (121, 141), "correlated", {"level": "L1", "prior_radius": 2.0}),
+    (12.0, (45.0, 40.0), (40, 30), (80, 90), "fitted", {}),  # vertebra at the canvas (image) border
+    (-8.0, (35.0, 28.0), (40, 30), (80, 90), "correlated", {}),  # centre outside the canvas: prior means far off
+    (25.0, (100.0, 90.0), (40, 30), (121, 141), "fitted", {"weight_by_prior": False}),
+    (25.0, (100.0, 90.0), (40, 30), (121, 141), "fitted", {"prior_radius": np.inf}),
+    (25.0, (100.0, 90.0), (40, 30), (121, 141), "fitted", {"max_radius_frac": 0.8, "refine": False}),
+    (25.0, (100.0, 90.0), (40, 30), (121, 141), "fitted", {"prior_scale": 0.02, "prior_radius": np.inf}),  # weights underflow
+    (25.0, (100.0, 90.0), (40, 30), (121, 141), "correlated", {"min_mass_frac": 0.0, "prior_radius": 0.3}),  # empty regions
+    (-30.0, (100.0, 90.0), (40.5, 30.25), (121, 141), None, {}),  # no prior, fractional origin
+    (-30.0, (100.0, 90.0), (40, 30), (121, 141), None, {"max_radius_frac": 0.9, "window_frac": 0.1}),
+    (5.0, (100.0, 90.0), (40, 30), (121, 141), "no size", {}),  # a prior but no size: no prior term, whole-quadrant window
+]
+
+
+@pytest.mark.parametrize("angle, centre, origin, shape, prior_kind, kwargs", LOCALIZE_CASES)
+@pytest.mark.parametrize("missing", [(), (2,)])
+def test_localize_corners_matches_reference(prior, angle, centre, origin, shape, prior_kind, kwargs, missing):
+    size = 30.0
+    pr = {"fitted": prior, "correlated": _correlated_prior(), None: None, "no size": prior}[prior_kind]
+    sz = None if prior_kind == "no size" else size
+    acc = _noisy_vertebra_map(shape, np.asarray(origin), centre, angle, size, seed=int(angle) % 7, missing=missing)
+    ref = _localize_corners_reference(acc, centre, angle, pr, sz, origin, **kwargs)
+    new = localize_corners(acc, centre, angle, pr, sz, origin, **kwargs)
+    np.testing.assert_array_equal(new.used_prior, ref.used_prior)
+    np.testing.assert_allclose(new.corners_px, ref.corners_px, rtol=0, atol=1e-4)  # NaN where NaN
+    np.testing.assert_allclose(new.sigma_px, ref.sigma_px, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "prior_kind, angle, kwargs",
+    [
+        ("fitted", 20.0, {"weight_by_prior": False, "refine": False}),
+        ("correlated", -35.0, {"weight_by_prior": False, "refine": False, "prior_radius": 2.5}),
+        ("correlated", 60.0, {"refine": False}),
+        ("fitted", 0.0, {"refine": False, "max_radius_frac": 0.7, "prior_radius": np.inf}),
+    ],
+)
+def test_localize_corners_matches_reference_on_the_region_rim(prior, prior_kind, angle, kwargs):
+    """A map that grows away from the centre: each corner's maximum sits on the rim of its search region
+    (prior ellipse or radius limit), so a region box that cut the ellipse short would move it."""
+    pr = prior if prior_kind == "fitted" else _correlated_prior()
+    ys, xs = np.mgrid[0:121, 0:141]
+    acc = np.exp(0.25 * np.hypot(xs + 40 - 100.0, ys + 30 - 90.0))
+    ref = _localize_corners_reference(acc, (100.0, 90.0), angle, pr, 30.0, (40, 30), **kwargs)
+    new = localize_corners(acc, (100.0, 90.0), angle, pr, 30.0, (40, 30), **kwargs)
+    assert not ref.used_prior.any()
+    np.testing.assert_allclose(new.corners_px, ref.corners_px, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(new.sigma_px, ref.sigma_px, rtol=1e-5)
+
+
+@pytest.mark.parametrize("centre, prior_scale", [((20.0, 15.0), 0.3), ((30.0, 200.0), 0.15), ((150.0, 60.0), 0.05)])
+def test_localize_corners_prior_weight_normalised_over_the_whole_canvas(centre, prior_scale):
+    """Prior means off the canvas and a narrow prior: the weights are exp(-m2/2) over their minimum on the
+    whole canvas (on its border here), where a tiny weight ratio decides between overflow and underflow."""
+    pr = _correlated_prior()
+    acc = _noisy_vertebra_map((90, 100), np.array([40, 30]), (85.0, 70.0), 10.0, 30.0, seed=3)
+    kw = dict(prior_scale=prior_scale, prior_radius=np.inf, min_mass_frac=0.0)
+    ref = _localize_corners_reference(acc, centre, 10.0, pr, 30.0, (40, 30), **kw)
+    new = localize_corners(acc, centre, 10.0, pr, 30.0, (40, 30), **kw)
+    np.testing.assert_allclose(new.corners_px, ref.corners_px, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(new.sigma_px, ref.sigma_px, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prior_kind", ["fitted", None])
+def test_localize_corners_matches_reference_on_background_maps(prior, prior_kind):
+    """All-background maps: zero, negative, NaN, a single pixel; and a map that is one constant value."""
+    pr = prior if prior_kind else None
+    maps = [np.zeros((60, 70)), -np.ones((60, 70)), np.full((60, 70), np.nan), np.full((60, 70), 0.3)]
+    one = np.zeros((60, 70))
+    one[20, 25] = 1.0
+    maps.append(one)
+    for acc in maps:
+        ref = _localize_corners_reference(acc, (100.0, 80.0), 10.0, pr, 30.0, (65, 50))
+        new = localize_corners(acc, (100.0, 80.0), 10.0, pr, 30.0, (65, 50))
+        np.testing.assert_array_equal(new.used_prior, ref.used_prior)
+        np.testing.assert_allclose(new.corners_px, ref.corners_px, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(new.sigma_px, ref.sigma_px, rtol=1e-5)
+
+
+def _synthetic_radiograph(angle_step=6.0, n=4, border=False):
+    corners = np.stack([rect_corners(120.0 - 25 * border, 70.0 + 38 * i, 40.0, 24.0, angle_step * (i - 1)) for i in range(n)])
+    g = vertebra_geometry(corners)
+    rng = np.random.default_rng(5)
+    maps, affs, owner = [], [], []
+    for v in range(n - 1):  # the last vertebra has no patches
+        for cx, cy, side, ang in sample_patch_params(g.centre[v], g.size[v] * 0.5, (0.5, 0.5), grid=(2, 0.1),
+                                                     scales=(1.6, 2.4), rotations_deg=(-10.0, 10.0), orientation_deg=g.angle_deg[v]):
+            a = patch_affine(cx, cy, side, ang, 32)
+            m = corner_maps(corners, None, a, 32).astype(np.float64)
+            maps.append((0.7 * m + 2e-4 + 2e-5 * rng.standard_normal(m.shape)).astype(np.float32))  # residual background
+            affs.append(a)
+            owner.append(v)
+    return corners, g, np.stack(maps), np.stack(affs), np.array(owner)
+
+
+@pytest.mark.parametrize(
+    "background, renormalize, border, extra",
+    [
+        ("mode", "max", False, {}),
+        ("otsu", "max", True, {}),  # the vertebrae's canvases clipped by the image's left border
+        ("mode", "sum", True, {"prior_scale": 1.5}),
+        ("none", "max", False, {"weight_by_prior": False, "levels": ["C3", "C4", "C5", "C6"]}),
+    ],
+)
+def test_corners_from_patches_matches_reference(prior, background, renormalize, border, extra):
+    corners, g, maps, affs, owner = _synthetic_radiograph(border=border)
+    kw = dict(background=background, renormalize=renormalize, image_shape=(220, 150) if border else None,
+              return_canvases=True, spacing_mm=(0.2, 0.3), **extra)
+    ref = _corners_from_patches_reference(maps, affs, owner, g.centre, g.angle_deg, g.size, prior, **kw)
+    new = corners_from_patches(maps, affs, owner, g.centre, g.angle_deg, g.size, prior, **kw)
+    np.testing.assert_array_equal(new.used_prior, ref.used_prior)
+    np.testing.assert_allclose(new.corners_px, ref.corners_px, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(new.sigma_px, ref.sigma_px, rtol=1e-5)
+    np.testing.assert_allclose(new.sigma_mm, ref.sigma_mm, rtol=1e-5)
+    assert new.used_prior[-1].all() and new.canvases[-1] is None and ref.canvases[-1] is None
+    for (cn, on), (cr, orr) in zip(new.canvases[:-1], ref.canvases[:-1]):
+        assert on == orr and cn.shape == cr.shape
+        np.testing.assert_allclose(cn, cr, rtol=0, atol=1e-5 * cr.max())
+    assert np.all(np.linalg.norm(new.corners_px[:-1] - corners[:-1], axis=-1) <= 2.0)  # and the corners are found
