@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mc-samples", type=int, default=d.mc_samples)
     p.add_argument("--alpha", type=float, default=d.alpha)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--reuse", action="store_true", help="keep models already trained in OUT (no retraining)")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-aasce"), help="output folder")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch log lines from the bundle")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         heatmap_grid=(int(args.heatmap_grid[0]), float(args.heatmap_grid[1])),
         epochs_regressor=args.epochs_regressor, regressor_width=args.regressor_width, crop=tuple(args.crop),
         init_regressor=args.init_regressor, models=tuple(args.models), mc_samples=args.mc_samples,
-        alpha=args.alpha, seed=args.seed,
+        alpha=args.alpha, seed=args.seed, reuse=args.reuse,
     )
     bundle = bundle_dir()
     command = ["python", "scripts/bench_aasce.py", *(sys.argv[1:] if argv is None else argv)]

@@ -74,6 +74,8 @@ class AasceBenchSettings:
         init_regressor: warm-start checkpoint of the regressor ("" for none).
         mc_samples: MC-dropout passes; alpha: conformal miscoverage; seed: training seed.
         models: which models to train and evaluate (subset of ``detector``, ``heatmap``, ``regressor``).
+        reuse: skip the training of a model whose ``model.pt`` is already in the output folder (e.g. to
+            finish a run that stopped after the detector); its training time is then reported as 0.
     """
 
     split_seed: int = 0
@@ -99,6 +101,7 @@ class AasceBenchSettings:
     alpha: float = 0.1
     seed: int = 0
     models: tuple[str, ...] = ("detector", "heatmap", "regressor")
+    reuse: bool = False
 
     def __post_init__(self) -> None:
         for k in ("epochs_detector", "epochs_heatmap", "epochs_regressor", "mc_samples"):
@@ -440,6 +443,10 @@ def run_aasce_benchmark(
 
     def _train(name: str, configs: Sequence[str], epochs: int, **extra: Any) -> Path:
         run_dir = out / name
+        if settings.reuse and (run_dir / "models" / "model.pt").is_file():
+            log(f"[aasce] reusing the trained {name} in {run_dir / 'models'}")
+            times[f"{name}_train_s"] = 0.0
+            return run_dir / "models"
         ov = {**common, "ckpt_dir": str(run_dir / "models"), "mlflow_dir": str(run_dir / "mlruns"),
               "output_dir": str(run_dir / "eval"), "epochs": int(epochs), "val_interval": int(epochs), **extra}
         log(f"[aasce] training the {name} ({epochs} epochs)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 META = str(BUNDLE / "configs" / "metadata.json")
@@ -53,6 +54,8 @@ def test_training_stores_checkpoint_and_spec_side_by_side(trained):
 
     models = trained / "models"
     assert (models / "model.pt").is_file()
+    state = torch.load(models / "train_state.pt", weights_only=True)  # resumable after a crash
+    assert state["trainer"]["iteration"] >= 1 and "optimizer" in state
     spec = DetectorSpec.load(models)
     assert spec.region == "cervical" and spec.spatial_size == (64, 64) and spec.features == (4, 4, 8, 8, 16, 4)
     assert spec.sigma_px == 1.5 and spec.decode_method == "sequence" and spec.meta["training_images"] == 2

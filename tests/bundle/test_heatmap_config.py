@@ -58,6 +58,8 @@ def test_training_stores_checkpoint_prior_and_spec_side_by_side(trained):
 
     models = trained / "models"
     assert (models / "model.pt").is_file()
+    state = torch.load(models / "train_state.pt", weights_only=True)  # resumable after a crash
+    assert state["trainer"]["iteration"] >= 1 and "optimizer" in state
     prior = CornerPrior.load(models / "corner_prior.json")
     assert prior.count >= 5 and prior.mean.shape == (4, 2)
     spec = HeatmapModelSpec.load(models)
