@@ -75,7 +75,8 @@ class AasceBenchSettings:
         mc_samples: MC-dropout passes; alpha: conformal miscoverage; seed: training seed.
         models: which models to train and evaluate (subset of ``detector``, ``heatmap``, ``regressor``).
         reuse: skip the training of a model whose ``model.pt`` is already in the output folder (e.g. to
-            finish a run that stopped after the detector); its training time is then reported as 0.
+            finish a run that stopped after the detector, or to re-evaluate); its training time is then
+            taken from the folder's previous ``results.json`` (0 when there is none).
     """
 
     split_seed: int = 0
@@ -440,12 +441,15 @@ def run_aasce_benchmark(
     common = {"dataset_dir": str(ds), "region": "ap", "max_cases": settings.max_train, "bundle_root": str(bundle),
               "seed": settings.seed, "show_progress": False}
     times: dict[str, float] = {}
+    previous: dict[str, float] = {}
+    if settings.reuse and (out / "results.json").is_file():  # the wall times of the run that trained them
+        previous = json.loads((out / "results.json").read_text(encoding="utf-8")).get("train_seconds") or {}
 
     def _train(name: str, configs: Sequence[str], epochs: int, **extra: Any) -> Path:
         run_dir = out / name
         if settings.reuse and (run_dir / "models" / "model.pt").is_file():
             log(f"[aasce] reusing the trained {name} in {run_dir / 'models'}")
-            times[f"{name}_train_s"] = 0.0
+            times[f"{name}_train_s"] = float(previous.get(f"{name}_train_s") or 0.0)
             return run_dir / "models"
         ov = {**common, "ckpt_dir": str(run_dir / "models"), "mlflow_dir": str(run_dir / "mlruns"),
               "output_dir": str(run_dir / "eval"), "epochs": int(epochs), "val_interval": int(epochs), **extra}

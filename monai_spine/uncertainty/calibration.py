@@ -66,7 +66,12 @@ import numpy as np
 from monai_spine.data.annotation import atomic_write_text
 from monai_spine.uncertainty.classes import THRESHOLD_UNITS, Thresholds
 
+#: units a conformal calibrator's sigma may be recorded in: the thresholds' units, or radiograph
+#: pixels (a sigma measured on an image of unknown spacing, e.g. the heatmap FCN's map spread)
+CONFORMAL_SIGMA_UNITS = THRESHOLD_UNITS + ("px",)
+
 __all__ = [
+    "CONFORMAL_SIGMA_UNITS",
     "THRESHOLDS_FILE",
     "CONFORMAL_FILE",
     "REPORT_FILE",
@@ -444,7 +449,7 @@ class ConformalCalibrator:
         q_hat: pooled quantile (``inf`` when too few points for alpha).
         n: calibration points pooled.
         q_hat_per_point_type, n_per_point_type: per point type.
-        sigma_units: units of ``sigma_p`` (``"frac"`` or ``"mm"``).
+        sigma_units: units of ``sigma_p`` (``"frac"``, ``"mm"``, or ``"px"`` for a pixel sigma).
         error_unit: units of errors and radii (``"mm"`` or ``"px"``).
         source: free text.
     """
@@ -464,8 +469,8 @@ class ConformalCalibrator:
             raise ValueError(f"conformal: alpha must be in (0, 1), got {self.alpha!r}")
         if self.score not in SCORES:
             raise ValueError(f"conformal: score must be one of {SCORES}, got {self.score!r}")
-        if self.sigma_units not in THRESHOLD_UNITS:
-            raise ValueError(f"conformal: sigma_units must be one of {THRESHOLD_UNITS}, got {self.sigma_units!r}")
+        if self.sigma_units not in CONFORMAL_SIGMA_UNITS:
+            raise ValueError(f"conformal: sigma_units must be one of {CONFORMAL_SIGMA_UNITS}, got {self.sigma_units!r}")
         if self.error_unit not in ERROR_UNITS:
             raise ValueError(f"conformal: error_unit must be one of {ERROR_UNITS}, got {self.error_unit!r}")
         for name, v in [("q_hat", self.q_hat)] + [(f"q_hat[{k}]", v) for k, v in self.q_hat_per_point_type.items()]:

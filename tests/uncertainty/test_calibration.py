@@ -561,3 +561,16 @@ def test_fitted_thresholds_meet_their_rule_on_held_out_data(seed):
     plain = fit_thresholds(e_cal, s_cal, units="mm", quantile=0.9, per_point_type=False)
     _, plain_moderate = classes(plain)
     assert plain_moderate.sum() > 50 and np.mean(e_test[plain_moderate] <= 2.0) < 0.9 - 0.02
+
+
+@pytest.mark.parametrize("units, ok", [("px", True), ("mm", True), ("frac", True), ("inch", False)])
+def test_conformal_sigma_units_px_for_unknown_spacing(units, ok):
+    # a pixel sigma with pixel errors (images without spacing, e.g. AASCE) is a valid calibration
+    if not ok:
+        with pytest.raises(ValueError, match="sigma_units"):
+            ConformalCalibrator.fit([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 2.0], alpha=0.2, sigma_units=units)
+        return
+    cal = ConformalCalibrator.fit([1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 1.0, 2.0], alpha=0.2, sigma_units=units,
+                                  error_unit="px")
+    assert cal.q_hat == 3.0 and cal.sigma_units == units
+    assert ConformalCalibrator.from_dict(cal.to_dict()).sigma_units == units
