@@ -343,9 +343,6 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
             if b[0] <= cx <= b[2] and b[1] <= cy <= b[3]:
                 found_det.append(d)
                 found_gt.append(j)
-        order = np.argsort([levels.index(str(det.levels[d])) for d in found_det]) if found_det else []
-        found_det = [found_det[o] for o in order]
-        found_gt = [found_gt[o] for o in order]
 
         def _record(ps: PointSet, pred_all: np.ndarray, sig_all: np.ndarray, seconds: float,
                     pred_idx: Sequence[int], gt_rows: Sequence[int], gt_found: int) -> None:
@@ -392,16 +389,6 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
 # ----------------------------------------------------------------------------------------------
 # the whole benchmark
 # ----------------------------------------------------------------------------------------------
-def _conformal(ps: PointSet, alpha: float) -> Any:
-    from monai_spine.uncertainty.calibration import ConformalCalibrator
-
-    e, s = np.asarray(ps.errors_px, np.float64), np.asarray(ps.sigma_px, np.float64)
-    try:
-        return ConformalCalibrator.fit(e, s, np.full(e.shape, "corner", dtype=object), alpha=alpha,
-                                       score="normalized", sigma_units="px", error_unit="px")
-    except ValueError:
-        return None
-
 
 def run_aasce_benchmark(
     settings: AasceBenchSettings,
@@ -493,7 +480,12 @@ def run_aasce_benchmark(
     val_sets = evaluate_split(val, detector, corners, regressor, log)
     log(f"[aasce] evaluation on {len(test)} test radiographs")
     test_sets = evaluate_split(test, detector, corners, regressor, log)
-    rows = [points_metrics(ps, _conformal(val_sets[k], settings.alpha)) for k, ps in test_sets.items()]
+    from monai_spine.engines.bench_pipeline import calibrate_conformal, json_safe
+
+    rows = [points_metrics(ps, calibrate_conformal(val_sets[k].errors_px, val_sets[k].sigma_px,
+                                                   np.full(len(val_sets[k].errors_px), "corner", dtype=object),
+                                                   settings.alpha, unit="px"))
+            for k, ps in test_sets.items()]
     det_row = {"found": 0, "annotated": 0}
     for ps in test_sets.values():
         det_row = {"found": ps.found, "annotated": ps.annotated}
@@ -511,19 +503,8 @@ def run_aasce_benchmark(
     report = "\n\n".join([header, format_aasce_table(rows) if rows else "(no keypoint model)", NOTES]) + "\n"
     (out / "table.md").write_text(report, encoding="utf-8")
 
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, (float, np.floating)):
-            return float(v) if math.isfinite(float(v)) else None
-        if isinstance(v, np.integer):
-            return int(v)
-        return v
-
     record = {"command": list(map(str, command)), "settings": asdict(settings), "dataset_dir": str(ds),
               "train_seconds": times, "num_test": len(test), "num_validation": len(val), "detection": det_row,
               "rows": rows}
-    (out / "results.json").write_text(json.dumps(clean(record), indent=1, allow_nan=False), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(json_safe(record), indent=1, allow_nan=False), encoding="utf-8")
     return report, rows

@@ -55,6 +55,7 @@ __all__ = [
     "format_uncertainty_table",
     "format_header",
     "calibrate_conformal",
+    "json_safe",
     "CALIBRATION_SOURCES",
     "fit_calibration",
     "predict_split",
@@ -397,16 +398,32 @@ NOTES = (
 # ----------------------------------------------------------------------------------------------
 # calibration and evaluation helpers
 # ----------------------------------------------------------------------------------------------
-def calibrate_conformal(errors: Any, sigma: Any, point_types: Any, alpha: float) -> Any:
-    """Split-conformal calibrator (normalised score, per point type) or None when no point is usable."""
+def calibrate_conformal(errors: Any, sigma: Any, point_types: Any, alpha: float, unit: str = "mm") -> Any:
+    """Split-conformal calibrator (normalised score, per point type) or None when no point is usable.
+
+    ``unit`` is that of both errors and sigma (``"mm"``, or ``"px"`` for images of unknown spacing).
+    """
     from monai_spine.uncertainty.calibration import ConformalCalibrator
 
     try:
         return ConformalCalibrator.fit(np.asarray(errors, np.float64), np.asarray(sigma, np.float64),
                                        np.asarray(point_types), alpha=alpha, score="normalized",
-                                       sigma_units="mm", error_unit="mm")
+                                       sigma_units=unit, error_unit=unit)
     except ValueError:
         return None
+
+
+def json_safe(v: Any) -> Any:
+    """``v`` with numpy scalars made Python numbers and non-finite floats made None (for strict JSON)."""
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        return float(v) if math.isfinite(float(v)) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
 
 
 def _read(label: str) -> tuple[Any, Any, Any]:
@@ -719,17 +736,6 @@ def run_pipeline_benchmark(
                             format_calibration_table(comparison), CALIBRATION_NOTES]) + "\n"
     (out / "table.md").write_text(report, encoding="utf-8")
 
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, (float, np.floating)):
-            return float(v) if math.isfinite(float(v)) else None
-        if isinstance(v, np.integer):
-            return int(v)
-        return v
-
     record = {
         "command": list(map(str, command)), "torch_threads": torch.get_num_threads(), "cpu_cores": cores,
         "settings": asdict(settings), "train_seconds": times, "num_test": len(test), "num_validation": len(val),
@@ -740,5 +746,5 @@ def run_pipeline_benchmark(
                               for kind, c in by_kind.items()} for src, by_kind in cals.items()},
         "rows": rows, "calibration_comparison": comparison,
     }
-    (out / "results.json").write_text(json.dumps(clean(record), indent=1, allow_nan=False), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(json_safe(record), indent=1, allow_nan=False), encoding="utf-8")
     return report, rows

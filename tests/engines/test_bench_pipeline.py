@@ -241,3 +241,12 @@ def test_settings_calibration_source():
     assert "ground-truth boxes" in PipelineBenchSettings(calibrate_on="annotation").describe()
     with pytest.raises(ValueError, match="calibrate_on"):
         PipelineBenchSettings(calibrate_on="oracle")
+
+
+def test_json_safe_makes_strict_json():
+    import json
+
+    from monai_spine.engines.bench_pipeline import json_safe
+
+    v = {"a": np.float32(1.5), "b": [np.int64(3), float("nan"), (float("inf"), 2)], "c": "x"}
+    assert json.dumps(json_safe(v), allow_nan=False) == '{"a": 1.5, "b": [3, null, [null, 2]], "c": "x"}'
