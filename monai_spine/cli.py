@@ -19,7 +19,7 @@ import sys
 import warnings
 from typing import Sequence
 
-__all__ = ["main", "build_parser", "DEBUG_ENV"]
+__all__ = ["main", "build_parser", "package_version", "DEBUG_ENV"]
 
 #: Environment variable: when set (non-empty, not "0"), unexpected errors show their traceback.
 DEBUG_ENV = "MONAI_SPINE_DEBUG"
@@ -67,6 +67,9 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         sigma_kind=args.sigma_kind,
     )
     failures = res.get("failures", []) if res is not None else []
+    for case in res.get("cases", []) if res is not None else []:
+        for w in case.get("warnings") or []:
+            print(f"monai-spine measure: warning: {case['source']}: {_one_line(w)}", file=sys.stderr)
     for fail in failures:
         print(f"monai-spine measure: failed: {_one_line(fail['error'])}", file=sys.stderr)
     print(f"measured {len(res['cases']) if res else 0} file(s) into {args.out}"
@@ -138,9 +141,22 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return calibrate_from_args(args)
 
 
+def package_version() -> str:
+    """The installed ``monai-spine`` version (package metadata), else the source tree's ``__version__``."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("monai-spine")
+    except PackageNotFoundError:
+        from monai_spine import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``monai-spine`` (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="monai-spine", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="generate synthetic lateral radiographs (DICOM DX + annotations)")
