@@ -2,8 +2,12 @@
 
 Inputs (one JSON file per radiograph, the kind is detected from the content):
 
-* **prediction** files written by :meth:`monai_spine.inference.regressor.KeypointPredictor.to_json`
-  (``vertebrae[i].points[j]`` with ``x_px, y_px`` and ``sigma_p_<kind>_mm`` / ``_frac``);
+* **prediction** files of every producer, read by :func:`monai_spine.data.prediction.read_prediction`:
+  ``monai-spine predict`` (``--model regressor``, ``heatmap`` or ``both``), ``monai-spine corners``
+  and the bundle's inference (``KeypointPredictor.to_json``). A file holding both models' points
+  (``--model both``) gives two cases, one per model (``"model"`` in each case, ``source`` in the CSV
+  ends in `` [heatmap]`` for the heatmap's); predicted points without coordinates are named in the
+  case's notes and on stderr, never measured as 0;
 * **annotation** files in the ``monai-spine-keypoints`` format
   (:func:`monai_spine.data.annotation.read_annotation`).
 
@@ -44,7 +48,15 @@ from monai_spine.data.annotation import (
     atomic_write_text,
     read_annotation,
 )
-from monai_spine.data.keypoints import get_region, get_scheme
+from monai_spine.data.keypoints import get_region
+from monai_spine.data.prediction import (
+    CORNERS_FORMAT,
+    PREDICTION_FORMAT,
+    Prediction,
+    PredictionError,
+    is_prediction,
+    prediction_from_dict,
+)
 from monai_spine.measure.cobb import COBB_ANGLE_NAMES, cobb_angles, cobb_angles_deg, smape, spine_height_proxy
 from monai_spine.measure.lateral import DEFAULT_LORDOSIS_LEVELS, lateral_layout, lateral_measurements, motion_segments
 from monai_spine.measure.motion import (
@@ -63,12 +75,15 @@ __all__ = [
     "CSV_COLUMNS",
     "KeypointRecord",
     "read_keypoint_file",
+    "read_keypoint_records",
     "record_from_annotation",
     "measure_record",
     "measure_motion",
     "results_to_rows",
     "write_measurements",
     "measure_cli",
+    "check_output_dir",
+    "NON_KEYPOINT_FILES",
 ]
 
 MEASUREMENTS_FORMAT = "monai-spine-measurements"
@@ -109,7 +124,9 @@ class KeypointRecord:
         image_size: (W, H) or None.
         sigma_px: (N, K, 2) per-axis point sigma in pixels, or None.
         sigma_source: what ``sigma_px`` was made from.
-        meta: the file's meta (annotations) or run information (predictions).
+        meta: the file's meta (annotations) or run information (predictions; ``read_notes``:
+            what the reader left out, e.g. points without coordinates).
+        model: the prediction's model (``"regressor"`` / ``"heatmap"``), None for an annotation.
     """
 
     source: str
@@ -126,6 +143,7 @@ class KeypointRecord:
     sigma_px: np.ndarray | None = None
     sigma_source: str = "none"
     meta: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
 
     @property
     def view(self) -> str:
@@ -160,111 +178,123 @@ def record_from_annotation(ann: SpineAnnotation, source: str = "annotation") -> 
     )
 
 
-def _num(v: Any, where: str) -> float:
-    if v is None:
-        return float("nan")
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise AnnotationError(f"{where}: expected a number, got {v!r}")
-    return float(v)
+def _record_from_prediction(pred: Prediction, model: str | None, sigma_kind: str) -> KeypointRecord:
+    """The :class:`KeypointRecord` of one point set of a :class:`~monai_spine.data.prediction.Prediction`.
 
-
-def _record_from_prediction(d: dict[str, Any], source: str, sigma_kind: str) -> KeypointRecord:
-    try:
-        sch = get_scheme(d.get("scheme", ""))
-    except KeyError as e:
-        raise AnnotationError(f"{source}: {e.args[0]}") from None
-    verts = d.get("vertebrae")
-    if not isinstance(verts, list):
-        raise AnnotationError(f"{source}: 'vertebrae' must be a list")
-    k = sch.num_points
-    n = len(verts)
-    kp = np.full((n, k, 2), np.nan)
-    sig_px = np.full((n, k), np.nan)
-    sig_mm = np.full((n, k), np.nan)
-    levels = []
-    for i, v in enumerate(verts):
-        where = f"{source}: vertebrae[{i}]"
-        if not isinstance(v, dict) or "level" not in v or not isinstance(v.get("points"), list):
-            raise AnnotationError(f"{where}: needs 'level' and a 'points' list")
-        pts = v["points"]
-        if len(pts) != k:
-            raise AnnotationError(f"{where} ({v['level']}): expected {k} points for scheme {sch.name}, got {len(pts)}")
-        for j, p in enumerate(pts):
-            if not isinstance(p, dict) or "x_px" not in p or "y_px" not in p:
-                raise AnnotationError(f"{where}: point {j} needs 'x_px' and 'y_px'")
-            if "name" in p and p["name"] != sch.point_names[j]:
-                raise AnnotationError(
-                    f"{where}: point {j} is {p['name']!r}, expected {sch.point_names[j]!r} (scheme {sch.name})"
-                )
-            kp[i, j] = [_num(p["x_px"], f"{where} point {j} x_px"), _num(p["y_px"], f"{where} point {j} y_px")]
-            sig_px[i, j] = _num(p.get(f"sigma_p_{sigma_kind}_px"), f"{where} point {j} sigma_p_{sigma_kind}_px")
-            sig_mm[i, j] = _num(p.get(f"sigma_p_{sigma_kind}_mm"), f"{where} point {j} sigma_p_{sigma_kind}_mm")
-        levels.append(str(v["level"]))
-    sp = d.get("spacing_mm")
-    spacing = None
-    if sp is not None:
-        try:
-            spacing = (float(sp[0]), float(sp[1]))
-        except (TypeError, ValueError, IndexError, KeyError):
-            raise AnnotationError(f"{source}: 'spacing_mm' must be [sx, sy] or null, got {sp!r}") from None
-        if not all(math.isfinite(s) and s > 0 for s in spacing):
-            raise AnnotationError(f"{source}: 'spacing_mm' must be positive, got {sp!r}")
-    finite = np.all(np.isfinite(kp), axis=-1)
+    Raises:
+        PredictionError: the file holds no such points, no level names, or no finite point at all.
+    """
+    source = pred.source
+    ps = pred.point_set(model)
+    if any(lev is None for lev in pred.levels):
+        raise PredictionError(f"{source}: vertebrae have no level names (give --levels to monai-spine corners)")
+    found = ps.found
+    if not found.any():
+        why = "no vertebra was found" if not pred.levels else "every coordinate is null or NaN"
+        raise PredictionError(f"{source}: nothing to measure in the {ps.model} points ({why})")
+    notes: list[str] = []
+    missing = pred.missing_points(ps.model)
+    if missing:
+        notes.append(f"{len(missing)} predicted point(s) without coordinates (null/NaN), left out: {', '.join(missing)}")
+    sig_px, sig_mm = ps.sigma_p_px[sigma_kind], ps.sigma_p_mm[sigma_kind]
+    spacing = pred.spacing_mm
     sigma, sigma_source = None, "none"
-    if np.all(np.isfinite(sig_px[finite])) and finite.any():
+    if np.all(np.isfinite(sig_px[found])):
         sigma = np.repeat(sigma_p_to_axis(sig_px)[..., None], 2, axis=-1)
         sigma_source = f"sigma_p_{sigma_kind}_px / sqrt(2)"
-    elif spacing is not None and finite.any() and np.all(np.isfinite(sig_mm[finite])):
+    elif spacing is not None and np.all(np.isfinite(sig_mm[found])):
         sigma = sigma_p_to_axis(sig_mm)[..., None] / np.asarray(spacing)
         sigma_source = f"sigma_p_{sigma_kind}_mm / sqrt(2) / spacing"
-    meta = {k2: d.get(k2) for k2 in ("thresholds", "mc_dropout_samples") if k2 in d}
-    image = d.get("image")
-    size = d.get("image_size")
+    else:
+        have = np.isfinite(sig_px) | (np.isfinite(sig_mm) & (spacing is not None))
+        lacking = int(np.sum(found & ~have))
+        if lacking < int(found.sum()):  # some points have a sigma, others not: say which share
+            notes.append(f"sigma_p ({sigma_kind}) missing or NaN for {lacking} of {int(found.sum())} points: "
+                         "uncertainty not propagated")
+    meta: dict[str, Any] = {"thresholds": pred.thresholds} if pred.thresholds is not None else {}
+    if "mc_dropout_samples" in pred.meta:
+        meta["mc_dropout_samples"] = pred.meta["mc_dropout_samples"]
+    meta["read_notes"] = notes
     return KeypointRecord(
         source=str(source),
         kind="prediction",
-        levels=levels,
-        keypoints_px=kp,
-        visible=finite,
-        scheme=sch.name,
-        region=d.get("region") or _infer_region(sch.name, levels),
+        levels=[str(v) for v in pred.levels],
+        keypoints_px=np.where(found[..., None], ps.keypoints_px, np.nan),
+        visible=found,
+        scheme=pred.scheme,
+        region=pred.region or _infer_region(pred.scheme, [str(v) for v in pred.levels]),
         spacing_mm=spacing,
-        spacing_source=str(d.get("spacing_source") or ("unknown" if spacing is None else "sidecar")),
-        image=None if image is None else str(image),
-        image_size=None if size is None else (int(size[0]), int(size[1])),
+        spacing_source=pred.spacing_source,
+        image=pred.image,
+        image_size=pred.image_size,
         sigma_px=sigma,
         sigma_source=sigma_source,
         meta=meta,
+        model=ps.model,
     )
 
 
-def read_keypoint_file(path: str | os.PathLike, sigma_kind: str = "total") -> KeypointRecord:
+def _load_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnnotationError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise AnnotationError(f"{path}: JSON nested too deeply") from None
+
+
+def _not_keypoints(path: str) -> AnnotationError:
+    return AnnotationError(
+        f"{path}: neither a {FORMAT_NAME!r} annotation nor a prediction file ({PREDICTION_FORMAT!r}, "
+        f"{CORNERS_FORMAT!r}, or 'scheme' + 'vertebrae'; see docs/formats.md)"
+    )
+
+
+def read_keypoint_file(path: str | os.PathLike, sigma_kind: str = "total", model: str | None = None) -> KeypointRecord:
     """Read a prediction or annotation JSON file.
 
     Args:
         path: the file.
         sigma_kind: which prediction uncertainty to propagate: ``total``, ``aleatoric`` or ``epistemic``.
+        model: for a prediction holding two point sets (``predict --model both``), which one:
+            ``"regressor"`` or ``"heatmap"``; None: the regressor's when present
+            (:func:`read_keypoint_records` reads both).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        AnnotationError: the file is not valid JSON or in neither format (the message names it).
+        AnnotationError: the file is not valid JSON, in neither format, or holds nothing to measure
+            (the message names it).
     """
     if sigma_kind not in _SIGMA_KINDS:
         raise ValueError(f"sigma_kind must be one of {_SIGMA_KINDS}, got {sigma_kind!r}")
     path = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f"{path}: not valid JSON ({e})") from None
+    d = _load_json(path)
     if isinstance(d, dict) and d.get("format") == FORMAT_NAME:
         return record_from_annotation(read_annotation(path), source=path)
-    if isinstance(d, dict) and isinstance(d.get("vertebrae"), list) and "scheme" in d:
-        return _record_from_prediction(d, path, sigma_kind)
-    raise AnnotationError(
-        f"{path}: neither a {FORMAT_NAME!r} annotation nor a KeypointPredictor.to_json prediction "
-        "(expected 'format' or 'scheme' + 'vertebrae')"
-    )
+    if is_prediction(d):
+        return _record_from_prediction(prediction_from_dict(d, path), model, sigma_kind)
+    raise _not_keypoints(path)
+
+
+def read_keypoint_records(path: str | os.PathLike, sigma_kind: str = "total") -> list[KeypointRecord]:
+    """Every point set of a file: one record for an annotation, one per model for a prediction.
+
+    Raises:
+        as :func:`read_keypoint_file`.
+    """
+    if sigma_kind not in _SIGMA_KINDS:
+        raise ValueError(f"sigma_kind must be one of {_SIGMA_KINDS}, got {sigma_kind!r}")
+    path = str(path)
+    d = _load_json(path)
+    if isinstance(d, dict) and d.get("format") == FORMAT_NAME:
+        return [record_from_annotation(read_annotation(path), source=path)]
+    if not is_prediction(d):
+        raise _not_keypoints(path)
+    pred = prediction_from_dict(d, path)
+    if len(pred.models) < 2:
+        return [_record_from_prediction(pred, None, sigma_kind)]
+    return [_record_from_prediction(pred, m, sigma_kind) for m in pred.models]
 
 
 # ----------------------------------------------------------------------------------- measuring
@@ -327,7 +357,7 @@ def measure_record(
         JSON-ready dict (see ``docs/measurements.md``).
     """
     sigma, sigma_source = _sigma_for(rec, sigma_px)
-    notes: list[str] = []
+    notes: list[str] = list(rec.meta.get("read_notes", []))
     if sigma is None and num_samples > 0:
         if rec.kind == "prediction" and rec.spacing_mm is None:
             notes.append(
@@ -340,6 +370,7 @@ def measure_record(
     base: dict[str, Any] = {
         "source": rec.source,
         "kind": rec.kind,
+        "model": rec.model,
         "image": rec.image,
         "view": rec.view,
         "region": rec.region,
@@ -354,6 +385,7 @@ def measure_record(
     else:
         base.update(_measure_lateral(rec, use_sigma, num_samples, seed, ci, notes, lordosis_levels))
     base["notes"] = notes
+    base["warnings"] = list(rec.meta.get("read_notes", []))  # what the reader left out (also in notes)
     return base
 
 
@@ -584,6 +616,8 @@ def results_to_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for case in result.get("cases", []):
         src, view, region = case["source"], case["view"], case.get("region")
+        if case.get("model") == "heatmap":
+            src = f"{src} [heatmap]"
         for seg in case.get("segments", []):
             for k, v in seg.items():
                 if isinstance(v, dict):
@@ -690,12 +724,18 @@ def _failure_text(e: BaseException, name: str) -> str:
     return " ".join(msg.split())
 
 
+#: JSON files of the project that hold no keypoints; a folder given to ``measure`` skips them
+NON_KEYPOINT_FILES = ("dataset.json", "measurements.json", "thresholds.json", "conformal.json",
+                      "calibration_report.json")
+
+
 def _expand_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
     files: list[str] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            found = sorted(q for q in p.glob("*.json") if not q.name.endswith((".mrk.json", ".mkp.json")))
+            found = sorted(q for q in p.glob("*.json")
+                           if not q.name.endswith((".mrk.json", ".mkp.json")) and q.name not in NON_KEYPOINT_FILES)
             if not found:
                 raise FileNotFoundError(f"{p}: no keypoint JSON files")
             files.extend(str(q) for q in found)
@@ -704,6 +744,28 @@ def _expand_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
         else:
             raise FileNotFoundError(f"{p} does not exist")
     return files
+
+
+def check_output_dir(out: str | os.PathLike) -> Path:
+    """Check that ``out`` can be (or is) a writable folder, before any work; returns it as a Path.
+
+    Raises:
+        ValueError: ``out`` is an existing file, or lies under one (the message names it).
+        PermissionError: the folder (or its nearest existing parent) is not writable.
+    """
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: is a file, not a folder")
+    probe = out_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"--out {out_dir}: {probe} is a file, so the folder cannot be created")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out_dir}: {probe} is not writable")
+    return out_dir
 
 
 def measure_cli(
@@ -741,6 +803,8 @@ def measure_cli(
 
     Raises:
         FileNotFoundError: a path does not exist (nothing is written).
+        ValueError: no input at all, or ``out`` is a file (nothing is written).
+        PermissionError: ``out`` is not writable (checked before any file is read).
         ValueError: unequal flexion/extension lists or bad arguments (nothing is written).
     """
     if len(flexion) != len(extension):
@@ -751,25 +815,31 @@ def measure_cli(
         raise ValueError(f"sigma_kind must be one of {_SIGMA_KINDS}, got {sigma_kind!r}")
     if sigma_px is not None:
         _check_sigma_px(sigma_px)
+    if not paths and not flexion:
+        raise ValueError("no input: give prediction or annotation JSON files or folders (or --flexion/--extension pairs)")
+    check_output_dir(out)
     files = _expand_paths(paths)
     pair_files = [(str(f), str(e)) for f, e in zip(_expand_paths(flexion), _expand_paths(extension))] if flexion else []
     records: dict[str, KeypointRecord] = {}
+    per_file: dict[str, list[KeypointRecord]] = {}
     failed: dict[str, str] = {}
-    order: list[str] = []
     for f in files + [p for pair in pair_files for p in pair]:
-        if f in records or f in failed:
+        if f in per_file or f in failed:
             continue
         try:
-            records[f] = read_keypoint_file(f, sigma_kind=sigma_kind)
-            order.append(f)
+            recs = read_keypoint_records(f, sigma_kind=sigma_kind)
+            per_file[f] = recs
+            records[f] = recs[0]  # a flexion/extension pair uses the first (the regressor's) point set
         except Exception as e:  # a batch goes on; every failure is listed
             failed[f] = _failure_text(e, f)
     cases = []
-    for f in order:
-        try:
-            cases.append(measure_record(records[f], int(num_samples), seed, ci, sigma_px))
-        except Exception as e:
-            failed[f] = _failure_text(e, f)
+    for f, recs in per_file.items():
+        for rec in recs:
+            try:
+                cases.append(measure_record(rec, int(num_samples), seed, ci, sigma_px))
+            except Exception as e:
+                key = f if len(recs) == 1 else f"{f} [{rec.model}]"
+                failed[key] = _failure_text(e, key)
     motion = []
     for f, e in pair_files:
         if f in failed or e in failed:
