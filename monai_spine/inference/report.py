@@ -55,6 +55,7 @@ __all__ = [
     "FIGURES",
     "POINT_TYPES",
     "summary_numbers",
+    "detection_numbers",
     "uncertainty_numbers",
     "resolve_thresholds",
     "REFERRAL_FRACTIONS",
@@ -409,7 +410,7 @@ def _vertebra_points(pred_json: str, level: str) -> np.ndarray | None:
         return None
     for v in d.get("vertebrae", []):
         if v.get("level") == level:
-            xy = [(p.get("x_px"), p.get("y_px")) for p in v.get("points", [])]
+            xy = [(p.get("x_px"), p.get("y_px")) for p in (v.get("points") or v.get("corners") or [])]
             arr = np.asarray([(np.nan if x is None else x, np.nan if y is None else y) for x, y in xy], float)
             return arr if arr.size else None
     return None
@@ -568,13 +569,20 @@ def report_cli(
         ValueError: no model, a prediction file without annotation (from ``collect_errors``), or
             ``thresholds`` naming a model that is not reported.
     """
-    from monai_spine.uncertainty.calibration import collect_errors
+    from monai_spine.measure.io import check_output_dir
+    from monai_spine.uncertainty.calibration import collect_errors, prediction_models
 
     if not pred_dirs:
         raise ValueError("report_cli: pred_dirs names no model")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pts = {str(m): collect_errors(d, annotations, sigma_kind=sigma_kind) for m, d in pred_dirs.items()}
+    out_dir = check_output_dir(out)
+    pts = {}
+    for m, d in pred_dirs.items():
+        held = prediction_models(d)
+        if len(held) > 1:  # predict --model both: each model is reported, none dropped
+            for kind in held:
+                pts[f"{m}/{kind}"] = collect_errors(d, annotations, sigma_kind=sigma_kind, model=kind)
+        else:
+            pts[str(m)] = collect_errors(d, annotations, sigma_kind=sigma_kind)
     units = {p.error_unit for p in pts.values()}
     if len(units) > 1:  # one model has a spacing for every case, another not
         raise ValueError(f"report_cli: models have errors in different units {sorted(units)}; "
@@ -582,10 +590,13 @@ def report_cli(
     unit = units.pop()
     bc = {str(m): _load_bc(v) for m, v in (bhattacharyya or {}).items()} or None
 
+    out_dir.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no output folder behind
     per_model = _per_model_thresholds(thresholds, pts)
     thr = {m: resolve_thresholds(p, per_model.get(m)) for m, p in pts.items()}
     figs = _figures(pts, out_dir, unit, bc, {m: t for m, (t, _) in thr.items()})
-    summaries = {m: summary_numbers(p) for m, p in pts.items()}
+    summaries = {m: {**summary_numbers(p), **{k: detection_numbers(p)[k] for k in ("detection_recall",
+                                                                                   "missed_vertebrae")}}
+                 for m, p in pts.items()}
     unc = {m: uncertainty_numbers(p, thr[m][0]) for m, p in pts.items()}
     if bc:
         for m, v in bc.items():
@@ -613,6 +624,7 @@ def report_cli(
         + (" (pixel spacing unknown for some case)" if unit == "px" else "")
         + f"; sigma_p kind: {html.escape(sigma_kind)} (crop fractions). Means exclude failed predictions.</p>\n"
         f"<h2>Summary (errors in {unit})</h2>\n<table><tr><th>model</th>{head}</tr>{rows}</table>\n"
+        + _detection_html(pts)
         + _uncertainty_html(pts, thr, unc, unit) +
         f"<h2>Figures</h2>\n{fig_html}\n<h2>Sample vertebrae</h2>\n{samples}\n</body></html>\n"
     )
@@ -622,6 +634,55 @@ def report_cli(
         files = [f for _, f in figs] + sorted(p.name for p in out_dir.glob("crop_*.png")) + [INDEX_FILE]
         _log_mlflow(tracking_uri, experiment, out_dir, files, {m: {**summaries[m], **unc[m]} for m in pts}, unit)
     return index
+
+
+def detection_numbers(points: Any) -> dict[str, float]:
+    """Vertebra detection of one model over its matched cases (:attr:`MatchedPoints.detection`).
+
+    Returns:
+        ``cases``, ``annotated_vertebrae``, ``found_vertebrae``, ``missed_vertebrae``,
+        ``extra_vertebrae`` (predicted levels the annotation does not have) and ``detection_recall``
+        (found / annotated; NaN when nothing is annotated).
+    """
+    d = getattr(points, "detection", None) or {}
+    return {
+        "cases": float(d.get("num_cases", 0)),
+        "annotated_vertebrae": float(d.get("annotated", 0)),
+        "found_vertebrae": float(d.get("found", 0)),
+        "missed_vertebrae": float(len(d.get("missed", []))),
+        "extra_vertebrae": float(len(d.get("extra", []))),
+        "detection_recall": float(d.get("recall", float("nan"))),
+    }
+
+
+def _detection_html(pts: Mapping[str, Any], max_listed: int = 20) -> str:
+    """Table of vertebra detection per model, with the missed and extra vertebrae named."""
+    rows = []
+    for m, p in pts.items():
+        n = detection_numbers(p)
+        d = getattr(p, "detection", None) or {}
+
+        def names(pairs: Sequence[Sequence[str]]) -> str:
+            text = ", ".join(f"{Path(c).name.split('.')[0]} {lev}" for c, lev in pairs[:max_listed])
+            more = len(pairs) - max_listed
+            return html.escape(text + (f" and {more} more" if more > 0 else "")) or "none"
+
+        recall = n["detection_recall"]
+        rows.append(
+            f"<tr><td>{html.escape(m)}</td><td class=\"cases\">{int(n['cases'])}</td>"
+            f"<td class=\"annotated\">{int(n['annotated_vertebrae'])}</td>"
+            f"<td class=\"found\">{int(n['found_vertebrae'])}</td>"
+            f"<td class=\"recall\">{'n/a' if not math.isfinite(recall) else f'{100 * recall:.1f} %'}</td>"
+            f"<td class=\"missed\">{int(n['missed_vertebrae'])}: {names(d.get('missed', []))}</td>"
+            f"<td class=\"extra\">{int(n['extra_vertebrae'])}: {names(d.get('extra', []))}</td></tr>"
+        )
+    return (
+        "<h2>Vertebra detection</h2>\n<p>Over the annotated films that have a prediction file: annotated vertebrae "
+        "(a level with a visible annotated point), those the model gave a point for, and the recall. Missed "
+        "vertebrae have no error in the tables below; extra ones are levels the annotation does not have.</p>\n"
+        "<table><tr><th>model</th><th>films</th><th>annotated</th><th>found</th><th>recall</th>"
+        f"<th>missed</th><th>extra</th></tr>{''.join(rows)}</table>\n"
+    )
 
 
 def _per_model_thresholds(thresholds: Any, pts: Mapping[str, Any]) -> dict[str, Any]:

@@ -89,6 +89,8 @@ __all__ = [
     "ConformalCalibrator",
     "coverage",
     "MatchedPoints",
+    "PREDICTION_SUFFIXES",
+    "prediction_models",
     "collect_errors",
     "calibrate_from_predictions",
     "add_calibrate_arguments",
@@ -648,13 +650,18 @@ class MatchedPoints:
 
     Attributes:
         errors: (n,) error in :attr:`error_unit` (+inf for a failed prediction).
-        sigma_frac: (n,) ``sigma_p`` in crop fractions.
+        sigma_frac: (n,) ``sigma_p`` in crop fractions (NaN for the heatmap model, which has none).
         sigma_mm: (n,) ``sigma_p`` in mm (NaN when the spacing is unknown).
         point_types: (n,) ``"corner"`` / ``"spinous_process"``.
         point_names: (n,) point names (``AS``...).
         levels: (n,) vertebra levels.
         cases: (n,) prediction file of each point.
         error_unit: ``"mm"`` or ``"px"``.
+        detection: vertebra detection over the matched cases: ``num_cases``, ``annotated`` (levels
+            with a visible annotated point), ``found`` (of those, predicted with a finite point),
+            ``recall`` (found / annotated), ``missed`` and ``extra`` (``[case, level]`` pairs: annotated
+            but not predicted; predicted but not annotated).
+        model: the point set matched (``"regressor"`` / ``"heatmap"``; None: each file's first).
     """
 
     errors: np.ndarray
@@ -665,6 +672,8 @@ class MatchedPoints:
     levels: np.ndarray
     cases: np.ndarray
     error_unit: str
+    detection: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
 
     def sigma(self, units: str) -> np.ndarray:
         """``sigma_p`` in ``"frac"`` or ``"mm"``."""
@@ -673,8 +682,18 @@ class MatchedPoints:
         return self.sigma_frac if units == "frac" else self.sigma_mm
 
 
+#: file name endings of prediction files taken from a folder (``predict`` / the bundle; ``corners``)
+PREDICTION_SUFFIXES = (".keypoints.json", ".corners.json")
+
+
 def _pred_stem(path: Path) -> str:
+    """The case name of a prediction or annotation file: ``a.keypoints.json``, ``a.dcm.corners.json``,
+    ``a.json`` -> ``a``."""
+    from monai_spine.inference.pipeline import output_stem
+
     name = path.name
+    if name.endswith(".corners.json"):
+        return output_stem(name[: -len(".corners.json")])
     for suffix in (".keypoints.json", ".json"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
@@ -682,7 +701,7 @@ def _pred_stem(path: Path) -> str:
 
 
 def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike], kind: str) -> list[Path]:
-    """Files of ``paths``; a folder gives its ``*.keypoints.json`` (predictions) or annotations."""
+    """Files of ``paths``; a folder gives its prediction files (:data:`PREDICTION_SUFFIXES`) or annotations."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
@@ -690,9 +709,9 @@ def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike], kind: str) -
         p = Path(p)
         if p.is_dir():
             if kind == "predictions":
-                found = sorted(p.glob("*.keypoints.json"))
+                found = sorted(q for q in p.iterdir() if q.name.endswith(PREDICTION_SUFFIXES) and q.is_file())
                 if not found:
-                    raise FileNotFoundError(f"no *.keypoints.json prediction file in {p}")
+                    raise FileNotFoundError(f"no prediction file (*.keypoints.json, *.corners.json) in {p}")
                 out.extend(found)
             else:
                 from monai_spine.data.datasets import SPLITS, list_cases
@@ -707,39 +726,106 @@ def _expand(paths: str | os.PathLike | Sequence[str | os.PathLike], kind: str) -
     return out
 
 
+def _same_image(pred_image: str, pred_file: Path, ann_image: str) -> bool:
+    """Whether the prediction's recorded image is the annotation's image file.
+
+    A relative recorded path is tried against the current folder and the prediction's folder; when
+    it resolves to no existing file (the prediction was made elsewhere), equal file names suffice.
+    """
+    ann = os.path.abspath(ann_image)
+    cands = [pred_image] if os.path.isabs(pred_image) else [os.path.abspath(pred_image),
+                                                            os.path.abspath(pred_file.parent / pred_image)]
+    for c in cands:
+        if os.path.normpath(c) == os.path.normpath(ann):
+            return True
+        if os.path.exists(c) and os.path.exists(ann) and os.path.samefile(c, ann):
+            return True
+    if not os.path.isabs(pred_image) and not any(os.path.exists(c) for c in cands):
+        return os.path.basename(pred_image) == os.path.basename(ann)
+    return False
+
+
+def _check_same_film(pred: Any, pp: Path, ann: Any, ann_path: Path) -> None:
+    """``ValueError`` naming both files when the prediction was not made on the annotation's film."""
+    hint = "predict the annotation's own images (or pass the annotations the predictions were made for)"
+    if pred.image and ann.image and not _same_image(pred.image, pp, ann.image):
+        raise ValueError(f"{pp}: predicted on {pred.image}, but its annotation {ann_path} is of {ann.image}; {hint}")
+    if pred.image_size is not None and ann.image_size is not None and tuple(pred.image_size) != tuple(ann.image_size):
+        raise ValueError(f"{pp}: image size {list(pred.image_size)} differs from the annotation's "
+                         f"{list(ann.image_size)} ({ann_path}); {hint}")
+    if pred.spacing_mm is not None and ann.spacing_mm is not None and not np.allclose(
+            pred.spacing_mm, ann.spacing_mm, rtol=1e-3, atol=0):
+        raise ValueError(f"{pp}: pixel spacing {list(pred.spacing_mm)} mm differs from the annotation's "
+                         f"{list(ann.spacing_mm)} mm ({ann_path}); {hint}")
+
+
+def _errors_np(pred: np.ndarray, gt: np.ndarray, vis: np.ndarray, spacing: np.ndarray | None) -> np.ndarray:
+    """(N, K) Euclidean errors as :func:`monai_spine.metrics.keypoint_error.keypoint_errors` (NaN invisible,
+    +inf for a visible point without a finite prediction; mm with ``spacing``, else px) without torch."""
+    d = pred - gt
+    if spacing is not None:
+        d = d * np.asarray(spacing, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        e = np.sqrt(np.sum(d * d, axis=-1))
+    e = np.where(np.all(np.isfinite(pred), axis=-1), e, np.inf)
+    return np.where(vis & np.all(np.isfinite(gt), axis=-1), e, np.nan)
+
+
+def prediction_models(pred_json_paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The models (``"regressor"``, ``"heatmap"``) whose points the prediction files hold, in that order.
+
+    Raises:
+        FileNotFoundError: a path does not exist; PredictionError: a malformed file.
+    """
+    from monai_spine.data.prediction import MODEL_NAMES, read_prediction
+
+    held: set[str] = set()
+    for pp in _expand(pred_json_paths, "predictions"):
+        held.update(read_prediction(pp).models)
+    return [m for m in MODEL_NAMES if m in held]
+
+
 def collect_errors(
     pred_json_paths: str | os.PathLike | Sequence[str | os.PathLike],
     annotation_paths: str | os.PathLike | Sequence[str | os.PathLike],
     sigma_kind: str = "total",
     on_mixed_spacing: str = "px",
+    model: str | None = None,
 ) -> MatchedPoints:
     """Match prediction files to annotations and compute every visible point's error.
 
-    Matching: a prediction ``<stem>.keypoints.json`` (written by
-    :func:`monai_spine.inference.regressor.predict_cases`) goes with the annotation ``<stem>.json``;
+    Prediction files of every producer are read with :func:`monai_spine.data.prediction.read_prediction`
+    (``predict`` with either model or both, ``corners``, the bundle's inference). Matching: a prediction
+    ``<stem>.keypoints.json`` (or ``<stem>.<ext>.corners.json``) goes with the annotation ``<stem>.json``;
     when no single annotation has that stem, with the annotation whose ``image`` path equals the
     prediction's ``image``. Annotations without a prediction are ignored (pass a whole dataset
-    folder); a prediction without an annotation is an error. Vertebrae are matched by level and
-    points by name; levels absent from the annotation and invisible points are skipped.
+    folder); a prediction without an annotation is an error. A prediction made on another film than
+    its annotation's (image path, image size or pixel spacing differ) is an error too. Vertebrae are
+    matched by level and points by name; levels absent from the annotation and invisible points are
+    skipped (and counted in :attr:`MatchedPoints.detection`); points the model does not predict
+    (the heatmap's spinous process) are left out.
 
-    Spacing: the prediction's ``spacing_mm`` (what the predictor used), else the annotation's.
-    Errors are in mm when every case has a spacing; otherwise in px for all
-    (``on_mixed_spacing="px"``, with a warning) or ``ValueError`` (``"raise"``), as in
+    Spacing: the prediction's ``spacing_mm`` (what the predictor used; it must equal the
+    annotation's), else the annotation's. Errors are in mm when every case has a spacing; otherwise
+    in px for all (``on_mixed_spacing="px"``, with a warning) or ``ValueError`` (``"raise"``), as in
     :func:`monai_spine.metrics.keypoint_error.keypoint_errors`.
 
     Args:
-        pred_json_paths: prediction files or folders (``*.keypoints.json``).
+        pred_json_paths: prediction files or folders (:data:`PREDICTION_SUFFIXES`).
         annotation_paths: annotation files or dataset folders.
         sigma_kind: ``"total"``, ``"aleatoric"`` or ``"epistemic"`` (``sigma_p_<kind>_frac``/``_mm``).
         on_mixed_spacing: ``"px"`` or ``"raise"``.
+        model: the point set to match in files holding two (``predict --model both``):
+            ``"regressor"`` or ``"heatmap"``; None: each file's first (the regressor's when present).
+            A file without points of ``model`` is an error.
 
     Raises:
         FileNotFoundError: a path does not exist.
-        ValueError / KeyError: unmatched or malformed prediction file (the message names it).
+        ValueError / KeyError: unmatched, mismatched or malformed prediction file (the message names it).
     """
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.keypoints import get_scheme
-    from monai_spine.metrics.keypoint_error import keypoint_errors
+    from monai_spine.data.prediction import read_prediction
 
     if sigma_kind not in ("total", "aleatoric", "epistemic"):
         raise ValueError(f"sigma_kind must be total, aleatoric or epistemic, got {sigma_kind!r}")
@@ -755,63 +841,52 @@ def collect_errors(
             by_image.setdefault(os.path.normpath(os.path.abspath(a.image)), []).append(p)
 
     rows: list[dict[str, Any]] = []
+    det = {"num_cases": 0, "annotated": 0, "found": 0, "missed": [], "extra": []}
     for pp in preds:
-        try:
-            with open(pp, encoding="utf-8") as f:
-                d = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{pp}: not valid JSON ({e})") from None
-        if not isinstance(d, dict) or not isinstance(d.get("vertebrae"), list) or "scheme" not in d:
-            raise ValueError(f"{pp}: not a keypoint prediction file (needs 'scheme' and a 'vertebrae' list)")
+        pred = read_prediction(pp)
         cands = by_stem.get(_pred_stem(pp), [])
-        if len(cands) != 1 and d.get("image"):
-            cands = by_image.get(os.path.normpath(os.path.abspath(str(d["image"]))), [])
+        if len(cands) != 1 and pred.image:
+            cands = by_image.get(os.path.normpath(os.path.abspath(str(pred.image))), [])
         if len(cands) != 1:
             why = "no" if not cands else f"{len(cands)}"
             raise ValueError(f"{pp}: {why} matching annotation (by file stem or image path)")
         ann = anns[cands[0]]
-        if d["scheme"] != ann.scheme:
-            raise ValueError(f"{pp}: scheme {d['scheme']!r} differs from the annotation's {ann.scheme!r} ({cands[0]})")
+        if pred.scheme != ann.scheme:
+            raise ValueError(f"{pp}: scheme {pred.scheme!r} differs from the annotation's {ann.scheme!r} ({cands[0]})")
+        _check_same_film(pred, pp, ann, cands[0])
+        if any(lev is None for lev in pred.levels):
+            raise ValueError(f"{pp}: vertebrae have no level names, so they cannot be matched to the annotation "
+                             "(give --levels to monai-spine corners)")
         sch = get_scheme(ann.scheme)
-        k = sch.num_points
         level_index = {lev: i for i, lev in enumerate(ann.levels)}
+        annotated = {lev for i, lev in enumerate(ann.levels) if np.any(ann.visible[i])}
+        if not pred.points and not pred.levels:  # nothing detected on this film
+            found_levels: set[str] = set()
+            ps = None
+        else:
+            ps = pred.point_set(model)
+            found_levels = {str(lev) for i, lev in enumerate(pred.levels) if ps.found[i].any()}
+        det["num_cases"] += 1
+        det["annotated"] += len(annotated)
+        det["found"] += len(annotated & found_levels)
+        det["missed"] += [[str(pp), lev] for lev in ann.levels if lev in annotated - found_levels]
+        det["extra"] += [[str(pp), lev] for lev in sorted(found_levels - set(ann.levels))]
+        if ps is None:
+            continue
         pred_px, gt_px, vis, sf, sm, lev_rows = [], [], [], [], [], []
-        for vi, v in enumerate(d["vertebrae"]):
-            lev = v.get("level") if isinstance(v, dict) else None
+        for vi, lev in enumerate(pred.levels):
             if lev not in level_index:
                 continue
-            pts = {p.get("name"): p for p in v.get("points", []) if isinstance(p, dict)}
-            missing = [n for n in sch.point_names if n not in pts]
-            if missing:
-                raise KeyError(f"{pp}: vertebrae[{vi}] ({lev}) lacks point(s) {missing}")
-            row_px = np.full((k, 2), np.nan)
-            row_sf = np.full(k, np.nan)
-            row_sm = np.full(k, np.nan)
-            for j, name in enumerate(sch.point_names):
-                p = pts[name]
-                for c, key in enumerate(("x_px", "y_px")):
-                    if key not in p:
-                        raise KeyError(f"{pp}: vertebrae[{vi}] ({lev}) point {name} lacks {key!r}")
-                    row_px[j, c] = np.nan if p[key] is None else float(p[key])
-                for arr, unit in ((row_sf, "frac"), (row_sm, "mm")):
-                    val = p.get(f"sigma_p_{sigma_kind}_{unit}")
-                    arr[j] = np.nan if val is None else float(val)
             i = level_index[lev]
-            pred_px.append(row_px)
+            pred_px.append(ps.keypoints_px[vi])
             gt_px.append(ann.keypoints_px[i])
-            vis.append(ann.visible[i])
-            sf.append(row_sf)
-            sm.append(row_sm)
+            vis.append(ann.visible[i] & ps.predicted[vi])
+            sf.append(ps.sigma_p_frac[sigma_kind][vi])
+            sm.append(ps.sigma_p_mm[sigma_kind][vi])
             lev_rows.append(lev)
         if not pred_px:
             continue
-        spacing = d.get("spacing_mm") or ann.spacing_mm
-        if d.get("spacing_mm") and ann.spacing_mm and not np.allclose(d["spacing_mm"], ann.spacing_mm, rtol=1e-6):
-            warnings.warn(
-                f"{pp}: prediction spacing {d['spacing_mm']} differs from the annotation's {list(ann.spacing_mm)}; "
-                "using the prediction's",
-                stacklevel=2,
-            )
+        spacing = pred.spacing_mm or ann.spacing_mm
         rows.append(
             dict(
                 case=str(pp),
@@ -828,6 +903,7 @@ def collect_errors(
         )
     if not rows:
         raise ValueError("no prediction could be matched to an annotated vertebra")
+    det["recall"] = det["found"] / det["annotated"] if det["annotated"] else float("nan")
 
     known = [r["spacing"] is not None for r in rows]
     unit = "mm" if all(known) else "px"
@@ -841,7 +917,7 @@ def collect_errors(
         warnings.warn(msg, stacklevel=2)
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("e", "sf", "sm", "t", "n", "l", "c")}
     for r in rows:
-        err, _ = keypoint_errors(r["pred"], r["gt"], r["vis"], r["spacing"] if unit == "mm" else None)
+        err = _errors_np(r["pred"], r["gt"], r["vis"], r["spacing"] if unit == "mm" else None)
         m = ~np.isnan(err)
         nv, kk = err.shape
         out["e"].append(err[m])
@@ -861,6 +937,8 @@ def collect_errors(
         levels=cat["l"].astype(str),
         cases=cat["c"].astype(str),
         error_unit=unit,
+        detection=det,
+        model=model,
     )
 
 
