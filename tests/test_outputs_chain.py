@@ -176,3 +176,15 @@ def test_prediction_reader_refuses_unknown_versions_and_bad_fields(chain, tmp_pa
         f.write_text(json.dumps(doc))
         with pytest.raises(PredictionError, match=msg):
             read_prediction(f)
+
+
+def test_report_says_when_the_thresholds_vouch_for_no_class(chain, tmp_path):
+    from monai_spine.uncertainty.classes import Thresholds
+
+    thr = tmp_path / "thresholds.json"
+    Thresholds(0.0, float(np.nextafter(0.0, np.inf)), source="failed run").save(thr)
+    out = tmp_path / "report"
+    assert main(["report", "--predictions", str(chain["regressor"]), "--annotations", str(chain["data"]),
+                 "--out", str(out), "--thresholds", str(thr)]) == 0
+    text = (out / "index.html").read_text()
+    assert '<b class="calibration-failed">no certain or moderate class can be vouched for</b>' in text

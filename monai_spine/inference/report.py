@@ -716,8 +716,13 @@ def _uncertainty_html(pts: Mapping[str, Any], thr: Mapping[str, tuple[Any, str]]
 
     nan = float("nan")
     stats = ("count", "share", f"mean_{unit}", f"median_{unit}", f"q90_{unit}")
+    from monai_spine.uncertainty.calibration import NO_CLASS_MESSAGE, calibration_failed
+
     src = "".join(
-        f"<li>{html.escape(m)}: tau1 = {t.tau1:.4g}, tau2 = {t.tau2:.4g} ({html.escape(t.units)})"
+        f"<li>{html.escape(m)}: "
+        + (f'<b class="calibration-failed">{NO_CLASS_MESSAGE}</b>: every point is classed highly uncertain '
+           "(the calibration found no admissible class); " if calibration_failed(t) else "")
+        + f"tau1 = {t.tau1:.4g}, tau2 = {t.tau2:.4g} ({html.escape(t.units)})"
         + "".join(f"; {html.escape(k)}: {a:.4g} / {b:.4g}" for k, (a, b) in t.per_point_type.items())
         + f"; {html.escape(how)}</li>"
         for m, (t, how) in thr.items()

@@ -51,10 +51,12 @@ Files: :data:`THRESHOLDS_FILE` (``thresholds.json``, read by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import math
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +87,9 @@ __all__ = [
     "TauSelection",
     "select_thresholds",
     "fit_thresholds",
+    "NO_CLASS_MESSAGE",
+    "vouched_classes",
+    "calibration_failed",
     "conformal_quantile",
     "ConformalCalibrator",
     "coverage",
@@ -400,6 +405,29 @@ def fit_thresholds(
     )
     thr = Thresholds(a.tau1, a.tau2, units=units, per_point_type=per, source=source)
     return (thr, sel) if return_selections else thr
+
+
+#: what a calibration that found no admissible class says (``calibrate`` then exits non-zero)
+NO_CLASS_MESSAGE = "no certain or moderate class can be vouched for"
+
+
+def vouched_classes(tau1: float, tau2: float) -> list[str]:
+    """The classes a threshold pair can hold points in: ``"certain"`` unless ``tau1 <= 0`` (the
+    fallback when no tau1 was admissible), ``"moderately_uncertain"`` unless ``tau2`` is the
+    fallback ``nextafter(tau1, +inf)``."""
+    out = []
+    if tau1 > 0:
+        out.append("certain")
+    if tau2 > np.nextafter(tau1, np.inf):
+        out.append("moderately_uncertain")
+    return out
+
+
+def calibration_failed(thresholds: Thresholds) -> bool:
+    """True when neither the pooled pair nor any per-point-type pair vouches for a certain or a
+    moderately uncertain class (every point would be classed highly uncertain)."""
+    pairs = [(thresholds.tau1, thresholds.tau2), *thresholds.per_point_type.values()]
+    return not any(vouched_classes(float(a), float(b)) for a, b in pairs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1030,6 +1058,10 @@ def calibrate_from_predictions(
         return_selections=True,
         confidence=confidence,
     )
+    failed = calibration_failed(thr)
+    if failed:  # still written (a later run may read it), but it says so wherever its source is shown
+        thr = dataclasses.replace(thr, source=f"{NO_CLASS_MESSAGE} (every point is classed highly uncertain): "
+                                              f"{thr.source}")
     conf = ConformalCalibrator.fit(
         pts.errors,
         pts.sigma(c_units),
@@ -1063,6 +1095,10 @@ def calibrate_from_predictions(
         "num_points": int(pts.errors.size),
         "num_cases": int(np.unique(pts.cases).size),
         "quality_in_sample": quality,
+        "failed": failed,
+        "message": (f"{NO_CLASS_MESSAGE}: no sigma_p threshold keeps {100 * quantile:g} % of a class within "
+                    f"{bounds[0]:g} / {bounds[1]:g} {pts.error_unit} on {int(pts.errors.size)} points")
+        if failed else "",
         "files": files,
     }
     if write_report:
@@ -1126,7 +1162,9 @@ def calibrate_cli(
     later inference runs pick ``thresholds.json`` up from ``ckpt_dir``.
 
     Returns:
-        0 (errors propagate as exceptions, reported by the CLI).
+        0; 1 when no certain or moderate class could be vouched for (:func:`calibration_failed`; said
+        in words on stderr, the files are still written and their source says so). Other errors
+        propagate as exceptions, reported by the CLI.
     """
     s = calibrate_from_predictions(
         predictions,
@@ -1146,9 +1184,9 @@ def calibrate_cli(
     unit = s["error_unit"]
     t = s["thresholds"]
     print(f"calibrated on {s['num_points']} points of {s['num_cases']} cases (errors in {unit}, sigma_p {sigma_kind})")
-    print(f"  thresholds ({t['units']}): tau1={t['tau1']:.6g} tau2={t['tau2']:.6g}")
+    print(f"  thresholds ({t['units']}): {_pair_text(t['tau1'], t['tau2'])}")
     for ptype, (t1, t2) in t["per_point_type"].items():
-        print(f"    {ptype}: tau1={t1:.6g} tau2={t2:.6g}")
+        print(f"    {ptype}: {_pair_text(t1, t2)}")
     for name, sel in s["selections"].items():
         c = sel["counts"]
         notes = [f"no admissible tau{i}" for i, fb in ((1, sel["fallback_tau1"]), (2, sel["fallback_tau2"])) if fb]
@@ -1159,7 +1197,20 @@ def calibrate_cli(
     print(f"  conformal ({c['score']}, alpha {c['alpha']:g}): q_hat={q}")
     for name, path in s["files"].items():
         print(f"  {name}: {path}")
+    if s["failed"]:
+        print(f"monai-spine calibrate: failed: {s['message']}; every point would be classed highly uncertain "
+              f"(the files say so in their source). More or better validation predictions, a lower --min-count "
+              f"or looser --bounds / --quantile may find a class.", file=sys.stderr)
+        return 1
     return 0
+
+
+def _pair_text(tau1: float, tau2: float) -> str:
+    """``tau1=.. tau2=..`` in words where a class was not admissible (never ``tau2=4.9e-324``)."""
+    ok = vouched_classes(float(tau1), float(tau2))
+    a = f"tau1={tau1:.6g}" if "certain" in ok else "tau1=0 (no certain class)"
+    b = f"tau2={tau2:.6g}" if "moderately_uncertain" in ok else "no moderately uncertain class"
+    return f"{a} {b}" if ok else f"{NO_CLASS_MESSAGE} ({a}, {b})"
 
 
 def calibrate_from_args(args: argparse.Namespace) -> int:

@@ -574,3 +574,36 @@ def test_conformal_sigma_units_px_for_unknown_spacing(units, ok):
                                   error_unit="px")
     assert cal.q_hat == 3.0 and cal.sigma_units == units
     assert ConformalCalibrator.from_dict(cal.to_dict()).sigma_units == units
+
+
+@pytest.mark.parametrize("tau1, tau2, expected", [
+    (0.0, float(np.nextafter(0.0, np.inf)), []),  # both fallbacks: nothing vouched for
+    (0.0, 0.02, ["moderately_uncertain"]),  # no certain class, a fitted moderate one
+    (0.01, float(np.nextafter(0.01, np.inf)), ["certain"]),  # fitted tau1, fallback tau2
+    (0.01, 0.02, ["certain", "moderately_uncertain"]),
+])
+def test_vouched_classes(tau1, tau2, expected):
+    from monai_spine.uncertainty.calibration import calibration_failed, vouched_classes
+
+    assert vouched_classes(tau1, tau2) == expected
+    assert calibration_failed(Thresholds(tau1, tau2)) == (not expected)
+
+
+def test_calibrate_cli_says_in_words_when_no_class_is_admissible_and_exits_1(tmp_path, capsys):
+    """Errors of 5 mm everywhere: no class keeps 90 % within 1.5 / 2 mm, so calibrate fails in words."""
+    from monai_spine.cli import main
+
+    gt = _grid(4)
+    pred = gt + [25.0, 0.0]  # 25 px * 0.2 mm = 5 mm on every point
+    ann_dir, pred_dir = _write_case(tmp_path, "bad", gt, pred, np.linspace(0.001, 0.02, 20).reshape(4, 5))
+    models = tmp_path / "models"
+    code = main(["calibrate", "--predictions", str(pred_dir), "--annotations", str(ann_dir),
+                 "--models-dir", str(models), "--min-count", "3"])
+    out = capsys.readouterr()
+    assert code == 1
+    assert "no certain or moderate class can be vouched for" in out.err and "e-324" not in out.out + out.err
+    assert "no certain or moderate class can be vouched for" in out.out  # the thresholds line says it too
+    thr = Thresholds.load(models / THRESHOLDS_FILE)
+    assert thr.source.startswith("no certain or moderate class can be vouched for")
+    report = json.loads((models / REPORT_FILE).read_text())
+    assert report["failed"] is True and "no certain or moderate class" in report["message"]
