@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=int, default=None, help="test images evaluated (default all)")
     p.add_argument("--epochs-detector", type=int, default=d.epochs_detector)
     p.add_argument("--detector-spatial", type=int, nargs=2, default=list(d.detector_spatial), metavar=("H", "W"))
+    p.add_argument("--detector-method", choices=("chain", "levels"), default=d.detector_method,
+                   help="chain: one 'any vertebra' heatmap + levels from the spacing (default); levels: one heatmap per level")
+    p.add_argument("--detector-batch", type=int, default=d.detector_batch)
+    p.add_argument("--detector-dir", default="", help="evaluate this trained detector folder instead of training one")
+    p.add_argument("--heatmap-dir", default="", help="evaluate this trained heatmap folder instead of training one")
     p.add_argument("--epochs-heatmap", type=int, default=d.epochs_heatmap)
     p.add_argument("--heatmap-width", type=int, default=d.heatmap_width)
     p.add_argument("--heatmap-patches", type=int, default=d.heatmap_patches)
@@ -82,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = AasceBenchSettings(
         split_seed=args.split_seed, max_train=args.max_train, max_val=args.max_val, max_test=args.max_test,
         epochs_detector=args.epochs_detector, detector_spatial=tuple(args.detector_spatial),
+        detector_method=args.detector_method, detector_batch=args.detector_batch, detector_dir=args.detector_dir,
+        heatmap_dir=args.heatmap_dir,
         epochs_heatmap=args.epochs_heatmap, heatmap_width=args.heatmap_width, heatmap_patches=args.heatmap_patches,
         heatmap_grid=(int(args.heatmap_grid[0]), float(args.heatmap_grid[1])),
         epochs_regressor=args.epochs_regressor, regressor_width=args.regressor_width, crop=tuple(args.crop),

@@ -50,6 +50,8 @@ __all__ = [
     "format_aasce_table",
     "run_aasce_benchmark",
     "SDR_LEVELS",
+    "MeanShapeReference",
+    "train_chain_folder",
 ]
 
 #: success detection rate thresholds, as fractions of the image height
@@ -65,6 +67,13 @@ class AasceBenchSettings:
         max_train: use at most this many training images (None: all) for the three trainings.
         max_val, max_test: evaluate at most this many validation (calibration) / test images.
         epochs_detector, detector_spatial (H, W), detector_features: the detector's budget and size.
+        detector_method: ``"chain"`` (one "any vertebra" heatmap, levels from the spacing along the spine,
+            every level output with the unseen ones inferred; trained by
+            :func:`~monai_spine.engines.detector.train_chain_detector`) or ``"levels"`` (one heatmap per
+            level, the bundle's ``detector_train.json``).
+        detector_batch: films per step of the ``chain`` training.
+        detector_dir, heatmap_dir: evaluate these trained model folders (e.g. the shipped
+            ``bundle/models/ap/...``) instead of training ("" : train).
         epochs_heatmap, heatmap_width, heatmap_patches: the FCN's budget, width and patches per image.
         heatmap_grid: ``(n, step)`` grid of patch centres per vertebra at prediction (the bundle's default
             ``(3, 0.15)`` gives 81 patches per vertebra with its 3 scales and 3 rotations, about 1,400 FCN
@@ -84,9 +93,13 @@ class AasceBenchSettings:
     max_train: int | None = None
     max_val: int | None = None
     max_test: int | None = None
-    epochs_detector: int = 30
-    detector_spatial: tuple[int, int] = (256, 96)
+    epochs_detector: int = 40
+    detector_spatial: tuple[int, int] = (384, 128)
     detector_features: tuple[int, ...] = (8, 8, 16, 32, 64, 8)
+    detector_method: str = "chain"
+    detector_batch: int = 8
+    detector_dir: str = ""
+    heatmap_dir: str = ""
     epochs_heatmap: int = 4
     heatmap_width: int = 8
     heatmap_patches: int = 16
@@ -110,6 +123,8 @@ class AasceBenchSettings:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.detector_method not in ("chain", "levels"):
+            raise ValueError(f"detector_method must be 'chain' or 'levels', got {self.detector_method!r}")
         unknown = set(self.models) - {"detector", "heatmap", "regressor"}
         if unknown or "detector" not in self.models:
             raise ValueError(f"models must include 'detector' and be among detector/heatmap/regressor, got {self.models}")
@@ -122,8 +137,10 @@ class AasceBenchSettings:
         """One-line summary."""
         parts = [f"AASCE split seed {self.split_seed} by patient {'/'.join(f'{f:g}' for f in self.fractions)}",
                  f"training images {'all' if self.max_train is None else self.max_train}",
-                 f"detector {self.epochs_detector} epochs, input {self.detector_spatial[0]}x{self.detector_spatial[1]}, "
-                 f"features {'-'.join(map(str, self.detector_features))}"]
+                 (f"detector {self.detector_dir}" if self.detector_dir else
+                  f"detector ({self.detector_method}) {self.epochs_detector} epochs, input "
+                  f"{self.detector_spatial[0]}x{self.detector_spatial[1]}, "
+                  f"features {'-'.join(map(str, self.detector_features))}")]
         if "heatmap" in self.models:
             parts.append(f"heatmap FCN {self.epochs_heatmap} epochs, width {self.heatmap_width}, "
                          f"{self.heatmap_patches} patches/image, prediction grid {self.heatmap_grid[0]}x"
@@ -163,6 +180,9 @@ class PointSet:
     found: int = 0
     annotated: int = 0
     seconds: list[float] = field(default_factory=list)
+    seen_found: int = 0
+    images: int = 0
+    images_all_found: int = 0
 
     def add_image(self, image_id: int, pred_px: np.ndarray, sigma_px: np.ndarray, gt_px: np.ndarray,
                   visible: np.ndarray, image_height_px: float) -> None:
@@ -232,6 +252,10 @@ def points_metrics(ps: PointSet, conformal: Any = None) -> dict[str, Any]:
         "recall": ps.found / ps.annotated if ps.annotated else nan,
         "mean_px": float(np.mean(e[finite])) if finite.any() else nan,
         "median_px": float(np.median(e)) if e.size else nan,
+        "p95_px": float(np.percentile(e, 95)) if e.size else nan,
+        "max_px": float(np.max(e)) if e.size else nan,
+        "seen_recall": ps.seen_found / ps.annotated if ps.annotated else nan,
+        "images": int(ps.images), "images_all_found": int(ps.images_all_found),
         "mean_pct_height": float(np.mean(rel[finite])) if finite.any() else nan,
         "median_pct_height": float(np.median(rel)) if e.size else nan,
         **{f"sdr_{100 * f:g}pct": sdr(e, ps.image_height_px, f) for f in SDR_LEVELS},
@@ -261,7 +285,8 @@ def format_aasce_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table, one row per model (rows from :func:`points_metrics`)."""
     if not rows:
         raise ValueError("no row to tabulate")
-    header = ["model", "detection recall", "mean px", "median px", "mean % height", "median % height",
+    header = ["model", "right level (seen + inferred)", "right level, seen", "films all 17", "mean px", "median px",
+              "p95 px", "max px", "mean % height", "median % height",
               "SDR@1%", "SDR@2%", "SDR@5%", "Spearman σ", "AUSE px", "conformal coverage", "mean radius px",
               "Cobb SMAPE", "s / radiograph"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
@@ -270,7 +295,11 @@ def format_aasce_table(rows: Sequence[dict[str, Any]]) -> str:
         if cov != "—":
             cov += f" (nominal {100 * float(r['nominal']):.0f} %)"
         cells = [str(r["model"]), f"{_pct(r.get('recall'))} ({r.get('found', 0)}/{r.get('annotated', 0)})",
-                 _num(r["mean_px"], "{:.1f}"), _num(r["median_px"], "{:.1f}"), _num(r["mean_pct_height"], "{:.1f}"),
+                 _pct(r.get("seen_recall")),
+                 f"{_pct(r['images_all_found'] / r['images'] if r.get('images') else float('nan'))} "
+                 f"({r.get('images_all_found', 0)}/{r.get('images', 0)})",
+                 _num(r["mean_px"], "{:.1f}"), _num(r["median_px"], "{:.1f}"), _num(r.get("p95_px"), "{:.1f}"),
+                 _num(r.get("max_px"), "{:.1f}"), _num(r["mean_pct_height"], "{:.1f}"),
                  _num(r["median_pct_height"], "{:.1f}"),
                  *[_pct(r[f"sdr_{100 * f:g}pct"]) for f in SDR_LEVELS],
                  _num(r["spearman"], "{:+.3f}"), _num(r["ause"], "{:.2f}"), cov, _num(r["mean_radius_px"], "{:.1f}"),
@@ -296,6 +325,12 @@ NOTES = (
 # ----------------------------------------------------------------------------------------------
 # evaluation of one split
 # ----------------------------------------------------------------------------------------------
+def _inferred_sigma(det: Any, order: np.ndarray) -> np.ndarray:
+    """``(V, 1)`` sigma of inferred vertebrae (half the box diagonal, as ``predict`` writes it)."""
+    b = np.asarray(det.boxes_px, np.float64)[order]
+    return (0.5 * np.hypot(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]))[:, None]
+
+
 def _regressor_sigma_px(pred: Any, spatial_size: Sequence[int]) -> np.ndarray:
     """Total sigma_p of a :class:`KeypointPrediction` in radiograph px (crop fractions times crop extent)."""
     s = np.asarray(pred.sigma_frac["total"], np.float64)
@@ -306,8 +341,74 @@ def _regressor_sigma_px(pred: Any, spatial_size: Sequence[int]) -> np.ndarray:
     return s * np.sqrt((ext_x ** 2 + ext_y ** 2) / 2.0)[:, None]
 
 
+def _spine_frames(centres_px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per level the unit direction along the spine ``t`` (V, 2), across it ``n`` (V, 2) and the local spacing (V,)."""
+    c = np.asarray(centres_px, np.float64)
+    v = c.shape[0]
+    if v < 2:
+        raise ValueError(f"a spine frame needs two centres or more, got {v}")
+    nxt = np.vstack([c[1:], 2 * c[-1] - c[-2]])
+    prv = np.vstack([2 * c[0] - c[1], c[:-1]])
+    t = nxt - prv
+    t /= np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-9)
+    n = np.stack([t[:, 1], -t[:, 0]], -1)
+    spacing = 0.5 * (np.linalg.norm(nxt - c, axis=-1) + np.linalg.norm(c - prv, axis=-1))
+    return t, n, spacing
+
+
+class MeanShapeReference:
+    """The no-network reference: the training set's mean corner layout placed at given centres.
+
+    For each level the four corners are stored as offsets from the vertebra centre in the local spine
+    frame (along the spine through the neighbouring centres, across it) divided by the local spacing of
+    the centres; :meth:`predict` puts these mean offsets back at new centres (same frame, same scale).
+
+    Args:
+        offsets: ``(L, 4, 2)`` mean offsets (across, along) in units of the local spacing.
+        levels: the L level names.
+    """
+
+    def __init__(self, offsets: np.ndarray, levels: Sequence[str]) -> None:
+        self.offsets = np.asarray(offsets, np.float64)
+        self.levels = list(levels)
+        if self.offsets.shape != (len(self.levels), 4, 2):
+            raise ValueError(f"offsets must be ({len(self.levels)}, 4, 2), got {self.offsets.shape}")
+
+    @classmethod
+    def fit(cls, labels: Sequence[str], region: str = "ap") -> "MeanShapeReference":
+        """Mean offsets over the annotated films of ``labels`` with every level of ``region``."""
+        from monai_spine.data.annotation import read_annotation
+        from monai_spine.data.keypoints import get_region, get_scheme
+
+        levels = list(get_region(region).levels)
+        acc = np.zeros((len(levels), 4, 2))
+        n = 0
+        for label in labels:
+            ann = read_annotation(label)
+            if [str(v) for v in ann.levels] != levels or not np.all(ann.visible):
+                continue
+            idx = list(get_scheme(ann.scheme).corner_indices)
+            corners = np.asarray(ann.keypoints_px, np.float64)[:, idx]
+            c = corners.mean(1)
+            t, nn, sp = _spine_frames(c)
+            d = corners - c[:, None]
+            acc += np.stack([(d * nn[:, None]).sum(-1), (d * t[:, None]).sum(-1)], -1) / sp[:, None, None]
+            n += 1
+        if n == 0:
+            raise ValueError(f"no annotated film with every {region} level among {len(labels)} labels")
+        return cls(acc / n, levels)
+
+    def predict(self, centres_px: Any, levels: Sequence[str]) -> np.ndarray:
+        """``(V, 4, 2)`` corners at the ``(V, 2)`` centres of ``levels`` (top to bottom)."""
+        c = np.asarray(centres_px, np.float64)
+        t, nn, sp = _spine_frames(c)
+        off = self.offsets[[self.levels.index(str(v)) for v in levels]] * sp[:, None, None]
+        return c[:, None] + off[..., :1] * nn[:, None] + off[..., 1:] * t[:, None]
+
+
 def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, regressor: Any = None,
-                   log: Callable[[str], None] = print) -> dict[str, PointSet]:
+                   log: Callable[[str], None] = print, reference: MeanShapeReference | None = None
+                   ) -> dict[str, PointSet]:
     """Run the models on every radiograph of ``labels``; returns the :class:`PointSet` of each model row."""
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.keypoints import get_region
@@ -322,6 +423,8 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
         sets["heatmap"] = PointSet("heatmap (detected centres)")
     if regressor is not None:
         sets["regressor"] = PointSet("regressor bayecbam (detected boxes)")
+    if reference is not None:
+        sets["reference"] = PointSet("mean shape at detected centres (no network)")
     for i, label in enumerate(labels):
         ann = read_annotation(label)
         img = read_xray(ann.image)
@@ -333,6 +436,8 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
         t0 = time.perf_counter()
         det = detector.detect(image, None, "unknown")
         t_det = time.perf_counter() - t0
+        inferred = np.asarray(getattr(det, "inferred", None) if getattr(det, "inferred", None) is not None
+                              else np.zeros(len(det.levels), bool), bool)
         found_det, found_gt = [], []
         for d, lev in enumerate(det.levels):
             j = gt_idx.get(str(lev))
@@ -344,10 +449,15 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
                 found_det.append(d)
                 found_gt.append(j)
 
+        seen_found = int(sum(1 for d in found_det if not inferred[d]))
+
         def _record(ps: PointSet, pred_all: np.ndarray, sig_all: np.ndarray, seconds: float,
-                    pred_idx: Sequence[int], gt_rows: Sequence[int], gt_found: int) -> None:
+                    pred_idx: Sequence[int], gt_rows: Sequence[int], gt_found: int, seen: int | None = None) -> None:
             ps.annotated += len(gt_idx)
             ps.found += gt_found
+            ps.seen_found += gt_found if seen is None else seen
+            ps.images += 1
+            ps.images_all_found += int(gt_found == len(gt_idx))
             ps.seconds.append(seconds)
             if len(pred_idx):
                 ps.add_image(i, pred_all[list(pred_idx)], sig_all[list(pred_idx)], ann.keypoints_px[list(gt_rows)],
@@ -362,10 +472,21 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
             t0 = time.perf_counter()
             cp = corners.predict(image, det.centres_px[det_order], None, "unknown",
                                  levels=[str(det.levels[d]) for d in det_order])
-            _record(sets["heatmap"], cp.corners_px, cp.sigma_px, t_det + time.perf_counter() - t0,
-                    [pos[d] for d in found_det], found_gt, len(found_det))
+            sig = np.where(inferred[det_order][:, None], np.maximum(cp.sigma_px, _inferred_sigma(det, det_order)),
+                           cp.sigma_px)
+            _record(sets["heatmap"], cp.corners_px, sig, t_det + time.perf_counter() - t0,
+                    [pos[d] for d in found_det], found_gt, len(found_det), seen_found)
         elif corners is not None:
             sets["heatmap"].annotated += len(gt_idx)
+            sets["heatmap"].images += 1
+        if reference is not None and len(det.levels) >= 2:
+            t0 = time.perf_counter()
+            ref_c = reference.predict(det.centres_px[det_order], [str(det.levels[d]) for d in det_order])
+            _record(sets["reference"], ref_c, np.full(ref_c.shape[:2], np.nan), t_det + time.perf_counter() - t0,
+                    [pos[d] for d in found_det], found_gt, len(found_det), seen_found)
+        elif reference is not None:
+            sets["reference"].annotated += len(gt_idx)
+            sets["reference"].images += 1
         if corners is not None:
             rows = sorted(gt_idx.values(), key=lambda j: levels.index(ann.levels[j]))
             centres = vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme, boxes_px=ann.boxes_px)[rows]
@@ -378,12 +499,57 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
             rp = regressor.predict(image, det.boxes_px[det_order], None, "unknown")
             sig = _regressor_sigma_px(rp, regressor.spatial_size)
             _record(sets["regressor"], np.asarray(rp.keypoints_px, np.float64), sig, t_det + time.perf_counter() - t0,
-                    [pos[d] for d in found_det], found_gt, len(found_det))
+                    [pos[d] for d in found_det], found_gt, len(found_det), seen_found)
         elif regressor is not None:
             sets["regressor"].annotated += len(gt_idx)
         if (i + 1) % 10 == 0:
             log(f"[aasce]   {i + 1}/{len(labels)} radiographs")
     return sets
+
+
+def train_chain_folder(
+    ckpt_dir: str | os.PathLike,
+    train_labels: Sequence[str],
+    spatial_size: Sequence[int] = (384, 128),
+    features: Sequence[int] = (8, 8, 16, 32, 64, 8),
+    epochs: int = 40,
+    batch_size: int = 8,
+    learning_rate: float = 2e-3,
+    sigma_px: float = 2.0,
+    seed: int = 0,
+    region: str = "ap",
+    log: Callable[[str], None] = print,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Train a ``chain`` detector on annotated films and save ``model.pt`` + ``detector_model.json``.
+
+    The spacing profile of the spec is measured on the same training films; the spec asks for the
+    complete spine (every level, the unseen ones inferred). Returns the folder.
+    """
+    import torch
+
+    from monai_spine.engines.detector import detector_cases, load_detector_arrays, spacing_profile, train_chain_detector
+    from monai_spine.inference.detector import DetectorSpec
+
+    out = Path(ckpt_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = detector_cases(list(train_labels), region)
+    t0 = time.perf_counter()
+    items = load_detector_arrays(cases, max_height_px=2 * int(spatial_size[0]))
+    log(f"[aasce] {len(items)} training films read and shrunk in {time.perf_counter() - t0:.0f} s")
+    prof = spacing_profile([it["centres_px"] for it in items])
+    spec = DetectorSpec(region=region, spatial_size=tuple(spatial_size), features=tuple(features), sigma_px=sigma_px,
+                        score_threshold=0.2, decode_method="chain", nms_radius_px=2, spacing_profile=tuple(prof),
+                        complete=True, keep_mm_aspect=True,
+                        meta={**(meta or {}), "training_images": len(items), "epochs": int(epochs),
+                              "batch_size": int(batch_size), "learning_rate": float(learning_rate), "seed": int(seed)})
+    net = spec.build_network()
+    losses = train_chain_detector(items, net, spec.spatial_size, epochs, batch_size, learning_rate, sigma_px, seed=seed,
+                                  log=lambda m: log(f"[aasce] detector {m}"))
+    spec.meta["final_loss"] = float(losses[-1]) if losses else None
+    torch.save(net.state_dict(), out / "model.pt")
+    spec.save(out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,13 +614,34 @@ def run_aasce_benchmark(
         log(f"[aasce] {name} trained in {times[f'{name}_train_s']:.0f} s")
         return run_dir / "models"
 
-    det_dir = _train("detector", ["train.json", "detector_train.json"], settings.epochs_detector,
-                     batch_size=4, val_batch_size=4, learning_rate=2e-3,
-                     **{"detector#spatial_size": list(settings.detector_spatial),
-                        "detector#features": list(settings.detector_features), "detector#sigma_px": 1.5})
+    if settings.detector_dir:
+        det_dir = Path(settings.detector_dir)
+    elif settings.detector_method == "chain":
+        det_dir = out / "detector" / "models"
+        if settings.reuse and (det_dir / "model.pt").is_file():
+            log(f"[aasce] reusing the trained detector in {det_dir}")
+            times["detector_train_s"] = float(previous.get("detector_train_s") or 0.0)
+        else:
+            t0 = time.perf_counter()
+            train_labels = index["training"][: settings.max_train] if settings.max_train else index["training"]
+            train_chain_folder(det_dir, train_labels, settings.detector_spatial, settings.detector_features,
+                               settings.epochs_detector, settings.detector_batch, seed=settings.seed, log=log,
+                               meta={"dataset": f"AASCE {ds.name} training split ({len(train_labels)} films)"})
+            times["detector_train_s"] = time.perf_counter() - t0
+            log(f"[aasce] detector trained in {times['detector_train_s']:.0f} s")
+    else:
+        det_dir = _train("detector", ["train.json", "detector_train.json"], settings.epochs_detector,
+                         batch_size=4, val_batch_size=4, learning_rate=2e-3,
+                         **{"detector#spatial_size": list(settings.detector_spatial),
+                            "detector#features": list(settings.detector_features), "detector#sigma_px": 1.5})
     detector = VertebraDetector.from_checkpoint(det_dir)
+    reference = MeanShapeReference.fit(index["training"][: settings.max_train] if settings.max_train
+                                       else index["training"])
     corners = regressor = None
-    if "heatmap" in settings.models:
+    if "heatmap" in settings.models and settings.heatmap_dir:
+        corners = CornerPredictor.from_ckpt_dir(settings.heatmap_dir)
+        corners.spec.grid = (int(settings.heatmap_grid[0]), float(settings.heatmap_grid[1]))
+    elif "heatmap" in settings.models:
         hm_dir = _train("heatmap", ["train.json", "heatmap_train.json"], settings.epochs_heatmap, batch_size=4,
                         fcn_width=settings.heatmap_width, learning_rate=1e-3,
                         **{"patches#per_image": settings.heatmap_patches,
@@ -477,9 +664,9 @@ def run_aasce_benchmark(
 
     torch.set_grad_enabled(False)
     log(f"[aasce] calibration predictions on {len(val)} validation radiographs")
-    val_sets = evaluate_split(val, detector, corners, regressor, log)
+    val_sets = evaluate_split(val, detector, corners, regressor, log, reference)
     log(f"[aasce] evaluation on {len(test)} test radiographs")
-    test_sets = evaluate_split(test, detector, corners, regressor, log)
+    test_sets = evaluate_split(test, detector, corners, regressor, log, reference)
     from monai_spine.engines.bench_pipeline import calibrate_conformal, json_safe
 
     rows = [points_metrics(ps, calibrate_conformal(val_sets[k].errors_px, val_sets[k].sigma_px,

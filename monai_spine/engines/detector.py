@@ -59,7 +59,7 @@ from monai_spine.data.annotation import SpineAnnotation, read_annotation
 from monai_spine.data.keypoints import get_region, get_scheme
 from monai_spine.handlers.batch_metric import BatchSummaryMetric, batch_field
 from monai_spine.networks.detector import NUM_BOX_CHANNELS
-from transforms.detection import boxes_to_image_px, points_to_image_px
+from transforms.detection import boxes_to_image_px, boxes_to_net_px, points_to_image_px
 
 __all__ = [
     "vertebra_centres_px",
@@ -67,12 +67,18 @@ __all__ = [
     "detector_datalists",
     "DetectionLoss",
     "decode_detections",
+    "spacing_profile",
+    "assign_levels_chain",
+    "complete_chain",
     "box_iou",
     "match_detections",
     "DetectionAccumulator",
     "DetectionErrorHandler",
     "evaluate_detector",
     "experiment_params",
+    "load_detector_arrays",
+    "chain_training_sample",
+    "train_chain_detector",
     "NUM_BOX_CHANNELS",
 ]
 
@@ -333,6 +339,234 @@ def _monotone_assignment(weights: np.ndarray, gap_penalty: float = 0.5) -> list[
     return pairs[::-1]
 
 
+def spacing_profile(centres_px: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean relative distance between consecutive levels, ``(L - 1,)``, normalised to mean 1.
+
+    Args:
+        centres_px: per radiograph an ``(L, 2)`` array of level centres (NaN: absent). Each film with
+            a pair of consecutive present levels contributes the pair's distance divided by the film's
+            median consecutive distance, so the profile is free of the film's scale.
+
+    Raises:
+        ValueError: fewer than two levels, or no film with two consecutive present levels.
+    """
+    rows = [np.asarray(c, dtype=np.float64) for c in centres_px]
+    if not rows or rows[0].ndim != 2 or rows[0].shape[0] < 2 or rows[0].shape[1] != 2:
+        raise ValueError(f"spacing_profile: expected (L, 2) centre arrays with L >= 2, got {len(rows)} arrays")
+    n_lev = rows[0].shape[0]
+    acc = np.zeros(n_lev - 1)
+    cnt = np.zeros(n_lev - 1)
+    for c in rows:
+        if c.shape != (n_lev, 2):
+            raise ValueError(f"spacing_profile: every array must be ({n_lev}, 2), got {c.shape}")
+        d = np.hypot(*(c[1:] - c[:-1]).T)
+        ok = np.isfinite(d) & (d > 0)
+        if not ok.any():
+            continue
+        acc[ok] += d[ok] / np.median(d[ok])
+        cnt[ok] += 1
+    if not cnt.any():
+        raise ValueError("spacing_profile: no film with two consecutive present levels")
+    prof = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
+    prof = np.where(np.isfinite(prof), prof, np.nanmean(prof))
+    return prof / prof.mean()
+
+
+def assign_levels_chain(
+    points_px: Any,
+    scores: Any,
+    profile: Any,
+    gap_penalty: float = 2.0,
+    end_gap_penalty: float | None = None,
+    drop_penalty: float = 3.0,
+    spacing_sigma: float = 0.2,
+    max_skip: int = 3,
+    num_scales: int = 41,
+    scale_range: tuple[float, float] = (0.4, 2.5),
+) -> tuple[np.ndarray, float, float]:
+    """Levels for a chain of "any vertebra" peaks: which peak is which level, by spacing along the spine.
+
+    The peaks, ordered top to bottom, get levels by the order-preserving assignment of least cost:
+
+    * ``drop_penalty * score`` for every peak left out (an extra peak: a double response, a rib, the
+      sacrum), so confident peaks are kept;
+    * ``gap_penalty`` for every level skipped between two assigned ones (a vertebra the network
+      missed) and ``end_gap_penalty`` for every level left out above the first or below the last
+      (a film cut at the top or bottom; default ``gap_penalty``);
+    * between consecutive assigned peaks ``i < j`` with levels ``a < b``,
+      ``0.5 * (log(d_ij / (s * sum(profile[a:b]))) / spacing_sigma) ** 2``: the distance between the
+      peaks against the expected distance of the two levels at the film's scale ``s`` (pixels per
+      profile unit). The scale is not known: every scale of a geometric grid over ``scale_range`` times
+      the median distance between neighbouring peaks is tried and the cheapest kept. The profile's
+      shape (vertebrae grow from T1 to L5) is what places a chain cut at one end.
+
+    Dynamic programming over (peak, level) with at most ``max_skip`` levels and peaks skipped per step.
+
+    Args:
+        points_px: ``(P, 2)`` ``(x, y)`` peak positions (any pixel unit; order does not matter).
+        scores: ``(P,)`` peak scores in [0, 1].
+        profile: ``(L - 1,)`` expected distance between consecutive levels (see :func:`spacing_profile`).
+
+    Returns:
+        ``(levels, scale, cost)``: ``(P,)`` int level index of each peak in the input order (-1: left out),
+        the chosen scale (pixels per profile unit; NaN with fewer than two peaks) and the total cost.
+
+    Raises:
+        ValueError: shapes do not match, or the profile is not positive.
+    """
+    pts = np.asarray(_np(points_px), dtype=np.float64).reshape(-1, 2)
+    sc = np.asarray(_np(scores), dtype=np.float64).reshape(-1)
+    prof = np.asarray(_np(profile), dtype=np.float64).reshape(-1)
+    if sc.shape[0] != pts.shape[0]:
+        raise ValueError(f"assign_levels_chain: {pts.shape[0]} points but {sc.shape[0]} scores")
+    if prof.size < 1 or not np.all(np.isfinite(prof)) or np.any(prof <= 0):
+        raise ValueError(f"assign_levels_chain: profile must be positive and finite, got {prof}")
+    n_lev, n_pts = prof.size + 1, pts.shape[0]
+    out = np.full(n_pts, -1, dtype=np.int64)
+    end_gap = float(gap_penalty if end_gap_penalty is None else end_gap_penalty)
+    if n_pts == 0:
+        return out, float("nan"), end_gap * n_lev
+    order = np.argsort(pts[:, 1], kind="stable")
+    p, s = pts[order], sc[order]
+    drop = float(drop_penalty) * np.clip(s, 0.0, None)
+    drop_cum = np.concatenate([[0.0], np.cumsum(drop)])  # drop of peaks [i, j) = drop_cum[j] - drop_cum[i]
+    if n_pts == 1:
+        # one peak: every level fits; the cheapest is the one with most levels cut away at the ends (all equal)
+        out[order[0]] = 0
+        return out, float("nan"), end_gap * (n_lev - 1)
+    cum = np.concatenate([[0.0], np.cumsum(prof)])
+    dist = np.hypot(p[:, None, 0] - p[None, :, 0], p[:, None, 1] - p[None, :, 1])  # (P, P)
+    base = float(np.median(np.diag(dist, 1))) / float(np.median(prof))
+    if not base > 0:
+        base = 1.0
+    w = 0.5 / float(spacing_sigma) ** 2
+    ms = max(1, int(max_skip))
+    scales = base * np.geomspace(scale_range[0], scale_range[1], int(num_scales))  # (S,)
+    n_s = scales.size
+    levels = np.arange(n_lev)
+    # cost[:, i, k]: cheapest chain (per scale) whose last assigned pair is (peak i, level k)
+    cost = np.empty((n_s, n_pts, n_lev))
+    back_i = np.full((n_s, n_pts, n_lev), -1, dtype=np.int64)
+    back_k = np.full((n_s, n_pts, n_lev), -1, dtype=np.int64)
+    for i in range(n_pts):
+        best = np.broadcast_to(drop_cum[i] + end_gap * levels, (n_s, n_lev)).copy()  # start the chain here
+        bi = np.full((n_s, n_lev), -1, dtype=np.int64)
+        bk = np.full((n_s, n_lev), -1, dtype=np.int64)
+        for ip in range(max(0, i - ms - 1), i):
+            skipped = drop_cum[i] - drop_cum[ip + 1]
+            for dk in range(1, min(ms + 1, n_lev - 1) + 1):
+                ks = levels[dk:]
+                expected = scales[:, None] * (cum[ks] - cum[ks - dk])[None, :]  # (S, L - dk)
+                c = (cost[:, ip, ks - dk] + skipped + gap_penalty * (dk - 1)
+                     + w * np.log(max(dist[ip, i], 1e-9) / expected) ** 2)
+                better = c < best[:, ks]
+                best[:, ks] = np.where(better, c, best[:, ks])
+                bi[:, ks] = np.where(better, ip, bi[:, ks])
+                bk[:, ks] = np.where(better, ks - dk, bk[:, ks])
+        cost[:, i], back_i[:, i], back_k[:, i] = best, bi, bk
+    tail = (drop_cum[-1] - drop_cum[1:])[:, None] + end_gap * (n_lev - 1 - levels)[None, :]  # (P, L)
+    total = cost + tail[None]
+    si, i, k = np.unravel_index(int(np.argmin(total)), total.shape)
+    best_total, best_scale = float(total[si, i, k]), float(scales[si])
+    best_path = []
+    while i >= 0:
+        best_path.append((int(i), int(k)))
+        i, k = back_i[si, i, k], back_k[si, i, k]
+    for i, k in best_path or []:
+        out[order[i]] = k
+    return out, best_scale, best_total
+
+
+def complete_chain(centres_px: Any, profile: Any, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the levels without a centre along the spine: ``(centres (L, 2), inferred (L,))``.
+
+    A missing level between two found ones is placed between them at the profile's share of their
+    distance; levels above the first or below the last found one are extrapolated along the direction
+    of the two nearest found levels (straight down with one found level), at ``scale`` pixels per profile
+    unit (default: the scale of the found levels). With no found level nothing can be placed (all NaN).
+
+    Args:
+        centres_px: ``(L, 2)`` level centres, NaN where missing.
+        profile: ``(L - 1,)`` expected distance between consecutive levels.
+        scale: pixels per profile unit (used with a single found level; None: estimated).
+
+    Raises:
+        ValueError: shapes do not match.
+    """
+    c = np.asarray(_np(centres_px), dtype=np.float64).copy()
+    prof = np.asarray(_np(profile), dtype=np.float64).reshape(-1)
+    if c.ndim != 2 or c.shape != (prof.size + 1, 2):
+        raise ValueError(f"complete_chain: centres must be ({prof.size + 1}, 2) for a profile of {prof.size}, "
+                         f"got {c.shape}")
+    known = np.all(np.isfinite(c), -1)
+    inferred = ~known
+    idx = np.flatnonzero(known)
+    if idx.size == 0:
+        return c, inferred
+    cum = np.concatenate([[0.0], np.cumsum(prof)])
+    if idx.size >= 2:
+        d = np.hypot(*(c[idx[1:]] - c[idx[:-1]]).T)
+        est = float(np.median(d / (cum[idx[1:]] - cum[idx[:-1]])))
+    else:
+        est = float("nan")
+    s = est if scale is None or not np.isfinite(scale) else float(scale)
+    if not np.isfinite(s):
+        s = est
+    for a, b in zip(idx[:-1], idx[1:]):
+        for k in range(a + 1, b):
+            t = (cum[k] - cum[a]) / (cum[b] - cum[a])
+            c[k] = c[a] + t * (c[b] - c[a])
+
+    def _direction(i0: int, i1: int) -> np.ndarray:
+        v = c[i1] - c[i0]
+        n = np.hypot(*v)
+        return v / n if n > 0 else np.array([0.0, 1.0])
+
+    if not np.isfinite(s):
+        return c, inferred
+    first, last = idx[0], idx[-1]
+    up = _direction(idx[0], idx[1]) if idx.size >= 2 else np.array([0.0, 1.0])
+    down = _direction(idx[-2], idx[-1]) if idx.size >= 2 else np.array([0.0, 1.0])
+    for k in range(first - 1, -1, -1):
+        c[k] = c[first] - up * s * (cum[first] - cum[k])
+    for k in range(last + 1, c.shape[0]):
+        c[k] = c[last] + down * s * (cum[k] - cum[last])
+    return c, inferred
+
+
+def _decode_chain(p: np.ndarray, score_threshold: float, apply_sigmoid: bool, refine: bool, nms_radius_px: int,
+                  candidate_fraction: float, profile: Any, chain_kwargs: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+    """The ``chain`` method of :func:`decode_detections` (``p``: ``(1 + 4, H, W)`` float64)."""
+    if profile is None:
+        raise ValueError("decode_detections: method 'chain' needs the spacing profile (L - 1,)")
+    if p.shape[0] != 1 + NUM_BOX_CHANNELS:
+        raise ValueError(f"decode_detections: method 'chain' expects (1 + 4, H, W), got shape {p.shape}")
+    prof = np.asarray(_np(profile), dtype=np.float64).reshape(-1)
+    n_lev = prof.size + 1
+    h, w = p.shape[1:]
+    heat = p[0]
+    if apply_sigmoid:
+        heat = 1.0 / (1.0 + np.exp(-np.clip(heat, -60, 60)))
+    xs, ys = _local_maxima(heat, int(nms_radius_px), float(candidate_fraction) * float(score_threshold),
+                           max_count=2 * n_lev + 4)
+    pts = np.array([_refine(heat, x, y) if refine else (x, y) for x, y in zip(xs, ys)], dtype=np.float64)
+    sc = heat[ys, xs] if xs.size else np.zeros(0)
+    lev, scale, _ = assign_levels_chain(pts.reshape(-1, 2), sc, prof, **dict(chain_kwargs or {}))
+    scores = np.zeros(n_lev)
+    centres = np.full((n_lev, 2), np.nan)
+    boxes = np.full((n_lev, 4), np.nan)
+    for i in np.flatnonzero(lev >= 0):
+        if sc[i] < score_threshold:
+            continue
+        k = lev[i]
+        scores[k], centres[k] = sc[i], pts[i]
+        ltrb = np.maximum(p[1:, ys[i], xs[i]], 0.0) * np.array([w, h, w, h], dtype=np.float64)
+        boxes[k] = np.concatenate([pts[i] - ltrb[:2], pts[i] + ltrb[2:]])
+    detected = np.all(np.isfinite(centres), -1)
+    return {"scores": scores, "centres_net_px": centres, "boxes_net_px": boxes, "detected": detected,
+            "scale": np.asarray(scale)}
+
+
 def decode_detections(
     pred: Any,
     score_threshold: float = 0.2,
@@ -342,8 +576,17 @@ def decode_detections(
     nms_radius_px: int = 2,
     gap_penalty: float = 0.5,
     candidate_fraction: float = 0.5,
+    profile: Any = None,
+    chain_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Level centres, boxes and scores from one network output.
+
+    A third method, ``"chain"``, decodes a network with a single "any vertebra" heatmap channel
+    (``pred`` ``(1 + 4, H, W)``): the peaks of that channel (local maxima as for ``sequence``, scores
+    ``>= candidate_fraction * score_threshold``) get levels by :func:`assign_levels_chain` from their
+    spacing along the spine against ``profile`` (``(L - 1,)``, required; ``chain_kwargs`` go to
+    :func:`assign_levels_chain`); the result has ``L = len(profile) + 1`` rows and a ``scale`` entry
+    (net pixels per profile unit).
 
     Two methods:
 
@@ -382,11 +625,14 @@ def decode_detections(
         ``(x, y)``, ``boxes_net_px`` ``(L, 4)`` ``(x0, y0, x1, y1)`` (distances clamped at 0),
         ``detected`` ``(L,)`` bool.
     """
-    if method not in ("sequence", "argmax"):
-        raise ValueError(f"decode method must be 'sequence' or 'argmax', got {method!r}")
+    if method not in ("sequence", "argmax", "chain"):
+        raise ValueError(f"decode method must be 'sequence', 'argmax' or 'chain', got {method!r}")
     p = _np(pred).astype(np.float64)
     if p.ndim != 3 or p.shape[0] <= NUM_BOX_CHANNELS:
         raise ValueError(f"decode_detections: expected (L + 4, H, W), got shape {p.shape}")
+    if method == "chain":
+        return _decode_chain(p, score_threshold, apply_sigmoid, refine, nms_radius_px, candidate_fraction, profile,
+                             chain_kwargs)
     n_lev = p.shape[0] - NUM_BOX_CHANNELS
     h, w = p.shape[1:]
     hm = p[:n_lev]
@@ -772,3 +1018,175 @@ def experiment_params(
     if not dataset_dir and synthetic:
         params.update({f"synthetic_{k}": (str(v) if isinstance(v, (list, tuple)) else v) for k, v in synthetic.items()})
     return params
+
+
+# ---------------------------------------------------------------------------------------------- chain training
+def load_detector_arrays(
+    cases: Sequence[Mapping[str, Any]], max_height_px: int = 768, intensity_percentiles: Sequence[float] = (0.5, 99.5)
+) -> list[dict[str, Any]]:
+    """Read, intensity-scale and shrink radiographs once, for fast whole-film detector training.
+
+    Each image is scaled to [0, 1] by its ``intensity_percentiles`` (as the detector's inference does)
+    and shrunk (area interpolation) so that its height is at most ``max_height_px``; centres and
+    boxes are scaled with it. Augmentation then resamples these small images instead of the full films.
+
+    Args:
+        cases: items of :func:`detector_cases`.
+        max_height_px: height of the kept images (about twice the network input height is plenty).
+        intensity_percentiles: ``(lower, upper)`` percentiles mapped to 0 and 1 (clipped).
+
+    Returns:
+        dicts with ``image`` ``(1, h, w)`` float32, ``centres_px`` ``(L, 2)``, ``boxes_px`` ``(L, 4)``,
+        ``present`` ``(L,)``, ``shrink`` (image pixels per kept pixel), ``image_path``.
+    """
+    import cv2
+
+    from monai_spine.data.readers import read_xray
+
+    lo, hi = (float(v) for v in intensity_percentiles)
+    out = []
+    for case in cases:
+        sidecar = case.get("sidecar_spacing_mm")
+        img = read_xray(case["image"], spacing_mm=None if sidecar is None else [float(v) for v in np.ravel(sidecar)])
+        a = np.asarray(img.channel_first(), dtype=np.float32)[0]
+        p0, p1 = np.percentile(a, [lo, hi])
+        a = np.clip((a - p0) / max(float(p1 - p0), 1e-6), 0.0, 1.0).astype(np.float32)
+        f = max(1.0, a.shape[0] / float(max_height_px))
+        if f > 1.0:
+            a = cv2.resize(a, (max(1, round(a.shape[1] / f)), max(1, round(a.shape[0] / f))), interpolation=cv2.INTER_AREA)
+        sx, sy = img.array.shape[1] / a.shape[1], img.array.shape[0] / a.shape[0]
+        c = np.asarray(case["centres_px"], dtype=np.float64) / [sx, sy]
+        b = np.asarray(case["boxes_px"], dtype=np.float64) / [sx, sy, sx, sy]
+        out.append({"image": a[None], "centres_px": c, "boxes_px": b, "present": np.asarray(case["present"], bool),
+                    "shrink": (sx, sy), "image_path": str(case["image"])})
+    return out
+
+
+def chain_training_sample(
+    item: Mapping[str, Any],
+    spatial_size: Sequence[int],
+    sigma_px: float,
+    rng: np.random.Generator | None = None,
+    zoom_range: Sequence[float] = (0.85, 1.15),
+    shift_frac: float = 0.08,
+    flip_prob: float = 0.5,
+    gamma_range: Sequence[float] = (0.7, 1.5),
+    box_radius_px: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One (augmented) input and its single-channel target for the ``chain`` detector.
+
+    Args:
+        item: an item of :func:`load_detector_arrays`.
+        spatial_size: ``(H, W)`` network input.
+        sigma_px: Gaussian sigma of the centre peaks, net pixels.
+        rng: random generator; None: no augmentation (the plain letterbox, as at inference).
+        zoom_range, shift_frac, flip_prob, gamma_range: augmentation (zoom about the centre, shift as a
+            fraction of the net size, left-right flip, intensity gamma).
+        box_radius_px: see :class:`transforms.detection.CentreHeatmapTarget`.
+
+    Returns:
+        ``(image (1, H, W), target (1 + 5, H, W), det_to_item (3, 3))`` float32 / float64: the target's
+        channel 0 is the maximum of the level heatmaps ("any vertebra"), then the box channels.
+    """
+    from transforms.detection import CentreHeatmapTarget, augment_affine, letterbox_affine, resample_to_net
+
+    hn, wn = (int(v) for v in spatial_size)
+    img = item["image"]
+    a = letterbox_affine((img.shape[2], img.shape[1]), (hn, wn))
+    if rng is not None:
+        zoom = float(rng.uniform(*zoom_range))
+        shift = rng.uniform(-shift_frac, shift_frac, 2) * (wn, hn)
+        aug = augment_affine((hn, wn), zoom, shift, bool(rng.random() < flip_prob))
+        a = a @ aug
+    x = resample_to_net(img, a, (hn, wn))
+    if rng is not None:
+        x = np.power(np.clip(x, 0.0, 1.0), float(rng.uniform(*gamma_range))).astype(np.float32)
+    inv = np.linalg.inv(a)
+    c = np.asarray(item["centres_px"], dtype=np.float64) @ inv[:2, :2].T + inv[:2, 2]
+    b = boxes_to_net_px(np.asarray(item["boxes_px"], dtype=np.float64), a)
+    t = CentreHeatmapTarget((hn, wn), sigma_px, box_radius_px)(c, b, item["present"])
+    n_lev = c.shape[0]
+    target = np.concatenate([t[:n_lev].max(0, keepdims=True), t[n_lev:]], 0).astype(np.float32)
+    return x.astype(np.float32), target, a
+
+
+def train_chain_detector(
+    train_items: Sequence[Mapping[str, Any]],
+    network: torch.nn.Module,
+    spatial_size: Sequence[int],
+    epochs: int,
+    batch_size: int = 8,
+    learning_rate: float = 2e-3,
+    sigma_px: float = 2.0,
+    size_weight: float = 5.0,
+    seed: int = 0,
+    augment: bool = True,
+    log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train a single-heatmap (``chain``) detector on :func:`load_detector_arrays` items.
+
+    Adam with cosine annealing, :class:`DetectionLoss` (focal heatmap + L1 box), batches of augmented
+    whole films from :func:`chain_training_sample`. Returns the mean loss of every epoch.
+    """
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(network.parameters(), lr=learning_rate)
+    steps_per_epoch = max(1, int(np.ceil(len(train_items) / batch_size)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    loss_fn = DetectionLoss(size_weight=size_weight)
+    losses: list[float] = []
+    network.train()
+    for ep in range(int(epochs)):
+        perm = rng.permutation(len(train_items))
+        tot = 0.0
+        for st in range(steps_per_epoch):
+            idx = perm[st * batch_size : (st + 1) * batch_size]
+            xs, ts = [], []
+            for j in idx:
+                x, t, _ = chain_training_sample(train_items[j], spatial_size, sigma_px, rng if augment else None)
+                xs.append(x)
+                ts.append(t)
+            xb, tb = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ts))
+            opt.zero_grad()
+            loss = loss_fn(network(xb), tb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item()
+        losses.append(tot / steps_per_epoch)
+        if log is not None:
+            log(f"epoch {ep + 1}/{epochs} loss {losses[-1]:.4f}")
+        if on_epoch is not None:
+            on_epoch(ep, losses[-1])
+    network.eval()
+    return losses
+
+
+def evaluate_chain_items(
+    network: torch.nn.Module,
+    items: Sequence[Mapping[str, Any]],
+    spatial_size: Sequence[int],
+    profile: Any,
+    score_threshold: float = 0.2,
+    nms_radius_px: int = 2,
+    chain_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Recall at the right level and films with every level found, on :func:`load_detector_arrays` items.
+
+    A quick check during development and training (the kept images' pixels, no augmentation); the
+    benchmark's figures come from :func:`evaluate_detector` on the full films.
+    """
+    acc = DetectionAccumulator()
+    network.eval()
+    with torch.inference_mode():
+        for i, it in enumerate(items):
+            x, _, a = chain_training_sample(it, spatial_size, 1.0, None)
+            pred = network(torch.from_numpy(x[None]))[0]
+            dec = decode_detections(pred, score_threshold, method="chain", nms_radius_px=nms_radius_px,
+                                    profile=profile, chain_kwargs=chain_kwargs)
+            c = points_to_image_px(dec["centres_net_px"], a)
+            m = match_detections(c, dec["scores"], it["centres_px"], it["boxes_px"], it["present"], None,
+                                 score_threshold)
+            acc.add(i, m)
+    return acc.summary()

@@ -28,11 +28,11 @@ import torch
 
 from monai_spine.data.annotation import atomic_write_text
 from monai_spine.data.keypoints import get_region, px_to_mm
-from monai_spine.engines.detector import decode_detections
+from monai_spine.engines.detector import complete_chain, decode_detections
 from monai_spine.networks.detector import DEFAULT_FEATURES, VertebraDetectorNet
 from transforms.detection import LetterboxResize, boxes_to_image_px, points_to_image_px
 
-__all__ = ["DetectorSpec", "Detections", "VertebraDetector", "SPEC_FILE", "CHECKPOINT_FILE", "MODEL_FORMAT"]
+__all__ = ["DetectorSpec", "Detections", "VertebraDetector", "complete_levels", "SPEC_FILE", "CHECKPOINT_FILE", "MODEL_FORMAT"]
 
 SPEC_FILE = "detector_model.json"
 CHECKPOINT_FILE = "model.pt"
@@ -50,11 +50,19 @@ class DetectorSpec:
         sigma_px: Gaussian sigma of the training targets, net pixels (informative).
         score_threshold: peaks below it are not detections.
         decode_method: ``"sequence"`` (order-preserving level assignment) or ``"argmax"`` (each level
-            on its own); see :func:`~monai_spine.engines.detector.decode_detections`.
+            on its own) for a network with one heatmap per level; ``"chain"`` for a network with one
+            "any vertebra" heatmap whose peaks get levels from their spacing along the spine
+            (:func:`~monai_spine.engines.detector.assign_levels_chain`); see
+            :func:`~monai_spine.engines.detector.decode_detections`.
         nms_radius_px: local-maximum window half-size of the ``sequence`` decoding, net pixels.
         gap_penalty: cost of a level or vertebra skipped inside the sequence (``sequence`` decoding).
         keep_mm_aspect: letterbox with square millimetres per net pixel when the spacing is known.
         intensity_percentiles: ``(lower, upper)`` percentiles scaled to 0 and 1 (clipped).
+        spacing_profile: ``(L - 1,)`` mean relative distance between consecutive levels, measured on
+            the training split (``chain`` decoding; required there).
+        complete: output every level of the region: levels the detector did not see are filled along
+            the spine (:func:`~monai_spine.engines.detector.complete_chain`) and flagged ``inferred``.
+        chain_kwargs: options of :func:`~monai_spine.engines.detector.assign_levels_chain`.
         meta: free-form record.
     """
 
@@ -68,6 +76,9 @@ class DetectorSpec:
     gap_penalty: float = 0.5
     keep_mm_aspect: bool = True
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    spacing_profile: tuple[float, ...] | None = None
+    complete: bool = False
+    chain_kwargs: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,8 +95,18 @@ class DetectorSpec:
         if not 0.0 < float(self.score_threshold) < 1.0:
             raise ValueError(f"score_threshold must be in (0, 1), got {self.score_threshold}")
         self.score_threshold = float(self.score_threshold)
-        if self.decode_method not in ("sequence", "argmax"):
-            raise ValueError(f"decode_method must be 'sequence' or 'argmax', got {self.decode_method!r}")
+        if self.decode_method not in ("sequence", "argmax", "chain"):
+            raise ValueError(f"decode_method must be 'sequence', 'argmax' or 'chain', got {self.decode_method!r}")
+        if self.spacing_profile is not None:
+            prof = tuple(float(v) for v in np.ravel(self.spacing_profile))
+            if len(prof) != len(self.levels) - 1 or not all(np.isfinite(prof)) or min(prof) <= 0:
+                raise ValueError(f"spacing_profile must be {len(self.levels) - 1} positive numbers (region "
+                                 f"{self.region!r}), got {self.spacing_profile!r}")
+            self.spacing_profile = prof
+        if self.decode_method == "chain" and self.spacing_profile is None:
+            raise ValueError("decode_method 'chain' needs a spacing_profile (measured on the training split)")
+        self.complete = bool(self.complete)
+        self.chain_kwargs = dict(self.chain_kwargs or {})
         self.nms_radius_px = int(self.nms_radius_px)
         if self.nms_radius_px < 1:
             raise ValueError(f"nms_radius_px must be >= 1, got {self.nms_radius_px}")
@@ -106,9 +127,14 @@ class DetectorSpec:
         """The region's levels, one heatmap channel each."""
         return get_region(self.region).levels
 
+    @property
+    def num_heatmaps(self) -> int:
+        """Heatmap channels of the network: 1 ("any vertebra") for ``chain``, else one per level."""
+        return 1 if self.decode_method == "chain" else len(self.levels)
+
     def build_network(self) -> VertebraDetectorNet:
         """A fresh :class:`VertebraDetectorNet` for this spec."""
-        return VertebraDetectorNet(num_levels=len(self.levels), features=self.features)
+        return VertebraDetectorNet(num_levels=self.num_heatmaps, features=self.features)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record."""
@@ -118,6 +144,8 @@ class DetectorSpec:
             "score_threshold": self.score_threshold, "decode_method": self.decode_method,
             "nms_radius_px": self.nms_radius_px, "gap_penalty": self.gap_penalty, "keep_mm_aspect": self.keep_mm_aspect,
             "intensity_percentiles": list(self.intensity_percentiles), "checkpoint_file": CHECKPOINT_FILE,
+            "spacing_profile": None if self.spacing_profile is None else list(self.spacing_profile),
+            "complete": self.complete, "chain_kwargs": self.chain_kwargs, "num_heatmaps": self.num_heatmaps,
             "meta": self.meta,
         }
 
@@ -128,7 +156,7 @@ class DetectorSpec:
             raise ValueError(f"{source}: not a {MODEL_FORMAT} record")
         keys = ("region", "spatial_size", "features", "sigma_px", "score_threshold", "decode_method", "nms_radius_px",
                 "gap_penalty", "keep_mm_aspect",
-                "intensity_percentiles", "meta")
+                "intensity_percentiles", "spacing_profile", "complete", "chain_kwargs", "meta")
         try:
             spec = cls(**{k: d[k] for k in keys if k in d})
         except (TypeError, ValueError, KeyError) as e:
@@ -179,6 +207,9 @@ class Detections:
             maximum over the level heatmaps, for ``argmax`` the level's own).
         spacing_mm: ``(sx, sy)`` or None when unknown.
         spacing_source: where the spacing came from.
+        inferred: ``(N,)`` bool: the vertebra was not seen by the detector but placed along the spine
+            between or beyond the seen ones (a complete spine, :attr:`DetectorSpec.complete`); its score
+            is 0 and its box is the size of its nearest seen neighbour's. None: all seen.
     """
 
     levels: list[str]
@@ -187,6 +218,14 @@ class Detections:
     scores: np.ndarray
     spacing_mm: tuple[float, float] | None = None
     spacing_source: str = "unknown"
+    inferred: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.inferred is None:
+            self.inferred = np.zeros(len(self.levels), dtype=bool)
+        self.inferred = np.asarray(self.inferred, dtype=bool).reshape(-1)
+        if self.inferred.shape[0] != len(self.levels):
+            raise ValueError(f"Detections: {len(self.levels)} levels but {self.inferred.shape[0]} inferred flags")
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.levels, self.centres_px, self.boxes_px, self.scores))
@@ -205,10 +244,36 @@ class Detections:
             "spacing_mm": list(self.spacing_mm) if self.spacing_mm is not None else None,
             "spacing_source": self.spacing_source,
             "vertebrae": [
-                {"level": lev, "centre_px": [float(v) for v in c], "box_px": [float(v) for v in b], "score": float(s)}
-                for lev, c, b, s in zip(self.levels, self.centres_px, self.boxes_px, self.scores)
+                {"level": lev, "centre_px": [float(v) for v in c], "box_px": [float(v) for v in b], "score": float(s),
+                 "inferred": bool(f)}
+                for lev, c, b, s, f in zip(self.levels, self.centres_px, self.boxes_px, self.scores, self.inferred)
             ],
         }
+
+
+def complete_levels(
+    centres_px: np.ndarray, boxes_px: np.ndarray, detected: np.ndarray, profile: Sequence[float] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every level of the region from the detected ones: ``(centres (L, 2), boxes (L, 4), inferred (L,))``.
+
+    Undetected levels are placed along the spine by
+    :func:`~monai_spine.engines.detector.complete_chain` (``profile``: the spec's spacing profile; None:
+    equal spacing) and get the box size of the nearest detected level, centred on the placed centre.
+    """
+    n_lev = centres_px.shape[0]
+    det = np.asarray(detected, dtype=bool) & np.all(np.isfinite(centres_px), -1)
+    prof = np.ones(n_lev - 1) if profile is None else np.asarray(profile, dtype=np.float64)
+    c = np.where(det[:, None], centres_px, np.nan)
+    filled, inferred = complete_chain(c, prof)
+    boxes = np.where(det[:, None], boxes_px, np.nan).astype(np.float64)
+    idx = np.flatnonzero(det)
+    for k in np.flatnonzero(inferred & np.all(np.isfinite(filled), -1)):
+        j = idx[np.argmin(np.abs(idx - k))]
+        half = (boxes_px[j, 2:] - boxes_px[j, :2]) / 2
+        if not np.all(np.isfinite(half)):
+            half = np.zeros(2)
+        boxes[k] = np.concatenate([filled[k] - half, filled[k] + half])
+    return filled, boxes, inferred
 
 
 class VertebraDetector:
@@ -258,7 +323,14 @@ class VertebraDetector:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]
-        net.load_state_dict(state)
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
+            raise ValueError(f"{ckpt}: the weights do not match the detector spec beside them (region "
+                             f"{spec.region!r}, {spec.num_heatmaps} heatmap(s), features {list(spec.features)}): "
+                             f"{detail[:200]}") from None
         return cls(net, spec, device)
 
     def preprocess(self, image: Any, spacing_mm: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +368,8 @@ class VertebraDetector:
         pred = self.network(x)[0]
         thr = self.spec.score_threshold if score_threshold is None else float(score_threshold)
         dec = decode_detections(pred, thr, method=self.spec.decode_method, nms_radius_px=self.spec.nms_radius_px,
-                                gap_penalty=self.spec.gap_penalty)
+                                gap_penalty=self.spec.gap_penalty, profile=self.spec.spacing_profile,
+                                chain_kwargs=self.spec.chain_kwargs)
         return {
             "scores": dec["scores"], "detected": dec["detected"],
             "centres_px": points_to_image_px(dec["centres_net_px"], a),
@@ -325,10 +398,17 @@ class VertebraDetector:
                 sp = (float(arr[0]), float(arr[1]))
         res = self.predict_levels(image, sp)
         keep = res["detected"]
+        centres, boxes, scores = res["centres_px"], res["boxes_px"], res["scores"]
+        inferred = np.zeros(len(self.levels), dtype=bool)
+        if self.spec.complete and keep.any():
+            centres, boxes, inferred = complete_levels(centres, boxes, keep, self.spec.spacing_profile)
+            scores = np.where(inferred, 0.0, scores)
+            keep = np.all(np.isfinite(centres), -1)
         return Detections(
             levels=[lev for lev, k in zip(self.levels, keep) if k],
-            centres_px=res["centres_px"][keep], boxes_px=res["boxes_px"][keep], scores=res["scores"][keep],
+            centres_px=centres[keep], boxes_px=boxes[keep], scores=scores[keep],
             spacing_mm=sp, spacing_source=spacing_source or ("unknown" if sp is None else "sidecar"),
+            inferred=inferred[keep],
         )
 
     def detect_file(self, path: str | os.PathLike, spacing_mm: Sequence[float] | None = None) -> Detections:

@@ -37,11 +37,15 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "RESULT_FORMAT",
     "CORNER_COLOUR_RGB",
+    "INFERRED_COLOUR_RGB",
+    "inferred_sigma_px",
     "expand_inputs",
     "output_stem",
     "predict_cli",
     "default_detector_dir",
     "default_regressor_checkpoint",
+    "resolve_models",
+    "DEFAULT_REGION_ORDER",
 ]
 
 #: ``--model`` choices.
@@ -55,6 +59,9 @@ IMAGE_EXTENSIONS = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", 
 
 #: Colour of heatmap corners in the overlay (cyan).
 CORNER_COLOUR_RGB = (0, 255, 255)
+
+#: Colour of the corners of inferred vertebrae (not seen by the detector) in the overlay (red).
+INFERRED_COLOUR_RGB = (255, 0, 0)
 
 _KINDS = ("aleatoric", "epistemic", "total")
 
@@ -197,12 +204,22 @@ class SpinePipeline:
         elif self.corner_predictor is not None:
             for v in result["vertebrae"]:
                 v["corners"] = None
+        inferred = np.asarray(getattr(det, "inferred", None) if getattr(det, "inferred", None) is not None
+                              else np.zeros(len(levels), bool), dtype=bool).reshape(-1)
         for i, v in enumerate(result["vertebrae"]):
             v["detection_score"] = float(scores[i])
             v["centre_px"] = [float(t) for t in centres[i]]
             v["box_px"] = [float(t) for t in boxes[i]]
+            v["inferred"] = bool(inferred[i])
+            if inferred[i]:
+                _mark_inferred(v, boxes[i], sp)
         models = ([] if self.regressor is None else ["regressor"]) + ([] if self.corner_predictor is None else ["heatmap"])
         result = {"format": RESULT_FORMAT, "version": 1, **result, "models": models}
+        if inferred.any():
+            result["inferred_note"] = (
+                f"{int(inferred.sum())} of {len(levels)} levels were not seen by the detector but placed along the "
+                "spine between or beyond the seen ones (vertebra 'inferred': true); their points carry a sigma of "
+                "half the vertebra's box diagonal and the class highly_uncertain")
         if self.corner_predictor is not None and len(levels) < 2:
             result["corners_note"] = "heatmap corners need at least two detected vertebrae"
         return result, {"detections": det, "keypoints": kp, "corners": corners, "levels": levels}
@@ -273,6 +290,8 @@ class SpinePipeline:
                     s = kp.sigma_mm["total"][i, j]
                     s_txt = f"{s:.2f} mm" if np.isfinite(s) else f"{kp.sigma_frac['total'][i, j]:.4f} (crop fraction)"
                     desc[i, j] = f"sigma_p={s_txt}; {result['vertebrae'][i]['points'][j]['uncertainty_class']}"
+                    if result["vertebrae"][i].get("inferred"):
+                        desc[i, j] += "; inferred (not seen by the detector)"
             ann = self._annotation(img, levels, kp.keypoints_px, np.ones((n, k), bool), self.regressor.scheme.name)
             mrk = out / f"{stem}.mrk.json"
             write_slicer_markups(ann, mrk, point_fields={"description": desc})
@@ -292,14 +311,52 @@ class SpinePipeline:
             full[~vis] = np.nan  # the SP point (and failed corners): "missing" in the markups
             ann = self._annotation(img, levels, full, vis, scheme.name)
             cmrk = out / f"{stem}.corners.mrk.json"
-            write_slicer_markups(ann, cmrk, name="corners")
+            inferred = np.array([bool(v.get("inferred")) for v in result["vertebrae"]], dtype=bool)
+            cdesc = np.empty((n, scheme.num_points), dtype=object)
+            cdesc[:] = "seen"
+            cdesc[inferred] = "inferred (not seen by the detector); highly_uncertain"
+            write_slicer_markups(ann, cmrk, name="corners", point_fields={"description": cdesc})
             files["corners_markups"] = str(cmrk)
-            layers.append(dict(keypoints_px=cp.corners_px, colors_rgb=CORNER_COLOUR_RGB,
-                               labels=None if kp is not None else levels))
+            colours = np.broadcast_to(np.asarray(CORNER_COLOUR_RGB, dtype=np.uint8), cp.corners_px.shape[:2] + (3,)).copy()
+            colours[inferred] = INFERRED_COLOUR_RGB
+            layers.append(dict(keypoints_px=cp.corners_px, colors_rgb=colours,
+                               labels=None if kp is not None else [f"{lev}?" if f else lev for lev, f in
+                                                                    zip(levels, inferred)]))
         if self.overlays:
             png = out / f"{stem}.overlay.png"
             write_overlay(png, img.array, layers)
             files["overlay"] = str(png)
+
+
+def inferred_sigma_px(box_px: Sequence[float]) -> float:
+    """Sigma given to every point of an inferred vertebra: half the diagonal of its box, pixels."""
+    b = np.asarray(box_px, dtype=np.float64).reshape(4)
+    d = float(np.hypot(b[2] - b[0], b[3] - b[1])) / 2.0
+    return d if np.isfinite(d) and d > 0 else float("nan")
+
+
+def _mark_inferred(v: dict[str, Any], box_px: Sequence[float], spacing_mm: Sequence[float] | None) -> None:
+    """Flag the points of one inferred vertebra: large sigma (:func:`inferred_sigma_px`), class highly_uncertain."""
+    from monai_spine.uncertainty.classes import CLASS_NAMES, HIGHLY_UNCERTAIN
+
+    s_px = inferred_sigma_px(box_px)
+    s_mm = None if spacing_mm is None or not np.isfinite(s_px) else s_px * float(np.mean(spacing_mm))
+    cls = CLASS_NAMES[HIGHLY_UNCERTAIN]
+    for c in v.get("corners") or []:
+        c["inferred"] = True
+        c["uncertainty_class"] = cls
+        if np.isfinite(s_px):
+            c["sigma_px"] = max(float(c.get("sigma_px") or 0.0), s_px)
+            if s_mm is not None:
+                c["sigma_mm"] = max(float(c.get("sigma_mm") or 0.0), s_mm)
+    for p in v.get("points") or []:
+        p["inferred"] = True
+        p["uncertainty_class"] = cls
+        if s_mm is not None:
+            for kind in _KINDS:
+                key = f"sigma_p_{kind}_mm"
+                if key in p:
+                    p[key] = max(float(p[key] or 0.0), s_mm)
 
 
 def _region_of(levels: Sequence[str], scheme: str) -> str:
@@ -342,7 +399,7 @@ def _load_conformal(path: str | os.PathLike | None, checkpoint: Path) -> Any:
 def predict_cli(
     paths: Sequence[str | os.PathLike],
     out: str | os.PathLike,
-    model: str = "regressor",
+    model: str | None = None,
     detector_dir: str | os.PathLike | None = None,
     regressor_checkpoint: str | os.PathLike | None = None,
     variant: str = "bayecbam",
@@ -369,12 +426,14 @@ def predict_cli(
         paths: image files and/or folders (searched recursively for :data:`IMAGE_EXTENSIONS`).
         out: output folder.
         model: ``"regressor"`` (BayeRegX keypoints), ``"heatmap"`` (Al Arif corners from the detected
-            centres) or ``"both"``.
-        detector_dir: detector checkpoint folder (default :func:`default_detector_dir`).
+            centres), ``"both"``, or None: what the region's shipped models allow (:func:`resolve_models`).
+        detector_dir: detector checkpoint folder (default: the region's shipped detector, see
+            :func:`resolve_models`).
         regressor_checkpoint: regressor weights (default :func:`default_regressor_checkpoint`).
         variant, width, fc_features: regressor network (as trained: ``variant``, ``network_width``,
             ``fc_features`` of the bundle).
-        region: regressor region (default: the detector's).
+        region: ``ap``, ``cervical`` or ``lumbar``: picks the shipped models (default: the first region
+            with a shipped detector, :data:`DEFAULT_REGION_ORDER`); every model used must describe it.
         spatial_size: regressor crop ``(H, W)``.
         margin_mm: crop margin (the bundle's ``margin_mm + rand_pad_mm / 2``).
         mc_samples: MC-dropout passes T.
@@ -398,12 +457,15 @@ def predict_cli(
         ValueError: unknown ``model``; FileNotFoundError: a model file is missing.
     """
     stream = stream or sys.stdout
-    if model not in MODELS:
+    if model is not None and model not in MODELS:
         raise ValueError(f"--model must be one of {MODELS}, got {model!r}")
     if pipeline is None:
-        pipeline = _build_pipeline(model, detector_dir, regressor_checkpoint, variant, region, width, fc_features,
-                                   spatial_size, margin_mm, mc_samples, thresholds, heatmap_dir, overlays, device,
-                                   flip_tta=flip_tta, conformal=conformal)
+        chosen = resolve_models(region, model, detector_dir, regressor_checkpoint, heatmap_dir)
+        model = chosen["model"]
+        pipeline = _build_pipeline(model, chosen["detector_dir"], regressor_checkpoint, variant, chosen["region"], width,
+                                   fc_features, spatial_size, margin_mm, mc_samples, thresholds, chosen["heatmap_dir"],
+                                   overlays, device, flip_tta=flip_tta, conformal=conformal,
+                                   regressor_dir=chosen["regressor_dir"])
     out_dir = Path(out)
     files = expand_inputs(paths, exclude=out_dir)
     if not files:
@@ -438,10 +500,95 @@ def predict_cli(
     return 0
 
 
+#: Region tried first when ``predict`` is given no region and no model: the first with a shipped detector.
+DEFAULT_REGION_ORDER = ("ap", "lumbar", "cervical")
+
+
+def _spec_region(folder: Path, kind: str) -> str | None:
+    from monai_spine.inference.model_zoo import read_spec
+
+    r = read_spec(folder, kind).get("region")
+    return None if r is None else str(r)
+
+
+def resolve_models(
+    region: str | None = None,
+    model: str | None = None,
+    detector_dir: str | os.PathLike | None = None,
+    regressor_checkpoint: str | os.PathLike | None = None,
+    heatmap_dir: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Which models ``predict`` runs: the options given, the rest from the model zoo.
+
+    With no option at all the region is the first of :data:`DEFAULT_REGION_ORDER` with a shipped
+    detector, and the model is what the region ships: ``both`` with a regressor and a heatmap FCN,
+    else the one there is. A folder given explicitly or found in the zoo must describe the region
+    asked for (its spec's ``region``).
+
+    Returns:
+        dict with ``region``, ``model``, ``detector_dir``, ``heatmap_dir`` and ``regressor_dir`` (Paths or None).
+
+    Raises:
+        FileNotFoundError: no detector (or no model of the kind asked for) for the region.
+        ValueError: a model folder describes another region than the one asked for.
+    """
+    from monai_spine.inference import model_zoo as zoo
+
+    if region is not None and region not in zoo.REGIONS:
+        raise ValueError(f"--region must be one of {list(zoo.REGIONS)}, got {region!r}")
+    det = Path(detector_dir) if detector_dir else None
+    if det is None:
+        regions = [region] if region else [r for r in DEFAULT_REGION_ORDER if zoo.find_model(r, "detector", root)]
+        if not regions or zoo.find_model(regions[0], "detector", root) is None:
+            legacy = default_detector_dir()
+            if region is None and (legacy / "model.pt").is_file():
+                det = legacy
+            else:
+                raise FileNotFoundError(
+                    f"no shipped detector for region {region or 'any'} under {zoo.models_root(root)} "
+                    f"(expected <region>/detector/model.pt and detector_model.json); pass --detector-dir")
+        else:
+            det = zoo.find_model(regions[0], "detector", root)
+            region = regions[0]
+    det_region = _spec_region(det, "detector")
+    if region is None:
+        region = det_region
+    elif det_region is not None and det_region != region:
+        raise ValueError(f"{det}: the detector was trained for region {det_region!r}, not {region!r} (--region)")
+    found: dict[str, Path | None] = {"heatmap": None, "regressor": None}
+    if heatmap_dir:
+        found["heatmap"] = Path(heatmap_dir)
+    elif region in zoo.REGIONS:
+        found["heatmap"] = zoo.find_model(region, "heatmap", root)
+    if regressor_checkpoint is None and region in zoo.REGIONS:
+        found["regressor"] = zoo.find_model(region, "regressor", root)
+    for kind in ("heatmap", "regressor"):
+        f = found[kind]
+        if f is not None and f.is_dir():
+            r = _spec_region(f, kind)
+            if r is not None and region is not None and r != region:
+                raise ValueError(f"{f}: the {kind} model was trained for region {r!r}, not {region!r} (--region)")
+    if model is None:
+        have_reg = found["regressor"] is not None or regressor_checkpoint is not None
+        if have_reg and found["heatmap"] is not None:
+            model = "both"
+        elif found["heatmap"] is not None:
+            model = "heatmap"
+        elif have_reg or (default_regressor_checkpoint()).is_file():
+            model = "regressor"
+        else:
+            raise FileNotFoundError(f"no heatmap or regressor model for region {region!r} under {zoo.models_root(root)}")
+    if model in ("heatmap", "both") and found["heatmap"] is None:
+        raise FileNotFoundError(f"no heatmap model for region {region!r} under {zoo.models_root(root)}; pass --heatmap-dir")
+    return {"region": region, "model": model, "detector_dir": det, "heatmap_dir": found["heatmap"],
+            "regressor_dir": found["regressor"]}
+
+
 def _build_pipeline(model: str, detector_dir: Any, regressor_checkpoint: Any, variant: str, region: str | None,
                     width: float, fc_features: int, spatial_size: Sequence[int], margin_mm: float, mc_samples: int,
                     thresholds: Any, heatmap_dir: Any, overlays: bool, device: str, flip_tta: bool = False,
-                    conformal: Any = None) -> SpinePipeline:
+                    conformal: Any = None, regressor_dir: Any = None) -> SpinePipeline:
     from monai_spine.inference.detector import VertebraDetector
 
     detector = VertebraDetector.from_checkpoint(detector_dir or default_detector_dir(), device=device)
@@ -449,6 +596,16 @@ def _build_pipeline(model: str, detector_dir: Any, regressor_checkpoint: Any, va
     if model in ("regressor", "both"):
         from monai_spine.inference.regressor import KeypointPredictor
 
+        if regressor_checkpoint is None and regressor_dir is not None:
+            from monai_spine.inference.model_zoo import CHECKPOINT_FILE, read_spec
+
+            rs = read_spec(regressor_dir, "regressor")
+            regressor_checkpoint = Path(regressor_dir) / CHECKPOINT_FILE
+            variant = str(rs.get("variant", variant))
+            width = float(rs.get("width", rs.get("network_width", width)))
+            fc_features = int(rs.get("fc_features", fc_features))
+            spatial_size = tuple(rs.get("spatial_size", spatial_size))
+            margin_mm = float(rs.get("margin_mm", margin_mm))
         ckpt = Path(regressor_checkpoint or default_regressor_checkpoint())
         size = tuple(int(s) for s in spatial_size)
         regressor = KeypointPredictor.from_checkpoint(

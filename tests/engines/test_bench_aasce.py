@@ -42,7 +42,7 @@ def test_point_set_and_row_by_hand():
     ps = PointSet("m")
     pred = BOX + np.array([[[3.0, 4.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.7]]])  # errors 5, 0, 0, 0.7
     ps.add_image(0, pred, np.array([[2.0, 0.1, 0.2, 0.5]]), BOX, np.array([[True, True, True, False]]), 100.0)
-    ps.found, ps.annotated = 1, 2
+    ps.found, ps.annotated, ps.seen_found, ps.images, ps.images_all_found = 1, 2, 1, 1, 0
     ps.cobb_pred_deg.append([10.0, 5.0, 5.0])
     ps.cobb_ref_deg.append([10.0, 0.0, 10.0])
     row = points_metrics(ps)
@@ -57,8 +57,12 @@ def test_point_set_and_row_by_hand():
     assert row["smape"] == pytest.approx(25.0)
     # ranks: errors (3, 1.5, 1.5), sigma (3, 1, 2) -> Pearson of the ranks = sqrt(3) / 2
     assert row["spearman"] == pytest.approx(math.sqrt(3) / 2)
+    # scored errors (5, 0, 0): 95th percentile by linear interpolation 0 + 0.9 * 5 = 4.5, max 5
+    assert row["p95_px"] == pytest.approx(4.5) and row["max_px"] == pytest.approx(5.0)
+    assert row["seen_recall"] == pytest.approx(0.5) and row["images_all_found"] == 0
     table = format_aasce_table([row])
-    assert "| m | 50.0 % (1/2) | 1.7 | 0.0 |" in table and "25.0 % (1 images)" in table
+    assert "| m | 50.0 % (1/2) | 50.0 % | 0.0 % (0/1) | 1.7 | 0.0 | 4.5 | 5.0 |" in table
+    assert "25.0 % (1 images)" in table
 
 
 def test_add_image_rejects_mismatched_shapes():
@@ -80,3 +84,26 @@ def test_unfinite_rows_print_dashes():
     assert math.isnan(row["mean_px"]) and math.isnan(row["smape"])
     assert "| empty | — (0/0) | — |" in format_aasce_table([row])
 
+
+
+def test_mean_shape_reference_puts_the_mean_layout_back(tmp_path):
+    """Fitted on two films that are the same spine at two scales, the reference reproduces their corners."""
+    from monai_spine.data.annotation import SpineAnnotation, write_annotation
+    from monai_spine.data.keypoints import get_region
+    from monai_spine.engines.bench_aasce import MeanShapeReference
+
+    levels = list(get_region("ap").levels)
+    c = np.stack([200 + 10 * np.sin(np.arange(17) / 4), 50 + 40 * np.arange(17)], -1).astype(float)
+    half = np.array([[-15.0, -12.0], [15.0, -12.0], [-15.0, 12.0], [15.0, 12.0]])  # TL, TR, BL, BR
+    labels = []
+    for k, f in enumerate((1.0, 2.0)):
+        kp = (c[:, None] + half[None]) * f
+        ann = SpineAnnotation(levels=levels, keypoints_px=kp, visible=np.ones((17, 4), bool), region="ap",
+                              scheme="ap4", image="x.png", image_size=(800, 1600))
+        p = tmp_path / f"a{k}.json"
+        write_annotation(ann, p)
+        labels.append(str(p))
+    ref = MeanShapeReference.fit(labels)
+    np.testing.assert_allclose(ref.predict(c * 3, levels), (c[:, None] + half[None]) * 3, atol=1e-9)
+    with pytest.raises(ValueError, match="offsets"):
+        MeanShapeReference(np.zeros((3, 4, 2)), levels)

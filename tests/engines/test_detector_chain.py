@@ -1,0 +1,168 @@
+"""The ``chain`` detector's level assignment, complete-spine fill, decoding and training pieces
+(monai_spine/engines/detector.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from monai_spine.engines.detector import (
+    assign_levels_chain,
+    chain_training_sample,
+    complete_chain,
+    decode_detections,
+    evaluate_chain_items,
+    spacing_profile,
+    train_chain_detector,
+)
+from monai_spine.networks.detector import VertebraDetectorNet
+
+# A T1-L5-like profile: vertebrae (and their spacing) grow down the spine, 16 gaps, mean 1.
+PROFILE = np.linspace(0.7, 1.3, 16)
+PROFILE = PROFILE / PROFILE.mean()
+CUM = np.concatenate([[0.0], np.cumsum(PROFILE)])
+# 17 centres: 40 px per profile unit down, a gentle lateral curve (scoliosis-like)
+SPINE = np.stack([100 + 6 * np.sin(CUM / 3.0), 30 + 40 * CUM], -1)
+ALL = list(range(17))
+
+
+def _case(keep, extra=None, extra_score=0.5):
+    pts = SPINE[keep]
+    sc = np.full(len(keep), 0.9)
+    if extra is not None:
+        pts = np.vstack([pts, extra])
+        sc = np.r_[sc, extra_score]
+    return pts, sc
+
+
+# (name, kept levels, extra point, expected level of every input point)
+CASES = [
+    ("all 17", ALL, None, ALL),
+    ("T5 missing", [0, 1, 2, 3] + list(range(5, 17)), None, [0, 1, 2, 3] + list(range(5, 17))),
+    ("T5 and T10 missing", [k for k in ALL if k not in (4, 9)], None, [k for k in ALL if k not in (4, 9)]),
+    ("film cut at the top (T1-T3 off the film)", list(range(3, 17)), None, list(range(3, 17))),
+    ("film cut at the bottom (L4-L5 off)", list(range(0, 15)), None, list(range(0, 15))),
+    ("extra peak between T9 and T10", ALL, (SPINE[8] + SPINE[9]) / 2, ALL + [-1]),
+    ("extra peak far beside the spine", ALL, SPINE[6] + [150.0, 0.0], ALL + [-1]),
+]
+
+
+@pytest.mark.parametrize("name,keep,extra,expected", CASES, ids=[c[0] for c in CASES])
+def test_assign_levels_chain_hand_built(name, keep, extra, expected):
+    pts, sc = _case(keep, extra)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(pts))  # the input order must not matter
+    lev, scale, cost = assign_levels_chain(pts[perm], sc[perm], PROFILE)
+    np.testing.assert_array_equal(lev, np.asarray(expected)[perm])
+    assert scale == pytest.approx(40.0, rel=0.15)  # grid step of the scale search is ~5 %
+    assert np.isfinite(cost)
+
+
+def test_assign_levels_chain_edge_cases():
+    lev, scale, cost = assign_levels_chain(np.zeros((0, 2)), np.zeros(0), PROFILE)
+    assert lev.shape == (0,) and np.isnan(scale) and cost == pytest.approx(2.0 * 17)
+    lev, _, _ = assign_levels_chain(SPINE[:1], [0.9], PROFILE)
+    assert lev.tolist() == [0]
+    with pytest.raises(ValueError, match="scores"):
+        assign_levels_chain(SPINE, np.ones(3), PROFILE)
+    with pytest.raises(ValueError, match="profile"):
+        assign_levels_chain(SPINE, np.ones(17), -PROFILE)
+
+
+def test_spacing_profile_is_scale_free_and_skips_missing():
+    d = np.hypot(*np.diff(SPINE, axis=0).T)
+    expected = d / np.median(d)
+    expected = expected / expected.mean()
+    np.testing.assert_allclose(spacing_profile([SPINE, SPINE * 2.5]), expected, rtol=1e-9)  # scale-free
+    b = SPINE * 2.5
+    b[4] = np.nan  # T5 missing: its two gaps (3 and 4) come from the first film alone
+    db = np.hypot(*np.diff(b, axis=0).T)
+    rb = db / np.nanmedian(db)
+    ra = d / np.median(d)
+    hand = np.where(np.isfinite(rb), (ra + np.nan_to_num(rb)) / 2, ra)
+    np.testing.assert_allclose(spacing_profile([SPINE, b]), hand / hand.mean(), rtol=1e-9)
+    with pytest.raises(ValueError, match="no film"):
+        spacing_profile([np.full((17, 2), np.nan)])
+
+
+def test_complete_chain_interpolates_and_extrapolates_and_flags():
+    c = SPINE.copy()
+    c[[0, 1, 7, 16]] = np.nan
+    filled, inferred = complete_chain(c, PROFILE)
+    assert inferred.tolist() == [k in (0, 1, 7, 16) for k in range(17)]
+    np.testing.assert_array_equal(filled[~inferred], SPINE[~inferred])  # seen levels untouched
+    # interior: T8 between T7 and T9 at the profile's share of their distance (hand: t = P[6] / (P[6] + P[7]))
+    t = PROFILE[6] / (PROFILE[6] + PROFILE[7])
+    np.testing.assert_allclose(filled[7], SPINE[6] + t * (SPINE[8] - SPINE[6]))
+    # ends: within a few px of the true curve (extrapolated straight along the end direction)
+    assert np.abs(filled[[0, 1, 16]] - SPINE[[0, 1, 16]]).max() < 5.0
+    none, inf_all = complete_chain(np.full((17, 2), np.nan), PROFILE)
+    assert np.isnan(none).all() and inf_all.all()
+    with pytest.raises(ValueError, match="centres"):
+        complete_chain(np.zeros((5, 2)), PROFILE)
+
+
+def _peaks_pred(points, h=128, w=64, sigma=1.5):
+    """A (1 + 4, H, W) 'network output': logits of Gaussian peaks at ``points``, boxes 4 x 3 net px."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    heat = np.zeros((h, w))
+    for x, y in points:
+        heat = np.maximum(heat, np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)))
+    p = np.clip(heat, 1e-6, 1 - 1e-6)
+    out = np.zeros((5, h, w))
+    out[0] = np.log(p / (1 - p))
+    out[1:] = np.array([2.0 / w, 1.5 / h, 2.0 / w, 1.5 / h])[:, None, None]
+    return out
+
+
+def test_decode_chain_labels_peaks_and_reads_boxes():
+    pts = np.stack([SPINE[:, 0] / 4 + 5, SPINE[:, 1] / 6 + 3], -1)  # 17 peaks inside a 128 x 64 map
+    keep = [k for k in ALL if k != 9]  # T10 missed by the "network"
+    dec = decode_detections(_peaks_pred(pts[keep]), 0.2, method="chain", profile=PROFILE)
+    assert dec["detected"].tolist() == [k != 9 for k in ALL]
+    np.testing.assert_allclose(dec["centres_net_px"][keep], pts[keep], atol=0.35)  # sub-pixel refinement
+    b = dec["boxes_net_px"][0]
+    assert b[2] - b[0] == pytest.approx(4.0) and b[3] - b[1] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="profile"):
+        decode_detections(_peaks_pred(pts), 0.2, method="chain")
+    with pytest.raises(ValueError, match="chain"):
+        decode_detections(np.zeros((7, 8, 8)), 0.2, method="chain", profile=PROFILE)
+
+
+def _item(h=192, w=64):
+    """A tiny film: bright blobs at 5 vertebra centres on a dark background (kept-image item)."""
+    cum = np.concatenate([[0.0], np.cumsum([1.0, 1.0, 1.1, 1.2])])
+    c = np.stack([np.full(5, w / 2), 30 + 30 * cum], -1)
+    ys, xs = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w), np.float32)
+    for x, y in c:
+        img[(np.abs(xs - x) < 10) & (np.abs(ys - y) < 9)] = 1.0
+    boxes = np.concatenate([c - [10, 9], c + [10, 9]], -1)
+    return {"image": img[None], "centres_px": c, "boxes_px": boxes, "present": np.ones(5, bool), "shrink": (1.0, 1.0),
+            "image_path": "synthetic"}
+
+
+def test_chain_training_sample_target_is_one_channel_at_the_centres():
+    it = _item()
+    x, t, a = chain_training_sample(it, (96, 32), 1.5, None)
+    assert x.shape == (1, 96, 32) and t.shape == (6, 96, 32)
+    # plain letterbox: 192 x 64 -> 96 x 32 is a factor 2; centre (32, 30) -> net (15.75, 14.75)
+    inv = np.linalg.inv(a)
+    c = it["centres_px"] @ inv[:2, :2].T + inv[:2, 2]
+    np.testing.assert_allclose(c[0], [15.75, 14.75])
+    assert t[0].max() == 1.0 and int((t[0] == 1.0).sum()) == 5
+    assert t[5].sum() == 5 * 9  # box mask: 3 x 3 around each centre
+
+
+def test_chain_detector_overfits_a_tiny_film():
+    """A few hundred CPU steps are enough to find every vertebra of a fixed film at its level."""
+    torch.manual_seed(0)
+    it = _item()
+    net = VertebraDetectorNet(1, features=(4, 4, 8, 8, 16, 4))
+    losses = train_chain_detector([it], net, (96, 32), epochs=120, batch_size=1, learning_rate=1e-2, sigma_px=1.5,
+                                  augment=False)
+    assert losses[-1] < 0.5 * losses[0]
+    prof = spacing_profile([it["centres_px"]])
+    r = evaluate_chain_items(net, [it], (96, 32), prof)
+    assert r["recall"] == 1.0 and r["images_all_found"] == 1.0
