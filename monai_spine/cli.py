@@ -35,6 +35,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         hard_case_rate=args.hard_case_rate,
         size=(args.size, args.size),
+        overwrite=args.overwrite,
     )
     return 0
 
@@ -42,9 +43,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_overlay(args: argparse.Namespace) -> int:
     from monai_spine.inference.overlay import overlay_dataset
 
-    written = overlay_dataset(args.dataset, args.out, limit=args.limit)
-    print(f"wrote {len(written)} overlay pictures to {args.out}")
-    return 0
+    failures: list[tuple[str, str]] = []
+    written = overlay_dataset(args.dataset, args.out, limit=args.limit, failures=failures)
+    for _, msg in failures:
+        print(f"monai-spine overlay: failed: {_one_line(msg)}", file=sys.stderr)
+    print(f"wrote {len(written)} overlay pictures to {args.out}"
+          + (f"; {len(failures)} failed (listed on stderr)" if failures else ""))
+    return 1 if failures else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -166,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--hard-case-rate", type=float, default=0.0, help="share of images with a hard case")
     s.add_argument("--size", type=int, default=1024, help="image width = height in pixels")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the synthetic cases (and dataset.json) already in --out (refused otherwise)")
     s.set_defaults(func=_cmd_synth)
 
     o = sub.add_parser("overlay", help="draw the annotated keypoints of a dataset folder as PNG overlays")
@@ -252,6 +259,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _model_folders(items: Sequence[str] | None) -> list[str]:
+    """The folders of ``NAME=FOLDER`` (or bare ``FOLDER``) items."""
+    return [str(i).partition("=")[2] or str(i) for i in items or []]
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Check the output and the inputs of a command before it reads a film or loads a model.
+
+    Raises:
+        FileNotFoundError: an input path does not exist (all of them are named).
+        ValueError / PermissionError: the output folder (file, for ``corners``) cannot be written.
+    """
+    from monai_spine.outputs import check_inputs_exist, check_output_dir, check_output_file
+
+    cmd = args.command
+    inputs = {
+        "predict": lambda: list(args.paths),
+        "corners": lambda: [args.image],
+        "overlay": lambda: [args.dataset],
+        "measure": lambda: list(args.paths) + list(args.flexion) + list(args.extension),
+        "report": lambda: _model_folders(args.predictions) + list(args.annotations),
+        "calibrate": lambda: list(args.predictions) + list(args.annotations),
+    }
+    if cmd in inputs:
+        check_inputs_exist(inputs[cmd](), "input")
+    if cmd == "corners":
+        if args.out:
+            check_output_file(args.out)
+    elif cmd == "calibrate":
+        check_output_dir(args.models_dir, "--models-dir")
+    elif getattr(args, "out", None):
+        check_output_dir(args.out)
+
+
 def _one_line(msg: object) -> str:
     """``msg`` as a single line (newlines and runs of spaces collapsed)."""
     return " ".join(str(msg).split())
@@ -272,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     old_show = warnings.showwarning
     warnings.showwarning = show_warning
     try:
+        _preflight(args)
         return int(args.func(args) or 0)
     except (ValueError, KeyError, OSError) as e:  # includes XrayReadError, AnnotationError, FileNotFoundError
         if _debug():

@@ -40,6 +40,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -1294,17 +1295,44 @@ def generate_dataset(
     return [out / j for _, j in names]
 
 
+def _existing_cases(out: Path) -> list[Path]:
+    """The synthetic data set files already in ``out``: ``dataset.json`` and ``case_<digits>.dcm/.json``."""
+    if not out.is_dir():
+        return []
+    own = [p for p in out.iterdir() if p.is_file() and re.fullmatch(r"case_\d+\.(dcm|json)", p.name)]
+    index = out / "dataset.json"
+    return sorted(own) + ([index] if index.is_file() else [])
+
+
 def synth_cli(
     region: str, n: int, out: str | os.PathLike, seed: int = 0, hard_case_rate: float = 0.0,
-    size: int | Sequence[int] = 1024, workers: int = 1,
+    size: int | Sequence[int] = 1024, workers: int = 1, overwrite: bool = False,
 ) -> int:
-    """Body of ``monai-spine synth``: write a data set and print a one-line summary; returns 0."""
+    """Body of ``monai-spine synth``: write a data set and print a one-line summary; returns 0.
+
+    A folder that already holds a synthetic data set (``dataset.json`` or ``case_XXXX`` files) is
+    refused, since a smaller new set would leave old cases beside a ``dataset.json`` that no longer
+    lists them; with ``overwrite`` those files (only they) are removed first.
+
+    Raises:
+        FileExistsError: ``out`` holds cases and ``overwrite`` is False (nothing is written).
+    """
+    outp = Path(out)
+    old = _existing_cases(outp)
+    if old and not overwrite:
+        raise FileExistsError(
+            f"{outp} already holds a synthetic data set ({len(old)} file(s): dataset.json / case_XXXX); "
+            "choose another --out, or pass --overwrite to replace those cases"
+        )
     t0 = time.perf_counter()
+    for p in old:
+        p.unlink()
     paths = generate_dataset(out, region, n, seed, hard_case_rate=hard_case_rate, size=size, workers=workers)
     hw = _parse_size(size)
     dt = time.perf_counter() - t0
     print(
         f"synth: wrote {len(paths)} {region} radiographs ({hw[1]}x{hw[0]} px, seed {seed}, "
         f"hard-case rate {hard_case_rate:g}) to {Path(out) / 'dataset.json'} in {dt:.1f} s"
+        + (f" (replaced {len(old)} old file(s))" if old else "")
     )
     return 0

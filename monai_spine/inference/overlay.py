@@ -95,11 +95,22 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, layers: Sequence[d
     os.replace(tmp, path)
 
 
-def overlay_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, limit: int | None = None) -> list[Path]:
+def overlay_dataset(
+    dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, limit: int | None = None,
+    failures: list[tuple[str, str]] | None = None,
+) -> list[Path]:
     """Draw the ground-truth keypoints of every annotation in a dataset folder (green).
 
+    Args:
+        dataset_dir: dataset folder (``dataset.json`` or annotation files).
+        out_dir: output folder of ``<case>.png``.
+        limit: at most this many cases.
+        failures: when given, a case whose annotation or image cannot be read or drawn is appended
+            as ``(file, one-line message)`` and the others are drawn (a batch goes on); when None,
+            the first such error is raised.
+
     Returns:
-        Paths of the PNG files written (``<case>.png`` in ``out_dir``).
+        Paths of the PNG files written (``<case>.png`` in ``out_dir``; each written atomically).
     """
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.datasets import list_cases
@@ -109,13 +120,23 @@ def overlay_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     labels = index.get("cases") or [p for s in ("training", "validation", "test") for p in index.get(s, [])]
     written = []
     for label in labels[:limit]:
-        ann = read_annotation(label)
-        img = read_xray(ann.image)
-        out = Path(out_dir) / (Path(label).stem + ".png")
-        write_overlay(
-            out,
-            img.array,
-            [dict(keypoints_px=ann.keypoints_px, visible=ann.visible, colors_rgb=GROUND_TRUTH_COLOUR_RGB, labels=ann.levels)],
-        )
+        try:
+            ann = read_annotation(label)
+            img = read_xray(ann.image)
+            out = Path(out_dir) / (Path(label).stem + ".png")
+            write_overlay(
+                out,
+                img.array,
+                [dict(keypoints_px=ann.keypoints_px, visible=ann.visible, colors_rgb=GROUND_TRUTH_COLOUR_RGB,
+                      labels=ann.levels)],
+            )
+        except Exception as e:  # noqa: BLE001 -- listed, the batch goes on
+            if failures is None:
+                raise
+            msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+            if not isinstance(e, (ValueError, KeyError, OSError)):
+                msg = f"{type(e).__name__}: {msg}"
+            failures.append((str(label), msg if str(label) in msg else f"{label}: {msg}"))
+            continue
         written.append(out)
     return written

@@ -569,7 +569,7 @@ def report_cli(
         ValueError: no model, a prediction file without annotation (from ``collect_errors``), or
             ``thresholds`` naming a model that is not reported.
     """
-    from monai_spine.measure.io import check_output_dir
+    from monai_spine.outputs import check_output_dir
     from monai_spine.uncertainty.calibration import collect_errors, prediction_models
 
     if not pred_dirs:

@@ -67,6 +67,7 @@ from monai_spine.measure.motion import (
     motion_values,
     relative_to_adjacent,
 )
+from monai_spine.outputs import check_output_dir
 from monai_spine.measure.uncertainty import DEFAULT_CI, DEFAULT_NUM_SAMPLES, Summary, propagate, sigma_p_to_axis
 
 __all__ = [
@@ -82,7 +83,6 @@ __all__ = [
     "results_to_rows",
     "write_measurements",
     "measure_cli",
-    "check_output_dir",
     "NON_KEYPOINT_FILES",
 ]
 
@@ -744,28 +744,6 @@ def _expand_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
         else:
             raise FileNotFoundError(f"{p} does not exist")
     return files
-
-
-def check_output_dir(out: str | os.PathLike) -> Path:
-    """Check that ``out`` can be (or is) a writable folder, before any work; returns it as a Path.
-
-    Raises:
-        ValueError: ``out`` is an existing file, or lies under one (the message names it).
-        PermissionError: the folder (or its nearest existing parent) is not writable.
-    """
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir}: is a file, not a folder")
-    probe = out_dir
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ValueError(f"--out {out_dir}: {probe} is a file, so the folder cannot be created")
-    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise PermissionError(f"--out {out_dir}: {probe} is not writable")
-    return out_dir
 
 
 def measure_cli(
