@@ -21,6 +21,7 @@ import pydicom
 import pytest
 from pydicom.sr.codedict import codes as sr_codes
 
+from monai_spine.apps.deploy.sr import UNCERTAINTY_CLASS_CODES, measurement_code
 from monai_spine.data.synthetic import generate_radiograph, write_dx_dicom
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,7 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 TIMEOUT_S = 600
 LEVELS = ["C3", "C4", "C5", "C6", "C7"]
 POINT_NAMES = ["AS", "PS", "AI", "PI", "SP"]
+DEVICE_UID = "1.2.826.0.1.3680043.10.1234.17"  # the installation's Device Observer UID in good_run
 
 
 # ------------------------------------------------------------------------------------ inputs and models
@@ -90,7 +92,7 @@ def deploy_python(app_python) -> Path:
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory, deploy_python, good_input, models_dir):
     out = tmp_path_factory.mktemp("run") / "out"
-    proc = _run_app(deploy_python, good_input, out, models_dir)
+    proc = _run_app(deploy_python, good_input, out, models_dir, env={"MONAI_SPINE_DEVICE_UID": DEVICE_UID})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
 
@@ -184,14 +186,14 @@ def test_sr_points_equal_the_json_points_and_reference_the_source(good_run, good
         # DICOM SCOORD: pixel centres at +0.5 (top-left corner of the image is 0, 0)
         assert xy == pytest.approx([p["x_px"] + 0.5, p["y_px"] + 0.5], abs=1e-4)
         codes = _codes(g)
-        assert codes["unc-class"] == f"unc-{p['uncertainty_class']}"
+        assert codes["unc-class"] == UNCERTAINTY_CLASS_CODES[p["uncertainty_class"]][0]
         assert codes["kp-name"] == f"kp-{key.split('-')[1]}"
         assert codes["121071"] == "51282000"  # finding: vertebra
         level = key.split("-")[0]
         assert codes["363698007"] == str(getattr(sr_codes.SCT, f"{level}Vertebra").value)
         nums = _nums(g)
-        assert nums["sigma_p_total"][0] == pytest.approx(p["sigma_p_total_mm"], rel=1e-6)
-        assert nums["sigma_p_total"][1] == "mm"
+        assert nums["sigma-p-total"][0] == pytest.approx(p["sigma_p_total_mm"], rel=1e-6)
+        assert nums["sigma-p-total"][1] == "mm"
 
 
 def test_sr_measurements_equal_the_measurement_json(good_run):
@@ -203,7 +205,7 @@ def test_sr_measurements_equal_the_measurement_json(good_run):
     case = meas["cases"][0]
     assert case["length_unit"] == "mm" and case["spacing_mm"] == pytest.approx(list(SPACING_MM))
     ucum = {"mm": "mm", "deg": "deg", "fraction": "{ratio}"}
-    expected = {(f"{r['group']} {r['item']}", r["measurement"]): (r["value"], ucum[r["unit"]])
+    expected = {(f"{r['group']} {r['item']}", measurement_code(r["measurement"])[0]): (r["value"], ucum[r["unit"]])
                 for r in results_to_rows(meas) if r["value"] is not None and math.isfinite(r["value"])}
     got = {}
     for g in _groups(sr):
@@ -212,10 +214,47 @@ def test_sr_measurements_equal_the_measurement_json(good_run):
         for name, value_unit in _nums(g).items():
             got[(_tracking_id(g), name)] = value_unit
     assert got.keys() == expected.keys()
-    assert {k[1] for k in got} >= {"angle_deg", "translation_mm", "disc_height_anterior_mm", "body_depth_mm"}
+    assert {k[1] for k in got} >= {"seg-angle", "seg-transl", "disc-h-ant", "body-depth"}
     for k, (value, unit) in expected.items():
         assert got[k][0] == pytest.approx(value, rel=1e-6, abs=1e-9), k
         assert got[k][1] == unit, k
+
+
+def test_sr_holds_each_measurements_interval_and_the_models_hashes(good_run, models_dir):
+    """Issue 16 item 5: the interval of measurements.json beside each value; models by name and weight hash."""
+    import hashlib
+
+    from monai_spine.measure.io import results_to_rows
+
+    out, _ = good_run
+    sr = pydicom.dcmread(out / "dx.sr.dcm")
+    rows = {(f"{r['group']} {r['item']}", measurement_code(r["measurement"])[0]): r
+            for r in results_to_rows(json.loads((out / "measurements.json").read_text()))
+            if r["value"] is not None and math.isfinite(r["value"])}
+    checked = 0
+    for g in _groups(sr):
+        for c in _children(g):
+            if c.ValueType != "NUM" or (_tracking_id(g), _code(c)[0]) not in rows:
+                continue
+            r = rows[(_tracking_id(g), _code(c)[0])]
+            props = {str(p.ConceptNameCodeSequence[0].CodeMeaning): p for p in _children(c)}
+            up = float(props["+, range of upper measurement uncertainty"].MeasuredValueSequence[0].NumericValue)
+            lo = float(props["-, range of lower measurement uncertainty"].MeasuredValueSequence[0].NumericValue)
+            sd = float(props["Standard Deviation"].MeasuredValueSequence[0].NumericValue)
+            assert up == pytest.approx(max(0.0, r["ci_high"] - r["value"]), rel=1e-6, abs=1e-9)
+            assert lo == pytest.approx(max(0.0, r["value"] - r["ci_low"]), rel=1e-6, abs=1e-9)
+            assert sd == pytest.approx(r["std"], rel=1e-6)
+            checked += 1
+    assert checked == len(rows) > 0
+    params = {str(it.TextValue) for it in _walk(sr.ContentSequence)
+              if it.ValueType == "TEXT" and str(it.ConceptNameCodeSequence[0].CodeMeaning) == "Algorithm Parameters"}
+    digest = {k: hashlib.sha256(p.read_bytes()).hexdigest()
+              for k, p in (("detector", models_dir / "detector" / "model.pt"), ("regressor", models_dir / "model.pt"))}
+    assert params == {f"detector model detector sha256 {digest['detector']}",
+                      f"regressor model model.pt sha256 {digest['regressor']}"}
+    (uid,) = [str(it.UID) for it in _walk(sr.ContentSequence) if it.ValueType == "UIDREF"
+              and str(it.ConceptNameCodeSequence[0].CodeMeaning) == "Device Observer UID"]
+    assert uid == DEVICE_UID
 
 
 BAD_CASES = {
@@ -261,7 +300,7 @@ def test_bad_input_is_refused_with_one_line_and_no_output(tmp_path, deploy_pytho
 def test_missing_models_are_named(tmp_path, deploy_python, good_input):
     out = tmp_path / "out"
     proc = _run_app(deploy_python, good_input, out, tmp_path)
-    _check_refused(proc, tmp_path, out, ["models folder", "detector/detector_model.json"])
+    _check_refused(proc, tmp_path, out, ["models folder", "has no usable models", "detector/ + model.pt"])
 
 
 @pytest.mark.slow
@@ -375,6 +414,7 @@ def test_deploy_config_and_models_folder(tmp_path, monkeypatch):
         read_deploy_config(tmp_path)
     monkeypatch.delenv(MODELS_ENV, raising=False)
     monkeypatch.delenv("HOLOSCAN_MODEL_PATH", raising=False)
+    monkeypatch.delenv("MONAI_SPINE_MODELS", raising=False)
     assert resolve_models_dir() == default_models_dir() == REPO_ROOT / "bundle" / "models"
     monkeypatch.setenv("HOLOSCAN_MODEL_PATH", "/opt/holoscan/models")
     assert resolve_models_dir() == Path("/opt/holoscan/models")

@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,7 @@ def _in_mounted_folder(mount_point: Path, script: str, timeout: int = 120) -> su
 
 _STAGE_AND_COMMIT = """
 import sys
+import warnings
 from pathlib import Path
 from monai_spine.apps.deploy.staging import StagedOutput
 out = Path(sys.argv[1])
@@ -177,3 +179,241 @@ def test_app_writes_its_sr_into_a_mounted_output_folder(tmp_path, can_mount, app
     assert sorted(p.name for p in seen.iterdir()) == [
         "dx.keypoints.json", "dx.mrk.json", "dx.overlay.png", "dx.sr.dcm", "measurements.csv", "measurements.json"]
     assert f"wrote {mnt}/dx.sr.dcm" in proc.stdout
+
+
+# ------------------------------------------------------------------- SR validity and its content
+TYPE2_TAGS = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+              "ReferringPhysicianName", "StudyID", "AccessionNumber"]
+SR_CASES = {
+    # name: attributes removed from the source film, attributes set to a given value
+    **{f"no_{kw}": ([kw], {}) for kw in TYPE2_TAGS},
+    "none_of_them": (TYPE2_TAGS, {}),
+    "invalid_values": ([], {"PatientSex": "X", "PatientBirthDate": "1970", "StudyTime": "noon"}),
+    "complete": ([], {}),
+}
+# (hand-made) one measurement row with a Monte-Carlo summary: value 10, interval [6, 15] -> +5 / -4
+ROW = {"group": "segment", "item": "C3-C4", "measurement": "angle_deg", "unit": "deg",
+       "value": 10.0, "mean": 10.5, "std": 2.0, "ci_low": 6.0, "ci_high": 15.0}
+MODELS = [{"kind": "detector", "name": "cervical/detector", "sha256": "a" * 64},
+          {"kind": "regressor", "name": "cervical/regressor", "sha256": "b" * 64}]
+DEVICE_UID = "1.2.826.0.1.3680043.10.1234.16"
+
+_BUILD_SRS = r"""
+import json, sys
+import highdicom as hd
+import pydicom
+from monai_spine.apps.deploy.sr import build_measurement_report
+args = json.loads(sys.argv[1])
+pred = {"vertebrae": [{"level": "C3", "points": [
+    {"name": "AS", "x_px": 10.0, "y_px": 20.0, "uncertainty_class": "moderately_uncertain",
+     "sigma_p_total_mm": 1.5, "sigma_p_aleatoric_mm": 1.0, "sigma_p_epistemic_mm": 1.1}]}]}
+out = {}
+for case, (src, dst) in args["cases"].items():
+    notes = []
+    sr = build_measurement_report(pydicom.dcmread(src), pred, [args["row"]], models=args["models"],
+                                  device_uid=args["device_uid"], uncertainty={"num_samples": 500, "ci": 0.95},
+                                  notes=notes)
+    sr.save_as(dst, enforce_file_format=True)
+    back = hd.sr.srread(dst)  # highdicom reads its own file back
+    content = back.content
+    out[case] = {"notes": notes, "points": len(content.get_planar_roi_measurement_groups()),
+                 "groups": len(content.get_image_measurement_groups()),
+                 "patient": {k: str(back.get(k)) for k in args["tags"]}}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def built_srs(tmp_path_factory, app_python):
+    """One SR per case of SR_CASES, built in .venv-deploy from a film lacking the case's attributes."""
+    import json
+
+    import pydicom
+
+    py = app_python(".venv-deploy")
+    root = tmp_path_factory.mktemp("srs")
+    cases = {}
+    for case, (removed, values) in SR_CASES.items():
+        src = write_dx_dicom(root / f"{case}.dcm", _radiograph(0)[:64, :48], SPACING_MM,
+                             uid_entropy=["sr-case", case], extra={"PatientSex": "F", "AccessionNumber": "A1",
+                                                                   "StudyID": "S1", "StudyTime": "101500",
+                                                                   "PatientBirthDate": "19700101",
+                                                                   "ReferringPhysicianName": "DOE^J"})
+        ds = pydicom.dcmread(src)
+        for kw in removed:
+            delattr(ds, kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about the invalid values it is asked to write
+            for kw, v in values.items():
+                setattr(ds, kw, v)
+            ds.save_as(src)
+        cases[case] = (str(src), str(root / f"{case}.sr.dcm"))
+    arg = json.dumps({"cases": cases, "row": ROW, "models": MODELS, "device_uid": DEVICE_UID, "tags": TYPE2_TAGS})
+    proc = subprocess.run([str(py), "-c", _BUILD_SRS, arg], capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {case: Path(dst) for case, (_, dst) in cases.items()}, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _dciodvfy() -> str:
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        msg = "dciodvfy is missing: apt-get install dicom3tools"
+        if os.environ.get("MONAI_SPINE_REQUIRE_APPS", "") == "1":
+            pytest.fail(f"{msg} (MONAI_SPINE_REQUIRE_APPS=1 requires it)", pytrace=False)
+        pytest.skip(msg)
+    return exe
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    proc = subprocess.run([_dciodvfy(), str(path)], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [ln for ln in lines if ln.startswith("Error")]
+
+
+@pytest.mark.parametrize("case", sorted(SR_CASES))
+def test_sr_is_valid_whatever_type2_attribute_is_missing(built_srs, case):
+    """The old writer raised AttributeError for each missing attribute (and ValueError for PatientSex X)."""
+    import pydicom
+
+    files, summary = built_srs
+    assert _dciodvfy_errors(files[case]) == []
+    removed, values = SR_CASES[case]
+    got = summary[case]
+    assert (got["points"], got["groups"]) == (1, 1)  # highdicom read the groups back
+    sr = pydicom.dcmread(files[case])
+    for kw in TYPE2_TAGS:
+        assert kw in sr, kw  # Type 2: present ...
+    emptied = set(removed) | set(values)
+    for kw in emptied:
+        assert sr[kw].value in (None, ""), kw  # ... and empty when the film had no usable value
+        assert any(kw in n for n in got["notes"]), (kw, got["notes"])
+    if case == "complete":
+        assert got["notes"] == []
+        assert (sr.PatientSex, sr.AccessionNumber, str(sr.ReferringPhysicianName)) == ("F", "A1", "DOE^J")
+
+
+def _items(items):
+    for it in items:
+        yield it
+        yield from _items(it.get("ContentSequence", []))
+
+
+def _meaning(item) -> str:
+    return str(item.ConceptNameCodeSequence[0].CodeMeaning)
+
+
+def test_sr_carries_the_measurement_uncertainty(built_srs):
+    """TID 310/311 under the measurement: mean, SD, the interval as +5 / -4 deg (hand-computed from ROW)."""
+    import pydicom
+
+    files, _ = built_srs
+    sr = pydicom.dcmread(files["complete"])
+    (num,) = [it for it in _items(sr.ContentSequence)
+              if it.ValueType == "NUM" and it.ConceptNameCodeSequence[0].CodeValue == "seg-angle"]
+    assert float(num.MeasuredValueSequence[0].NumericValue) == 10.0
+    props = {_meaning(c): c for c in num.ContentSequence}
+    def value_unit(name):
+        mv = props[name].MeasuredValueSequence[0]
+        return float(mv.NumericValue), str(mv.MeasurementUnitsCodeSequence[0].CodeValue)
+    assert value_unit("Mean") == (10.5, "deg") and value_unit("Standard Deviation") == (2.0, "deg")
+    assert value_unit("+, range of upper measurement uncertainty") == (5.0, "deg")
+    assert value_unit("-, range of lower measurement uncertainty") == (4.0, "deg")
+    assert props["Mean"].RelationshipType == "CONTAINS"
+    assert props["+, range of upper measurement uncertainty"].RelationshipType == "HAS PROPERTIES"
+    desc = str(props["Population Description"].TextValue)
+    assert "500 samples" in desc and "95 % interval [6, 15] deg" in desc
+    image = props["Source of Measurement"]
+    assert image.RelationshipType == "INFERRED FROM"
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == sr.CurrentRequestedProcedureEvidenceSequence[
+        0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+
+
+def test_sr_names_the_models_their_weights_and_the_installation(built_srs):
+    import pydicom
+
+    files, _ = built_srs
+    sr = pydicom.dcmread(files["complete"])
+    items = list(_items(sr.ContentSequence))
+    texts = {}
+    for it in items:
+        if it.ValueType in ("TEXT", "UIDREF"):
+            texts.setdefault(_meaning(it), []).append(str(it.get("TextValue") or it.get("UID")))
+    assert set(texts["Algorithm Parameters"]) == {f"detector model cervical/detector sha256 {'a' * 64}",
+                                                 f"regressor model cervical/regressor sha256 {'b' * 64}"}
+    assert set(texts["Algorithm Version"]) == {f"monai-spine {sr.SoftwareVersions}; detector {'a' * 12}; "
+                                               f"regressor {'b' * 12}"}
+    assert texts["Device Observer UID"] == [DEVICE_UID]
+    # every code value fits the 16-character Code Value: no Long Code Value for older viewers
+    for it in items:
+        for attr in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
+            for c in it.get(attr, []):
+                assert "LongCodeValue" not in c and 0 < len(c.CodeValue) <= 16, c
+
+
+IDENTITY_CASES = {
+    # name: (env value, machine id text or None, expected source)
+    "env": (DEVICE_UID, "0123456789abcdef", "$MONAI_SPINE_DEVICE_UID"),
+    "machine_id": ("", "0123456789abcdef", "machine-id"),
+    "host": ("", None, "host name and MAC address"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IDENTITY_CASES))
+def test_device_observer_uid_is_installation_specific(tmp_path, case):
+    """The old SR used generate_uid(entropy=["monai-spine", version]): one UID on every installation."""
+    from pydicom.uid import UID
+
+    from monai_spine.apps.deploy.identity import DEVICE_UID_ENV, device_observer_uid
+
+    env_value, machine_id, source = IDENTITY_CASES[case]
+    mid = tmp_path / "machine-id"
+    if machine_id is not None:
+        mid.write_text(machine_id + "\n")
+    uid, got_source = device_observer_uid({DEVICE_UID_ENV: env_value}, mid)
+    assert got_source.endswith(source) and UID(uid).is_valid and len(uid) <= 64
+    again, _ = device_observer_uid({DEVICE_UID_ENV: env_value}, mid)
+    assert again == uid  # stable for one installation
+    if case == "env":
+        assert uid == DEVICE_UID
+    if case == "machine_id":
+        other = tmp_path / "other-machine-id"
+        other.write_text("fedcba9876543210\n")
+        assert device_observer_uid({}, other)[0] != uid  # another host, another UID
+
+
+@pytest.mark.parametrize("bad", ["1.2.03", "abc", "1." + "2" * 70, "1..2"])
+def test_device_observer_uid_refuses_a_bad_setting(bad):
+    from monai_spine.apps.deploy.identity import DEVICE_UID_ENV, device_observer_uid
+
+    with pytest.raises(ValueError, match=DEVICE_UID_ENV):
+        device_observer_uid({DEVICE_UID_ENV: bad})
+
+
+def test_sha256_file(tmp_path):
+    from monai_spine.apps.deploy.identity import sha256_file
+
+    (tmp_path / "w.pt").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "w.pt") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+@pytest.mark.slow
+def test_app_reports_a_film_without_type2_attributes(tmp_path, app_python):
+    """End to end: the old app exited 1 after inference (AttributeError 'PatientBirthDate'), no SR."""
+    import pydicom
+
+    py = app_python(".venv-deploy")
+    models = _write_models(tmp_path / "models")
+    src = write_dx_dicom(tmp_path / "in" / "dx.dcm", _radiograph(0), SPACING_MM, uid_entropy=["deploy-anon", "dx"])
+    ds = pydicom.dcmread(src)
+    for kw in TYPE2_TAGS:
+        if kw in ds:
+            delattr(ds, kw)
+    ds.save_as(src)
+    out = tmp_path / "out"
+    proc = _run_app(py, src.parent, out, models, env={"MONAI_SPINE_DEVICE_UID": DEVICE_UID})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "note: source image has no PatientBirthDate: written empty (Type 2)" in proc.stdout
+    sr = pydicom.dcmread(out / "dx.sr.dcm")
+    assert all(kw in sr and sr[kw].value in (None, "") for kw in TYPE2_TAGS)
+    assert _dciodvfy_errors(out / "dx.sr.dcm") == []

@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=os.environ.get("HOLOSCAN_OUTPUT_PATH", "output"),
                    help="output folder, created when missing (default $HOLOSCAN_OUTPUT_PATH or ./output)")
     p.add_argument("-m", "--model", "--models", dest="model", default=None,
-                   help="models folder (default $MONAI_SPINE_DEPLOY_MODELS, $HOLOSCAN_MODEL_PATH, else bundle/models)")
+                   help="models folder (default $MONAI_SPINE_DEPLOY_MODELS, $HOLOSCAN_MODEL_PATH, else the model zoo, "
+                        "$MONAI_SPINE_MODELS or bundle/models)")
+    p.add_argument("--region", default=os.environ.get("MONAI_SPINE_DEPLOY_REGION") or None,
+                   choices=["ap", "cervical", "lumbar"],
+                   help="model-zoo region when the models folder has several (default $MONAI_SPINE_DEPLOY_REGION, "
+                        "else the only one, else the radiograph's BodyPartExamined / ViewPosition)")
     p.add_argument("-l", "--log-level", dest="log_level", type=str.upper, default="WARN",
                    choices=["DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"],
                    help="SDK / Holoscan log level (default WARN)")
@@ -58,19 +63,17 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
-def _preflight(input_dir: Path, models_dir: Path) -> None:
-    from monai_spine.apps.deploy.models import read_deploy_config
+def _preflight(input_dir: Path, models_dir: Path, region: str | None) -> None:
+    from monai_spine.apps.deploy.identity import device_observer_uid
+    from monai_spine.apps.deploy.models import locate_models, read_deploy_config, region_from_header
     from monai_spine.apps.deploy.selection import DeployInputError, select_from_folder
 
-    select_from_folder(input_dir)
-    for rel in ("detector/detector_model.json", "detector/model.pt", "model.pt"):
-        if not (models_dir / rel).is_file():
-            raise DeployInputError(
-                f"models folder {models_dir} has no {rel}: train the bundle (docs/deploy.md) or pass -m MODELS"
-            )
+    selected = select_from_folder(input_dir)
     try:
-        read_deploy_config(models_dir)
-    except ValueError as e:
+        folders = locate_models(models_dir, region=region, prefer=region_from_header(selected.dataset))
+        read_deploy_config(folders.config_dir)
+        device_observer_uid()
+    except (FileNotFoundError, ValueError) as e:
         raise DeployInputError(str(e)) from None
 
 
@@ -85,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     models_dir = resolve_models_dir(args.model).absolute()
     if os.environ.get("MONAI_SPINE_DEPLOY_PREFLIGHT", "1") != "0":
         try:
-            _preflight(input_dir, models_dir)
+            _preflight(input_dir, models_dir, args.region)
         except DeployInputError as e:
             _error(str(e))
             return EXIT_BAD_INPUT
@@ -102,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from monai_spine.apps.deploy.app import run_app
 
-        record = run_app(input_dir, staged.path, models_dir, log_level=args.log_level, device=args.device)
+        record = run_app(input_dir, staged.path, models_dir, log_level=args.log_level, device=args.device,
+                         region=args.region)
         if not record.complete:
             _error(f"the application stopped before writing all its outputs; nothing written to {staged.out_dir}")
             return EXIT_FAILED

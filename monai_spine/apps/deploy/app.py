@@ -39,6 +39,7 @@ class SpineDeployApp(Application):
         *args, **kwargs: as :class:`monai.deploy.core.Application` (``argv`` carries ``-i/-o/-m``).
         record: where the operators report what they wrote (a fresh :class:`RunRecord` by default).
         device: torch device of the models.
+        region: model-zoo region (None: the only one, else the radiograph's header decides).
     """
 
     name = "monai-spine-deploy"
@@ -46,9 +47,11 @@ class SpineDeployApp(Application):
         "Vertebra keypoints with uncertainty, clinical measurements and a TID 1500 DICOM SR for spine radiographs"
     )
 
-    def __init__(self, *args: Any, record: RunRecord | None = None, device: str = "cpu", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, record: RunRecord | None = None, device: str = "cpu", region: str | None = None,
+                 **kwargs: Any) -> None:
         self.record = record if record is not None else RunRecord()
         self.device = device
+        self.region = region
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         super().__init__(*args, **kwargs)
 
@@ -65,7 +68,8 @@ class SpineDeployApp(Application):
         selector = RadiographSelectorOperator(self, input_folder=input_folder, record=self.record,
                                               name="radiograph_selector")
         inference = SpineInferenceOperator(self, models_dir=models_dir, output_folder=output_folder,
-                                           record=self.record, device=self.device, name="spine_inference")
+                                           record=self.record, device=self.device, region=self.region,
+                                           name="spine_inference")
         writer = SpineSRWriterOperator(self, output_folder=output_folder, record=self.record, name="sr_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
@@ -74,7 +78,7 @@ class SpineDeployApp(Application):
 
 
 def run_app(input_dir: str | os.PathLike, output_dir: str | os.PathLike, models_dir: str | os.PathLike,
-            log_level: str | None = None, device: str = "cpu") -> RunRecord:
+            log_level: str | None = None, device: str = "cpu", region: str | None = None) -> RunRecord:
     """Run :class:`SpineDeployApp` once, writing straight into ``output_dir`` (no staging, no pre-flight).
 
     Returns:
@@ -91,6 +95,6 @@ def run_app(input_dir: str | os.PathLike, output_dir: str | os.PathLike, models_
     if log_level:
         argv = [*argv, "-l", log_level]
     record = RunRecord()
-    app = SpineDeployApp(list(argv), record=record, device=device)
+    app = SpineDeployApp(list(argv), record=record, device=device, region=region)
     app.run()
     return record

@@ -1,26 +1,40 @@
 """The models folder of the deploy application and the :class:`SpinePipeline` built from it (no SDK import).
 
-Layout of a models folder (the bundle's ``bundle/models`` is one, and the default)::
+The application needs a vertebra detector and a BayeRegX regressor. :func:`locate_models` finds
+them in a models folder ``M`` laid out in any of these ways (first match wins):
 
-    <models>/detector/detector_model.json   # DetectorSpec (written by detector_train.json)
-    <models>/detector/model.pt              # detector weights
-    <models>/model.pt                       # BayeRegX regressor weights (written by train.json)
-    <models>/thresholds.json                # optional: calibrated uncertainty-class thresholds
-    <models>/conformal.json                 # optional: conformal error radii
-    <models>/deploy.json                    # optional: regressor build settings (below)
+1. **kind folders**: ``M/detector/`` (``model.pt`` + ``detector_model.json``) and ``M/regressor/``
+   (``model.pt`` + ``regressor_model.json``): one region of the model zoo, e.g. ``-m
+   bundle/models/cervical``, or the packaged form of it (``/opt/holoscan/models/detector``, ...);
+   (``regressor_model.json``, or a ``deploy.json`` for a regressor trained before specs existed);
+2. **model zoo** (:mod:`monai_spine.inference.model_zoo`): ``M/<region>/detector/`` and
+   ``M/<region>/regressor/``, e.g. ``bundle/models`` itself;
+3. **legacy flat**: ``M/detector/`` and ``M/model.pt`` (the regressor; its build settings in the
+   optional ``M/deploy.json``).
 
-``deploy.json`` holds ``{"regressor": {...}}`` with any of :data:`REGRESSOR_DEFAULTS`' keys; they
-must match how the regressor was trained (the bundle's ``network_width``, ``fc_features``,
-``spatial_size``; ``margin_mm`` is the bundle's ``margin_mm + rand_pad_mm / 2``).
+Each is also looked for under ``M/models/``: the MONAI Deploy / Holoscan packager copies a models
+folder that holds files (``bundle/models`` has a README) whole to ``/opt/holoscan/models/models/``
+and each of its sub-folders to ``/opt/holoscan/models/<name>/`` (``packaged_layout`` re-creates
+that rule for the tests). With several regions in a model zoo the region comes from ``--region``,
+else from the radiograph's header (:func:`region_from_header`), else it must be given.
+
+Beside the regressor's ``model.pt`` (or in ``M`` for the legacy layout) the optional
+``thresholds.json`` (uncertainty-class thresholds) and ``conformal.json`` (conformal radii) are
+used. A regressor folder describes itself with ``regressor_model.json``; ``deploy.json``
+(``{"regressor": {...}}`` with keys of :data:`REGRESSOR_DEFAULTS`) is read only when there is no
+such spec.
 
 The folder comes from, strongest first: the ``-m/--model`` argument, ``MONAI_SPINE_DEPLOY_MODELS``,
-the SDK's ``HOLOSCAN_MODEL_PATH`` (set inside a MONAI Application Package), else the bundle's.
+the SDK's ``HOLOSCAN_MODEL_PATH`` (set inside a MONAI Application Package), else the model zoo's
+root (``$MONAI_SPINE_MODELS``, else ``bundle/models``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +42,21 @@ __all__ = [
     "MODELS_ENV",
     "DEPLOY_CONFIG_FILE",
     "REGRESSOR_DEFAULTS",
+    "ModelFolders",
     "default_models_dir",
     "resolve_models_dir",
+    "region_from_header",
+    "locate_models",
+    "packaged_layout",
     "read_deploy_config",
     "build_pipeline",
 ]
 
 #: Environment variable naming the models folder (below ``--model``, above ``HOLOSCAN_MODEL_PATH``).
 MODELS_ENV = "MONAI_SPINE_DEPLOY_MODELS"
-#: Optional settings file in the models folder.
+#: Optional regressor settings of the legacy layout.
 DEPLOY_CONFIG_FILE = "deploy.json"
-#: Regressor build settings and their defaults (those of ``monai-spine predict``).
+#: Regressor build settings and their defaults (those of ``monai-spine predict``), for ``deploy.json``.
 REGRESSOR_DEFAULTS: dict[str, Any] = {
     "variant": "bayecbam",
     "width": 1.0,
@@ -49,21 +67,166 @@ REGRESSOR_DEFAULTS: dict[str, Any] = {
     "region": None,
     "flip_tta": False,
 }
+_PACKAGED_SUBDIR = "models"
+
+
+@dataclass(frozen=True)
+class ModelFolders:
+    """Where the application's two models are.
+
+    Attributes:
+        root: the models folder that was searched.
+        layout: ``kinds``, ``zoo`` or ``legacy`` (module docstring), ``+packaged`` when found under ``root/models``.
+        region: the zoo region (None for ``kinds`` / ``legacy``: the detector's spec says it).
+        detector_dir: folder with the detector's ``model.pt`` and ``detector_model.json``.
+        regressor_checkpoint: the regressor's ``model.pt``.
+        config_dir: folder of the optional ``thresholds.json`` / ``conformal.json`` / ``deploy.json``.
+    """
+
+    root: Path
+    layout: str
+    region: str | None
+    detector_dir: Path
+    regressor_checkpoint: Path
+    config_dir: Path
+
+    @property
+    def regressor_dir(self) -> Path:
+        return self.regressor_checkpoint.parent
+
+    def _name(self, folder: Path) -> str:
+        try:
+            return folder.relative_to(self.root).as_posix() or folder.name
+        except ValueError:
+            return str(folder)
+
+    def identities(self) -> list[dict[str, str]]:
+        """``[{"kind", "name", "sha256"}]`` of the detector and regressor weights (name relative to ``root``)."""
+        from monai_spine.apps.deploy.identity import sha256_file
+
+        ckpts = {"detector": self.detector_dir / "model.pt", "regressor": self.regressor_checkpoint}
+        return [{"kind": kind, "name": self._name(p if kind == "regressor" and self.layout.startswith("legacy")
+                                                  else p.parent),
+                 "sha256": sha256_file(p)} for kind, p in ckpts.items()]
 
 
 def default_models_dir() -> Path:
-    """``<repo>/bundle/models``: where the bundle's training configs write the weights."""
-    from monai_spine.inference.pipeline import default_regressor_checkpoint
+    """The model zoo's root: ``$MONAI_SPINE_MODELS``, else ``<repo>/bundle/models``."""
+    from monai_spine.inference.model_zoo import models_root
 
-    return default_regressor_checkpoint().parent
+    return models_root()
 
 
 def resolve_models_dir(arg: str | os.PathLike | None = None) -> Path:
-    """The models folder: ``arg``, else ``$MONAI_SPINE_DEPLOY_MODELS``, else ``$HOLOSCAN_MODEL_PATH``, else bundle's."""
+    """The models folder: ``arg``, else ``$MONAI_SPINE_DEPLOY_MODELS``, else ``$HOLOSCAN_MODEL_PATH``, else the zoo's."""
     for value in (arg, os.environ.get(MODELS_ENV), os.environ.get("HOLOSCAN_MODEL_PATH")):
         if value:
             return Path(value)
     return default_models_dir()
+
+
+def region_from_header(ds: Any) -> str | None:
+    """The model-zoo region a radiograph's header suggests, or None when it says nothing clear.
+
+    ``BodyPartExamined`` CSPINE / NECK -> ``cervical``; a frontal view (``ViewPosition`` AP / PA) of
+    the spine -> ``ap``; LSPINE otherwise -> ``lumbar``.
+    """
+    part = str(ds.get("BodyPartExamined", "") or "").upper().replace(" ", "")
+    view = str(ds.get("ViewPosition", "") or "").upper()
+    if part in ("CSPINE", "NECK", "CERVICALSPINE"):
+        return "cervical"
+    if view in ("AP", "PA") and ("SPINE" in part or part in ("WHOLEBODY", "CHEST", "ABDOMEN")):
+        return "ap"
+    if part in ("LSPINE", "LUMBARSPINE", "LSSPINE"):
+        return "lumbar"
+    return None
+
+
+def _complete(folder: Path, spec_file: str) -> bool:
+    """``folder`` holds ``model.pt`` and its spec (a regressor folder may have ``deploy.json`` instead)."""
+    if not (folder / "model.pt").is_file():
+        return False
+    return (folder / spec_file).is_file() or (spec_file.startswith("regressor") and (folder / DEPLOY_CONFIG_FILE).is_file())
+
+
+def _find_at(base: Path, region: str | None, prefer: str | None) -> tuple[str, str | None, Path, Path, Path] | None:
+    from monai_spine.inference.model_zoo import REGIONS, SPEC_FILES
+
+    det, reg = SPEC_FILES["detector"], SPEC_FILES["regressor"]
+    if _complete(base / "detector", det):
+        if _complete(base / "regressor", reg):
+            return "kinds", None, base / "detector", base / "regressor" / "model.pt", base / "regressor"
+        if (base / "model.pt").is_file():
+            return "legacy", None, base / "detector", base / "model.pt", base
+    regions = [r for r in REGIONS if _complete(base / r / "detector", det) and _complete(base / r / "regressor", reg)]
+    if region is not None:
+        regions = [r for r in regions if r == region]
+    if not regions:
+        return None
+    if len(regions) > 1:
+        if prefer not in regions:
+            raise FileNotFoundError(
+                f"models folder {base} holds models of regions {regions} and the radiograph's header does not say "
+                "which: pass --region"
+            )
+        regions = [prefer]
+    r = regions[0]
+    return "zoo", r, base / r / "detector", base / r / "regressor" / "model.pt", base / r / "regressor"
+
+
+def locate_models(root: str | os.PathLike, region: str | None = None, prefer: str | None = None) -> ModelFolders:
+    """Find the detector and the regressor in a models folder (layouts in the module docstring).
+
+    Args:
+        root: the models folder.
+        region: the zoo region to use (None: the only one present, else ``prefer``).
+        prefer: the region to take when several are present (e.g. :func:`region_from_header`).
+
+    Raises:
+        FileNotFoundError: no layout matches, or several regions and no way to choose (one line
+            naming the folder and what it expected).
+        KeyError: unknown ``region``.
+    """
+    from monai_spine.inference.model_zoo import REGIONS
+
+    if region is not None and region not in REGIONS:
+        raise KeyError(f"unknown region {region!r}; known: {list(REGIONS)}")
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"models folder {base} does not exist (pass -m or set {MODELS_ENV})")
+    for where, suffix in ((base, ""), (base / _PACKAGED_SUBDIR, "+packaged")):
+        if not where.is_dir():
+            continue
+        found = _find_at(where, region, prefer)
+        if found is not None:
+            layout, r, det, ckpt, cfg = found
+            return ModelFolders(base, layout + suffix, r, det, ckpt, cfg)
+    want = f"{region}/detector + {region}/regressor" if region else "<region>/detector + <region>/regressor"
+    raise FileNotFoundError(
+        f"models folder {base} has no usable models: expected {want} (model zoo), detector/ + regressor/, or "
+        "detector/ + model.pt, each model folder with model.pt and its <kind>_model.json; train the bundle "
+        f"(docs/deploy.md) or point -m / {MODELS_ENV} at such a folder"
+    )
+
+
+def packaged_layout(models: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:
+    """Copy ``models`` into ``dest`` as the MAP packager does with ``-m models``; returns the model folders made.
+
+    The packager's rule (holoscan ``packager/models.py``): a folder that directly holds a file is one
+    model, copied whole to ``dest/<folder name>``; each of its sub-folders is also a model, copied
+    to ``dest/<sub-folder name>``. ``dest`` plays ``/opt/holoscan/models`` (``HOLOSCAN_MODEL_PATH``).
+    """
+    src, out = Path(models), Path(dest)
+    made = []
+    entries = sorted(src.iterdir())
+    if any(e.is_file() for e in entries):
+        shutil.copytree(src, out / src.resolve().name, dirs_exist_ok=True)
+        made.append(out / src.resolve().name)
+    for e in entries:
+        if e.is_dir():
+            shutil.copytree(e, out / e.name, dirs_exist_ok=True)
+            made.append(out / e.name)
+    return made
 
 
 def read_deploy_config(models_dir: str | os.PathLike) -> dict[str, Any]:
@@ -90,53 +253,40 @@ def read_deploy_config(models_dir: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def _require(path: Path, what: str, models_dir: Path) -> Path:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"models folder {models_dir} has no {what} ({path.relative_to(models_dir)}): train the bundle "
-            f"(docs/deploy.md) or point -m / {MODELS_ENV} at a folder that has it"
-        )
-    return path
-
-
-def build_pipeline(models_dir: str | os.PathLike, device: str = "cpu", overlays: bool = True) -> Any:
-    """A :class:`~monai_spine.inference.pipeline.SpinePipeline` (detector + BayeRegX regressor) from a models folder.
+def build_pipeline(folders: ModelFolders, device: str = "cpu", overlays: bool = True) -> Any:
+    """A :class:`~monai_spine.inference.pipeline.SpinePipeline` (detector + BayeRegX regressor) from located models.
 
     Args:
-        models_dir: the folder (layout in the module docstring).
+        folders: :func:`locate_models`' answer.
         device: torch device.
         overlays: let the pipeline write the overlay PNG.
 
     Raises:
-        FileNotFoundError: a required file is missing (the message names it and the folder).
-        ValueError: a malformed ``deploy.json`` or detector spec.
+        FileNotFoundError: a model file vanished.
+        ValueError: a malformed ``deploy.json`` or spec, or weights that do not fit their spec.
     """
-    from monai_spine.inference.detector import CHECKPOINT_FILE, SPEC_FILE, VertebraDetector
+    from monai_spine.inference.detector import VertebraDetector
     from monai_spine.inference.pipeline import SpinePipeline
     from monai_spine.inference.regressor import KeypointPredictor, load_conformal
     from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
 
-    root = Path(models_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"models folder {root} does not exist (pass -m or set {MODELS_ENV})")
-    det_dir = root / "detector"
-    _require(det_dir / SPEC_FILE, "detector spec", root)
-    _require(det_dir / CHECKPOINT_FILE, "detector weights", root)
-    ckpt = _require(root / "model.pt", "regressor weights", root)
-    cfg = read_deploy_config(root)
-    detector = VertebraDetector.from_checkpoint(det_dir, device=device)
-    thr_path = root / "thresholds.json"
+    detector = VertebraDetector.from_checkpoint(folders.detector_dir, device=device)
+    cfg_dir = folders.config_dir
+    thr_path = cfg_dir / "thresholds.json"
+    thresholds = Thresholds.load(thr_path) if thr_path.is_file() else PAPER_THRESHOLDS
+    conformal = load_conformal(cfg_dir / "conformal.json")
+    cfg = read_deploy_config(cfg_dir)
     regressor = KeypointPredictor.from_checkpoint(
-        ckpt,
+        folders.regressor_checkpoint,
         variant=str(cfg["variant"]),
         region=cfg["region"] or detector.spec.region,
         network_kwargs={"width": float(cfg["width"]), "fc_features": int(cfg["fc_features"])},
         spatial_size=tuple(int(s) for s in cfg["spatial_size"]),
         margin_mm=float(cfg["margin_mm"]),
         num_samples=int(cfg["mc_samples"]),
-        thresholds=Thresholds.load(thr_path) if thr_path.is_file() else PAPER_THRESHOLDS,
+        thresholds=thresholds,
         device=device,
         flip_tta=bool(cfg["flip_tta"]),
-        conformal=load_conformal(root / "conformal.json"),
+        conformal=conformal,
     )
     return SpinePipeline(detector, regressor, None, overlays=overlays)

@@ -46,9 +46,11 @@ class RunRecord:
         notes: log lines about the input (skipped series, ...).
         complete: set by the last operator once every output is written.
         summary: a few numbers for the command line (points, measurements, SOP Instance UIDs).
+        models: ``[{"kind", "name", "sha256"}]`` of the models used (written into the SR).
     """
 
     files: dict[str, str] = field(default_factory=dict)
+    models: list[dict[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     complete: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
@@ -120,17 +122,19 @@ class SpineInferenceOperator(Operator):
         fragment: the application.
         models_dir: the models folder (:mod:`monai_spine.apps.deploy.models`); loaded on first use.
         output_folder: where the JSON, overlay and measurement files are written.
-        record: the run's :class:`RunRecord`.
+        record: the run's :class:`RunRecord` (the models' names and weight hashes go to ``record.models``).
         device: torch device (``cpu``).
+        region: model-zoo region (None: the only one, else the radiograph's header decides).
     """
 
     def __init__(self, fragment: Fragment, *args: Any, models_dir: Path, output_folder: Path, record: RunRecord,
-                 device: str = "cpu", **kwargs: Any) -> None:
+                 device: str = "cpu", region: str | None = None, **kwargs: Any) -> None:
         self._logger = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.models_dir = Path(models_dir)
         self.output_folder = Path(output_folder)
         self.record = record
         self.device = device
+        self.region = region
         self._pipeline: Any = None
         super().__init__(fragment, *args, **kwargs)
 
@@ -139,13 +143,15 @@ class SpineInferenceOperator(Operator):
         spec.output("result")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        from monai_spine.apps.deploy.models import build_pipeline
+        from monai_spine.apps.deploy.models import build_pipeline, locate_models, region_from_header
         from monai_spine.apps.deploy.processing import predict_and_measure
 
         selected = op_input.receive("radiograph")
         if self._pipeline is None:
-            self._logger.info(f"loading models from {self.models_dir}")
-            self._pipeline = build_pipeline(self.models_dir, device=self.device, overlays=True)
+            folders = locate_models(self.models_dir, region=self.region, prefer=region_from_header(selected.dataset))
+            self._logger.info(f"loading models from {self.models_dir} ({folders.layout} layout)")
+            self.record.models = folders.identities()
+            self._pipeline = build_pipeline(folders, device=self.device, overlays=True)
         self.output_folder.mkdir(parents=True, exist_ok=True)
         result = predict_and_measure(selected, self._pipeline, self.output_folder)
         self.record.files.update(result.files)
@@ -180,10 +186,18 @@ class SpineSRWriterOperator(Operator):
         spec.input("result")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
+        from monai_spine.apps.deploy.identity import device_observer_uid
         from monai_spine.apps.deploy.sr import build_measurement_report
 
         selected, result = op_input.receive("result")
-        sr = build_measurement_report(selected.dataset, result.prediction, result.rows)
+        device_uid, uid_source = device_observer_uid()
+        self._logger.info(f"device observer UID {device_uid} from {uid_source}")
+        cases = result.measurements.get("cases") or [{}]
+        notes: list[str] = []
+        sr = build_measurement_report(selected.dataset, result.prediction, result.rows, models=self.record.models,
+                                      device_uid=device_uid, uncertainty=cases[0].get("uncertainty"), notes=notes)
+        self.record.notes.extend(notes)
+        self.record.summary["device_uid"] = device_uid
         path = self.output_folder / f"{result.stem}.sr.dcm"
         tmp = path.with_name(f".{path.name}.tmp")
         sr.save_as(tmp, enforce_file_format=True)
