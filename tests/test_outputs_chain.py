@@ -188,3 +188,23 @@ def test_report_says_when_the_thresholds_vouch_for_no_class(chain, tmp_path):
                  "--out", str(out), "--thresholds", str(thr)]) == 0
     text = (out / "index.html").read_text()
     assert '<b class="calibration-failed">no certain or moderate class can be vouched for</b>' in text
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"spacing_mm": [0.5, 0.5]}, "pixel spacing [0.5, 0.5] mm differs"),
+    ({"image_size": [1, 1]}, "image size [1, 1] differs"),
+    ({"image": "/elsewhere/case_0000.dcm"}, "predicted on /elsewhere/case_0000.dcm"),
+])
+def test_report_refuses_a_prediction_whose_film_differs(chain, tmp_path, capsys, change, message):
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for f in chain["regressor"].glob("*.keypoints.json"):
+        d = json.loads(f.read_text())
+        if f.name.startswith("case_0000"):
+            d.update(change)
+        (pred_dir / f.name).write_text(json.dumps(d))
+    out = tmp_path / "report"
+    code = main(["report", "--predictions", str(pred_dir), "--annotations", str(chain["data"]), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "case_0000.keypoints.json" in err and err.count("\n") == 1
+    assert not out.exists()
