@@ -257,3 +257,116 @@ def test_cli_passes_flip_tta_and_conformal_beside_the_checkpoint(inputs, tmp_pat
     assert pts and all(p["conformal_radius_mm"] == pytest.approx(4 * p["sigma_p_total_frac"]) for p in pts)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         predict_cli([inputs / "dx.dcm"], out, conformal=tmp_path / "missing.json", **kw)
+
+
+# ------------------------------------------------------------- the model zoo: predict with no model options
+def _zoo(root, region="ap", chain=True):
+    """Tiny untrained models in the zoo layout: <root>/<region>/{detector,heatmap}."""
+    from monai_spine.data.keypoints import get_region
+    from monai_spine.inference.corners import CornerPrior
+    from monai_spine.inference.heatmap import HeatmapModelSpec
+
+    torch.manual_seed(0)
+    n = len(get_region(region).levels)
+    det_dir = root / region / "detector"
+    kw = dict(decode_method="chain", spacing_profile=tuple(np.linspace(0.8, 1.2, n - 1)), complete=True) if chain else {}
+    spec = DetectorSpec(region=region, spatial_size=(64, 32), features=(4, 4, 8, 8, 16, 4), score_threshold=0.01, **kw)
+    spec.save(det_dir)
+    torch.save(spec.build_network().state_dict(), det_dir / "model.pt")
+    hm_dir = root / region / "heatmap"
+    offs = np.array([[-0.5, -0.4], [0.5, -0.4], [-0.5, 0.4], [0.5, 0.4]])
+    hm = HeatmapModelSpec(scheme=get_region(region).scheme.name, region=region, size_ratio=0.7, out_size=32,
+                          grid=(1, 0.1), scales=(2.0,), rotations_deg=(0.0,), network={"width": 2},
+                          prior=CornerPrior(offs, np.stack([np.eye(2) * 0.01] * 4), count=5))
+    hm.save(hm_dir)
+    torch.save(hm.build_network().state_dict(), hm_dir / "model.pt")
+    return det_dir, hm_dir
+
+
+@pytest.fixture()
+def film_files(tmp_path):
+    """One radiograph as DICOM, PNG and JPEG."""
+    d = tmp_path / "films"
+    d.mkdir()
+    img = image_u16(3)
+    write_dx_dicom(d / "film.dcm", img, (0.2, 0.2))
+    cv2.imwrite(str(d / "film.png"), (img // 16).astype(np.uint8))
+    cv2.imwrite(str(d / "film.jpg"), (img // 16).astype(np.uint8))
+    return d
+
+
+@pytest.mark.parametrize("name", ["film.dcm", "film.png", "film.jpg"])
+def test_predict_with_no_model_options_uses_the_zoo(film_files, tmp_path, monkeypatch, name):
+    from monai_spine.cli import main
+
+    root = tmp_path / "models"
+    _zoo(root, "ap")
+    monkeypatch.setenv("MONAI_SPINE_MODELS", str(root))
+    out = tmp_path / "out"
+    assert main(["predict", str(film_files / name), "--out", str(out), "--no-progress"]) == 0
+    d = json.loads((out / "film.keypoints.json").read_text())
+    assert d["models"] == ["heatmap"]
+    levels = [v["level"] for v in d["vertebrae"]]
+    # the chain detector outputs the complete AP spine: every level once, in order, seen or inferred
+    assert levels == ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12",
+                      "L1", "L2", "L3", "L4", "L5"] or levels == []
+    for v in d["vertebrae"]:
+        assert isinstance(v["inferred"], bool)
+        if v["inferred"]:
+            assert v["detection_score"] == 0.0
+            assert all(c["uncertainty_class"] == "highly_uncertain" and c["inferred"] for c in v["corners"])
+
+
+def test_inferred_levels_are_flagged_in_json_markups_and_sigma(tmp_path, inputs):
+    """A detector that saw C3 and C5 only: C4 is inferred between them, flagged everywhere, sigma = half its box diagonal."""
+    from monai_spine.inference.corners import CornerPrior
+    from monai_spine.inference.heatmap import CornerPredictor, HeatmapModelSpec
+
+    class HalfDetector:
+        def detect(self, image, spacing_mm=None, spacing_source=None):
+            c = np.array([[120.0, 110.0], [120.0, 150.0], [120.0, 190.0]])
+            b = np.concatenate([c - [20.0, 15.0], c + [20.0, 15.0]], -1)  # 40 x 30 px: diagonal 50 px
+            return Detections(["C3", "C4", "C5"], c, b, np.array([0.9, 0.0, 0.8]), spacing_mm,
+                              spacing_source or "unknown", inferred=np.array([False, True, False]))
+
+    torch.manual_seed(0)
+    offs = np.array([[-0.5, -0.4], [0.5, -0.4], [-0.5, 0.4], [0.5, 0.4]])
+    hm = HeatmapModelSpec(size_ratio=0.7, out_size=32, grid=(1, 0.1), scales=(2.0,), rotations_deg=(0.0,),
+                          network={"width": 2}, prior=CornerPrior(offs, np.stack([np.eye(2) * 0.01] * 4), count=5))
+    cp = CornerPredictor(hm.build_network(), hm)
+    pipe = SpinePipeline(HalfDetector(), None, cp)
+    out = tmp_path / "out"
+    res = pipe.predict_file(inputs / "dx.dcm", out)  # spacing (0.1, 0.2): mean 0.15 mm / px
+    v = res.result["vertebrae"]
+    assert [x["inferred"] for x in v] == [False, True, False]
+    assert "inferred_note" in res.result
+    c4 = v[1]["corners"]
+    assert all(c["sigma_px"] >= 25.0 and c["uncertainty_class"] == "highly_uncertain" for c in c4)
+    assert all(c["sigma_mm"] >= 25.0 * 0.15 - 1e-9 for c in c4)
+    assert not any(c.get("inferred") for c in v[0]["corners"])
+    mrk = json.loads((out / "dx.corners.mrk.json").read_text())["markups"][0]["controlPoints"]
+    descs = [p.get("description", "") for p in mrk]
+    assert [i // 5 for i, s in enumerate(descs) if "inferred" in s] == [1] * 5  # the 5 slots of C4 (SP missing)
+
+
+def test_predict_refuses_a_mismatching_model(film_files, tmp_path, monkeypatch, capsys):
+    from monai_spine.cli import main
+
+    root = tmp_path / "models"
+    det_dir, _ = _zoo(root, "ap")
+    monkeypatch.setenv("MONAI_SPINE_MODELS", str(root))
+    out = str(tmp_path / "out")
+    # a detector folder of another region than the one asked for
+    assert main(["predict", str(film_files / "film.png"), "--out", out, "--region", "cervical",
+                 "--detector-dir", str(det_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "trained for region 'ap', not 'cervical'" in err and len(err.strip().splitlines()) == 1
+    # weights that do not fit the spec beside them (a per-level network saved under a chain spec)
+    spec = DetectorSpec(region="ap", spatial_size=(64, 32), features=(4, 4, 8, 8, 16, 4))
+    torch.save(spec.build_network().state_dict(), det_dir / "model.pt")
+    assert main(["predict", str(film_files / "film.png"), "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "do not match the detector spec" in err and len(err.strip().splitlines()) == 1
+    # no shipped model for the region
+    assert main(["predict", str(film_files / "film.png"), "--out", out, "--region", "lumbar"]) == 2
+    assert "no shipped detector for region lumbar" in capsys.readouterr().err
