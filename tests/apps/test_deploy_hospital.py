@@ -417,3 +417,144 @@ def test_app_reports_a_film_without_type2_attributes(tmp_path, app_python):
     sr = pydicom.dcmread(out / "dx.sr.dcm")
     assert all(kw in sr and sr[kw].value in (None, "") for kw in TYPE2_TAGS)
     assert _dciodvfy_errors(out / "dx.sr.dcm") == []
+
+
+# ------------------------------------------------------------------------------- model layouts
+def _write_zoo(root: Path, regions=("cervical",)) -> Path:
+    """A model zoo (``<region>/detector``, ``<region>/regressor``) of tiny models, with a README as the bundle's."""
+    flat = _write_models(root.parent / f"{root.name}-flat")
+    root.mkdir(parents=True)
+    (root / "README.md").write_text("models")
+    for r in regions:
+        shutil.copytree(flat / "detector", root / r / "detector")
+        (root / r / "regressor").mkdir(parents=True)
+        for name in ("model.pt", "deploy.json"):
+            shutil.copy2(flat / name, root / r / "regressor" / name)
+    return root
+
+
+LAYOUT_CASES = {
+    # name: (models folder to build, package it?, folder given to -m (relative), layout, detector dir, regressor file)
+    "zoo": ("zoo", False, ".", "zoo", "cervical/detector", "cervical/regressor/model.pt"),
+    "zoo_packaged": ("zoo", True, ".", "zoo", "cervical/detector", "cervical/regressor/model.pt"),
+    "region_folder": ("zoo", False, "cervical", "kinds", "cervical/detector", "cervical/regressor/model.pt"),
+    "region_folder_packaged": ("zoo/cervical", True, ".", "kinds", "detector", "regressor/model.pt"),
+    "legacy": ("flat", False, ".", "legacy", "detector", "model.pt"),
+    "legacy_packaged": ("flat", True, ".", "legacy+packaged", "zoo-flat/detector", "zoo-flat/model.pt"),
+}
+
+
+def _layout(tmp_path: Path, case: str) -> Path:
+    """The models folder of a LAYOUT_CASES case; packaged ones as /opt/holoscan/models after the packager's copy."""
+    from monai_spine.apps.deploy.models import packaged_layout
+
+    src, packaged, given = LAYOUT_CASES[case][:3]
+    zoo = _write_zoo(tmp_path / "zoo")
+    flat = tmp_path / "zoo-flat"
+    folder = {"zoo": zoo, "zoo/cervical": zoo / "cervical", "flat": flat}[src]
+    if packaged:
+        dest = tmp_path / "opt" / "holoscan" / "models"
+        packaged_layout(folder, dest)
+        folder = dest
+    return folder / given
+
+
+@pytest.mark.parametrize("case", sorted(LAYOUT_CASES))
+def test_models_are_found_in_every_layout(tmp_path, case):
+    """The old app looked only for <M>/detector + <M>/model.pt ("has no model.pt" once packaged)."""
+    from monai_spine.apps.deploy.models import locate_models
+
+    layout, det, ckpt = LAYOUT_CASES[case][3:]
+    root = _layout(tmp_path, case)
+    found = locate_models(root)
+    assert found.layout == layout
+    base = root.parent if case == "region_folder" else root
+    assert found.detector_dir == base / det and found.regressor_checkpoint == base / ckpt
+    names = [m["name"] for m in found.identities()]
+    assert names[0] == (det if case != "region_folder" else "detector")
+    assert len({m["sha256"] for m in found.identities()}) == 2
+
+
+def test_packaged_layout_follows_the_packager_rule(tmp_path):
+    """Holoscan packager: a folder holding files is one model (copied whole), each sub-folder another."""
+    from monai_spine.apps.deploy.models import packaged_layout
+
+    flat = _write_models(tmp_path / "bundle-models")
+    dest = tmp_path / "opt"
+    made = packaged_layout(flat, dest)
+    assert [p.name for p in made] == ["bundle-models", "detector"]
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert files == ["bundle-models/deploy.json", "bundle-models/detector/detector_model.json",
+                     "bundle-models/detector/model.pt", "bundle-models/model.pt",
+                     "detector/detector_model.json", "detector/model.pt"]
+
+
+REGION_CASES = {
+    # name: (region argument, preferred region, chosen region or None for a refusal)
+    "explicit": ("lumbar", None, "lumbar"),
+    "from_header": (None, "lumbar", "lumbar"),
+    "explicit_beats_header": ("cervical", "lumbar", "cervical"),
+    "ambiguous": (None, None, None),
+    "header_names_a_missing_region": (None, "ap", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REGION_CASES))
+def test_region_choice_in_a_zoo_with_two_regions(tmp_path, case):
+    from monai_spine.apps.deploy.models import locate_models
+
+    region, prefer, chosen = REGION_CASES[case]
+    zoo = _write_zoo(tmp_path / "zoo", regions=("cervical", "lumbar"))
+    if chosen is None:
+        with pytest.raises(FileNotFoundError, match=r"regions \['cervical', 'lumbar'\].*pass --region"):
+            locate_models(zoo, region=region, prefer=prefer)
+    else:
+        found = locate_models(zoo, region=region, prefer=prefer)
+        assert (found.region, found.detector_dir) == (chosen, zoo / chosen / "detector")
+
+
+HEADER_CASES = {
+    # name: (BodyPartExamined, ViewPosition, region)
+    "cspine_lateral": ("CSPINE", "LL", "cervical"),
+    "lspine_lateral": ("LSPINE", "LATERAL", "lumbar"),
+    "lspine_ap": ("LSPINE", "AP", "ap"),
+    "whole_spine_pa": ("SPINE", "PA", "ap"),
+    "chest_lateral": ("CHEST", "LL", None),
+    "nothing": ("", "", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_CASES))
+def test_region_from_header(case):
+    from pydicom.dataset import Dataset
+
+    from monai_spine.apps.deploy.models import region_from_header
+
+    part, view, region = HEADER_CASES[case]
+    ds = Dataset()
+    ds.BodyPartExamined, ds.ViewPosition = part, view
+    assert region_from_header(ds) == region
+
+
+def test_an_empty_models_folder_is_refused_in_one_line(tmp_path):
+    from monai_spine.apps.deploy.models import locate_models
+
+    with pytest.raises(FileNotFoundError) as e:
+        locate_models(tmp_path)
+    assert "\n" not in str(e.value) and f"models folder {tmp_path} has no usable models" in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["legacy_packaged", "zoo_packaged"])
+def test_app_finds_its_models_where_the_package_puts_them(tmp_path, app_python, case):
+    """No -m: HOLOSCAN_MODEL_PATH names the packaged models folder, as inside a MAP."""
+    py = app_python(".venv-deploy")
+    models = _layout(tmp_path, case)
+    in_dir = tmp_path / "in"
+    write_dx_dicom(in_dir / "dx.dcm", _radiograph(0), SPACING_MM, uid_entropy=["deploy-pkg", "dx"])
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HOLOSCAN_MODEL_PATH": str(models)}
+    env.pop("MONAI_SPINE_DEPLOY_MODELS", None)
+    proc = subprocess.run([str(py), "-m", "monai_spine.apps.deploy", "-i", str(in_dir), "-o", str(tmp_path / "out")],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (tmp_path / "out" / "dx.sr.dcm").is_file()

@@ -12,10 +12,11 @@ them in a models folder ``M`` laid out in any of these ways (first match wins):
 3. **legacy flat**: ``M/detector/`` and ``M/model.pt`` (the regressor; its build settings in the
    optional ``M/deploy.json``).
 
-Each is also looked for under ``M/models/``: the MONAI Deploy / Holoscan packager copies a models
-folder that holds files (``bundle/models`` has a README) whole to ``/opt/holoscan/models/models/``
-and each of its sub-folders to ``/opt/holoscan/models/<name>/`` (``packaged_layout`` re-creates
-that rule for the tests). With several regions in a model zoo the region comes from ``--region``,
+When ``M`` itself matches none, each sub-folder of ``M`` is tried (``M/models`` first, then by
+name): the MONAI Deploy / Holoscan packager copies a models folder that holds files whole to
+``/opt/holoscan/models/<its name>/`` (``bundle/models`` holds a README, so it lands in
+``/opt/holoscan/models/models/``) and each of its sub-folders to ``/opt/holoscan/models/<name>/``
+(:func:`packaged_layout` re-creates that rule for the tests). With several regions in a model zoo the region comes from ``--region``,
 else from the radiograph's header (:func:`region_from_header`), else it must be given.
 
 Beside the regressor's ``model.pt`` (or in ``M`` for the legacy layout) the optional
@@ -76,7 +77,7 @@ class ModelFolders:
 
     Attributes:
         root: the models folder that was searched.
-        layout: ``kinds``, ``zoo`` or ``legacy`` (module docstring), ``+packaged`` when found under ``root/models``.
+        layout: ``kinds``, ``zoo`` or ``legacy`` (module docstring), ``+packaged`` when found in a sub-folder.
         region: the zoo region (None for ``kinds`` / ``legacy``: the detector's spec says it).
         detector_dir: folder with the detector's ``model.pt`` and ``detector_model.json``.
         regressor_checkpoint: the regressor's ``model.pt``.
@@ -194,9 +195,9 @@ def locate_models(root: str | os.PathLike, region: str | None = None, prefer: st
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"models folder {base} does not exist (pass -m or set {MODELS_ENV})")
-    for where, suffix in ((base, ""), (base / _PACKAGED_SUBDIR, "+packaged")):
-        if not where.is_dir():
-            continue
+    subdirs = sorted((p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: (p.name != _PACKAGED_SUBDIR, p.name))
+    for where, suffix in [(base, "")] + [(d, "+packaged") for d in subdirs]:
         found = _find_at(where, region, prefer)
         if found is not None:
             layout, r, det, ckpt, cfg = found
