@@ -242,6 +242,12 @@ def _save(fig: Any, path: Path) -> str:
     return path.name
 
 
+def _legend(ax: Any, **kw: Any) -> None:
+    """A legend when something is labelled (no matplotlib warning for an empty panel)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def _kde_line(ax: Any, values: np.ndarray, label: str, color: str) -> None:
     """Gaussian KDE of ``values``; a vertical line when the values are (nearly) all equal."""
     from scipy.stats import gaussian_kde
@@ -294,7 +300,7 @@ def _figures(
     ax.set_xticks(range(len(models)), models)
     ax.set_ylabel(f"point error ({unit})")
     ax.set_title("Point errors: corners vs spinous process")
-    ax.legend()
+    _legend(ax)
     figs.append(("Point errors per model (corners vs spinous process)", _save(fig, out / FIGURES[0])))
 
     # KDE of sigma_p per point type
@@ -305,7 +311,7 @@ def _figures(
         ax.set_xlabel("sigma_p (frac)")
         ax.set_ylabel("density")
         ax.set_title(m)
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     figs.append(("KDE of sigma_p: corners vs spinous process", _save(fig, out / FIGURES[1])))
 
     # (error, sigma_p) 2D histogram
@@ -330,7 +336,7 @@ def _figures(
     ax.set_xlabel(f"error ({unit})")
     ax.set_ylabel("share of points with error <= x")
     ax.set_ylim(0, 1.02)
-    ax.legend()
+    _legend(ax)
     figs.append(("Cumulative error curves", _save(fig, out / FIGURES[3])))
 
     # box plots per point name and per level
@@ -374,7 +380,7 @@ def _figures(
     axes[1].set_ylabel(f"kept points within 2 {unit} (%)")
     for ax in axes:
         ax.set_xlabel("most uncertain points referred (%)")
-        ax.legend(fontsize=7)
+        _legend(ax, fontsize=7)
     figs.append(("Accuracy against the share of points referred to a human", _save(fig, out / FIGURES[7])))
 
     if bc:
@@ -385,7 +391,7 @@ def _figures(
                 ax.hist(v, bins=20, alpha=0.5, label=f"{m} (n={v.size})")
         ax.set_xlabel("patch Bhattacharyya coefficient")
         ax.set_ylabel("patches")
-        ax.legend()
+        _legend(ax)
         figs.append(("Patch Bhattacharyya coefficients", _save(fig, out / "bc_hist.png")))
     return figs
 
