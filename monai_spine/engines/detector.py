@@ -79,6 +79,8 @@ __all__ = [
     "load_detector_arrays",
     "chain_training_sample",
     "train_chain_detector",
+    "ChainDetectionLoss",
+    "evaluate_chain_items",
     "NUM_BOX_CHANNELS",
 ]
 
@@ -383,6 +385,9 @@ def assign_levels_chain(
     max_skip: int = 3,
     num_scales: int = 41,
     scale_range: tuple[float, float] = (0.4, 2.5),
+    level_estimates: Any = None,
+    level_weight: float = 1.0,
+    level_cap: float = 3.0,
 ) -> tuple[np.ndarray, float, float]:
     """Levels for a chain of "any vertebra" peaks: which peak is which level, by spacing along the spine.
 
@@ -398,7 +403,10 @@ def assign_levels_chain(
       peaks against the expected distance of the two levels at the film's scale ``s`` (pixels per
       profile unit). The scale is not known: every scale of a geometric grid over ``scale_range`` times
       the median distance between neighbouring peaks is tried and the cheapest kept. The profile's
-      shape (vertebrae grow from T1 to L5) is what places a chain cut at one end.
+      shape (vertebrae grow from T1 to L5) is what places a chain cut at one end;
+    * with ``level_estimates`` (the network's own guess of each peak's level, in level units, NaN: none),
+      ``level_weight * min(|estimate - level|, level_cap)`` per assigned peak: the anchor that keeps a
+      chain with a C7 or S1 peak at one end from shifting by a level.
 
     Dynamic programming over (peak, level) with at most ``max_skip`` levels and peaks skipped per step.
 
@@ -428,12 +436,20 @@ def assign_levels_chain(
         return out, float("nan"), end_gap * n_lev
     order = np.argsort(pts[:, 1], kind="stable")
     p, s = pts[order], sc[order]
+    node = np.zeros((n_pts, n_lev))
+    if level_estimates is not None:
+        est = np.asarray(_np(level_estimates), dtype=np.float64).reshape(-1)
+        if est.shape[0] != n_pts:
+            raise ValueError(f"assign_levels_chain: {n_pts} points but {est.shape[0]} level estimates")
+        diff = np.minimum(np.abs(est[order][:, None] - np.arange(n_lev)[None, :]), float(level_cap))
+        node = float(level_weight) * np.where(np.isfinite(diff), diff, 0.0)
     drop = float(drop_penalty) * np.clip(s, 0.0, None)
     drop_cum = np.concatenate([[0.0], np.cumsum(drop)])  # drop of peaks [i, j) = drop_cum[j] - drop_cum[i]
     if n_pts == 1:
-        # one peak: every level fits; the cheapest is the one with most levels cut away at the ends (all equal)
-        out[order[0]] = 0
-        return out, float("nan"), end_gap * (n_lev - 1)
+        # one peak: every level costs the same end gaps; the level estimate decides (else the first level)
+        k = int(np.argmin(node[0]))
+        out[order[0]] = k
+        return out, float("nan"), end_gap * (n_lev - 1) + float(node[0, k])
     cum = np.concatenate([[0.0], np.cumsum(prof)])
     dist = np.hypot(p[:, None, 0] - p[None, :, 0], p[:, None, 1] - p[None, :, 1])  # (P, P)
     base = float(np.median(np.diag(dist, 1))) / float(np.median(prof))
@@ -463,7 +479,7 @@ def assign_levels_chain(
                 best[:, ks] = np.where(better, c, best[:, ks])
                 bi[:, ks] = np.where(better, ip, bi[:, ks])
                 bk[:, ks] = np.where(better, ks - dk, bk[:, ks])
-        cost[:, i], back_i[:, i], back_k[:, i] = best, bi, bk
+        cost[:, i], back_i[:, i], back_k[:, i] = best + node[i][None, :], bi, bk
     tail = (drop_cum[-1] - drop_cum[1:])[:, None] + end_gap * (n_lev - 1 - levels)[None, :]  # (P, L)
     total = cost + tail[None]
     si, i, k = np.unravel_index(int(np.argmin(total)), total.shape)
@@ -539,19 +555,24 @@ def _decode_chain(p: np.ndarray, score_threshold: float, apply_sigmoid: bool, re
     """The ``chain`` method of :func:`decode_detections` (``p``: ``(1 + 4, H, W)`` float64)."""
     if profile is None:
         raise ValueError("decode_detections: method 'chain' needs the spacing profile (L - 1,)")
-    if p.shape[0] != 1 + NUM_BOX_CHANNELS:
-        raise ValueError(f"decode_detections: method 'chain' expects (1 + 4, H, W), got shape {p.shape}")
+    if p.shape[0] not in (1 + NUM_BOX_CHANNELS, 2 + NUM_BOX_CHANNELS):
+        raise ValueError(f"decode_detections: method 'chain' expects (1 + 4, H, W) or (2 + 4, H, W), got shape {p.shape}")
     prof = np.asarray(_np(profile), dtype=np.float64).reshape(-1)
     n_lev = prof.size + 1
     h, w = p.shape[1:]
     heat = p[0]
     if apply_sigmoid:
         heat = 1.0 / (1.0 + np.exp(-np.clip(heat, -60, 60)))
+    level_map = None
+    if p.shape[0] == 2 + NUM_BOX_CHANNELS:  # channel 1: the level position, logit of level / (L - 1)
+        level_map = (n_lev - 1) / (1.0 + np.exp(-np.clip(p[1], -60, 60)))
+        p = np.concatenate([p[:1], p[2:]], 0)
     xs, ys = _local_maxima(heat, int(nms_radius_px), float(candidate_fraction) * float(score_threshold),
                            max_count=2 * n_lev + 4)
     pts = np.array([_refine(heat, x, y) if refine else (x, y) for x, y in zip(xs, ys)], dtype=np.float64)
     sc = heat[ys, xs] if xs.size else np.zeros(0)
-    lev, scale, _ = assign_levels_chain(pts.reshape(-1, 2), sc, prof, **dict(chain_kwargs or {}))
+    est = None if level_map is None or not xs.size else level_map[ys, xs]
+    lev, scale, _ = assign_levels_chain(pts.reshape(-1, 2), sc, prof, level_estimates=est, **dict(chain_kwargs or {}))
     scores = np.zeros(n_lev)
     centres = np.full((n_lev, 2), np.nan)
     boxes = np.full((n_lev, 4), np.nan)
@@ -582,11 +603,12 @@ def decode_detections(
     """Level centres, boxes and scores from one network output.
 
     A third method, ``"chain"``, decodes a network with a single "any vertebra" heatmap channel
-    (``pred`` ``(1 + 4, H, W)``): the peaks of that channel (local maxima as for ``sequence``, scores
-    ``>= candidate_fraction * score_threshold``) get levels by :func:`assign_levels_chain` from their
-    spacing along the spine against ``profile`` (``(L - 1,)``, required; ``chain_kwargs`` go to
-    :func:`assign_levels_chain`); the result has ``L = len(profile) + 1`` rows and a ``scale`` entry
-    (net pixels per profile unit).
+    (``pred`` ``(1 + 4, H, W)``, or ``(2 + 4, H, W)`` with a level channel: the logit of
+    ``level / (L - 1)`` read at each peak, :class:`ChainDetectionLoss`): the peaks of that channel
+    (local maxima as for ``sequence``, scores ``>= candidate_fraction * score_threshold``) get levels by
+    :func:`assign_levels_chain` from their spacing along the spine against ``profile`` (``(L - 1,)``,
+    required; ``chain_kwargs`` go to :func:`assign_levels_chain`) and the level channel's estimates;
+    the result has ``L = len(profile) + 1`` rows and a ``scale`` entry (net pixels per profile unit).
 
     Two methods:
 
@@ -1072,6 +1094,7 @@ def chain_training_sample(
     flip_prob: float = 0.5,
     gamma_range: Sequence[float] = (0.7, 1.5),
     box_radius_px: int = 1,
+    level_channel: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One (augmented) input and its single-channel target for the ``chain`` detector.
 
@@ -1083,10 +1106,15 @@ def chain_training_sample(
         zoom_range, shift_frac, flip_prob, gamma_range: augmentation (zoom about the centre, shift as a
             fraction of the net size, left-right flip, intensity gamma).
         box_radius_px: see :class:`transforms.detection.CentreHeatmapTarget`.
+        level_channel: add the level target (see below).
 
     Returns:
-        ``(image (1, H, W), target (1 + 5, H, W), det_to_item (3, 3))`` float32 / float64: the target's
-        channel 0 is the maximum of the level heatmaps ("any vertebra"), then the box channels.
+        ``(image (1, H, W), target, det_to_item (3, 3))`` float32 / float64. The target's channel 0 is the
+        maximum of the level heatmaps ("any vertebra"); with ``level_channel`` channel 1 holds
+        ``level / (L - 1)`` in the ``(2r + 1)^2`` window around each centre and the last channel marks
+        those windows (none on a film whose annotated centres do not run top to bottom in level order:
+        a mislabelled film teaches no level); then the four box channels and the box mask. Without the
+        level channel: ``(1 + 5, H, W)``, with it ``(2 + 5 + 1, H, W)``.
     """
     from transforms.detection import CentreHeatmapTarget, augment_affine, letterbox_affine, resample_to_net
 
@@ -1106,8 +1134,56 @@ def chain_training_sample(
     b = boxes_to_net_px(np.asarray(item["boxes_px"], dtype=np.float64), a)
     t = CentreHeatmapTarget((hn, wn), sigma_px, box_radius_px)(c, b, item["present"])
     n_lev = c.shape[0]
-    target = np.concatenate([t[:n_lev].max(0, keepdims=True), t[n_lev:]], 0).astype(np.float32)
+    heat = t[:n_lev].max(0, keepdims=True)
+    if not level_channel:
+        return x.astype(np.float32), np.concatenate([heat, t[n_lev:]], 0).astype(np.float32), a
+    lvl = np.zeros((2, hn, wn), dtype=np.float32)  # level / (L - 1), its mask
+    pres = np.asarray(item["present"], bool) & np.all(np.isfinite(c), -1)
+    ys_img = np.asarray(item["centres_px"], dtype=np.float64)[pres, 1]
+    if pres.sum() >= 1 and np.all(np.diff(ys_img) > 0):
+        r = int(box_radius_px)
+        for k in np.flatnonzero(pres):
+            cx, cy = c[k]
+            if not (-0.5 <= cx <= wn - 0.5 and -0.5 <= cy <= hn - 0.5):
+                continue
+            px, py = int(np.clip(np.floor(cx + 0.5), 0, wn - 1)), int(np.clip(np.floor(cy + 0.5), 0, hn - 1))
+            sl = (slice(max(py - r, 0), py + r + 1), slice(max(px - r, 0), px + r + 1))
+            lvl[0][sl] = k / max(n_lev - 1, 1)
+            lvl[1][sl] = 1.0
+    target = np.concatenate([heat, lvl[:1], t[n_lev:], lvl[1:]], 0).astype(np.float32)
     return x.astype(np.float32), target, a
+
+
+class ChainDetectionLoss(torch.nn.Module):
+    """Loss of the ``chain`` detector with a level channel.
+
+    ``forward(pred, target)``: ``pred`` ``(B, 2 + 4, H, W)`` (heatmap logit, level logit, box distances),
+    ``target`` ``(B, 2 + 5 + 1, H, W)`` from :func:`chain_training_sample`. The heatmap and box terms are
+    :class:`DetectionLoss`'s; the level term is the mean absolute error, in levels, of
+    ``sigmoid(level logit) * (L - 1)`` inside the level mask, times ``level_weight``.
+
+    Args:
+        num_levels: L.
+        size_weight: weight of the box L1 term.
+        level_weight: weight of the level term (per level of error).
+    """
+
+    def __init__(self, num_levels: int, size_weight: float = 5.0, level_weight: float = 0.1) -> None:
+        super().__init__()
+        if int(num_levels) < 2:
+            raise ValueError(f"num_levels must be >= 2, got {num_levels}")
+        self.num_levels = int(num_levels)
+        self.level_weight = float(level_weight)
+        self.base = DetectionLoss(size_weight=size_weight)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.ndim != 4 or pred.shape[1] != 2 + NUM_BOX_CHANNELS or target.shape[1] != 3 + NUM_BOX_CHANNELS + 1:
+            raise ValueError(f"ChainDetectionLoss: expected pred (B, 6, H, W) and target (B, 8, H, W), "
+                             f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+        base = self.base(torch.cat([pred[:, :1], pred[:, 2:]], 1), torch.cat([target[:, :1], target[:, 2:-1]], 1))
+        mask = target[:, -1:].float()
+        err = torch.abs(torch.sigmoid(pred[:, 1:2].float()) - target[:, 1:2]) * (self.num_levels - 1)
+        return base + self.level_weight * (err * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def train_chain_detector(
@@ -1123,18 +1199,24 @@ def train_chain_detector(
     augment: bool = True,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    level_weight: float = 0.1,
 ) -> list[float]:
     """Train a single-heatmap (``chain``) detector on :func:`load_detector_arrays` items.
 
-    Adam with cosine annealing, :class:`DetectionLoss` (focal heatmap + L1 box), batches of augmented
-    whole films from :func:`chain_training_sample`. Returns the mean loss of every epoch.
+    Adam with cosine annealing, batches of augmented whole films from :func:`chain_training_sample`.
+    A network with ``1 + 4`` output channels is trained with :class:`DetectionLoss` (focal heatmap + L1
+    box), one with ``2 + 4`` (a level channel) with :class:`ChainDetectionLoss`. Returns the mean loss of
+    every epoch.
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(network.parameters(), lr=learning_rate)
     steps_per_epoch = max(1, int(np.ceil(len(train_items) / batch_size)))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
-    loss_fn = DetectionLoss(size_weight=size_weight)
+    n_lev = int(np.asarray(train_items[0]["centres_px"]).shape[0])
+    out_ch = int(network(torch.zeros(1, 1, *(int(v) for v in spatial_size))).shape[1])
+    level_channel = out_ch == 2 + NUM_BOX_CHANNELS
+    loss_fn = ChainDetectionLoss(n_lev, size_weight, level_weight) if level_channel else DetectionLoss(size_weight)
     losses: list[float] = []
     network.train()
     for ep in range(int(epochs)):
@@ -1144,7 +1226,8 @@ def train_chain_detector(
             idx = perm[st * batch_size : (st + 1) * batch_size]
             xs, ts = [], []
             for j in idx:
-                x, t, _ = chain_training_sample(train_items[j], spatial_size, sigma_px, rng if augment else None)
+                x, t, _ = chain_training_sample(train_items[j], spatial_size, sigma_px, rng if augment else None,
+                                                level_channel=level_channel)
                 xs.append(x)
                 ts.append(t)
             xb, tb = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ts))

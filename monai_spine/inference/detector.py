@@ -129,8 +129,9 @@ class DetectorSpec:
 
     @property
     def num_heatmaps(self) -> int:
-        """Heatmap channels of the network: 1 ("any vertebra") for ``chain``, else one per level."""
-        return 1 if self.decode_method == "chain" else len(self.levels)
+        """Heatmap-like channels of the network: for ``chain`` 2 ("any vertebra" heatmap and the level
+        position, :class:`~monai_spine.engines.detector.ChainDetectionLoss`), else one heatmap per level."""
+        return 2 if self.decode_method == "chain" else len(self.levels)
 
     def build_network(self) -> VertebraDetectorNet:
         """A fresh :class:`VertebraDetectorNet` for this spec."""

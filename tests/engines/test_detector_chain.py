@@ -59,11 +59,26 @@ def test_assign_levels_chain_hand_built(name, keep, extra, expected):
     assert np.isfinite(cost)
 
 
+def test_level_estimates_anchor_a_chain_with_a_c7_peak():
+    """C7 above T1 and L5 missing: by spacing alone the chain may start at C7; the network's level guesses
+    (here off by up to 0.4 level) keep T1 at T1 and leave C7 out."""
+    c7 = SPINE[0] - (SPINE[1] - SPINE[0]) * 0.9
+    pts = np.vstack([c7, SPINE[:16]])
+    sc = np.full(17, 0.9)
+    est = np.r_[-1.0, np.arange(16) + 0.4 * np.sin(np.arange(16))]
+    lev, _, _ = assign_levels_chain(pts, sc, PROFILE, level_estimates=est)
+    assert lev.tolist() == [-1] + list(range(16))
+    with pytest.raises(ValueError, match="level estimates"):
+        assign_levels_chain(pts, sc, PROFILE, level_estimates=est[:3])
+
+
 def test_assign_levels_chain_edge_cases():
     lev, scale, cost = assign_levels_chain(np.zeros((0, 2)), np.zeros(0), PROFILE)
     assert lev.shape == (0,) and np.isnan(scale) and cost == pytest.approx(2.0 * 17)
     lev, _, _ = assign_levels_chain(SPINE[:1], [0.9], PROFILE)
     assert lev.tolist() == [0]
+    lev, _, _ = assign_levels_chain(SPINE[:1], [0.9], PROFILE, level_estimates=[6.2])
+    assert lev.tolist() == [6]
     with pytest.raises(ValueError, match="scores"):
         assign_levels_chain(SPINE, np.ones(3), PROFILE)
     with pytest.raises(ValueError, match="profile"):
@@ -145,7 +160,7 @@ def _item(h=192, w=64):
 
 def test_chain_training_sample_target_is_one_channel_at_the_centres():
     it = _item()
-    x, t, a = chain_training_sample(it, (96, 32), 1.5, None)
+    x, t, a = chain_training_sample(it, (96, 32), 1.5, None, level_channel=False)
     assert x.shape == (1, 96, 32) and t.shape == (6, 96, 32)
     # plain letterbox: 192 x 64 -> 96 x 32 is a factor 2; centre (32, 30) -> net (15.75, 14.75)
     inv = np.linalg.inv(a)
@@ -153,13 +168,19 @@ def test_chain_training_sample_target_is_one_channel_at_the_centres():
     np.testing.assert_allclose(c[0], [15.75, 14.75])
     assert t[0].max() == 1.0 and int((t[0] == 1.0).sum()) == 5
     assert t[5].sum() == 5 * 9  # box mask: 3 x 3 around each centre
+    _, tl, _ = chain_training_sample(it, (96, 32), 1.5, None)
+    assert tl.shape == (8, 96, 32) and tl[7].sum() == 5 * 9
+    # net rows of the centres: (y - 0.5) / 2 - 0.25 + 0.5 rounded: 15, 30, 45 -> level k / (L - 1) = 0, 1/4, 1/2
+    assert tl[1, 15, 16] == 0.0 and tl[1, 30, 16] == pytest.approx(0.25) and tl[1, 45, 16] == pytest.approx(0.5)
+    bad = dict(it, centres_px=it["centres_px"][::-1].copy())  # levels running bottom to top: no level target
+    assert chain_training_sample(bad, (96, 32), 1.5, None)[1][7].sum() == 0
 
 
 def test_chain_detector_overfits_a_tiny_film():
     """A few hundred CPU steps are enough to find every vertebra of a fixed film at its level."""
     torch.manual_seed(0)
     it = _item()
-    net = VertebraDetectorNet(1, features=(4, 4, 8, 8, 16, 4))
+    net = VertebraDetectorNet(2, features=(4, 4, 8, 8, 16, 4))  # heatmap + level channel
     losses = train_chain_detector([it], net, (96, 32), epochs=120, batch_size=1, learning_rate=1e-2, sigma_px=1.5,
                                   augment=False)
     assert losses[-1] < 0.5 * losses[0]
