@@ -6,6 +6,9 @@
   the batch (BayeRegX eq. 14; eq. 16 writes the same average, ``1 / (B * 2K)``, with the
   ``1/2`` of the ``log sigma^2`` term dropped, a typo: eq. 14 follows from the Gaussian likelihood).
   The constant ``0.5 * log(2 pi)`` is left out.
+  With ``beta > 0`` it is the beta-NLL of Seitzer et al. (ICLR 2022): each coordinate's term is
+  multiplied by ``stop_gradient(sigma^2) ** beta``, so a point the network calls uncertain does not
+  stop learning its mean (``beta = 0``: the plain NLL; ``beta = 1``: the mean's gradient equals MSE's).
 * :class:`MaskedMSELoss` trains :class:`~monai_spine.networks.regressor.Baseline` and
   :class:`~monai_spine.networks.regressor.CBAMRegressor`: the mean of ``r^2`` over visible coordinates
   (eq. 1-2, ``MSE(Y_hat, Y)``).
@@ -116,6 +119,7 @@ class GaussianNLLLoss(nn.Module):
         logvar_max: upper clamp of the predicted log-variance (default 20).
         reduction: ``"mean"`` (over visible coordinates of the batch), ``"sum"`` or ``"none"``
             (``(B, K, 2)``, zeros at invisible points).
+        beta: beta-NLL exponent in [0, 1] (module docstring); 0 is the paper's loss.
 
     Call:
         ``loss(y_pred, y, mask=None)`` with ``y_pred`` ``(B, K, 4)`` =
@@ -124,11 +128,18 @@ class GaussianNLLLoss(nn.Module):
     """
 
     def __init__(
-        self, logvar_min: float = LOGVAR_RANGE[0], logvar_max: float = LOGVAR_RANGE[1], reduction: str = "mean"
+        self,
+        logvar_min: float = LOGVAR_RANGE[0],
+        logvar_max: float = LOGVAR_RANGE[1],
+        reduction: str = "mean",
+        beta: float = 0.0,
     ) -> None:
         super().__init__()
         if not logvar_min < logvar_max:
             raise ValueError(f"logvar_min must be < logvar_max, got {logvar_min}, {logvar_max}")
+        if not 0.0 <= float(beta) <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        self.beta = float(beta)
         self.logvar_min = float(logvar_min)
         self.logvar_max = float(logvar_max)
         self.reduction = _check_reduction(reduction)
@@ -146,6 +157,8 @@ class GaussianNLLLoss(nn.Module):
         s = logvar.clamp(self.logvar_min, self.logvar_max)
         coords = torch.where(visible[..., None], coords, mean.detach()).to(mean.dtype)
         per_coord = 0.5 * torch.exp(-s) * (coords - mean) ** 2 + 0.5 * s
+        if self.beta > 0:
+            per_coord = per_coord * torch.exp(self.beta * s).detach()
         return _reduce(per_coord, visible, self.reduction)
 
 

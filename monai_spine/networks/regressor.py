@@ -49,6 +49,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from monai_spine.codecs.regression import KeypointRegressionCodec
 from monai_spine.networks.cbam import CBAM
 
 __all__ = [
@@ -119,6 +120,11 @@ class Baseline(nn.Module):
         num_hidden_fc: number of hidden fully-connected layers (AlexNet: 2).
         output_activation: ``"none"`` (default: plain linear output, so points slightly outside the
             crop stay representable) or ``"sigmoid"`` (outputs forced into (0, 1)).
+        codec: the target codec (:class:`~monai_spine.codecs.regression.KeypointRegressionCodec`,
+            or its :meth:`~monai_spine.codecs.regression.KeypointRegressionCodec.to_dict` record): the
+            linear layer predicts standardised coordinates and :meth:`head` decodes them to
+            fractions. Default: the identity (the paper's fraction targets). Its buffers are part
+            of the state dict, so a checkpoint carries its codec.
 
     Shapes:
         input ``(B, in_channels, H, W)`` -> output ``(B, K, 2)`` fractions ``(x_frac, y_frac)``.
@@ -140,6 +146,7 @@ class Baseline(nn.Module):
         num_hidden_fc: int = 2,
         output_activation: str | None = "none",
         *,
+        codec: KeypointRegressionCodec | dict | None = None,
         cbam_layers: Sequence[int] = (),
         cbam_reduction: int = 16,
         cbam_kernel_size: int = 7,
@@ -172,6 +179,14 @@ class Baseline(nn.Module):
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.output_activation = act
         self.cbam_layers = tuple(cbam_set)
+        if codec is None:
+            codec = KeypointRegressionCodec.identity(self.num_points)
+        elif isinstance(codec, dict):
+            codec = KeypointRegressionCodec.from_dict(codec)
+        if not isinstance(codec, KeypointRegressionCodec) or codec.num_points != self.num_points:
+            raise ValueError(f"codec must be a KeypointRegressionCodec of {self.num_points} points, got {codec!r}")
+        #: target codec (decodes the linear outputs to crop fractions)
+        self.codec = codec
         self.channels = tuple(max(1, int(round(c * self.width))) for c in ALEXNET_CHANNELS)
 
         layers: list[nn.Module] = []
@@ -240,7 +255,7 @@ class Baseline(nn.Module):
         if feats.ndim != 2 or feats.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}.head: expected (N, {self.num_features}), got {tuple(feats.shape)}")
         out = self.regressor_out(self.regressor_hidden(feats))
-        return self._activate(out.view(-1, self.num_points, 2))
+        return self.codec.decode(self._activate(out.view(-1, self.num_points, 2)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``head(features(x))``: ``(B, C, H, W)`` -> ``(B, K, 2)`` (BayeCBAM: ``(B, K, 4)``)."""
@@ -279,6 +294,7 @@ class CBAMRegressor(Baseline):
         cbam_reduction: int = 16,
         cbam_kernel_size: int = 7,
         cbam_paper_eq3: bool = False,
+        codec: KeypointRegressionCodec | dict | None = None,
     ) -> None:
         super().__init__(
             num_points,
@@ -295,6 +311,7 @@ class CBAMRegressor(Baseline):
             cbam_reduction=cbam_reduction,
             cbam_kernel_size=cbam_kernel_size,
             cbam_paper_eq3=cbam_paper_eq3,
+            codec=codec,
         )
 
 
@@ -311,8 +328,9 @@ class BayeCBAM(CBAMRegressor):
         num_hidden_fc, output_activation, cbam_*: as in :class:`CBAMRegressor`
         (``output_activation`` applies to the means only).
         separate_branches: duplicate the hidden layers for the log-variance branch.
-        logvar_bias_init: initial bias of the log-variance output layer (0 means sigma = 1 frac;
-            e.g. -7 starts near sigma = 0.03 of the crop size).
+        logvar_bias_init: initial bias of the log-variance output layer, in the codec's units
+            (0 means sigma = 1 codec unit: one standard deviation of the training shape with a
+            fitted codec, one crop size with the identity codec; e.g. -7 then starts near 0.03).
 
     Shapes:
         input ``(B, in_channels, H, W)`` -> output ``(B, K, 4)`` =
@@ -339,6 +357,7 @@ class BayeCBAM(CBAMRegressor):
         cbam_paper_eq3: bool = False,
         separate_branches: bool = False,
         logvar_bias_init: float = 0.0,
+        codec: KeypointRegressionCodec | dict | None = None,
     ) -> None:
         self._separate_branches = bool(separate_branches)
         self._fc_args = (int(fc_features), int(num_hidden_fc), float(dropout))
@@ -358,6 +377,7 @@ class BayeCBAM(CBAMRegressor):
             cbam_reduction=cbam_reduction,
             cbam_kernel_size=cbam_kernel_size,
             cbam_paper_eq3=cbam_paper_eq3,
+            codec=codec,
         )
 
     @property
@@ -389,7 +409,7 @@ class BayeCBAM(CBAMRegressor):
         mean = self._activate(self.regressor_out(hidden).view(-1, self.num_points, 2))
         lv_in = self.logvar_hidden(feats) if self._separate_branches else hidden
         logvar = self.logvar_out(lv_in).view(-1, self.num_points, 2)
-        return torch.cat([mean, logvar], dim=-1)
+        return self.codec.decode_output(torch.cat([mean, logvar], dim=-1))
 
 
 #: variant name -> network class, for :func:`build_regressor`

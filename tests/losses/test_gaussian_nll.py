@@ -185,3 +185,28 @@ def test_pack_unpack_round_trip():
     coords, v = unpack_targets(packed)
     torch.testing.assert_close(coords, xy)
     assert torch.equal(v, vis)
+
+
+def test_beta_nll_hand_computed():
+    from monai_spine.losses.gaussian_nll import GaussianNLLLoss
+
+    # one coordinate pair: residual 2 and 0, log-variance log 4 and 0
+    pred = torch.tensor([[[0.0, 0.0, math.log(4.0), 0.0]]])
+    y = torch.tensor([[[2.0, 0.0]]])
+    plain = 0.5 * (0.25 * 4 + math.log(4.0))  # x term; y term is 0
+    assert GaussianNLLLoss()(pred, y).item() == pytest.approx(plain / 2, rel=1e-5)
+    # beta = 0.5 weighs the x term by sigma^2 ** 0.5 = 2
+    assert GaussianNLLLoss(beta=0.5)(pred, y).item() == pytest.approx(2 * plain / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="beta"):
+        GaussianNLLLoss(beta=1.5)
+
+
+def test_encoded_loss_is_mse_in_standard_deviations():
+    from monai_spine.codecs import KeypointRegressionCodec
+    from monai_spine.losses.encoded import EncodedLoss
+    from monai_spine.losses.gaussian_nll import MaskedMSELoss
+
+    codec = KeypointRegressionCodec(1, [[0.5, 0.5]], [[0.1, 0.2]])
+    pred = torch.tensor([[[0.6, 0.5]]])  # one sd off in x
+    y = torch.tensor([[[0.5, 0.5, 1.0]]])
+    assert EncodedLoss(MaskedMSELoss(), codec)(pred, y).item() == pytest.approx(0.5, rel=1e-5)
