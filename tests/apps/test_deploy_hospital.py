@@ -558,3 +558,123 @@ def test_app_finds_its_models_where_the_package_puts_them(tmp_path, app_python, 
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "out" / "dx.sr.dcm").is_file()
+
+
+# ----------------------------------------------------------------------------- smaller input checks
+def _film(path: Path, *, patient="P1", series=None, number=1, instance=1, size=(64, 48), values=None) -> Path:
+    import numpy as np
+
+    img = np.zeros(size, np.uint16) if values == "blank" else _radiograph(0)[: size[0], : size[1]]
+    extra = {"SeriesNumber": number}
+    if series:
+        extra["SeriesInstanceUID"] = series
+    return write_dx_dicom(path, img, SPACING_MM, patient_id=patient, extra=extra, instance_number=instance,
+                          uid_entropy=[str(path), patient, str(series)])
+
+
+def _truncate(path: Path, nbytes: int) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.truncate(size - nbytes)
+
+
+def test_truncated_pixel_data_is_refused_by_the_preflight(tmp_path):
+    """The old pre-flight accepted it; the pipeline then failed after loading the models (exit 1)."""
+    from monai_spine.apps.deploy.selection import DeployInputError, select_from_folder
+
+    f = _film(tmp_path / "a.dcm")
+    _truncate(f, 1000)  # 64 x 48 x 2 = 6144 bytes of pixel data -> 5144 left
+    with pytest.raises(DeployInputError) as e:
+        select_from_folder(tmp_path)
+    msg = str(e.value)
+    assert "1 with unreadable pixel data (a.dcm (truncated pixel data: 5144 of 6144 bytes))" in msg
+    assert str(tmp_path) in msg and "\n" not in msg
+    good = _film(tmp_path / "b.dcm", series="1.2.3.9")
+    sel = select_from_folder(tmp_path)
+    assert Path(sel.path) == good
+    assert any("1 DX/CR image(s) with unreadable pixel data: a.dcm" in n for n in sel.notes)
+
+
+def test_several_patients_and_skipped_series_are_named(tmp_path):
+    from monai_spine.apps.deploy.selection import select_from_folder
+
+    _film(tmp_path / "a1.dcm", patient="P1", series="1.2.3.1", number=3)
+    _film(tmp_path / "a2.dcm", patient="P1", series="1.2.3.1", number=3, instance=2)
+    _film(tmp_path / "b.dcm", patient="P2", series="1.2.3.2", number=1)
+    sel = select_from_folder(tmp_path)
+    assert Path(sel.path).name == "a1.dcm"  # the largest series, first instance
+    notes = "\n".join(sel.notes)
+    assert "radiographs of 2 patients (P1, P2); processing one of patient P1" in notes
+    assert "skipped series 1.2.3.2 (SeriesNumber 1, patient P2, 1 radiograph(s))" in notes
+
+
+def test_hidden_folders_are_ignored_alike(tmp_path):
+    from monai_spine.apps.deploy.selection import is_hidden, list_files
+
+    _film(tmp_path / ".cache" / "a.dcm")
+    _film(tmp_path / "sub" / "b.dcm")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_files(tmp_path)] == ["sub/b.dcm"]
+    assert is_hidden(tmp_path / ".cache" / "a.dcm", tmp_path) and not is_hidden(tmp_path / "sub" / "b.dcm", tmp_path)
+    assert is_hidden(tmp_path.parent / "elsewhere.dcm", tmp_path)  # not under the folder at all
+
+
+@pytest.mark.slow
+def test_the_graph_ignores_a_hidden_folder_as_the_preflight_does(tmp_path, app_python):
+    """A film only under .hidden/: the old graph (SDK loader) processed it while the pre-flight refused it."""
+    py = app_python(".venv-deploy")
+    models = _write_models(tmp_path / "models")
+    in_dir = tmp_path / "in"
+    write_dx_dicom(in_dir / ".hidden" / "dx.dcm", _radiograph(0), SPACING_MM, uid_entropy=["deploy-hidden", "dx"])
+    out = tmp_path / "out"
+    for preflight in ("1", "0"):
+        proc = _run_app(py, in_dir, out, models, env={"MONAI_SPINE_DEPLOY_PREFLIGHT": preflight})
+        assert proc.returncode == 2, (preflight, proc.stdout[-2000:], proc.stderr[-2000:])
+        assert f"no DICOM file in input folder {in_dir}: it is empty" in proc.stderr.strip().splitlines()[-1]
+        assert not out.exists()
+
+
+THRESHOLD_CASES = {
+    # name: (tau1, tau2, units, words of the warning or None)
+    "paper": (0.0087, 0.0097, "frac", None),
+    "zero_tau1": (0.0, 0.01, "frac", "tau1 = 0: no point can be 'certain'"),
+    "tiny_tau2": (0.0, 4.9e-324, "frac", "practically every point is 'highly uncertain'"),
+    "huge_tau2_mm": (1.0, 500.0, "mm", "tau2 = 500 mm: practically no point is 'highly uncertain'"),
+    "no_moderate_class": (2.0, 2.0 + 1e-9, "mm", "leave no 'moderately uncertain' class"),
+    "sane_mm": (1.0, 2.5, "mm", None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(THRESHOLD_CASES))
+def test_degenerate_thresholds_are_warned_about(case):
+    from monai_spine.apps.deploy.models import threshold_warnings
+    from monai_spine.uncertainty.classes import Thresholds
+
+    t1, t2, units, words = THRESHOLD_CASES[case]
+    warnings_ = threshold_warnings(Thresholds(t1, t2, units, source="thresholds.json"))
+    if words is None:
+        assert warnings_ == []
+    else:
+        assert len(warnings_) == 1 and words in warnings_[0] and "from thresholds.json" in warnings_[0]
+
+
+BLANK_CASES = {
+    # name: (values, vertebrae found, warning expected?)
+    "blank_with_detections": ("blank", 5, True),
+    "blank_without": ("blank", 0, True),
+    "radiograph": (None, 5, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BLANK_CASES))
+def test_blank_film_warning(tmp_path, case):
+    import pydicom
+
+    from monai_spine.apps.deploy.processing import blank_image_warning
+
+    values, n, expected = BLANK_CASES[case]
+    ds = pydicom.dcmread(_film(tmp_path / "a.dcm", values=values))
+    w = blank_image_warning(ds, n)
+    assert (w is not None) == expected
+    if expected:
+        assert w.startswith("warning: the image is nearly blank (1st-99th percentile span 0 of 4096 stored values)")
+        assert ("the 5 vertebra(e) found on it cannot be trusted" in w) == (n == 5)

@@ -33,6 +33,7 @@ root (``$MONAI_SPINE_MODELS``, else ``bundle/models``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ __all__ = [
     "locate_models",
     "packaged_layout",
     "read_deploy_config",
+    "threshold_warnings",
     "build_pipeline",
 ]
 
@@ -252,6 +254,38 @@ def read_deploy_config(models_dir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: unknown regressor key(s) {unknown}; allowed {sorted(REGRESSOR_DEFAULTS)}")
     cfg.update(reg)
     return cfg
+
+
+#: Below this tau2 (either unit) practically every point is "highly uncertain".
+_TAU2_TINY = 1e-6
+#: Above these tau2 practically no point is "highly uncertain" (a sigma of the whole crop / 10 cm).
+_TAU2_HUGE = {"frac": 1.0, "mm": 100.0}
+
+
+def threshold_warnings(thresholds: Any) -> list[str]:
+    """Warnings about uncertainty-class thresholds that make a class unreachable (empty when they look usable).
+
+    Degenerate: ``tau1 == 0`` (nothing certain), ``tau2`` below 1e-6 (everything highly uncertain),
+    ``tau2`` above 1 crop fraction / 100 mm (nothing highly uncertain), ``tau2 - tau1`` below 1e-6 of
+    ``tau2`` (no moderate class). Each pair of ``per_point_type`` is checked too.
+    """
+    pairs = {"": (thresholds.tau1, thresholds.tau2)}
+    pairs.update({f" ({k})": tuple(v) for k, v in (thresholds.per_point_type or {}).items()})
+    src = f" from {thresholds.source}" if getattr(thresholds, "source", "") else ""
+    out = []
+    for label, (t1, t2) in pairs.items():
+        why = []
+        if t1 <= 0:
+            why.append("tau1 = 0: no point can be 'certain'")
+        if t2 < _TAU2_TINY:
+            why.append(f"tau2 = {t2:g}: practically every point is 'highly uncertain'")
+        if t2 > _TAU2_HUGE.get(thresholds.units, math.inf):
+            why.append(f"tau2 = {t2:g} {thresholds.units}: practically no point is 'highly uncertain'")
+        if t2 - t1 < _TAU2_TINY * t2:
+            why.append(f"tau1 = {t1:g} and tau2 = {t2:g} leave no 'moderately uncertain' class")
+        if why:
+            out.append(f"warning: degenerate uncertainty thresholds{label}{src}: {'; '.join(why)}")
+    return out
 
 
 def build_pipeline(folders: ModelFolders, device: str = "cpu", overlays: bool = True) -> Any:

@@ -83,7 +83,7 @@ class RadiographSelectorOperator(Operator):
         spec.output("radiograph")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        from monai_spine.apps.deploy.selection import DeployInputError, list_files, select_radiograph
+        from monai_spine.apps.deploy.selection import DeployInputError, is_hidden, list_files, select_radiograph
 
         studies = op_input.receive("dicom_study_list") or []
         datasets = [
@@ -92,6 +92,9 @@ class RadiographSelectorOperator(Operator):
             for series in study.get_all_series()
             for sop in series.get_sop_instances()
         ]
+        # the SDK loader reads hidden folders too; the pre-flight (list_files) does not: agree with it
+        datasets = [ds for ds in datasets
+                    if not getattr(ds, "filename", "") or not is_hidden(ds.filename, self.input_folder)]
         files = list_files(self.input_folder)
         loaded = {str(Path(getattr(ds, "filename", "") or "").resolve()) for ds in datasets}
         skipped = sum(1 for f in files if str(f.resolve()) not in loaded)
@@ -143,7 +146,12 @@ class SpineInferenceOperator(Operator):
         spec.output("result")
 
     def compute(self, op_input: Any, op_output: Any, context: Any) -> None:
-        from monai_spine.apps.deploy.models import build_pipeline, locate_models, region_from_header
+        from monai_spine.apps.deploy.models import (
+            build_pipeline,
+            locate_models,
+            region_from_header,
+            threshold_warnings,
+        )
         from monai_spine.apps.deploy.processing import predict_and_measure
 
         selected = op_input.receive("radiograph")
@@ -152,9 +160,11 @@ class SpineInferenceOperator(Operator):
             self._logger.info(f"loading models from {self.models_dir} ({folders.layout} layout)")
             self.record.models = folders.identities()
             self._pipeline = build_pipeline(folders, device=self.device, overlays=True)
+            self.record.notes.extend(threshold_warnings(self._pipeline.regressor.thresholds))
         self.output_folder.mkdir(parents=True, exist_ok=True)
         result = predict_and_measure(selected, self._pipeline, self.output_folder)
         self.record.files.update(result.files)
+        self.record.notes.extend(result.notes)
         n_points = sum(len(v.get("points", [])) for v in result.prediction.get("vertebrae", []))
         self.record.summary.update(
             vertebrae=len(result.prediction.get("vertebrae", [])), points=n_points,

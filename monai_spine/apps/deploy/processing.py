@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeployResult", "MEASUREMENT_SEED", "output_stem_for", "predict_and_measure"]
+__all__ = ["BLANK_SPAN_FRAC", "DeployResult", "MEASUREMENT_SEED", "blank_image_warning", "output_stem_for",
+           "predict_and_measure"]
 
 #: Seed of the Monte-Carlo measurement uncertainty (the same input gives the same intervals).
 MEASUREMENT_SEED = 0
@@ -30,6 +31,7 @@ class DeployResult:
         measurements: the ``monai-spine-measurements`` record (``measurements.json``).
         rows: the measurements flattened (:func:`monai_spine.measure.io.results_to_rows`).
         files: output kind -> path (in the folder written to).
+        notes: warnings about the result (a blank image, ...).
     """
 
     stem: str
@@ -37,6 +39,34 @@ class DeployResult:
     measurements: dict[str, Any]
     rows: list[dict[str, Any]]
     files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+#: An image whose 1st-99th percentile span is below this share of its stored range is "blank".
+BLANK_SPAN_FRAC = 0.01
+
+
+def blank_image_warning(dataset: Any, n_vertebrae: int) -> str | None:
+    """A warning when the radiograph is (nearly) uniform, so that vertebrae "found" on it cannot be real.
+
+    Blank: the 1st-99th percentile span of the stored values is below :data:`BLANK_SPAN_FRAC` of
+    ``2 ** BitsStored`` (8 bits when absent).
+    """
+    import numpy as np
+
+    try:
+        arr = np.asarray(dataset.pixel_array, dtype=np.float64)
+    except Exception:  # noqa: BLE001 - the pipeline read it already; no warning rather than a new failure
+        return None
+    if arr.size == 0:
+        return None
+    lo, hi = np.percentile(arr, [1, 99])
+    full = float(2 ** int(dataset.get("BitsStored", 8) or 8))
+    if hi - lo >= BLANK_SPAN_FRAC * full:
+        return None
+    found = f"the {n_vertebrae} vertebra(e) found on it cannot be trusted" if n_vertebrae else "no vertebra found"
+    return (f"warning: the image is nearly blank (1st-99th percentile span {hi - lo:g} of {full:g} stored values); "
+            f"{found}")
 
 
 def output_stem_for(path: str | os.PathLike, sop_instance_uid: str) -> str:
@@ -97,4 +127,5 @@ def predict_and_measure(
     files = dict(res.files)
     files["measurements_json"] = str(json_path)
     files["measurements_csv"] = str(csv_path)
-    return DeployResult(stem, pred, measurements, results_to_rows(measurements), files)
+    notes = [n for n in [blank_image_warning(selected.dataset, len(pred.get("vertebrae", [])))] if n]
+    return DeployResult(stem, pred, measurements, results_to_rows(measurements), files, notes)

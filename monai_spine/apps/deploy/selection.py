@@ -11,14 +11,19 @@ Selection rules, in order:
 2. A candidate must have ``Modality`` ``DX`` (digital X-ray) or ``CR`` (computed radiography);
    anything else (CT, MR, US, ...) is named in the refusal.
 3. It must hold one 2D frame: ``NumberOfFrames`` absent or 1, ``SamplesPerPixel`` 1, ``Rows`` and
-   ``Columns`` > 1.
+   ``Columns`` > 1, and pixel data that can be decoded (:func:`pixel_data_problem`: a truncated
+   file is refused here, not after the models have run).
 4. It must have a usable pixel spacing (``PixelSpacing``, then ``ImagerPixelSpacing`` /
    ``EstimatedRadiographicMagnificationFactor``, then ``NominalScannedPixelSpacing``, the rules of
    :func:`monai_spine.data.readers.spacing_from_dicom`). The application reports millimetre
    measurements; it refuses an image whose spacing is unknown rather than report pixels as mm.
 5. Among the images left, the series with the most of them wins (ties: the lowest
    ``SeriesNumber``, then Series Instance UID); inside it the lowest ``InstanceNumber`` (then SOP
-   Instance UID). One image is processed per run.
+   Instance UID). One image is processed per run; each skipped series is named in a note (with
+   its patient), and a note says when the folder holds several patients.
+
+Files in hidden folders (a name starting with ``.``) are ignored by the pre-flight and by the graph
+alike (:func:`is_hidden`).
 
 A folder where no image passes raises :class:`DeployInputError` whose message names the folder
 and what was found (counts per modality, the multi-frame or spacing-less series).
@@ -37,7 +42,9 @@ __all__ = [
     "RADIOGRAPH_MODALITIES",
     "DeployInputError",
     "SelectedImage",
+    "is_hidden",
     "list_files",
+    "pixel_data_problem",
     "read_datasets",
     "select_radiograph",
     "select_from_folder",
@@ -84,8 +91,20 @@ class SelectedImage:
         return str(self.dataset.get("SeriesInstanceUID", ""))
 
 
+def is_hidden(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True when ``path`` or a folder between it and ``folder`` starts with a dot (or it is not under ``folder``).
+
+    The pre-flight and the graph both ignore such files, so they agree on what the input is.
+    """
+    try:
+        rel = Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return True
+    return any(part.startswith(".") for part in rel.parts)
+
+
 def list_files(folder: str | os.PathLike) -> list[Path]:
-    """Every regular, non-hidden file under ``folder`` (recursively, sorted).
+    """Every regular, non-hidden file under ``folder`` (recursively, sorted; :func:`is_hidden`).
 
     Raises:
         DeployInputError: ``folder`` is not an existing directory.
@@ -93,10 +112,7 @@ def list_files(folder: str | os.PathLike) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise DeployInputError(f"input folder {root} does not exist or is not a directory")
-    return sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    return sorted(p for p in root.rglob("*") if p.is_file() and not is_hidden(p, root))
 
 
 def read_datasets(files: Iterable[str | os.PathLike]) -> tuple[list[Any], list[str]]:
@@ -133,6 +149,11 @@ def _int(ds: Any, keyword: str, default: int) -> int:
         return default
 
 
+def _patient(ds: Any) -> str:
+    """The patient's ID for messages (``"<no PatientID>"`` when absent or empty)."""
+    return str(ds.get("PatientID", "") or "") or "<no PatientID>"
+
+
 def _why_not_2d(ds: Any) -> str | None:
     frames = _int(ds, "NumberOfFrames", 1)
     if frames > 1:
@@ -142,6 +163,29 @@ def _why_not_2d(ds: Any) -> str | None:
     rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     if rows < 2 or cols < 2:
         return f"{rows} x {cols} pixels"
+    return None
+
+
+def pixel_data_problem(ds: Any) -> str | None:
+    """Why the pixel data cannot be decoded (e.g. ``"truncated: 48304 of 98304 bytes"``), or None when it can.
+
+    Native (uncompressed) pixel data is checked by its length against ``Rows x Columns x
+    SamplesPerPixel x BitsAllocated``; encapsulated (compressed) data is decoded.
+    """
+    if "PixelData" not in ds:
+        return None  # float pixel data: left to the reader
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        if ts is not None and ts.is_encapsulated:
+            ds.pixel_array  # noqa: B018 - decoding is the check
+            return None
+        expected = (_int(ds, "Rows", 0) * _int(ds, "Columns", 0) * _int(ds, "SamplesPerPixel", 1)
+                    * _int(ds, "NumberOfFrames", 1) * _int(ds, "BitsAllocated", 16) + 7) // 8
+        got = len(ds.PixelData or b"")
+    except Exception as e:  # noqa: BLE001 - any decoder failure makes the image unusable
+        return f"undecodable pixel data ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    if got < expected:
+        return f"truncated pixel data: {got} of {expected} bytes"
     return None
 
 
@@ -180,12 +224,17 @@ def select_radiograph(datasets: Iterable[Any], folder: str | os.PathLike, skippe
         )
     not_2d: list[str] = []
     no_spacing: list[str] = []
+    broken: list[str] = []
     ok: list[tuple[Any, tuple[float, float], str]] = []
     for ds in radiographs:
         name = str(getattr(ds, "filename", "") or ds.get("SOPInstanceUID", "?"))
         why = _why_not_2d(ds)
         if why is not None:
             not_2d.append(f"{Path(name).name} ({why})")
+            continue
+        why = pixel_data_problem(ds)
+        if why is not None:
+            broken.append(f"{Path(name).name} ({why})")
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # rejected tags are summarised in the message instead
@@ -205,6 +254,9 @@ def select_radiograph(datasets: Iterable[Any], folder: str | os.PathLike, skippe
         if not_2d:
             more = ", ..." if len(not_2d) > 3 else ""
             parts.append(f"{len(not_2d)} not single-frame 2D ({', '.join(not_2d[:3])}{more})")
+        if broken:
+            more = ", ..." if len(broken) > 3 else ""
+            parts.append(f"{len(broken)} with unreadable pixel data ({', '.join(broken[:3])}{more})")
         raise DeployInputError(
             f"no usable spine radiograph in input folder {folder}: {len(radiographs)} DX/CR image(s), "
             + "; ".join(parts)
@@ -222,15 +274,27 @@ def select_radiograph(datasets: Iterable[Any], folder: str | os.PathLike, skippe
     )
     ds, spacing, source = members[0]
     notes = []
+    patients = sorted({_patient(it[0]) for it in ok})
+    if len(patients) > 1:
+        notes.append(f"the input holds radiographs of {len(patients)} patients ({', '.join(patients)}); "
+                     f"processing one of patient {_patient(ds)}, the others are not reported")
     if len(members) > 1:
         notes.append(f"series {chosen_uid} has {len(members)} radiographs; processing the first (InstanceNumber order)")
-    if len(by_series) > 1:
-        notes.append(f"{len(by_series) - 1} other radiograph series ignored")
+    for uid in sorted(by_series, key=series_key):
+        if uid != chosen_uid:
+            first = by_series[uid][0][0]
+            notes.append(
+                f"skipped series {uid} (SeriesNumber {first.get('SeriesNumber', '?')}, patient {_patient(first)}, "
+                f"{len(by_series[uid])} radiograph(s)): one series per run, the one with the most radiographs "
+                f"({len(members)}, ties: lowest SeriesNumber) was chosen"
+            )
     other = {k: n for k, n in modalities.items() if k.upper() not in RADIOGRAPH_MODALITIES}
     if other:
         notes.append(f"ignored non-radiograph images: {_counts(Counter(other))}")
     if not_2d or no_spacing:
         notes.append(f"ignored {len(not_2d)} multi-frame and {len(no_spacing)} spacing-less DX/CR image(s)")
+    if broken:
+        notes.append(f"ignored {len(broken)} DX/CR image(s) with unreadable pixel data: {', '.join(broken[:3])}")
     return SelectedImage(ds, str(getattr(ds, "filename", "") or ""), spacing, source, notes)
 
 
