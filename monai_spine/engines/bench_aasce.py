@@ -538,9 +538,15 @@ def train_chain_folder(
     items = load_detector_arrays(cases, max_height_px=2 * int(spatial_size[0]))
     log(f"[aasce] {len(items)} training films read and shrunk in {time.perf_counter() - t0:.0f} s")
     prof = spacing_profile([it["centres_px"] for it in items])
+    spans = []
+    for it in items:  # first-to-last level span over the film height (all levels annotated)
+        c = np.asarray(it["centres_px"], np.float64)
+        if np.all(np.isfinite(c)):
+            spans.append(float(np.hypot(*(c[1:] - c[:-1]).T).sum()) / float(it["image"].shape[-2]))
+    span_range = (float(np.percentile(spans, 1)), float(np.percentile(spans, 99))) if spans else None
     spec = DetectorSpec(region=region, spatial_size=tuple(spatial_size), features=tuple(features), sigma_px=sigma_px,
                         score_threshold=0.2, decode_method="chain", nms_radius_px=2, spacing_profile=tuple(prof),
-                        complete=True, keep_mm_aspect=True,
+                        complete=True, keep_mm_aspect=True, length_frac_range=span_range,
                         meta={**(meta or {}), "training_images": len(items), "epochs": int(epochs),
                               "batch_size": int(batch_size), "learning_rate": float(learning_rate), "seed": int(seed)})
     net = spec.build_network()
@@ -669,10 +675,22 @@ def run_aasce_benchmark(
     test_sets = evaluate_split(test, detector, corners, regressor, log, reference)
     from monai_spine.engines.bench_pipeline import calibrate_conformal, json_safe
 
-    rows = [points_metrics(ps, calibrate_conformal(val_sets[k].errors_px, val_sets[k].sigma_px,
-                                                   np.full(len(val_sets[k].errors_px), "corner", dtype=object),
-                                                   settings.alpha, unit="px"))
-            for k, ps in test_sets.items()]
+    cals = {k: calibrate_conformal(val_sets[k].errors_px, val_sets[k].sigma_px,
+                                   np.full(len(val_sets[k].errors_px), "corner", dtype=object), settings.alpha, unit="px")
+            for k in test_sets}
+    rows = [points_metrics(ps, cals[k]) for k, ps in test_sets.items()]
+    for k, cal in cals.items():  # the calibration a shipped model carries (fitted on validation, px)
+        if cal is not None and k in ("heatmap", "regressor"):
+            cal.save(out / f"{k}_conformal.json")
+    if "heatmap" in val_sets:
+        from monai_spine.uncertainty.calibration import DEFAULT_CONFIDENCE, fit_thresholds
+
+        try:
+            thr = fit_thresholds(np.asarray(val_sets["heatmap"].errors_px), np.asarray(val_sets["heatmap"].sigma_px),
+                                 units="mm", error_unit="px", confidence=DEFAULT_CONFIDENCE)
+            thr.save(out / "heatmap_thresholds.json")
+        except ValueError as e:
+            log(f"[aasce] no uncertainty thresholds for the heatmap: {e}")
     det_row = {"found": 0, "annotated": 0}
     for ps in test_sets.values():
         det_row = {"found": ps.found, "annotated": ps.annotated}

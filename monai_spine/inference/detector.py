@@ -63,6 +63,9 @@ class DetectorSpec:
         complete: output every level of the region: levels the detector did not see are filled along
             the spine (:func:`~monai_spine.engines.detector.complete_chain`) and flagged ``inferred``.
         chain_kwargs: options of :func:`~monai_spine.engines.detector.assign_levels_chain`.
+        length_frac_range: ``(lo, hi)``: the span from the first to the last level as a fraction of the
+            film's height on the training films (``chain``); a film whose detected spine is far outside it
+            (below ``lo / 1.5`` or above ``hi * 1.5``) gets a warning that it may be another view or region.
         meta: free-form record.
     """
 
@@ -79,6 +82,7 @@ class DetectorSpec:
     spacing_profile: tuple[float, ...] | None = None
     complete: bool = False
     chain_kwargs: dict[str, Any] = field(default_factory=dict)
+    length_frac_range: tuple[float, float] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,6 +110,11 @@ class DetectorSpec:
         if self.decode_method == "chain" and self.spacing_profile is None:
             raise ValueError("decode_method 'chain' needs a spacing_profile (measured on the training split)")
         self.complete = bool(self.complete)
+        if self.length_frac_range is not None:
+            lo_f, hi_f = (float(v) for v in self.length_frac_range)
+            if not 0.0 < lo_f <= hi_f:
+                raise ValueError(f"length_frac_range must be 0 < lo <= hi, got {self.length_frac_range!r}")
+            self.length_frac_range = (lo_f, hi_f)
         self.chain_kwargs = dict(self.chain_kwargs or {})
         self.nms_radius_px = int(self.nms_radius_px)
         if self.nms_radius_px < 1:
@@ -147,6 +156,7 @@ class DetectorSpec:
             "intensity_percentiles": list(self.intensity_percentiles), "checkpoint_file": CHECKPOINT_FILE,
             "spacing_profile": None if self.spacing_profile is None else list(self.spacing_profile),
             "complete": self.complete, "chain_kwargs": self.chain_kwargs, "num_heatmaps": self.num_heatmaps,
+            "length_frac_range": None if self.length_frac_range is None else list(self.length_frac_range),
             "meta": self.meta,
         }
 
@@ -157,7 +167,7 @@ class DetectorSpec:
             raise ValueError(f"{source}: not a {MODEL_FORMAT} record")
         keys = ("region", "spatial_size", "features", "sigma_px", "score_threshold", "decode_method", "nms_radius_px",
                 "gap_penalty", "keep_mm_aspect",
-                "intensity_percentiles", "spacing_profile", "complete", "chain_kwargs", "meta")
+                "intensity_percentiles", "spacing_profile", "complete", "chain_kwargs", "length_frac_range", "meta")
         try:
             spec = cls(**{k: d[k] for k in keys if k in d})
         except (TypeError, ValueError, KeyError) as e:
@@ -211,6 +221,7 @@ class Detections:
         inferred: ``(N,)`` bool: the vertebra was not seen by the detector but placed along the spine
             between or beyond the seen ones (a complete spine, :attr:`DetectorSpec.complete`); its score
             is 0 and its box is the size of its nearest seen neighbour's. None: all seen.
+        warnings: sentences about the film as a whole (it may be another view or region than the model's).
     """
 
     levels: list[str]
@@ -220,6 +231,7 @@ class Detections:
     spacing_mm: tuple[float, float] | None = None
     spacing_source: str = "unknown"
     inferred: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.inferred is None:
@@ -244,6 +256,7 @@ class Detections:
         return {
             "spacing_mm": list(self.spacing_mm) if self.spacing_mm is not None else None,
             "spacing_source": self.spacing_source,
+            "warnings": list(self.warnings),
             "vertebrae": [
                 {"level": lev, "centre_px": [float(v) for v in c], "box_px": [float(v) for v in b], "score": float(s),
                  "inferred": bool(f)}
@@ -372,7 +385,7 @@ class VertebraDetector:
                                 gap_penalty=self.spec.gap_penalty, profile=self.spec.spacing_profile,
                                 chain_kwargs=self.spec.chain_kwargs)
         return {
-            "scores": dec["scores"], "detected": dec["detected"],
+            "scores": dec["scores"], "detected": dec["detected"], "scale": dec.get("scale", np.nan),
             "centres_px": points_to_image_px(dec["centres_net_px"], a),
             "boxes_px": boxes_to_image_px(dec["boxes_net_px"], a),
             "det_to_image": a,
@@ -399,6 +412,7 @@ class VertebraDetector:
                 sp = (float(arr[0]), float(arr[1]))
         res = self.predict_levels(image, sp)
         keep = res["detected"]
+        warnings = self._view_warnings(res, np.asarray(image).shape[-2])
         centres, boxes, scores = res["centres_px"], res["boxes_px"], res["scores"]
         inferred = np.zeros(len(self.levels), dtype=bool)
         if self.spec.complete and keep.any():
@@ -409,8 +423,26 @@ class VertebraDetector:
             levels=[lev for lev, k in zip(self.levels, keep) if k],
             centres_px=centres[keep], boxes_px=boxes[keep], scores=scores[keep],
             spacing_mm=sp, spacing_source=spacing_source or ("unknown" if sp is None else "sidecar"),
-            inferred=inferred[keep],
+            inferred=inferred[keep], warnings=warnings,
         )
+
+    def _view_warnings(self, res: dict[str, Any], height_px: int) -> list[str]:
+        """Warnings that the film may not be what the model was trained on (few levels seen, odd spine span)."""
+        out: list[str] = []
+        n_lev, seen = len(self.levels), int(np.sum(res["detected"]))
+        if seen < max(2, n_lev // 2):
+            out.append(f"the detector saw only {seen} of the {n_lev} {self.spec.region} levels: the film may show "
+                       f"another view or region than this model's ({self.spec.region}: {self.levels[0]}-{self.levels[-1]})")
+        rng = self.spec.length_frac_range
+        scale = float(np.asarray(res.get("scale", np.nan)))
+        if rng is not None and self.spec.spacing_profile is not None and np.isfinite(scale) and height_px > 0:
+            a = np.asarray(res["det_to_image"], dtype=np.float64)
+            span = scale * float(np.hypot(a[0, 1], a[1, 1])) * float(sum(self.spec.spacing_profile)) / float(height_px)
+            if span < rng[0] / 1.5 or span > rng[1] * 1.5:
+                out.append(f"the detected {self.levels[0]}-{self.levels[-1]} span is {100 * span:.0f} % of the film "
+                           f"height, against {100 * rng[0]:.0f}-{100 * rng[1]:.0f} % on the training films: the "
+                           f"film may show another view or region than this model's")
+        return out
 
     def detect_file(self, path: str | os.PathLike, spacing_mm: Sequence[float] | None = None) -> Detections:
         """Read a radiograph (DICOM, PNG, ...; spacing from its header or sidecar) and :meth:`detect`."""

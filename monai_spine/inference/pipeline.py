@@ -215,6 +215,8 @@ class SpinePipeline:
                 _mark_inferred(v, boxes[i], sp)
         models = ([] if self.regressor is None else ["regressor"]) + ([] if self.corner_predictor is None else ["heatmap"])
         result = {"format": RESULT_FORMAT, "version": 1, **result, "models": models}
+        if getattr(det, "warnings", None):
+            result["warnings"] = list(det.warnings)
         if inferred.any():
             result["inferred_note"] = (
                 f"{int(inferred.sum())} of {len(levels)} levels were not seen by the detector but placed along the "

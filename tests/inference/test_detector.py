@@ -185,3 +185,66 @@ def test_a_short_training_finds_every_vertebra_with_its_level():
             assert err_mm.max() < 2.0
     finally:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------- chain detector
+PROF16 = tuple(np.linspace(0.8, 1.2, 16))
+
+
+class PeaksNet(torch.nn.Module):
+    """A chain 'network' whose heatmap peaks at fixed net pixels, level channel = the true level."""
+
+    def __init__(self, peaks_net_px, levels, hw):
+        super().__init__()
+        self.peaks, self.levels, self.hw = np.asarray(peaks_net_px, float), list(levels), hw
+
+    def forward(self, x):
+        h, w = self.hw
+        out = torch.full((1, 6, h, w), -9.0)
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                                indexing="ij")
+        heat = torch.zeros(h, w)
+        for (px, py), k in zip(self.peaks, self.levels):
+            heat = torch.maximum(heat, torch.exp(-((xs - px) ** 2 + (ys - py) ** 2) / 2.0))
+            out[0, 1, int(py) - 1 : int(py) + 2, int(px) - 1 : int(px) + 2] = float(np.log((k / 16 + 1e-6) / (1 - k / 16 + 1e-6)))
+        p = heat.clamp(1e-6, 1 - 1e-6)
+        out[0, 0] = torch.log(p / (1 - p))
+        out[0, 2:] = 0.02
+        return out
+
+
+def _chain_spec(**kw):
+    return DetectorSpec(region="ap", spatial_size=(128, 64), features=(4, 4, 8, 8, 16, 4), score_threshold=0.2,
+                        decode_method="chain", spacing_profile=PROF16, complete=True, **kw)
+
+
+def test_chain_detector_completes_the_spine_and_flags_inferred_levels():
+    cum = np.concatenate([[0.0], np.cumsum(PROF16)])
+    peaks = np.stack([np.full(17, 32.0), 10 + 6.5 * cum], -1)
+    seen = [k for k in range(17) if k not in (0, 8)]  # T1 and T9 not seen
+    det = VertebraDetector(PeaksNet(peaks[seen], seen, (128, 64)), _chain_spec())
+    # a 256 x 128 image: the letterbox is a plain factor 2 (net px (u, v) -> image px (2u + 0.5, 2v + 0.5))
+    d = det.detect(np.zeros((1, 256, 128), np.float32))
+    assert d.levels == list(det.levels)  # every level, in order
+    assert d.inferred.tolist() == [k in (0, 8) for k in range(17)]
+    assert np.all(d.scores[d.inferred] == 0.0) and np.all(d.scores[~d.inferred] > 0.2)
+    np.testing.assert_allclose(d.centres_px[~d.inferred], 2 * peaks[seen] + 0.5, atol=0.5)
+    np.testing.assert_allclose(d.centres_px[[0, 8]], 2 * peaks[[0, 8]] + 0.5, atol=1.5)  # placed along the spine
+    assert [v["inferred"] for v in d.to_dict()["vertebrae"]] == d.inferred.tolist()
+    assert d.warnings == []
+
+
+@pytest.mark.parametrize("span_range, seen, expect", [
+    ((0.2, 0.3), list(range(17)), "span"),  # the spine covers ~83 % of the film: far above 30 % * 1.5
+    ((0.6, 0.9), list(range(17)), None),
+    (None, [0, 1, 2], "saw only 3 of the 17"),
+])
+def test_chain_detector_warns_when_the_film_looks_like_another_view(span_range, seen, expect):
+    cum = np.concatenate([[0.0], np.cumsum(PROF16)])
+    peaks = np.stack([np.full(17, 32.0), 10 + 6.5 * cum], -1)
+    det = VertebraDetector(PeaksNet(peaks[seen], seen, (128, 64)), _chain_spec(length_frac_range=span_range))
+    d = det.detect(np.zeros((1, 256, 128), np.float32))
+    if expect is None:
+        assert d.warnings == []
+    else:
+        assert len(d.warnings) == 1 and expect in d.warnings[0]
