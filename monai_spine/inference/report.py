@@ -86,6 +86,9 @@ _REFERRAL_GRID = tuple(np.round(np.arange(0, 51) / 100, 2).tolist())
 #: point types compared in the figures (as in :func:`collect_errors`)
 POINT_TYPES = ("corner", "spinous_process")
 _TYPE_COLOURS = {"corner": "#4c72b0", "spinous_process": "#dd8452"}
+#: class names in figures (full names, on two lines)
+_CLASS_TITLES = {"certain": "certain", "moderately_uncertain": "moderately\nuncertain",
+                 "highly_uncertain": "highly\nuncertain", "unknown": "unknown"}
 
 
 def level_sort_key(level: str) -> tuple[int, int, str]:
@@ -263,9 +266,10 @@ def _kde_line(ax: Any, values: np.ndarray, label: str, color: str) -> None:
     except np.linalg.LinAlgError:
         ax.axvline(float(v.mean()), color=color, label=f"{label} (n={v.size})")
         return
-    pad = 0.1 * np.ptp(v)
-    xs = np.linspace(v.min() - pad, v.max() + pad, 200)
+    pad = 3.0 * float(np.sqrt(kde.covariance[0, 0]))  # three kernel sds: the curve falls to zero at both ends
+    xs = np.linspace(v.min() - pad, v.max() + pad, 300)
     ax.plot(xs, kde(xs), color=color, label=f"{label} (n={v.size})")
+    ax.set_ylim(bottom=0)
 
 
 def _violin(ax: Any, data: list[np.ndarray], positions: list[float], color: str) -> None:
@@ -308,7 +312,7 @@ def _figures(
     for ax, (m, p) in zip(axes[0], pts.items()):
         for t in POINT_TYPES:
             _kde_line(ax, p.sigma_frac[p.point_types == t], t, _TYPE_COLOURS[t])
-        ax.set_xlabel("sigma_p (frac)")
+        ax.set_xlabel("sigma_p (crop fraction)")
         ax.set_ylabel("density")
         ax.set_title(m)
         _legend(ax, fontsize=7)
@@ -317,12 +321,23 @@ def _figures(
     # (error, sigma_p) 2D histogram
     fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.5), squeeze=False)
     for ax, (m, p) in zip(axes[0], pts.items()):
-        keep = np.isfinite(p.errors) & np.isfinite(p.sigma_frac)
+        thr = thresholds.get(m)
+        su = thr.units if thr is not None else "frac"
+        sig = p.sigma(su)
+        keep = np.isfinite(p.errors) & np.isfinite(sig)
         if keep.any():
-            hb = ax.hexbin(p.errors[keep], p.sigma_frac[keep], gridsize=20, mincnt=1, cmap="viridis")
+            hb = ax.hexbin(p.errors[keep], sig[keep], gridsize=20, mincnt=1, cmap="viridis")
             fig.colorbar(hb, ax=ax, label="points")
+        if thr is not None:
+            from monai_spine.uncertainty.calibration import vouched_classes
+
+            ok = vouched_classes(float(thr.tau1), float(thr.tau2))
+            for name, tau, style in (("tau1", thr.tau1, "--"), ("tau2", thr.tau2, ":")):
+                if ("certain" if name == "tau1" else "moderately_uncertain") in ok:
+                    ax.axhline(float(tau), color="#d62728", ls=style, lw=1.2, label=f"{name} = {tau:.3g} {su}")
+            _legend(ax, fontsize=7, loc="upper right")
         ax.set_xlabel(f"error ({unit})")
-        ax.set_ylabel("sigma_p (frac)")
+        ax.set_ylabel(f"sigma_p ({'crop fraction' if su == 'frac' else su})")
         ax.set_title(m)
     figs.append(("Error vs sigma_p (2D histogram)", _save(fig, out / FIGURES[2])))
 
@@ -361,7 +376,7 @@ def _figures(
     for ax, (m, p) in zip(axes[0], pts.items()):
         cls = _classes(p, thresholds[m])
         data = [_finite(p.errors[cls == i]) for i, _ in groups]
-        labels = [f"{n.replace('_uncertain', '')}\n(n={d.size})" for (_, n), d in zip(groups, data)]
+        labels = [f"{_CLASS_TITLES.get(n, n)}\n(n={d.size})" for (_, n), d in zip(groups, data)]
         data = [d if d.size else np.array([np.nan]) for d in data]
         ax.boxplot(data, tick_labels=labels) if _has_tick_labels() else ax.boxplot(data, labels=labels)
         ax.set_ylabel(f"error ({unit})")
@@ -499,6 +514,32 @@ def _load_bc(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64).ravel()
 
 
+#: summary columns that count things (shown as integers)
+COUNT_COLUMNS = ("n_points", "n_failed", "missed_vertebrae")
+
+
+def _column_title(col: str, unit: str) -> str:
+    """Header of a summary column, with its unit: ``mean_error`` -> ``mean error (mm)``."""
+    if col in COUNT_COLUMNS:
+        return col.replace("n_", "", 1).replace("_", " ") if col.startswith("n_") else col.replace("_", " ")
+    if col == "frac_within_2":
+        return f"share within 2 {unit}"
+    if col == "detection_recall":
+        return "detection recall"
+    if col == "mean_sigma_frac":
+        return "mean sigma_p (crop fraction)"
+    if col.startswith(("mean_error", "median_error")):
+        return f"{col.replace('_', ' ')} ({unit})"
+    return col.replace("_", " ")
+
+
+def _fmt_cell(col: str, v: float) -> str:
+    """A summary cell: counts as integers, the rest as :func:`_fmt`."""
+    if col in COUNT_COLUMNS and math.isfinite(v):
+        return str(int(round(v)))
+    return _fmt(v)
+
+
 def _fmt(v: float) -> str:
     if v == float("inf"):
         return "inf"  # a class holding a failed prediction
@@ -609,10 +650,10 @@ def report_cli(
             summaries.setdefault(m, {})["mean_bc"] = _mean(v)
 
     cols = list(dict.fromkeys(k for s in summaries.values() for k in s))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    head = "".join(f"<th>{html.escape(_column_title(c, unit))}</th>" for c in cols)
     rows = "".join(
         f"<tr><td>{html.escape(m)}</td>"
-        + "".join(f'<td class="{c}">{_fmt(s.get(c, float("nan")))}</td>' for c in cols)
+        + "".join(f'<td class="{c}">{_fmt_cell(c, s.get(c, float("nan")))}</td>' for c in cols)
         + "</tr>"
         for m, s in summaries.items()
     )
@@ -624,7 +665,7 @@ def report_cli(
     text = (
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>monai-spine report</title>"
         "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;"
-        "padding:2px 6px}img{max-width:100%}.crops figure{display:inline-block;margin:4px}"
+        "padding:2px 6px}img{max-width:100%}section img{width:100%;max-width:70em}.crops figure{display:inline-block;margin:4px}"
         ".crops img{max-height:200px}</style></head><body>\n"
         f"<h1>monai-spine report</h1>\n<p>Errors in <b>{unit}</b>"
         + (" (pixel spacing unknown for some case)" if unit == "px" else "")
@@ -734,7 +775,7 @@ def _uncertainty_html(pts: Mapping[str, Any], thr: Mapping[str, tuple[Any, str]]
         for m, (t, how) in thr.items()
     )
     class_rows = "".join(
-        f'<tr><td>{html.escape(m)}</td><td>{name}</td>'
+        f'<tr><td>{html.escape(m)}</td><td>{name.replace("_", " ")}</td>'
         + "".join(cell(u.get(f"class/{name}/{k}", nan), f"class-{name}-{k}") for k in stats) + "</tr>"
         for m, u in unc.items() for _, name in _class_groups()
     )
@@ -753,8 +794,8 @@ def _uncertainty_html(pts: Mapping[str, Any], thr: Mapping[str, tuple[Any, str]]
     return (
         "<h2>Uncertainty classes</h2>\n"
         f"<p>Thresholds on sigma_p per model:</p><ul>{src}</ul>\n"
-        f"<table><tr><th>model</th><th>class</th><th>points</th><th>share</th><th>mean {unit}</th>"
-        f"<th>median {unit}</th><th>q90 {unit}</th></tr>{class_rows}</table>\n"
+        f"<table><tr><th>model</th><th>class</th><th>points</th><th>share</th><th>mean error ({unit})</th>"
+        f"<th>median error ({unit})</th><th>90th percentile ({unit})</th></tr>{class_rows}</table>\n"
         "<p>A class holding a failed prediction has an infinite mean (inf); <i>unknown</i>: sigma_p not finite "
         "in the thresholds' units.</p>\n"
         "<h2>Referral to a human</h2>\n"

@@ -110,8 +110,8 @@ def test_report_html_figures_and_numbers(report_case):
     for m, scale in MODELS.items():
         for col, val in _expected(ann_paths, scale).items():
             assert _cell(text, m, col) == f"{val:.3f}", (m, col)
-        assert _cell(text, m, "n_points") == f"{N_CASES * 5 * 5:.3f}"
-        assert _cell(text, m, "n_failed") == "0.000"
+        assert _cell(text, m, "n_points") == str(N_CASES * 5 * 5)  # counts are integers
+        assert _cell(text, m, "n_failed") == "0"
     assert _cell(text, "modelA", "mean_bc") == f"{np.mean(bc['modelA']):.3f}"
     assert _cell(text, "modelB", "mean_bc") == "n/a"
 
@@ -211,7 +211,7 @@ def _expected_classes(ann_paths, scale, tau1, tau2):
 
 
 def _class_cell(text, model, name, stat):
-    m = re.search(rf'<tr><td>{model}</td><td>{name}</td>(.*?)</tr>', text)
+    m = re.search(rf'<tr><td>{model}</td><td>{name.replace("_", " ")}</td>(.*?)</tr>', text)
     assert m, f"no class row {model}/{name}"
     c = re.search(rf'<td class="class-{name}-{stat}">([^<]*)</td>', m.group(1))
     assert c, f"no {stat} cell in {model}/{name}"
@@ -315,3 +315,32 @@ def test_parse_thresholds_args_rejects(items):
 
     with pytest.raises(ValueError, match="--thresholds"):
         parse_thresholds_args(items)
+
+
+def test_kde_falls_to_zero_at_both_ends():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from monai_spine.inference.report import _kde_line
+
+    fig, ax = plt.subplots()
+    _kde_line(ax, np.random.default_rng(0).normal(0.02, 0.005, 200), "corner", "#000000")
+    y = ax.lines[0].get_ydata()
+    assert y[0] < 0.02 * y.max() and y[-1] < 0.02 * y.max() and ax.get_ylim()[0] == 0
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("col, unit, title", [
+    ("mean_error", "mm", "mean error (mm)"),
+    ("median_error", "px", "median error (px)"),
+    ("frac_within_2", "mm", "share within 2 mm"),
+    ("mean_sigma_frac", "mm", "mean sigma_p (crop fraction)"),
+    ("n_points", "mm", "points"),
+    ("missed_vertebrae", "mm", "missed vertebrae"),
+])
+def test_summary_column_titles_carry_the_unit(col, unit, title):
+    from monai_spine.inference.report import _column_title
+
+    assert _column_title(col, unit) == title
