@@ -445,7 +445,8 @@ def _overlay_path(pred_json: str) -> Path:
 def _samples(model: str, p: Any, out: Path, n: int) -> str:
     """HTML of crops (or links) around the ``n`` most and least certain vertebrae of one model."""
     keys: dict[tuple[str, str], list[float]] = {}
-    for c, lev, s in zip(p.cases, p.levels, p.sigma_frac):
+    su = "frac" if np.isfinite(p.sigma_frac).any() else "mm"  # the heatmap model has no crop-fraction sigma
+    for c, lev, s in zip(p.cases, p.levels, p.sigma(su)):
         if np.isfinite(s):
             keys.setdefault((str(c), str(lev)), []).append(float(s))
     if not keys or n <= 0:
@@ -458,7 +459,7 @@ def _samples(model: str, p: Any, out: Path, n: int) -> str:
         for i, (case, lev) in enumerate(chosen):
             sig = float(np.mean(keys[(case, lev)]))
             ov = _overlay_path(case)
-            caption = f"{html.escape(Path(case).name)} {html.escape(lev)}: mean sigma_p = {sig:.4f} frac"
+            caption = f"{html.escape(Path(case).name)} {html.escape(lev)}: mean sigma_p = {sig:.4f} {su}"
             crop = _crop(ov, _vertebra_points(case, lev), out / f"crop_{safe}_{kind}_{i}.png")
             if crop is not None:
                 items.append(f'<figure><img src="{html.escape(crop)}" alt="{caption}"><figcaption>{caption}'
