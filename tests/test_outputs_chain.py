@@ -208,3 +208,15 @@ def test_report_refuses_a_prediction_whose_film_differs(chain, tmp_path, capsys,
     err = capsys.readouterr().err
     assert code == 2 and message in err and "case_0000.keypoints.json" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_calibrate_of_both_models_says_which_it_calibrates(chain, tmp_path, capsys):
+    argv = ["calibrate", "--predictions", str(chain["both"]), "--annotations", str(chain["data"]),
+            "--sigma-units", "mm", "--min-count", "1"]
+    main(argv + ["--models-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert "hold regressor and heatmap points; calibrating the regressor's (pass --model heatmap" in err
+    main(argv + ["--models-dir", str(tmp_path / "b"), "--model", "heatmap"])
+    assert "calibrating" not in capsys.readouterr().err
+    rep = json.loads((tmp_path / "b" / "calibration_report.json").read_text())
+    assert rep["num_points"] == 4 * (_annotated(chain["labels"]) - DROPPED)  # corners only, no spinous process

@@ -1000,6 +1000,7 @@ def calibrate_from_predictions(
     conformal_sigma_units: str | None = None,
     on_mixed_spacing: str = "px",
     write_report: bool = True,
+    model: str | None = None,
 ) -> dict[str, Any]:
     """Fit thresholds and conformal radii on validation predictions and write them to ``models_dir``.
 
@@ -1022,6 +1023,8 @@ def calibrate_from_predictions(
         conformal_sigma_units: ``sigma_p`` units of the conformal score (default ``sigma_units``).
         on_mixed_spacing: see :func:`collect_errors`.
         write_report: also write the report file.
+        model: the point set of files holding two (``predict --model both``): ``"regressor"`` or
+            ``"heatmap"`` (None: each file's first, the regressor's); see :func:`collect_errors`.
 
     Returns:
         summary dict: ``thresholds``, ``conformal`` (dicts), ``selections``, ``error_unit``,
@@ -1036,7 +1039,8 @@ def calibrate_from_predictions(
     for name, u in (("sigma_units", sigma_units), ("conformal_sigma_units", c_units)):
         if u not in THRESHOLD_UNITS:
             raise ValueError(f"{name} must be one of {THRESHOLD_UNITS}, got {u!r}")
-    pts = collect_errors(pred_json_paths, annotation_paths, sigma_kind=sigma_kind, on_mixed_spacing=on_mixed_spacing)
+    pts = collect_errors(pred_json_paths, annotation_paths, sigma_kind=sigma_kind, on_mixed_spacing=on_mixed_spacing,
+                         model=model)
     for u in dict.fromkeys((sigma_units, c_units)):
         if not np.isfinite(pts.sigma(u)).any():
             raise ValueError(
@@ -1136,6 +1140,9 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
     parser.add_argument("--score", choices=SCORES, default="normalized", help="conformal nonconformity score")
     parser.add_argument("--conformal-sigma-units", choices=THRESHOLD_UNITS, default=None,
                         help="sigma_p units of the conformal score (default: --sigma-units)")
+    parser.add_argument("--model", choices=("regressor", "heatmap"), default=None,
+                        help="which points of predictions holding both (predict --model both); default: the "
+                             "regressor's, said on stderr")
     return parser
 
 
@@ -1153,6 +1160,7 @@ def calibrate_cli(
     alpha: float = 0.1,
     score: str = "normalized",
     conformal_sigma_units: str | None = None,
+    model: str | None = None,
 ) -> int:
     """``monai-spine calibrate``: :func:`calibrate_from_predictions` plus a printed summary.
 
@@ -1166,10 +1174,16 @@ def calibrate_cli(
         in words on stderr, the files are still written and their source says so). Other errors
         propagate as exceptions, reported by the CLI.
     """
+    if model is None:
+        held = prediction_models(predictions)
+        if len(held) > 1:
+            print(f"monai-spine calibrate: note: the predictions hold {' and '.join(held)} points; calibrating the "
+                  f"{held[0]}'s (pass --model {held[1]} for the other)", file=sys.stderr)
     s = calibrate_from_predictions(
         predictions,
         annotations,
         models_dir,
+        model=model,
         sigma_units=sigma_units,
         sigma_kind=sigma_kind,
         bounds=tuple(bounds),
