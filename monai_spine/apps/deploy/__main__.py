@@ -65,13 +65,14 @@ def _error(message: str) -> None:
 
 def _preflight(input_dir: Path, models_dir: Path, region: str | None) -> None:
     from monai_spine.apps.deploy.identity import device_observer_uid
-    from monai_spine.apps.deploy.models import locate_models, read_deploy_config, region_from_header
+    from monai_spine.apps.deploy.models import check_specs, locate_models, read_deploy_config, region_from_header
     from monai_spine.apps.deploy.selection import DeployInputError, select_from_folder
 
     selected = select_from_folder(input_dir)
     try:
         folders = locate_models(models_dir, region=region, prefer=region_from_header(selected.dataset))
         read_deploy_config(folders.config_dir)
+        check_specs(folders)
         device_observer_uid()
     except (FileNotFoundError, ValueError) as e:
         raise DeployInputError(str(e)) from None

@@ -21,9 +21,12 @@ else from the radiograph's header (:func:`region_from_header`), else it must be 
 
 Beside the regressor's ``model.pt`` (or in ``M`` for the legacy layout) the optional
 ``thresholds.json`` (uncertainty-class thresholds) and ``conformal.json`` (conformal radii) are
-used. A regressor folder describes itself with ``regressor_model.json``; ``deploy.json``
-(``{"regressor": {...}}`` with keys of :data:`REGRESSOR_DEFAULTS`) is read only when there is no
-such spec.
+used. A regressor folder describes itself with ``regressor_model.json`` (the
+:class:`~monai_spine.inference.regressor.RegressorSpec` the bundle writes beside ``model.pt``):
+its sizes build the network, and weights that do not fit it are refused in one line. A
+``deploy.json`` (``{"regressor": {...}}`` with keys of :data:`REGRESSOR_DEFAULTS`) then only sets
+``mc_samples`` / ``flip_tta``, and a build key it states must agree with the spec; it describes
+the regressor only in folders written before specs existed.
 
 The folder comes from, strongest first: the ``-m/--model`` argument, ``MONAI_SPINE_DEPLOY_MODELS``,
 the SDK's ``HOLOSCAN_MODEL_PATH`` (set inside a MONAI Application Package), else the model zoo's
@@ -52,6 +55,7 @@ __all__ = [
     "packaged_layout",
     "read_deploy_config",
     "threshold_warnings",
+    "check_specs",
     "build_pipeline",
 ]
 
@@ -288,8 +292,42 @@ def threshold_warnings(thresholds: Any) -> list[str]:
     return out
 
 
+def _raw_deploy_config(folder: Path) -> dict[str, Any]:
+    """The keys ``deploy.json`` sets itself (validated by :func:`read_deploy_config`), without the defaults."""
+    read_deploy_config(folder)
+    path = folder / DEPLOY_CONFIG_FILE
+    return dict(json.loads(path.read_text(encoding="utf-8")).get("regressor", {})) if path.is_file() else {}
+
+
+def check_specs(folders: ModelFolders) -> None:
+    """JSON-only checks of the two specs (no torch): readable, a regressor spec, the same region.
+
+    Raises:
+        ValueError: a spec is unreadable, not a regressor spec, or names another region than the
+            detector's (one line naming the file).
+        FileNotFoundError: the detector spec vanished.
+    """
+    from monai_spine.inference.model_zoo import SPEC_FILES, read_spec
+
+    det_region = read_spec(folders.detector_dir, "detector").get("region")
+    spec_file = folders.regressor_dir / SPEC_FILES["regressor"]
+    if not spec_file.is_file():
+        return
+    spec = read_spec(spec_file, "regressor")
+    if spec.get("format") != "monai-spine-regressor":
+        raise ValueError(f"{spec_file}: not a regressor spec (format {spec.get('format')!r})")
+    if det_region is not None and spec.get("region") not in (None, det_region):
+        raise ValueError(f"{spec_file}: the regressor was trained for region {spec.get('region')!r} but the detector "
+                         f"{folders.detector_dir} for {det_region!r}")
+
+
 def build_pipeline(folders: ModelFolders, device: str = "cpu", overlays: bool = True) -> Any:
     """A :class:`~monai_spine.inference.pipeline.SpinePipeline` (detector + BayeRegX regressor) from located models.
+
+    A regressor folder with ``regressor_model.json`` is built from that spec (its sizes, crop and
+    margin); a ``deploy.json`` beside it may only set the run-time keys ``mc_samples`` and
+    ``flip_tta``, and any build key it sets must agree with the spec. Without a spec the regressor is
+    built from ``deploy.json`` (or :data:`REGRESSOR_DEFAULTS`), as before specs existed.
 
     Args:
         folders: :func:`locate_models`' answer.
@@ -298,30 +336,48 @@ def build_pipeline(folders: ModelFolders, device: str = "cpu", overlays: bool = 
 
     Raises:
         FileNotFoundError: a model file vanished.
-        ValueError: a malformed ``deploy.json`` or spec, or weights that do not fit their spec.
+        ValueError: a malformed ``deploy.json`` or spec, weights that do not fit their spec, a
+            ``deploy.json`` contradicting the spec, or models of two regions (one line naming the file).
     """
     from monai_spine.inference.detector import VertebraDetector
+    from monai_spine.inference.model_zoo import SPEC_FILES
     from monai_spine.inference.pipeline import SpinePipeline
     from monai_spine.inference.regressor import KeypointPredictor, load_conformal
     from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
 
+    check_specs(folders)
     detector = VertebraDetector.from_checkpoint(folders.detector_dir, device=device)
     cfg_dir = folders.config_dir
+    cfg = read_deploy_config(cfg_dir)
     thr_path = cfg_dir / "thresholds.json"
     thresholds = Thresholds.load(thr_path) if thr_path.is_file() else PAPER_THRESHOLDS
     conformal = load_conformal(cfg_dir / "conformal.json")
-    cfg = read_deploy_config(cfg_dir)
-    regressor = KeypointPredictor.from_checkpoint(
-        folders.regressor_checkpoint,
-        variant=str(cfg["variant"]),
-        region=cfg["region"] or detector.spec.region,
-        network_kwargs={"width": float(cfg["width"]), "fc_features": int(cfg["fc_features"])},
-        spatial_size=tuple(int(s) for s in cfg["spatial_size"]),
-        margin_mm=float(cfg["margin_mm"]),
-        num_samples=int(cfg["mc_samples"]),
-        thresholds=thresholds,
-        device=device,
-        flip_tta=bool(cfg["flip_tta"]),
-        conformal=conformal,
-    )
+    run_kw = dict(num_samples=int(cfg["mc_samples"]), device=device, flip_tta=bool(cfg["flip_tta"]),
+                  thresholds=thresholds, conformal=conformal)
+    if (folders.regressor_dir / SPEC_FILES["regressor"]).is_file():
+        given = _raw_deploy_config(cfg_dir)  # only what deploy.json states is checked against the spec
+        net_kw = {k: given[k] for k in ("width", "fc_features") if k in given}
+        for key in ("spatial_size", "margin_mm"):
+            if key in given:
+                run_kw[key] = given[key]
+        regressor = KeypointPredictor.from_checkpoint(
+            folders.regressor_dir, variant=str(given.get("variant", "bayecbam")), network_kwargs=net_kw or None,
+            **run_kw)
+        spec = regressor.spec
+        if "variant" in given and str(given["variant"]).lower() != spec.variant:
+            raise ValueError(f"{cfg_dir / DEPLOY_CONFIG_FILE}: variant {given['variant']!r} but the spec says "
+                             f"{spec.variant!r}")
+        if "margin_mm" in given and float(given["margin_mm"]) != spec.margin_mm:
+            raise ValueError(f"{cfg_dir / DEPLOY_CONFIG_FILE}: margin_mm {given['margin_mm']} but the spec says "
+                             f"{spec.margin_mm}")
+    else:
+        regressor = KeypointPredictor.from_checkpoint(
+            folders.regressor_checkpoint,
+            variant=str(cfg["variant"]),
+            region=cfg["region"] or detector.spec.region,
+            network_kwargs={"width": float(cfg["width"]), "fc_features": int(cfg["fc_features"])},
+            spatial_size=tuple(int(s) for s in cfg["spatial_size"]),
+            margin_mm=float(cfg["margin_mm"]),
+            **run_kw,
+        )
     return SpinePipeline(detector, regressor, None, overlays=overlays)

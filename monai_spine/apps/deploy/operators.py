@@ -153,13 +153,17 @@ class SpineInferenceOperator(Operator):
             threshold_warnings,
         )
         from monai_spine.apps.deploy.processing import predict_and_measure
+        from monai_spine.apps.deploy.selection import DeployInputError
 
         selected = op_input.receive("radiograph")
         if self._pipeline is None:
             folders = locate_models(self.models_dir, region=self.region, prefer=region_from_header(selected.dataset))
             self._logger.info(f"loading models from {self.models_dir} ({folders.layout} layout)")
             self.record.models = folders.identities()
-            self._pipeline = build_pipeline(folders, device=self.device, overlays=True)
+            try:
+                self._pipeline = build_pipeline(folders, device=self.device, overlays=True)
+            except (ValueError, FileNotFoundError) as e:  # unusable models: exit 2, one line naming the file
+                raise DeployInputError(f"models folder {self.models_dir}: {' '.join(str(e).split())}") from None
             self.record.notes.extend(threshold_warnings(self._pipeline.regressor.thresholds))
         self.output_folder.mkdir(parents=True, exist_ok=True)
         result = predict_and_measure(selected, self._pipeline, self.output_folder)
