@@ -144,10 +144,11 @@ def test_report_of_both_models_keeps_the_corners_and_shows_recall(chain, tmp_pat
 
 
 def test_calibrate_reads_heatmap_predictions(chain, tmp_path, capsys):
+    # no --sigma-units: the heatmap model has no crop-fraction sigma, so mm is chosen
     rc = main(["calibrate", "--predictions", str(chain["heatmap"]), "--annotations", str(chain["data"]),
-               "--models-dir", str(tmp_path / "m"), "--sigma-units", "mm", "--min-count", "1"])
+               "--models-dir", str(tmp_path / "m"), "--min-count", "1"])
     out = capsys.readouterr()
-    assert "calibrated on" in out.out and (tmp_path / "m" / "conformal.json").is_file()
+    assert "calibrated on" in out.out and "thresholds (mm)" in out.out and (tmp_path / "m" / "conformal.json").is_file()
     assert rc in (0, 1)  # 1: no admissible class on untrained networks (tested in test_calibration)
 
 
@@ -220,3 +221,23 @@ def test_calibrate_of_both_models_says_which_it_calibrates(chain, tmp_path, caps
     assert "calibrating" not in capsys.readouterr().err
     rep = json.loads((tmp_path / "b" / "calibration_report.json").read_text())
     assert rep["num_points"] == 4 * (_annotated(chain["labels"]) - DROPPED)  # corners only, no spinous process
+
+
+def test_inferred_vertebrae_count_as_missed_in_the_recall(chain, tmp_path):
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    for f in chain["regressor"].glob("*.keypoints.json"):
+        d = json.loads(f.read_text())
+        for v in d["vertebrae"]:
+            v["inferred"] = f.name.startswith("case_0001") and v["level"] == "C4"
+        (pred_dir / f.name).write_text(json.dumps(d))
+    assert read_prediction(pred_dir / "case_0001.keypoints.json").inferred.tolist() == [False, True, False, False,
+                                                                                         False]
+    out = tmp_path / "report"
+    assert main(["report", "--predictions", f"m={pred_dir}", "--annotations", str(chain["data"]),
+                 "--out", str(out)]) == 0
+    text = (out / "index.html").read_text()
+    annotated = _annotated(chain["labels"])
+    assert _cell(text, "m", "found") == str(annotated - DROPPED - 1)
+    assert _cell(text, "m", "inferred") == "1: case_0001 C4"
+    assert _cell(text, "m", "missed").startswith(f"{DROPPED + 1}: ")

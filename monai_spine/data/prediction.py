@@ -131,6 +131,8 @@ class Prediction:
         region: recorded region, or None.
         detection_scores: (N,) detector scores (``predict``), or None.
         centres_px: (N, 2) vertebra centres (detected or clicked), or None.
+        inferred: (N,) the vertebra was not seen by the detector but placed along the spine
+            (``predict`` with a chain detector); all False when the file does not say.
         thresholds: the thresholds the regressor classed its points by, or None.
         notes: the producer's notes (e.g. why the heatmap corners are absent).
         meta: other top-level fields (MC samples, flip TTA, conformal block, method).
@@ -149,6 +151,7 @@ class Prediction:
     region: str | None = None
     detection_scores: np.ndarray | None = None
     centres_px: np.ndarray | None = None
+    inferred: np.ndarray | None = None
     thresholds: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -359,6 +362,12 @@ def prediction_from_dict(d: Any, source: str = "prediction") -> Prediction:
     if verts and all(isinstance(v.get("centre_px"), list) and len(v["centre_px"]) == 2 for v in verts):
         centres = np.asarray([[_num(t, f"{source}: vertebrae[{i}] centre_px") for t in v["centre_px"]]
                               for i, v in enumerate(verts)])
+    inferred = np.zeros(len(verts), bool)
+    for i, v in enumerate(verts):
+        flag = v.get("inferred", False)
+        if not isinstance(flag, bool):
+            raise PredictionError(f"{source}: vertebrae[{i}] 'inferred' must be true or false, got {flag!r}")
+        inferred[i] = flag
     size = d.get("image_size")
     image_size = None
     if size is not None:
@@ -369,14 +378,14 @@ def prediction_from_dict(d: Any, source: str = "prediction") -> Prediction:
     spacing = _spacing(d, source)
     image = d.get("image")
     thr = d.get("thresholds")
-    notes = [str(d[k]) for k in ("corners_note",) if d.get(k)]
+    notes = [str(d[k]) for k in ("corners_note", "inferred_note") if d.get(k)]
     meta_keys = ("mc_dropout_samples", "flip_tta", "conformal", "method", "models", "units_note")
     return Prediction(
         source=str(source), format=fmt, version=int(version), scheme=sch.name, levels=levels, points=points,
         image=None if image is None else str(image), image_size=image_size, spacing_mm=spacing,
         spacing_source=str(d.get("spacing_source") or ("unknown" if spacing is None else "sidecar")),
         region=d.get("region") if isinstance(d.get("region"), str) else None,
-        detection_scores=scores, centres_px=centres,
+        detection_scores=scores, centres_px=centres, inferred=inferred,
         thresholds=thr if isinstance(thr, dict) else None, notes=notes,
         meta={k: d[k] for k in meta_keys if k in d},
     )

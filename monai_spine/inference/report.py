@@ -689,8 +689,9 @@ def detection_numbers(points: Any) -> dict[str, float]:
 
     Returns:
         ``cases``, ``annotated_vertebrae``, ``found_vertebrae``, ``missed_vertebrae``,
-        ``extra_vertebrae`` (predicted levels the annotation does not have) and ``detection_recall``
-        (found / annotated; NaN when nothing is annotated).
+        ``extra_vertebrae`` (predicted levels the annotation does not have), ``inferred_vertebrae``
+        (placed along the spine, not seen: counted as missed) and ``detection_recall`` (found /
+        annotated; NaN when nothing is annotated).
     """
     d = getattr(points, "detection", None) or {}
     return {
@@ -699,6 +700,7 @@ def detection_numbers(points: Any) -> dict[str, float]:
         "found_vertebrae": float(d.get("found", 0)),
         "missed_vertebrae": float(len(d.get("missed", []))),
         "extra_vertebrae": float(len(d.get("extra", []))),
+        "inferred_vertebrae": float(len(d.get("inferred", []))),
         "detection_recall": float(d.get("recall", float("nan"))),
     }
 
@@ -722,14 +724,16 @@ def _detection_html(pts: Mapping[str, Any], max_listed: int = 20) -> str:
             f"<td class=\"found\">{int(n['found_vertebrae'])}</td>"
             f"<td class=\"recall\">{'n/a' if not math.isfinite(recall) else f'{100 * recall:.1f} %'}</td>"
             f"<td class=\"missed\">{int(n['missed_vertebrae'])}: {names(d.get('missed', []))}</td>"
-            f"<td class=\"extra\">{int(n['extra_vertebrae'])}: {names(d.get('extra', []))}</td></tr>"
+            f"<td class=\"extra\">{int(n['extra_vertebrae'])}: {names(d.get('extra', []))}</td>"
+            f"<td class=\"inferred\">{int(n['inferred_vertebrae'])}: {names(d.get('inferred', []))}</td></tr>"
         )
     return (
         "<h2>Vertebra detection</h2>\n<p>Over the annotated films that have a prediction file: annotated vertebrae "
         "(a level with a visible annotated point), those the model gave a point for, and the recall. Missed "
-        "vertebrae have no error in the tables below; extra ones are levels the annotation does not have.</p>\n"
-        "<table><tr><th>model</th><th>films</th><th>annotated</th><th>found</th><th>recall</th>"
-        f"<th>missed</th><th>extra</th></tr>{''.join(rows)}</table>\n"
+        "vertebrae have no error in the tables below; extra ones are levels the annotation does not have; "
+        "inferred ones were placed along the spine without being seen (counted as missed, their points scored)."
+        "</p>\n<table><tr><th>model</th><th>films</th><th>annotated</th><th>found</th><th>recall</th>"
+        f"<th>missed</th><th>extra</th><th>inferred</th></tr>{''.join(rows)}</table>\n"
     )
 
 

@@ -686,9 +686,11 @@ class MatchedPoints:
         cases: (n,) prediction file of each point.
         error_unit: ``"mm"`` or ``"px"``.
         detection: vertebra detection over the matched cases: ``num_cases``, ``annotated`` (levels
-            with a visible annotated point), ``found`` (of those, predicted with a finite point),
-            ``recall`` (found / annotated), ``missed`` and ``extra`` (``[case, level]`` pairs: annotated
-            but not predicted; predicted but not annotated).
+            with a visible annotated point), ``found`` (of those, seen by the detector and predicted
+            with a finite point), ``recall`` (found / annotated), ``missed``, ``extra`` and
+            ``inferred`` (``[case, level]`` pairs: annotated but not found; predicted but not
+            annotated; placed along the spine without being seen -- they count as missed, their points
+            are still scored).
         model: the point set matched (``"regressor"`` / ``"heatmap"``; None: each file's first).
     """
 
@@ -869,7 +871,7 @@ def collect_errors(
             by_image.setdefault(os.path.normpath(os.path.abspath(a.image)), []).append(p)
 
     rows: list[dict[str, Any]] = []
-    det = {"num_cases": 0, "annotated": 0, "found": 0, "missed": [], "extra": []}
+    det = {"num_cases": 0, "annotated": 0, "found": 0, "missed": [], "extra": [], "inferred": []}
     for pp in preds:
         pred = read_prediction(pp)
         cands = by_stem.get(_pred_stem(pp), [])
@@ -893,7 +895,9 @@ def collect_errors(
             ps = None
         else:
             ps = pred.point_set(model)
-            found_levels = {str(lev) for i, lev in enumerate(pred.levels) if ps.found[i].any()}
+            seen = ~pred.inferred if pred.inferred is not None else np.ones(len(pred.levels), bool)
+            found_levels = {str(lev) for i, lev in enumerate(pred.levels) if ps.found[i].any() and seen[i]}
+            det["inferred"] += [[str(pp), str(lev)] for i, lev in enumerate(pred.levels) if not seen[i]]
         det["num_cases"] += 1
         det["annotated"] += len(annotated)
         det["found"] += len(annotated & found_levels)
@@ -988,7 +992,7 @@ def calibrate_from_predictions(
     annotation_paths: str | os.PathLike | Sequence[str | os.PathLike],
     models_dir: str | os.PathLike,
     *,
-    sigma_units: str = "frac",
+    sigma_units: str | None = "frac",
     sigma_kind: str = "total",
     bounds: Sequence[float] = DEFAULT_BOUNDS,
     quantile: float = DEFAULT_QUANTILE,
@@ -1016,7 +1020,8 @@ def calibrate_from_predictions(
         pred_json_paths: prediction files/folders of the validation set.
         annotation_paths: their annotations (files or dataset folders).
         models_dir: the bundle's ``models`` folder (beside ``model.pt``); created if needed.
-        sigma_units: ``sigma_p`` units of the thresholds: ``"frac"`` (paper) or ``"mm"``.
+        sigma_units: ``sigma_p`` units of the thresholds: ``"frac"`` (paper) or ``"mm"``; None: ``"frac"``
+            when the points have a crop-fraction sigma (the regressor), else ``"mm"`` (the heatmap FCN).
         sigma_kind: which ``sigma_p`` (``total`` as in the paper, ``aleatoric``, ``epistemic``).
         bounds, quantile, min_count, per_point_type: the threshold rule (:func:`select_thresholds`).
         alpha, score: the conformal calibration.
@@ -1035,12 +1040,14 @@ def calibrate_from_predictions(
     """
     from monai_spine.uncertainty.quality import quality_report
 
-    c_units = conformal_sigma_units or sigma_units
-    for name, u in (("sigma_units", sigma_units), ("conformal_sigma_units", c_units)):
-        if u not in THRESHOLD_UNITS:
+    for name, u in (("sigma_units", sigma_units), ("conformal_sigma_units", conformal_sigma_units)):
+        if u is not None and u not in THRESHOLD_UNITS:
             raise ValueError(f"{name} must be one of {THRESHOLD_UNITS}, got {u!r}")
     pts = collect_errors(pred_json_paths, annotation_paths, sigma_kind=sigma_kind, on_mixed_spacing=on_mixed_spacing,
                          model=model)
+    if sigma_units is None:  # the paper's crop fractions when the model gives them (the heatmap FCN does not)
+        sigma_units = "frac" if np.isfinite(pts.sigma_frac).any() else "mm"
+    c_units = conformal_sigma_units or sigma_units
     for u in dict.fromkeys((sigma_units, c_units)):
         if not np.isfinite(pts.sigma(u)).any():
             raise ValueError(
@@ -1125,7 +1132,8 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
         "--models-dir", "--ckpt-dir", dest="models_dir", required=True,
         help="the bundle's models folder (beside model.pt): thresholds.json and conformal.json go there",
     )
-    parser.add_argument("--sigma-units", choices=THRESHOLD_UNITS, default="frac", help="units of sigma_p thresholds")
+    parser.add_argument("--sigma-units", choices=THRESHOLD_UNITS, default=None,
+                        help="units of sigma_p thresholds (default: frac for the regressor, mm for the heatmap model)")
     parser.add_argument("--sigma-kind", choices=("total", "aleatoric", "epistemic"), default="total")
     parser.add_argument("--bounds", nargs=2, type=float, default=list(DEFAULT_BOUNDS), metavar=("B1", "B2"),
                         help="error bounds of the certain / moderate classes (mm; px if spacing unknown)")
@@ -1150,7 +1158,7 @@ def calibrate_cli(
     predictions: Sequence[str],
     annotations: Sequence[str],
     models_dir: str,
-    sigma_units: str = "frac",
+    sigma_units: str | None = None,
     sigma_kind: str = "total",
     bounds: Sequence[float] = DEFAULT_BOUNDS,
     quantile: float = DEFAULT_QUANTILE,
