@@ -193,6 +193,10 @@ def _record_from_prediction(pred: Prediction, model: str | None, sigma_kind: str
         why = "no vertebra was found" if not pred.levels else "every coordinate is null or NaN"
         raise PredictionError(f"{source}: nothing to measure in the {ps.model} points ({why})")
     notes: list[str] = []
+    if pred.inferred is not None and pred.inferred.any():
+        names = ", ".join(str(lev) for lev, f in zip(pred.levels, pred.inferred) if f)
+        notes.append(f"level(s) {names} inferred, not seen by the detector: measured from their placed points "
+                     "(large sigma)")
     missing = pred.missing_points(ps.model)
     if missing:
         notes.append(f"{len(missing)} predicted point(s) without coordinates (null/NaN), left out: {', '.join(missing)}")

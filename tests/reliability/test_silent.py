@@ -166,3 +166,12 @@ def test_version_flag(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("monai-spine ")
+
+
+def test_measure_names_inferred_levels(tmp_path, capsys):
+    doc = _prediction()
+    doc["vertebrae"][1]["inferred"] = True
+    f = _write(tmp_path / "a.keypoints.json", doc)
+    assert main(["measure", str(f), "--out", str(tmp_path / "o"), "--num-samples", "0"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "level(s) C4 inferred, not seen by the detector" in err
