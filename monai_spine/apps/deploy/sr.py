@@ -21,6 +21,8 @@ IOD rather than Comprehensive 3D SR)::
           Image Region = SCOORD POINT (x_px + 0.5, y_px + 0.5)  SELECTED FROM  the source image
           Keypoint (99MSPINE kp-name) = kp-AS / kp-PS / kp-AI / kp-PI / kp-SP
           Keypoint uncertainty class (99MSPINE unc-class) = unc-certain / unc-moderate / unc-high
+          Vertebra level source (99MSPINE level-source) = lvl-detected / lvl-inferred (when the
+            prediction says; an inferred level was placed along the spine, not seen)
           sigma-p-total / sigma-p-aleat / sigma-p-epist (99MSPINE) = ... mm
         CONTAINS Measurement Group (TID 1501), one per measured item:
           Tracking Identifier "segment C4-C5" (or "vertebra C4", "lordosis C3-C7", "cobb main (T5-T11)")
@@ -271,6 +273,12 @@ def _point_groups(prediction: Mapping[str, Any], source: Any, algorithm: Any) ->
                 QualitativeEvaluation(kp_name, _private(f"kp-{name}", _POINT_MEANINGS.get(name, name))),
                 QualitativeEvaluation(unc_class, _private(cls_value, cls_meaning)),
             ]
+            if "inferred" in v:  # the chain detector may place a level it did not see
+                evaluations.append(QualitativeEvaluation(
+                    _private("level-source", "Vertebra level source"),
+                    _private("lvl-inferred", "inferred, not seen by the detector") if v["inferred"]
+                    else _private("lvl-detected", "detected"),
+                ))
             measurements = [
                 Measurement(
                     name=_private(_SIGMA_CODES[kind], f"Predicted keypoint uncertainty sigma_p ({kind})"),
