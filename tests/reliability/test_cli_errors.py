@@ -49,6 +49,9 @@ def stub_models(monkeypatch):
     import monai_spine.inference.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "_build_pipeline", lambda *a, **k: _stub_pipeline())
+    # no shipped models are needed: the stand-in replaces the choice of the zoo's folders too
+    monkeypatch.setattr(pipeline, "resolve_models", lambda *a, **k: {
+        "model": "regressor", "region": "cervical", "detector_dir": None, "regressor_dir": None, "heatmap_dir": None})
 
 
 def _good_dicom(path):
