@@ -6,12 +6,20 @@ answers come from the same models run in this process (the main venv). The serve
 its process id at the end, whatever happens. Skipped when ``.venv-label`` is missing (failed when
 ``MONAI_SPINE_REQUIRE_APPS=1``; see tests/apps/conftest.py).
 
+Requests go both as plain HTTP and through MONAI Label 0.8.5's own Python client
+(``monailabel.client.MONAILabelClient``, loaded from ``.venv-label``: it sends the full local path as
+an upload's file name), and the 3D Slicer module's way of reading a task's config and sending
+clicks is reproduced from its source (``plugins/slicer/MONAILabel/MONAILabel.py`` of MONAI Label
+0.8.5: ``getParamsFromConfig`` and ``onClickDeepgrow``). The server's temporary folder (``TMPDIR``)
+is the test's own, so no temporary file left by a refused request goes unnoticed.
+
 The order of the tests matters only for the last one: training replaces the regressor's weights.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -98,9 +106,20 @@ def _write_studies(studies: Path, truth: Path) -> dict[str, Path]:
 
 class Server:
     def __init__(self, url: str, proc: subprocess.Popen, studies: Path, models: Path, files: dict, truth: Path,
-                 log: Path) -> None:
-        self.url, self.proc, self.studies, self.models, self.files, self.truth, self.log = (
-            url, proc, studies, models, files, truth, log)
+                 log: Path, tmp: Path) -> None:
+        self.url, self.proc, self.studies, self.models, self.files, self.truth, self.log, self.tmp = (
+            url, proc, studies, models, files, truth, log, tmp)
+        self.tmp_at_start: set[str] = set()  # MONAI Label's own start-up files (its logging config)
+
+    def temp_files(self, wait_s: float = 3.0) -> list[str]:
+        """Files left in the server's temporary folder since it started (waits ``wait_s`` for a clean-up
+        after the response)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = sorted(p.name for p in self.tmp.iterdir() if p.is_file() and p.name not in self.tmp_at_start)
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.1)
 
     def get(self, path: str, **kw) -> requests.Response:
         return requests.get(self.url + path, timeout=kw.pop("timeout", 120), **kw)
@@ -188,8 +207,8 @@ def server(app_python, tmp_path_factory, stale_writer):
     py = app_python(".venv-label")
     monailabel = py.parent / "monailabel"
     base = tmp_path_factory.mktemp("label")
-    studies, models, truth = base / "studies", base / "models", base / "truth"
-    for d in (studies, models, truth):
+    studies, models, truth, tmp = base / "studies", base / "models", base / "truth", base / "tmp"
+    for d in (studies, models, truth, tmp):
         d.mkdir()
     _write_models(models)
     files = _write_studies(studies, truth)
@@ -197,7 +216,7 @@ def server(app_python, tmp_path_factory, stale_writer):
     conf = []
     for k, v in {"models": str(models), **TINY}.items():
         conf += ["--conf", k, v]
-    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp),
            "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MONAILABEL_PYEXE": str(py),
            "PATH": f"{py.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("PYTHONPATH", None)
@@ -208,7 +227,7 @@ def server(app_python, tmp_path_factory, stale_writer):
              "--host", "127.0.0.1", "--port", str(port), *conf],
             cwd=str(base), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    srv = Server(f"http://127.0.0.1:{port}", proc, studies, models, files, truth, log)
+    srv = Server(f"http://127.0.0.1:{port}", proc, studies, models, files, truth, log, tmp)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
@@ -222,6 +241,7 @@ def server(app_python, tmp_path_factory, stale_writer):
             if time.monotonic() > deadline:
                 pytest.fail(f"the MONAI Label server did not answer /info/ in {START_TIMEOUT_S} s:\n{srv.log_tail()}")
             time.sleep(1.0)
+        srv.tmp_at_start = {p.name for p in tmp.iterdir()}
         yield srv
     finally:
         _stop(proc)
@@ -330,13 +350,18 @@ def test_interactive_corners_from_clicked_centres(server):
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"centres": [[10, 10]]}, "at least two"),
-    ({"centres": [[10, 10], [20, 20]], "levels": ["C3", "X9"]}, "unknown level"),
-    ({}, "at least two"),
+    ({}, "click at least 1 vertebra centre"),
+    ({"centres": [[10, 10], [20, 20]], "levels": ["C3", "X9"]}, "unknown level 'X9'"),
+    ({"centres": [[10, 10]], "first_level": "Q1"}, "unknown level 'Q1'"),
+    ({"centres": [[10, 10], [192, 20]]}, "click 2 at (192, 20) px lies outside the 192 x 256 image"),  # x = W
+    ({"centres": [[10, -0.6]]}, "outside the 192 x 256 image"),
+    ({"foreground": [[1e9, 1e9, 0], [-1e9, 5, 0]]}, "click 1 at (1e+09, 1e+09) px lies outside"),  # stalled 28 s
 ])
-def test_interactive_corners_refuses_bad_clicks(server, params, match):
+def test_interactive_corners_refuses_bad_clicks_at_once(server, params, match):
+    t0 = time.monotonic()
     r = _infer(server, "corners", "a", params)
-    assert r.status_code == 400 and match in r.json()["detail"]
+    assert r.status_code == 400 and match in r.json()["detail"], r.text
+    assert time.monotonic() - t0 < 5.0
 
 
 def test_twenty_concurrent_inference_requests_get_identical_correct_answers(server):
@@ -350,11 +375,18 @@ def test_twenty_concurrent_inference_requests_get_identical_correct_answers(serv
             results[i] = e
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+    t0 = time.monotonic()
     for t in threads:
         t.start()
+    time.sleep(0.3)
+    info = server.get("/info/")  # inference runs off the event loop: the server answers meanwhile
+    info_done = time.monotonic()
     for t in threads:
         t.join(timeout=300)
+    all_done = time.monotonic()
+    assert info.status_code == 200
     assert all(isinstance(r, requests.Response) and r.status_code == 200 for r in results), results
+    assert info_done - t0 < 0.5 * (all_done - t0), (info_done - t0, all_done - t0)
     preds = [r.json()["prediction"] for r in results]
     assert all(p == preds[0] for p in preds)  # bit-identical JSON
     np.testing.assert_allclose(_points(preds[0]), _points(ref), atol=0.05)
@@ -406,6 +438,26 @@ def test_bad_labels_are_refused(server, label, match):
                    files={"label": ("a.json", label, "application/json")})
     assert r.status_code == 400 and match in r.json()["detail"], r.text
     assert not (server.studies / "labels" / "bad" / "a.json").exists()
+    assert server.temp_files() == []  # the refused upload's temporary copy is gone
+
+
+def _ap_label(srv: Server) -> bytes:
+    """A valid 4-point AP label (scheme ap4) of image a: the wrong scheme for the app's lateral model."""
+    truth = read_annotation(srv.truth / "a.json")
+    kp = truth.keypoints_px[:, :4]  # AS, PS, AI, PI: inside the image
+    return json.dumps({"format": "monai-spine-keypoints", "version": 1, "region": "ap", "scheme": "ap4",
+                       "vertebrae": [{"level": lev, "keypoints_px": k.tolist(), "visible": [True] * 4}
+                                     for lev, k in zip(["L1", "L2", "L3", "L4", "L5"], kp)]}).encode()
+
+
+def test_a_label_of_another_scheme_is_refused_at_save_time(server):
+    r = server.put("/datastore/label", params={"image": "a", "tag": "final"},
+                   files={"label": ("a.json", _ap_label(server), "application/json")})
+    assert r.status_code == 400, r.text
+    detail = r.json()["detail"]
+    assert "'ap4' (4 points per vertebra)" in detail and "'lateral5', 5 points" in detail
+    assert not (server.studies / "labels" / "final" / "a.json").exists()
+    assert server.temp_files() == []
 
 
 def _png_bytes(size_hw=(64, 48)) -> bytes:
@@ -416,9 +468,10 @@ def _png_bytes(size_hw=(64, 48)) -> bytes:
 @pytest.mark.parametrize("image, filename", [
     ("../evil", "evil.png"),          # an id that climbs out
     (None, "../../evil.png"),         # a file name that climbs out
-    (None, "/tmp/evil.png"),          # an absolute file name
     ("sub/evil", "evil.png"),         # an id with a folder
-    (None, "..\\evil.png"),           # a Windows-style path
+    (None, "..\\evil.png"),          # a Windows-style climb
+    (None, "C:\\x\\..\\evil.png"),   # a Windows path that climbs
+    ("evil", "ev\x01il.png"),        # a control character
 ])
 def test_uploads_that_try_to_leave_the_studies_folder_are_refused(server, image, filename):
     before = sorted(p.name for p in server.studies.parent.rglob("*evil*"))
@@ -427,6 +480,7 @@ def test_uploads_that_try_to_leave_the_studies_folder_are_refused(server, image,
     assert r.status_code == 400, r.text
     assert sorted(p.name for p in server.studies.parent.rglob("*evil*")) == before == []
     assert server.get("/datastore/").json()["total"] == len(SEEDS)
+    assert server.temp_files() == []
 
 
 def test_uploads_over_the_size_limit_are_refused_and_a_plain_one_is_stored(server):
@@ -454,14 +508,25 @@ def test_uploads_over_the_size_limit_are_refused_and_a_plain_one_is_stored(serve
     r = server.put("/datastore/image", params={"image": "notes"}, files={"file": ("notes.txt", b"hello", "text/plain")})
     assert r.status_code == 415
     assert server.get("/datastore/").json()["total"] == len(SEEDS) + 1
+    assert server.temp_files() == []  # 409 and 415 deleted their temporary copies
 
 
 def test_inference_on_a_path_outside_the_studies_is_refused(server, tmp_path):
     outside = tmp_path / "outside.png"
     outside.write_bytes(_png_bytes())
     r = _infer(server, "keypoints", str(outside))
-    assert r.status_code == 400 and "outside the studies" in r.json()["detail"]
-    assert _infer(server, "keypoints", "no_such_image").status_code == 404
+    assert r.status_code == 400 and "refused image" in r.json()["detail"]
+    r = _infer(server, "keypoints", "no_such_image")
+    assert r.status_code == 404 and "'no_such_image'" in r.json()["detail"]
+    # a file of the server's temporary folder named like an upload is not this request's upload
+    fake = server.tmp / "tmpfake.png"
+    fake.write_bytes(_png_bytes())
+    try:
+        for image in (str(fake), "tmpfake"):
+            r = _infer(server, "keypoints", image)
+            assert r.status_code in (400, 404) and "tmpfake" in r.json()["detail"], r.text
+    finally:
+        fake.unlink()
 
 
 def test_label_tag_cannot_name_a_folder_outside(server):
@@ -490,6 +555,17 @@ def test_scoring_stores_uncertainty_and_active_learning_serves_the_most_uncertai
     assert r.json()["id"] == ranked[0]
     again = server.post("/scoring/sigma_uncertainty", params={"run_sync": "true"}, json={}).json()
     assert again["scored"] == {} and set(again["skipped"]) == unlabelled  # same models: nothing recomputed
+    assert all(server.get("/datastore/image/info", params={"image": k}).json()["monai_spine_uncertainty"]["in_domain"]
+               for k in unlabelled)
+    # a film scored as out of the model's view is served first, whatever its (meaningless) sigma_p
+    last = ranked[-1]
+    rec = server.get("/datastore/image/info", params={"image": last}).json()["monai_spine_uncertainty"]
+    rec.update({"in_domain": False, "view_reason": "the detector found 1 of its 5 levels"})
+    r = server.put("/datastore/image/info", params={"image": last},
+                   data={"info": json.dumps({"monai_spine_uncertainty": rec})})
+    assert r.status_code == 200, r.text
+    nxt = server.post("/activelearning/most_uncertain", json={}).json()
+    assert nxt["id"] == last and nxt["in_domain"] is False
 
 
 def test_an_unreadable_image_gives_a_clear_error_and_no_traceback(server):
@@ -515,6 +591,210 @@ def test_datastore_keeps_a_label_another_process_wrote_meanwhile(stale_writer):
     out = json.loads(lines[-1][7:])
     assert out["spine"] == {"labelled": ["a"], "score": 1.0}
     assert out["stock"]["labelled"] == [] and out["stock"]["score"] == 1.0  # the race this store closes
+
+
+# ----------------------------------------------------------------------------------------- MONAI Label's own clients
+@pytest.fixture(scope="module")
+def client_cls(app_python):
+    """``MONAILabelClient`` of MONAI Label 0.8.5, loaded from ``.venv-label`` (standard library + requests only)."""
+    py = app_python(".venv-label")
+    found = sorted(py.parent.parent.glob("lib/python*/site-packages/monailabel/client/client.py"))
+    assert found, f"no monailabel/client/client.py in {py.parent.parent}"
+    spec = importlib.util.spec_from_file_location("monailabel_client_085", found[0])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture()
+def client(server, client_cls, tmp_path):
+    (tmp_path / "client").mkdir()
+    return client_cls.MONAILabelClient(server.url, tmpdir=str(tmp_path / "client"), client_id="annotator-1")
+
+
+def _client_error(exc) -> str:
+    return f"{exc.msg} {exc.status_code}"
+
+
+def slicer_params_from_config(info: dict, section: str, name: str) -> dict:
+    """MONAI Label 0.8.5's Slicer module, ``MONAILabelWidget.getParamsFromConfig``: the task's config with
+    each list-valued entry read as its first element (``v[0]``: an empty list raises IndexError)."""
+    mapping = {"infer": "models", "train": "trainers", "activelearning": "strategies", "scoring": "scoring"}
+    name_config = info.get(mapping.get(section, section), {}).get(name, {}).get("config", {})
+    return {k: v[0] if isinstance(v, list) else v for k, v in name_config.items()}
+
+
+def slicer_deepgrow_params(info: dict, model: str, foreground_ijk: list, segment: str = "spine") -> dict:
+    """The parameters ``onClickDeepgrow`` sends for a 2D model (every click so far, in image indices
+    ``[i, j, k]``; slice index 0 keeps them all), then the config on top, then what
+    ``MONAILabelLogic.infer`` adds."""
+    params = {"label": segment, "foreground": foreground_ijk, "background": []}
+    params["label"] = segment
+    params.update(slicer_params_from_config(info, "infer", model))
+    params["slice"] = foreground_ijk[-1][2] if foreground_ijk else None
+    params["result_extension"] = ".nrrd"
+    params["result_dtype"] = "uint8"
+    return params
+
+
+def test_every_task_config_reads_in_the_slicer_module(server, client):
+    info = client.info()
+    for section, key in (("infer", "models"), ("train", "trainers"), ("activelearning", "strategies"),
+                         ("scoring", "scoring")):
+        for name in info[key]:
+            params = slicer_params_from_config(info, section, name)  # raised IndexError for corners on main
+            assert all(not isinstance(v, list) for v in params.values())
+    assert slicer_params_from_config(info, "infer", "corners") == {"first_level": "auto"}
+    assert slicer_params_from_config(info, "infer", "keypoints") == {"pipeline": "regressor"}
+    # the config is applied after the clicks: it must not hold a key that would replace them
+    assert not set(info["models"]["corners"]["config"]) & {"foreground", "background", "label", "slice", "centres"}
+    assert info["models"]["corners"]["config"]["first_level"][1:] == ["C3", "C4", "C5", "C6", "C7"]
+    assert info["models"]["corners"]["type"] == "deepgrow" and info["models"]["corners"]["dimension"] == 2
+
+
+def _detections(srv: Server, key: str):
+    from monai_spine.inference.detector import VertebraDetector
+
+    img = read_xray(srv.files[key])
+    return VertebraDetector.from_checkpoint(srv.models / "detector").detect(img.channel_first(), img.spacing_mm,
+                                                                             img.spacing_source)
+
+
+def test_corners_click_by_click_as_the_slicer_module_sends_them(server, client):
+    """Auto mode: each new click sends every click so far; the first one alone is answered too. Clicks on
+    detected vertebrae take the detected levels (the module cannot send levels)."""
+    from monai_spine.inference.heatmap import CornerPredictor
+
+    info = client.info()
+    det = _detections(server, "b")
+    assert det.levels == ["C3", "C4", "C5", "C6", "C7"]
+    img = read_xray(server.files["b"])
+    w, h = img.size_wh
+    # the random tiny detector puts some centres outside the film: click the three inside (C3, C5, C6 here),
+    # whose centres are far apart, so the nearest detection of each click is the clicked one
+    picks = [i for i, (x, y) in enumerate(det.centres_px) if 0 <= x <= w - 1 and 0 <= y <= h - 1][:3]
+    assert len(picks) == 3, det.centres_px
+    clicks = [[int(round(v)) for v in det.centres_px[i]] + [0] for i in picks]
+    for n in (1, 2, 3):
+        params = slicer_deepgrow_params(info, "corners", clicks[:n])
+        result_file, res = client.infer("corners", "b", params)
+        assert res["clicks"] == n and res["levels"] == [det.levels[i] for i in picks[:n]], res
+        assert res["levels_source"] == "detector"
+        assert result_file.endswith(".json")  # the module loads a .json result with slicer.util.loadMarkups
+        mk = json.loads(Path(result_file).read_text())
+        labels = [c["label"] for c in mk["markups"][0]["controlPoints"]]
+        assert labels[:4] == [f"{det.levels[picks[0]]}-{p}" for p in ("AS", "PS", "AI", "PI")]
+        got = np.array([[[c["x_px"], c["y_px"]] for c in v["corners"]] for v in res["corners"]["vertebrae"]],
+                       dtype=float)  # null (no corner found) -> NaN
+        assert got.shape == (n, 4, 2)
+        if n == 1:  # the corners found lie near the click: within two detected box sizes
+            box = det.boxes_px[picks[0]]
+            size = float(np.mean(box[2:] - box[:2]))
+            found = np.all(np.isfinite(got[0]), axis=1)
+            assert found.any(), res["corners"]
+            assert np.all(np.linalg.norm(got[0][found] - np.array(clicks[0][:2]), axis=1) < 2 * size), got
+        else:  # two clicks or more: exactly the corner model on these centres and levels
+            ref = CornerPredictor.from_ckpt_dir(server.models / "heatmap").predict(
+                img.channel_first(), np.array(clicks[:n], float)[:, :2], img.spacing_mm, img.spacing_source,
+                levels=res["levels"])
+            np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref.corners_px))
+            diff = np.nan_to_num(np.abs(got - ref.corners_px))
+            # two venvs (OpenCV 4 / 5): the random FCN's near-flat maps may move a quadrant maximum
+            assert np.median(diff) < 0.05 and diff.max() < 0.5 * float(np.mean(ref.sizes_px)), diff
+
+
+@pytest.mark.parametrize("extra, levels, source", [
+    ({"levels": ["C5", "C6"]}, ["C5", "C6"], "given"),
+    ({"levels": "C4,C5"}, ["C4", "C5"], "given"),
+    ({"first_level": "C4"}, ["C4", "C5"], "first_level"),
+])
+def test_corner_levels_given_by_the_python_client(server, client, extra, levels, source):
+    truth = read_annotation(server.truth / "b.json")
+    centres = truth.keypoints_px[1:3, :4].mean(1)  # two clicks, top to bottom
+    _, res = client.infer("corners", "b", {"centres": centres.tolist(), **extra})
+    assert res["levels"] == levels and res["levels_source"] == source
+
+
+@pytest.mark.parametrize("folder", ["slicer-monai-label", "C:\\Users\\me\\AppData"])
+def test_client_saves_a_label_sent_with_its_full_local_path(server, client, tmp_path, folder):
+    """The client sends the file's full path as its name (Slicer: a temporary file; Windows: ``C:\\...``)."""
+    local = tmp_path / folder / "tmpab12cd.json"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(_label_bytes(server, "b"))
+    res = client.save_label("b", str(local), tag="client")
+    assert res["image"] == "b" and res["label"] == "b"
+    got = read_annotation(server.studies / "labels" / "client" / "b.json")
+    np.testing.assert_allclose(got.keypoints_px, read_annotation(server.truth / "b.json").keypoints_px)
+    path = client.download_label("b", "client")
+    assert json.loads(Path(path).read_text())["format"] == "monai-spine-keypoints"
+    assert server.temp_files() == []
+
+
+def test_client_uploads_an_image_infers_on_it_and_removes_it(server, client, tmp_path):
+    local = tmp_path / "exports" / "film_07.png"
+    local.parent.mkdir()
+    img, _ = generate_radiograph("cervical", 21, size=IMAGE_HW)
+    cv2.imwrite(str(local), (img // 16).astype(np.uint8))
+    assert client.upload_image(str(local), image_id="film_07") == {"image": "film_07"}
+    try:
+        assert (server.studies / "film_07.png").read_bytes() == local.read_bytes()
+        result_file, res = client.infer("keypoints", "film_07", {})
+        assert res["image"] == "film_07.png" and len(res["prediction"]["vertebrae"]) == 5
+        assert json.loads(Path(result_file).read_text())["markups"][0]["controlPoints"][0]["label"] == "C3-AS"
+        # the same film sent with the request (infer with a file): answered as "upload", then deleted
+        _, res2 = client.infer("keypoints", "", {}, file=str(local))
+        assert res2["image"] == "upload"
+        np.testing.assert_allclose(_points(res2["prediction"]), _points(res["prediction"]), atol=1e-6)
+    finally:
+        assert server.delete("/datastore/image", params={"id": "film_07"}).status_code == 200
+    assert server.temp_files() == []
+
+
+@pytest.mark.parametrize("call, status, needle", [
+    (lambda c, p: c.infer("no_such_model", "a", {}), 404, "unknown model 'no_such_model'"),
+    (lambda c, p: c.infer("keypoints", "nobody", {}), 404, "'nobody' not found"),
+    (lambda c, p: c.next_sample("no_such_strategy", {}), 404, "unknown strategy 'no_such_strategy'"),
+    (lambda c, p: c.train_start("no_such_trainer", {}), 404, "unknown trainer 'no_such_trainer'"),
+    (lambda c, p: c.save_label("nobody", str(p), tag="final"), 404, "'nobody' not found"),
+    (lambda c, p: c.save_label("a", str(p.with_name("wrong.json")), tag="final"), 400, "'ap4'"),
+    (lambda c, p: c.upload_image(str(p.with_name("big.png")), image_id="big"), 413, "over the limit"),
+])
+def test_client_gets_clear_refusals_and_no_temporary_file_is_left(server, client, client_cls, tmp_path, call,
+                                                                  status, needle):
+    label = tmp_path / "labels" / "tmp_label.json"
+    label.parent.mkdir()
+    label.write_bytes(_label_bytes(server, "a"))
+    (label.with_name("wrong.json")).write_bytes(_ap_label(server))
+    (label.with_name("big.png")).write_bytes(b"\x89PNG" + os.urandom(6 * 1024 * 1024))  # 6x the limit: the
+    # client sends it all before reading the answer (a connection reset on main)
+    with pytest.raises(client_cls.MONAILabelClientException) as err:
+        call(client, label)
+    assert f"Status: {status};" in err.value.msg and needle in err.value.msg, _client_error(err.value)
+    assert server.temp_files() == []
+    assert not (server.studies / "big.png").exists()
+
+
+@pytest.mark.parametrize("method, path, kw, status, needle", [
+    ("post", "/infer/keypoints", {"params": {"image": "a"}, "data": {"params": "{not json"}}, 400, "params: not JSON"),
+    ("post", "/infer/keypoints", {"params": {"image": "a"}, "data": {"params": "[1, 2]"}}, 400, "JSON object"),
+    ("put", "/datastore/label", {"params": {"image": "a", "tag": "final"}, "data": {"params": "{oops"},
+                                 "files": {"label": ("/home/me/a.json", b"{}", "application/json")}}, 400, "not JSON"),
+    ("post", "/scoring/no_such_method", {"json": {}}, 404, "unknown scoring method 'no_such_method'"),
+    ("delete", "/datastore/image", {"params": {"id": "nobody"}}, 404, "'nobody' not found"),
+    ("get", "/datastore/image", {"params": {"image": "nobody"}}, 404, "'nobody' not found"),
+])
+def test_bad_requests_get_4xx_naming_the_problem(server, method, path, kw, status, needle):
+    r = getattr(server, method)(path, **kw)
+    assert r.status_code == status and needle in r.json()["detail"], r.text
+    assert server.temp_files() == []
+
+
+def test_keypoint_results_say_whether_the_film_looks_like_the_models_view(server):
+    res = _infer(server, "keypoints", "a").json()
+    # the tiny detector finds all five cervical levels C3-C7: 5 / 5 = 100 %
+    assert res["view"]["in_domain"] is True and res["view"]["detected"] == 5 and res["view"]["expected"] == 5
+    assert res["view"]["detected_frac"] == 1.0 and res["view"]["reason"] is None
+    assert any("thresholds.json" in w for w in res["warnings"])  # the tiny models ship no thresholds
 
 
 def _wait_task(srv: Server, kind: str, timeout_s: float = 300) -> dict:

@@ -3,7 +3,8 @@
 ``POST /activelearning/most_uncertain`` returns ``{"id": ID, "path": ..., "uncertainty": value,
 ...image info}`` for the unlabelled image with the highest stored mean sigma_p
 (:mod:`~monai_spine.apps.label.lib.scoring`). An image where nothing was detected
-(``mean_sigma_p_total_frac`` null) counts as the most uncertain of all; images not scored yet
+(``mean_sigma_p_total_frac`` null) or that does not look like the model's view (``in_domain``
+false) counts as the most uncertain of all; images not scored yet
 come after every scored one (in id order). ``{}`` when every image is labelled.
 """
 
@@ -24,10 +25,13 @@ logger = logging.getLogger(__name__)
 
 
 def uncertainty_rank(info: Dict[str, Any]) -> float:
-    """Sort key (higher = served first): the stored mean sigma_p; +inf when nothing was detected; -inf unscored."""
+    """Sort key (higher = served first): the stored mean sigma_p; +inf when nothing was detected or the film
+    is out of the model's domain; -inf unscored."""
     rec = (info or {}).get(UNCERTAINTY_KEY)
     if not isinstance(rec, dict):
         return -math.inf
+    if rec.get("in_domain") is False:
+        return math.inf
     v = rec.get("mean_sigma_p_total_frac")
     if v is None:
         return math.inf
@@ -54,4 +58,4 @@ class MostUncertain(Strategy):
         rec = (datastore.get_image_info(best) or {}).get(UNCERTAINTY_KEY) or {}
         logger.info(f"most uncertain unlabelled image: {best} ({rank})")
         return {"id": best, "uncertainty": rec.get("mean_sigma_p_total_frac"), "scored": rank != -math.inf,
-                "candidates": len(ids)}
+                "in_domain": rec.get("in_domain"), "view_reason": rec.get("view_reason"), "candidates": len(ids)}

@@ -10,8 +10,11 @@ in the ``monai-spine-keypoints`` format) that adds:
 * **size limits**: an image or label file over ``max_upload_bytes`` is refused (``413``) (the
   server's :class:`~.guard.UploadGuard` refuses the request body before it reaches the disk);
 * **label validation**: an uploaded label must be a ``monai-spine-keypoints`` JSON or a 3D Slicer
-  markups JSON of the image (:func:`~.core.label_from_upload`); it is stored canonically, written
-  atomically;
+  markups JSON of the image (:func:`~.core.label_from_upload`) whose keypoint scheme is the one of
+  the app's regressor (a 5-point lateral label for a 4-point AP model is refused: it would stop
+  every training); it is stored canonically, written atomically;
+* **no temporary copy left behind**: a refused image or label upload's temporary file (MONAI Label
+  deletes it only after a successful response) is deleted before the refusal is raised;
 * **no lost updates across processes**: MONAI Label runs training and scoring in subprocesses that
   keep their own copy of ``datastore_v2.json``. The stock store writes its in-memory copy, so a label
   saved by the server while a subprocess updates an image's info could vanish from the index.
@@ -20,7 +23,7 @@ in the ``monai-spine-keypoints`` format) that adds:
   one re-entrant :class:`filelock.FileLock` per store.
 
 Errors are raised as ``fastapi.HTTPException`` with a clear status and message (400 bad name or
-label, 404 unknown image, 409 existing image, 413 too large, 415 unsupported file type).
+label, 404 unknown image (named), 409 existing image, 413 too large, 415 unsupported file type).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Optional
 
 from filelock import FileLock
 from monailabel.datastore.local import LocalDatastore, LocalDatastoreModel
@@ -54,6 +57,15 @@ def http_error(status: int, detail: str) -> Exception:
     return HTTPException(status_code=status, detail=detail)
 
 
+def _discard(path: str) -> None:
+    """Delete the temporary copy of a refused upload (only a file directly in the system's temporary folder)."""
+    try:
+        if path and os.path.isfile(path) and os.path.dirname(os.path.realpath(path)) == os.path.realpath(tempfile.gettempdir()):
+            os.unlink(path)
+    except OSError as e:
+        logger.warning(f"could not remove the refused upload {path}: {e}")
+
+
 def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
     p, f = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([p, f]) == f
@@ -67,10 +79,14 @@ class SpineDatastore(LocalDatastore):
         max_upload_bytes: largest accepted image or label file.
         auto_reload: watch the folder for files added or removed by hand (MONAI Label's setting).
         read_only: do not reconcile the index with the folder at start.
+        expected_scheme: ``() -> scheme name or None``: the keypoint scheme a label must have (that of
+            the app's regressor; None: any scheme).
     """
 
-    def __init__(self, studies: str, max_upload_bytes: int, auto_reload: bool = True, read_only: bool = False) -> None:
+    def __init__(self, studies: str, max_upload_bytes: int, auto_reload: bool = True, read_only: bool = False,
+                 expected_scheme: Optional[Callable[[], Optional[str]]] = None) -> None:
         self._max_upload_bytes = int(max_upload_bytes)
+        self._expected_scheme = expected_scheme
         self._flock = FileLock(os.path.join(studies, ".lock"))
         super().__init__(studies, extensions=IMAGE_PATTERNS, auto_reload=auto_reload, read_only=read_only)
 
@@ -145,8 +161,29 @@ class SpineDatastore(LocalDatastore):
             raise http_error(400, f"refused destination {dest}: outside the studies folder")
 
     # ---------------------------------------------------------------- changes
+    def has_image(self, image_id: str) -> bool:
+        """True when ``image_id`` is an image of the index (re-read under the lock)."""
+        with self._flock:
+            self._load_index(force=True)
+            return image_id in self._datastore.objects
+
+    def remove_image(self, image_id: str) -> None:
+        """Remove an image and its labels; ``404`` naming an unknown id."""
+        if not self.has_image(image_id):
+            raise http_error(404, f"image {image_id!r} not found in the studies folder")
+        super().remove_image(image_id)
+
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
-        """Copy an uploaded image into the studies folder (see the module docstring for the checks)."""
+        """Copy an uploaded image into the studies folder (see the module docstring for the checks).
+
+        The uploaded (temporary) file is deleted when the image is refused."""
+        try:
+            return self._add_image(image_id, image_filename, image_info)
+        except Exception:
+            _discard(image_filename)
+            raise
+
+    def _add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         _, ext = super()._to_id(os.path.basename(image_filename))
         if ext.lower() not in IMAGE_EXTENSIONS:
             raise http_error(415, f"refused image type {ext!r}: expected one of {IMAGE_EXTENSIONS}")
@@ -176,7 +213,16 @@ class SpineDatastore(LocalDatastore):
         return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
-        """Validate a keypoint label (project JSON or Slicer markups) and store it as ``labels/<tag>/<id>.json``."""
+        """Validate a keypoint label (project JSON or Slicer markups) and store it as ``labels/<tag>/<id>.json``.
+
+        The uploaded (temporary) file is deleted when the label is refused."""
+        try:
+            return self._save_label(image_id, label_filename, label_tag, label_info)
+        except Exception:
+            _discard(label_filename)
+            raise
+
+    def _save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         from monailabel.datastore.local import DataModel
         import time
 
@@ -189,7 +235,8 @@ class SpineDatastore(LocalDatastore):
             raise http_error(404, f"image {image_id!r} not found in the studies folder")
         image_path = self.get_image_uri(image_id)
         try:
-            ann = label_from_upload(label_filename, image_path, image_id)
+            expected = self._expected_scheme() if self._expected_scheme is not None else None
+            ann = label_from_upload(label_filename, image_path, image_id, expected_scheme=expected)
         except LabelAppError as e:
             raise http_error(400, str(e)) from None
         except (OSError, ValueError) as e:

@@ -6,11 +6,14 @@
 in its image info (``GET /datastore/image/info?image=ID``)::
 
     "monai_spine_uncertainty": {"mean_sigma_p_total_frac": 0.0123 or null, "vertebrae": 5,
-                                "points": 25, "model_stamp": "...", "ts": 1764240000}
+                                "points": 25, "in_domain": true, "view_reason": null,
+                                "model_stamp": "...", "ts": 1764240000}
 
 ``mean_sigma_p_total_frac`` is the mean total sigma_p (aleatoric + epistemic, crop fractions, so
 images with and without a known spacing compare) over every predicted point; null when nothing
-was detected. Images already scored with the same model files are skipped (``force: true`` in the
+was detected. ``in_domain`` false (with ``view_reason``) marks a film that does not look like the
+model's view (:func:`~.core.view_check`: too few of the detector's levels found): its sigma_p
+means little, and the strategy serves it first, like a film where nothing was detected. Images already scored with the same model files are skipped (``force: true`` in the
 request scores them again).
 """
 
@@ -72,7 +75,9 @@ class SigmaUncertaintyScoring(ScoringMethod):
                 continue
             verts = out["result"].get("vertebrae", [])
             rec = {"mean_sigma_p_total_frac": out["uncertainty"], "vertebrae": len(verts),
-                   "points": sum(len(v.get("points") or []) for v in verts), "model_stamp": stamp,
+                   "points": sum(len(v.get("points") or []) for v in verts),
+                   "in_domain": bool(out["view"]["in_domain"]), "view_reason": out["view"]["reason"],
+                   "model_stamp": stamp,
                    "ts": int(time.time())}
             datastore.update_image_info(image_id, {UNCERTAINTY_KEY: rec})
             scored[image_id] = rec["mean_sigma_p_total_frac"]

@@ -3,7 +3,9 @@
 MONAI Label runs it in a subprocess (``POST /train/regressor``; ``GET /train/`` shows its status and
 log). The labels are read once at the start (the datastore's ``final`` labels, each a
 ``monai-spine-keypoints`` JSON of its image), so labels saved while it runs wait for the next
-run and are never touched by it. The new weights replace ``<models>/model.pt`` atomically
+run and are never touched by it. A label that cannot be used (unreadable, or of another keypoint
+scheme than the model's, e.g. saved before the app checked schemes) is skipped and reported in
+the log and in ``GET /info/`` -> ``train_stats.regressor.skipped``; it never stops the training. The new weights replace ``<models>/model.pt`` atomically
 (previous ones kept as ``model.previous.pt``); inference picks them up on its next request.
 """
 
@@ -76,6 +78,9 @@ class RegressorFinetune(TrainTask):
 
         stats = finetune_regressor(self.app_config, items, epochs=num("epochs", int), lr=num("lr", float),
                                    batch_size=num("batch_size", int), seed=num("seed", int) or 0)
+        skipped = skipped + list(stats.get("skipped") or [])
+        for s in stats.get("skipped") or []:
+            logger.warning(f"training: skipped label {s}")
         stats.update({"labelled_images": [os.path.basename(i) for i, _ in items], "skipped": skipped,
                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         from monai_spine.data.annotation import atomic_write_text
