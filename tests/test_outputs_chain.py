@@ -122,6 +122,14 @@ def test_measure_reads_corners_output(chain, tmp_path):
     assert main(["measure", str(out_json), "--out", str(tmp_path / "m"), "--num-samples", "0"]) == 0
     res = json.loads((tmp_path / "m" / "measurements.json").read_text())
     assert res["cases"][0]["model"] == "heatmap" and res["cases"][0]["levels"] == list(ann.levels)
+    # corners' default file name <image name>.corners.json is matched to the annotation <stem>.json by report
+    folder = tmp_path / "corners"
+    folder.mkdir()
+    out_json.rename(folder / "case_0001.dcm.corners.json")
+    assert main(["report", "--predictions", f"clicked={folder}", "--annotations", str(chain["data"]),
+                 "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "index.html").read_text()
+    assert _cell(text, "clicked", "n_points") == str(4 * len(ann.levels)) and _cell(text, "clicked", "cases") == "1"
 
 
 def _cell(text, model, cls):
