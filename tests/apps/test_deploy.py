@@ -144,7 +144,7 @@ def _json_points(pred: dict) -> dict[str, dict]:
 def test_writes_every_output_and_nothing_else(good_run):
     out, proc = good_run
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["dx.keypoints.json", "dx.mrk.json", "dx.overlay.png", "dx.sr.dcm",
+    assert names == ["dx.keypoints.json", "dx.mrk.json", "dx.overlay.png", "dx.overlay.sc.dcm", "dx.sr.dcm",
                      "measurements.csv", "measurements.json"]
     assert not [p for p in out.parent.iterdir() if ".staging-" in p.name]  # staging folder moved away
     assert "ignored non-radiograph images: 1 CT" in proc.stdout
@@ -255,6 +255,23 @@ def test_sr_holds_each_measurements_interval_and_the_models_hashes(good_run, mod
     (uid,) = [str(it.UID) for it in _walk(sr.ContentSequence) if it.ValueType == "UIDREF"
               and str(it.ConceptNameCodeSequence[0].CodeMeaning) == "Device Observer UID"]
     assert uid == DEVICE_UID
+
+
+def test_overlay_secondary_capture_is_the_png_in_the_source_study(good_run, good_input):
+    """Issue 16 item 6: viewers that show no SR get the overlay as a Secondary Capture image."""
+    import cv2
+
+    out, _ = good_run
+    src = pydicom.dcmread(good_input / "dx.dcm")
+    sc = pydicom.dcmread(out / "dx.overlay.sc.dcm")
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.Modality == "OT"
+    assert (sc.PatientID, sc.StudyInstanceUID) == (src.PatientID, src.StudyInstanceUID)
+    assert sc.SeriesInstanceUID not in (src.SeriesInstanceUID, pydicom.dcmread(out / "dx.sr.dcm").SeriesInstanceUID)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    png = cv2.cvtColor(cv2.imread(str(out / "dx.overlay.png"), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert sc.PhotometricInterpretation == "RGB" and np.array_equal(sc.pixel_array, png)
+    assert [float(v) for v in sc.PixelSpacing] == pytest.approx([SPACING_MM[1], SPACING_MM[0]])  # row, column
+    assert sc.BurnedInAnnotation == "YES"
 
 
 BAD_CASES = {

@@ -179,7 +179,8 @@ class SpineInferenceOperator(Operator):
 
 
 class SpineSRWriterOperator(Operator):
-    """Writes the TID 1500 DICOM SR ``<stem>.sr.dcm`` and marks the run complete.
+    """Writes the TID 1500 DICOM SR ``<stem>.sr.dcm``, the overlay as a Secondary Capture
+    ``<stem>.overlay.sc.dcm`` (:mod:`monai_spine.apps.deploy.capture`), and marks the run complete.
 
     Named input:
         result: ``(SelectedImage, DeployResult)`` from :class:`SpineInferenceOperator`.
@@ -217,6 +218,16 @@ class SpineSRWriterOperator(Operator):
         sr.save_as(tmp, enforce_file_format=True)
         tmp.replace(path)
         self.record.files["sr"] = str(path)
+        overlay = result.files.get("overlay")
+        if overlay:  # the same picture for viewers that show no SR
+            from monai_spine.apps.deploy.capture import build_overlay_capture
+
+            sc = build_overlay_capture(selected.dataset, overlay)
+            sc_path = self.output_folder / f"{result.stem}.overlay.sc.dcm"
+            sc_tmp = sc_path.with_name(f".{sc_path.name}.tmp")
+            sc.save_as(sc_tmp, enforce_file_format=True)
+            sc_tmp.replace(sc_path)
+            self.record.files["overlay_sc"] = str(sc_path)
         self.record.summary["sr_sop_instance_uid"] = str(sr.SOPInstanceUID)
         self._logger.info(f"wrote {path}")
         self.record.complete = True
