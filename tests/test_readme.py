@@ -3,6 +3,7 @@ earlier command wrote (or what ships with the repository), and the chain runs on
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -76,39 +77,97 @@ def test_readme_names_the_make_targets_and_version():
     assert "CPU=1" in text and "TORCH_INDEX_URL" in text and "--version" in text
 
 
-def _shrink(argv: list[str]) -> list[str]:
-    """The README command with a tiny data set (2 films of 256 px) so that the chain runs in seconds."""
+TINY_PX = 256
+
+
+def _shrink(argv: list[str], readme_px: int) -> list[str]:
+    """The README command on a tiny data set (2 films of :data:`TINY_PX` px, clicked centres scaled)."""
     out = list(argv)
-    for opt, value in (("--n", "2"), ("--size", "256")):
+    for opt, value in (("--n", "2"), ("--size", str(TINY_PX))):
         if opt in out:
             out[out.index(opt) + 1] = value
+    if "--centres" in out:
+        i = out.index("--centres") + 1
+        f = TINY_PX / readme_px
+        out[i] = ";".join(",".join(f"{float(v) * f:g}" for v in xy.split(",")) for xy in out[i].split(";"))
     return out
+
+
+class _AnnotationDetector:
+    """Stand-in for a trained detector: each film's annotated levels and boxes, found by its pixels
+    among the annotations under ``data/`` (the README's synth sets)."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+
+    def detect(self, image, spacing_mm=None, spacing_source=None):
+        import numpy as np
+
+        from monai_spine.data.annotation import read_annotation
+        from monai_spine.data.readers import read_xray
+        from monai_spine.inference.detector import Detections
+
+        key = np.asarray(image, np.float32).tobytes()
+        for lab in sorted(self.data_dir.rglob("case_*.json")):
+            ann = read_annotation(lab)
+            if read_xray(ann.image).channel_first().astype(np.float32).tobytes() == key:
+                boxes = ann.boxes_from_keypoints()
+                centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
+                return Detections(list(ann.levels), centres, boxes, np.full(len(ann.levels), 0.9), spacing_mm,
+                                  spacing_source or "unknown")
+        raise AssertionError("film not among the README's synthetic sets")
+
+
+def _tiny_cervical_zoo(root: Path) -> None:
+    """``<root>/cervical/{detector,heatmap}`` with tiny untrained models (the detector is replaced by
+    :class:`_AnnotationDetector` in the test; its folder only has to exist)."""
+    import numpy as np
+    import torch
+
+    from monai_spine.inference.corners import CornerPrior
+    from monai_spine.inference.detector import DetectorSpec
+    from monai_spine.inference.heatmap import HeatmapModelSpec
+
+    torch.manual_seed(0)
+    det = DetectorSpec(region="cervical", spatial_size=(64, 32), features=(4, 4, 8, 8, 16, 4), score_threshold=0.01)
+    det.save(root / "cervical" / "detector")
+    torch.save(det.build_network().state_dict(), root / "cervical" / "detector" / "model.pt")
+    offs = np.array([[-0.5, -0.4], [0.5, -0.4], [-0.5, 0.4], [0.5, 0.4]])
+    hm = HeatmapModelSpec(scheme="lateral5", region="cervical", size_ratio=0.7, out_size=32, grid=(1, 0.1),
+                          scales=(2.0,), rotations_deg=(0.0,), network={"width": 2},
+                          prior=CornerPrior(offs, np.stack([np.eye(2) * 0.01] * 4), count=5))
+    hm.save(root / "cervical" / "heatmap")
+    torch.save(hm.build_network().state_dict(), root / "cervical" / "heatmap" / "model.pt")
 
 
 @pytest.mark.slow
 def test_readme_commands_run_in_order_on_a_fresh_folder(tmp_path, monkeypatch, capsys):
-    """synth, overlay, then (when the cervical models ship) predict, calibrate, measure, report,
-    corners, on a tiny data set; the demo has its own test and convert needs the real AASCE data."""
-    from monai_spine.inference.model_zoo import find_model
+    """Every README command but the demo (its own test) and convert (needs the real AASCE data), in
+    order, in an empty folder, on a tiny data set (2 films of 256 px); ``bundle/models`` there holds
+    tiny untrained cervical models and the detector is a stand-in returning the annotated boxes."""
+    from monai_spine.inference.detector import VertebraDetector
 
-    (tmp_path / "bundle").symlink_to(ROOT / "bundle")
+    _tiny_cervical_zoo(tmp_path / "bundle" / "models")
+    monkeypatch.setenv("MONAI_SPINE_MODELS", str(tmp_path / "bundle" / "models"))
+    monkeypatch.setattr(VertebraDetector, "from_checkpoint",
+                        classmethod(lambda cls, *a, **k: _AnnotationDetector(tmp_path / "data")))
     monkeypatch.chdir(tmp_path)
-    have_models = find_model("cervical", "detector") is not None
     ran = []
-    for argv in readme_commands():
+    cmds = readme_commands()
+    readme_px = int(cmds[0][cmds[0].index("--size") + 1])
+    for argv in cmds:
         if argv[0] in ("demo", "convert"):
             continue
-        if argv[0] in ("predict", "calibrate", "report", "corners") and not have_models:
-            continue
-        if argv[0] == "measure" and not have_models:
-            continue
-        code = main(_shrink(argv))
+        code = main(_shrink(argv, readme_px) + (["--no-progress"] if argv[0] == "predict" else []))
         cap = capsys.readouterr()
-        # calibrate may find no admissible class on two films (exit 1, said in words)
+        # calibrate may find no admissible class with untrained networks (exit 1, said in words)
         assert code == 0 or (argv[0] == "calibrate" and code == 1), (argv, cap.err)
         ran.append(argv[0])
-    assert ran[:3] == ["synth", "synth", "overlay"]
+    assert ran == ["synth", "synth", "overlay", "predict", "calibrate", "predict", "measure", "report", "corners",
+                   "measure"]
     assert len(list((tmp_path / "data" / "overlays").glob("*.png"))) == 2
-    if have_models:
-        assert (tmp_path / "runs" / "report" / "index.html").is_file()
-        assert (tmp_path / "runs" / "measure-corners" / "measurements.csv").is_file()
+    assert (tmp_path / "runs" / "report" / "index.html").is_file()
+    assert (tmp_path / "runs" / "calibration" / "thresholds.json").is_file()
+    for d in ("measure", "measure-corners"):
+        res = json.loads((tmp_path / "runs" / d / "measurements.json").read_text())
+        assert res["cases"] and not res["failures"], d
