@@ -177,7 +177,8 @@ def test_app_writes_its_sr_into_a_mounted_output_folder(tmp_path, can_mount, app
     proc = _in_mounted_folder(mnt, f"{cmd} -o $MNT; cp -r $MNT {shlex.quote(str(seen))}", timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in seen.iterdir()) == [
-        "dx.keypoints.json", "dx.mrk.json", "dx.overlay.png", "dx.sr.dcm", "measurements.csv", "measurements.json"]
+        "dx.keypoints.json", "dx.mrk.json", "dx.overlay.png", "dx.overlay.sc.dcm", "dx.sr.dcm", "measurements.csv",
+        "measurements.json"]
     assert f"wrote {mnt}/dx.sr.dcm" in proc.stdout
 
 
@@ -204,7 +205,7 @@ import highdicom as hd
 import pydicom
 from monai_spine.apps.deploy.sr import build_measurement_report
 args = json.loads(sys.argv[1])
-pred = {"vertebrae": [{"level": "C3", "points": [
+pred = {"vertebrae": [{"level": "C3", "inferred": True, "points": [
     {"name": "AS", "x_px": 10.0, "y_px": 20.0, "uncertainty_class": "moderately_uncertain",
      "sigma_p_total_mm": 1.5, "sigma_p_aleatoric_mm": 1.0, "sigma_p_epistemic_mm": 1.1}]}]}
 out = {}
@@ -344,6 +345,9 @@ def test_sr_names_the_models_their_weights_and_the_installation(built_srs):
     assert set(texts["Algorithm Version"]) == {f"monai-spine {sr.SoftwareVersions}; detector {'a' * 12}; "
                                                f"regressor {'b' * 12}"}
     assert texts["Device Observer UID"] == [DEVICE_UID]
+    codes = {_meaning(it): str(it.ConceptCodeSequence[0].CodeValue) for it in items if it.ValueType == "CODE"}
+    assert codes["Vertebra level source"] == "lvl-inferred"  # the chain detector placed C3 without seeing it
+    assert codes["Keypoint uncertainty class"] == "unc-moderate"
     # every code value fits the 16-character Code Value: no Long Code Value for older viewers
     for it in items:
         for attr in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
@@ -417,6 +421,9 @@ def test_app_reports_a_film_without_type2_attributes(tmp_path, app_python):
     sr = pydicom.dcmread(out / "dx.sr.dcm")
     assert all(kw in sr and sr[kw].value in (None, "") for kw in TYPE2_TAGS)
     assert _dciodvfy_errors(out / "dx.sr.dcm") == []
+    sc = pydicom.dcmread(out / "dx.overlay.sc.dcm")  # the overlay's Secondary Capture: valid too
+    assert all(kw in sc and sc[kw].value in (None, "") for kw in TYPE2_TAGS)
+    assert _dciodvfy_errors(out / "dx.overlay.sc.dcm") == []
 
 
 # ------------------------------------------------------------------------------- model layouts
