@@ -2,11 +2,15 @@
 
 Steps:
 
-1. **Pre-flight** (pydicom only, before Holoscan / torch are loaded, so bad input fails in a second):
-   the input folder must hold a usable spine radiograph
-   (:func:`monai_spine.apps.deploy.selection.select_from_folder`) and the models folder its files.
+1. **Pre-flight** (pydicom and JSON only, before Holoscan / torch are loaded, so bad input fails in
+   a second): the input folder must hold a usable spine radiograph with decodable pixel data
+   (:func:`monai_spine.apps.deploy.selection.select_from_folder`); the models folder a detector
+   and a regressor in one of the layouts of :func:`monai_spine.apps.deploy.models.locate_models`
+   (zoo, kind folders, legacy, or where the MAP packager puts them), with specs of one region;
+   ``$MONAI_SPINE_DEVICE_UID``, when set, a DICOM UID.
 2. The SDK application (:class:`monai_spine.apps.deploy.app.SpineDeployApp`) runs with its output
-   pointed at a hidden staging folder beside ``OUT``; the same selection runs again inside the graph.
+   pointed at a hidden staging folder (inside ``OUT`` when it exists, e.g. a mounted volume, else
+   beside it; :mod:`monai_spine.apps.deploy.staging`); the same checks run again inside the graph.
 3. Only when the last operator has written the SR are the files moved into ``OUT``
    (:class:`~monai_spine.apps.deploy.staging.StagedOutput`); otherwise the staging folder is removed
    and ``OUT`` is left as it was (absent if it did not exist).
@@ -14,7 +18,8 @@ Steps:
 Exit status: 0 done; 2 unusable input or models (one line on stderr, starting
 ``monai-spine deploy: error:``, naming the folder and the problem); 1 any other failure.
 Defaults follow the SDK: ``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT_PATH``; the models folder as in
-:func:`monai_spine.apps.deploy.models.resolve_models_dir`. ``MONAI_SPINE_DEPLOY_PREFLIGHT=0`` skips
+:func:`monai_spine.apps.deploy.models.resolve_models_dir`; the zoo region from ``--region`` /
+``MONAI_SPINE_DEPLOY_REGION``. ``MONAI_SPINE_DEPLOY_PREFLIGHT=0`` skips
 step 1 (tests use it to exercise the in-graph checks).
 """
 
