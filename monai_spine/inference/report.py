@@ -670,7 +670,7 @@ def report_cli(
         ".crops img{max-height:200px}</style></head><body>\n"
         f"<h1>monai-spine report</h1>\n<p>Errors in <b>{unit}</b>"
         + (" (pixel spacing unknown for some case)" if unit == "px" else "")
-        + f"; sigma_p kind: {html.escape(sigma_kind)} (crop fractions). Means exclude failed predictions.</p>\n"
+        + f"; sigma_p kind: {html.escape(sigma_kind)}. Means exclude failed predictions.</p>\n"
         f"<h2>Summary (errors in {unit})</h2>\n<table><tr><th>model</th>{head}</tr>{rows}</table>\n"
         + _detection_html(pts)
         + _uncertainty_html(pts, thr, unc, unit) +
@@ -768,14 +768,23 @@ def _uncertainty_html(pts: Mapping[str, Any], thr: Mapping[str, tuple[Any, str]]
 
     nan = float("nan")
     stats = ("count", "share", f"mean_{unit}", f"median_{unit}", f"q90_{unit}")
-    from monai_spine.uncertainty.calibration import NO_CLASS_MESSAGE, calibration_failed
+    from monai_spine.uncertainty.calibration import NO_CLASS_MESSAGE, calibration_failed, vouched_classes
+
+    def pair(a: float, b: float, units: str) -> str:
+        ok = vouched_classes(float(a), float(b))
+        if not ok:
+            return "no certain or moderately uncertain class"
+        t1 = f"tau1 = {a:.4g} {units}" if "certain" in ok else "no certain class"
+        t2 = f"tau2 = {b:.4g} {units}" if "moderately_uncertain" in ok else "no moderately uncertain class"
+        return f"{t1}, {t2}"
 
     src = "".join(
         f"<li>{html.escape(m)}: "
         + (f'<b class="calibration-failed">{NO_CLASS_MESSAGE}</b>: every point is classed highly uncertain '
-           "(the calibration found no admissible class); " if calibration_failed(t) else "")
-        + f"tau1 = {t.tau1:.4g}, tau2 = {t.tau2:.4g} ({html.escape(t.units)})"
-        + "".join(f"; {html.escape(k)}: {a:.4g} / {b:.4g}" for k, (a, b) in t.per_point_type.items())
+           "(the calibration found no admissible class); " if calibration_failed(t) else
+           html.escape(pair(t.tau1, t.tau2, t.units)))
+        + "".join(f"; {html.escape(k)}: {html.escape(pair(a, b, t.units))}" for k, (a, b) in t.per_point_type.items()
+                  if not calibration_failed(t))
         + f"; {html.escape(how)}</li>"
         for m, (t, how) in thr.items()
     )

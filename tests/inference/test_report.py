@@ -226,7 +226,7 @@ def test_report_classes_and_referral(report_case, tmp_path):
     index = report_cli({m: root / "pred" / m for m in MODELS}, root / "ann", tmp_path / "out", thresholds=thr)
     text = index.read_text()
     assert "box_class.png" in text and "referral.png" in text
-    assert "tau1 = 0.025, tau2 = 0.045 (frac); given (test)" in text
+    assert "tau1 = 0.025 frac, tau2 = 0.045 frac; given (test)" in text
     for m, scale in MODELS.items():
         exp = _expected_classes(ann_paths, scale, *TAU)
         n = sum(len(v) for v in exp.values())
