@@ -6,7 +6,9 @@
 #   PORT         default $MONAI_SPINE_LABEL_PORT or 8765
 #   HOST         default $MONAI_SPINE_LABEL_HOST or 127.0.0.1 (this machine only; give 0.0.0.0 to
 #                listen on every interface, e.g. for annotators on other machines: see docs/label.md)
-#   Models: $MONAI_SPINE_LABEL_MODELS (default bundle/models), passed as --conf models DIR.
+#   Models: $MONAI_SPINE_LABEL_MODELS, passed as --conf models DIR when set; otherwise the app serves the
+#           model zoo ($MONAI_SPINE_MODELS or bundle/models, <region>/<kind>/; pick the region with
+#           "-- --conf region ap|cervical|lumbar").
 #   Extra arguments after "--" go to `monailabel start_server` (e.g. --conf mc_samples 20).
 # Creates .venv-label (scripts/label_env.sh, 5-20 minutes) when missing. Starts the server in the
 # background in its own process group, prints its PID and log file, waits until GET /info/ answers;
@@ -18,7 +20,7 @@ VENV="${LABEL_VENV:-$ROOT/.venv-label}"
 STUDIES="${MONAI_SPINE_STUDIES:-$PWD/studies}"
 PORT="${MONAI_SPINE_LABEL_PORT:-8765}"
 HOST="${MONAI_SPINE_LABEL_HOST:-127.0.0.1}"
-MODELS="${MONAI_SPINE_LABEL_MODELS:-$ROOT/bundle/models}"
+MODELS="${MONAI_SPINE_LABEL_MODELS:-}"
 pos=()
 extra=()
 while [[ $# -gt 0 ]]; do
@@ -41,8 +43,10 @@ fi
 cd "$ROOT"
 # the monailabel launcher runs `python` from PATH
 export PATH="$VENV/bin:$PATH" MONAILABEL_PYEXE="$VENV/bin/python"
+models_conf=()
+[[ -n "$MODELS" ]] && models_conf=(--conf models "$MODELS")
 setsid nohup "$VENV/bin/monailabel" start_server --app "$ROOT/monai_spine/apps/label" --studies "$STUDIES" \
-    --host "$HOST" --port "$PORT" --conf models "$MODELS" "${extra[@]}" > "$LOG" 2>&1 &
+    --host "$HOST" --port "$PORT" "${models_conf[@]}" "${extra[@]}" > "$LOG" 2>&1 &
 PID=$!
 echo "label_server: PID $PID, http://$HOST:$PORT/ (log: $LOG)"
 echo "label_server: stop it with: kill -- -$PID   (its process group: the server and any training/scoring subprocess)"

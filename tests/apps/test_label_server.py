@@ -650,6 +650,11 @@ def test_every_task_config_reads_in_the_slicer_module(server, client):
     assert not set(info["models"]["corners"]["config"]) & {"foreground", "background", "label", "slice", "centres"}
     assert info["models"]["corners"]["config"]["first_level"][1:] == ["C3", "C4", "C5", "C6", "C7"]
     assert info["models"]["corners"]["type"] == "deepgrow" and info["models"]["corners"]["dimension"] == 2
+    assert "config" not in info  # the module refuses a server whose /info/ has one ("upgrade the server")
+    # initSample: one segment per app label, then the first model listing a label runs after "Next Sample"
+    assert info["labels"] == ["vertebrae"]
+    auto = [name for label in info["labels"] for name, m in info["models"].items() if label in m.get("labels", [])]
+    assert auto[:1] == ["keypoints"] and info["models"]["keypoints"]["type"] == "detection"
 
 
 def _detections(srv: Server, key: str):

@@ -20,7 +20,7 @@ from monai_spine.apps.label.lib.core import LEVEL_AUTO, LabelAppError, ModelStor
 from monai_spine.apps.label.lib.datastore import http_error
 from monai_spine.apps.label.lib.uploads import is_request_upload
 
-__all__ = ["KeypointsInfer", "CornersInfer", "resolve_image", "RESULT_FORMAT"]
+__all__ = ["KeypointsInfer", "CornersInfer", "resolve_image", "RESULT_FORMAT", "SLICER_SEGMENT"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,16 @@ def _write_result_file(markups: Any) -> Union[str, None]:
     return path
 
 
+#: the one "label" the keypoints task declares: the 3D Slicer module creates a segment of that name for
+#: each new sample (so the click tools have a segment to work on) and runs the task that lists it
+#: automatically after "Next Sample"
+SLICER_SEGMENT = "vertebrae"
+
+
 class _Base(InferTask):
-    def __init__(self, store: ModelStore, studies: str, type: Any, description: str, config: Dict[str, Any]) -> None:
-        super().__init__(type=type, labels=[], dimension=2, description=description, config=config)
+    def __init__(self, store: ModelStore, studies: str, type: Any, description: str, config: Dict[str, Any],
+                 labels: Any = None) -> None:
+        super().__init__(type=type, labels=list(labels or []), dimension=2, description=description, config=config)
         self.store = store
         self.studies = studies
 
@@ -77,8 +84,8 @@ class _Base(InferTask):
 class KeypointsInfer(_Base):
     """All vertebrae of a radiograph: detector, then BayeRegX keypoints with sigma_p and class.
 
-    Request params: ``model`` (``regressor`` default, ``heatmap`` or ``both``; the MONAI Label
-    model name is ``keypoints``, so the field is ``pipeline``).
+    Request params: ``pipeline`` (``regressor`` default, ``heatmap`` or ``both``; the MONAI Label
+    model name is ``keypoints``). Declares one label, :data:`SLICER_SEGMENT`, for the Slicer module.
 
     Result JSON: ``{"format": "monai-spine-label-result", "task": "keypoints", "image": id,
     "prediction": <monai-spine-prediction>, "markups": <Slicer markups>, "corners_markups": ...,
@@ -89,7 +96,7 @@ class KeypointsInfer(_Base):
     def __init__(self, store: ModelStore, studies: str) -> None:
         super().__init__(store, studies, InferType.DETECTION,
                          "Vertebra keypoints with uncertainty (BayeRegX) on the whole radiograph, as 3D Slicer markups",
-                         {"pipeline": ["regressor", "both", "heatmap"]})
+                         {"pipeline": ["regressor", "both", "heatmap"]}, labels=[SLICER_SEGMENT])
 
     def is_valid(self) -> bool:
         return self.store.config.has_regressor()
