@@ -142,7 +142,7 @@ def region_from_header(ds: Any) -> str | None:
     view = str(ds.get("ViewPosition", "") or "").upper()
     if part in ("CSPINE", "NECK", "CERVICALSPINE"):
         return "cervical"
-    if view in ("AP", "PA") and ("SPINE" in part or part in ("WHOLEBODY", "CHEST", "ABDOMEN")):
+    if view in ("AP", "PA") and ("SPINE" in part or part == "WHOLEBODY"):
         return "ap"
     if part in ("LSPINE", "LUMBARSPINE", "LSSPINE"):
         return "lumbar"
@@ -156,11 +156,21 @@ def _complete(folder: Path, spec_file: str) -> bool:
     return (folder / spec_file).is_file() or (spec_file.startswith("regressor") and (folder / DEPLOY_CONFIG_FILE).is_file())
 
 
+def _spec_region(detector_dir: Path) -> str | None:
+    from monai_spine.inference.model_zoo import read_spec
+
+    try:
+        r = read_spec(detector_dir, "detector").get("region")
+    except (OSError, ValueError):
+        return None  # an unreadable spec is reported when the models load
+    return None if r is None else str(r)
+
+
 def _find_at(base: Path, region: str | None, prefer: str | None) -> tuple[str, str | None, Path, Path, Path] | None:
     from monai_spine.inference.model_zoo import REGIONS, SPEC_FILES
 
     det, reg = SPEC_FILES["detector"], SPEC_FILES["regressor"]
-    if _complete(base / "detector", det):
+    if _complete(base / "detector", det) and (region is None or _spec_region(base / "detector") in (None, region)):
         if _complete(base / "regressor", reg):
             return "kinds", None, base / "detector", base / "regressor" / "model.pt", base / "regressor"
         if (base / "model.pt").is_file():
