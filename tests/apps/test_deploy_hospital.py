@@ -266,6 +266,16 @@ def _dciodvfy() -> str:
     return exe
 
 
+def _dsrdump_problems(path: Path) -> list[str]:
+    """DCMTK's dsrdump error/warning lines for an SR (skip when DCMTK is not installed)."""
+    exe = shutil.which("dsrdump")
+    if exe is None:
+        pytest.skip("dsrdump is missing: apt-get install dcmtk")
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [ln for ln in lines if ln[:2] in ("E:", "W:", "F:")] + ([f"exit {proc.returncode}"] if proc.returncode else [])
+
+
 def _dciodvfy_errors(path: Path) -> list[str]:
     proc = subprocess.run([_dciodvfy(), str(path)], capture_output=True, text=True, timeout=120)
     lines = (proc.stdout + proc.stderr).splitlines()
@@ -304,6 +314,13 @@ def _meaning(item) -> str:
     return str(item.ConceptNameCodeSequence[0].CodeMeaning)
 
 
+def test_sr_is_read_by_dcmtk_without_warnings(built_srs):
+    """DCMTK checks the SR's relationship constraints (an early version nested NUM CONTAINS NUM)."""
+    files, _ = built_srs
+    assert _dsrdump_problems(files["complete"]) == []
+    assert _dsrdump_problems(files["none_of_them"]) == []
+
+
 def test_sr_carries_the_measurement_uncertainty(built_srs):
     """TID 310/311 under the measurement: mean, SD, the interval as +5 / -4 deg (hand-computed from ROW)."""
     import pydicom
@@ -320,7 +337,7 @@ def test_sr_carries_the_measurement_uncertainty(built_srs):
     assert value_unit("Mean") == (10.5, "deg") and value_unit("Standard Deviation") == (2.0, "deg")
     assert value_unit("+, range of upper measurement uncertainty") == (5.0, "deg")
     assert value_unit("-, range of lower measurement uncertainty") == (4.0, "deg")
-    assert props["Mean"].RelationshipType == "CONTAINS"
+    assert props["Mean"].RelationshipType == "HAS PROPERTIES"  # NUM CONTAINS NUM is invalid (dsrdump refuses it)
     assert props["+, range of upper measurement uncertainty"].RelationshipType == "HAS PROPERTIES"
     desc = str(props["Population Description"].TextValue)
     assert "500 samples" in desc and "95 % interval [6, 15] deg" in desc
@@ -503,6 +520,7 @@ REGION_CASES = {
     "explicit_beats_header": ("cervical", "lumbar", "cervical"),
     "ambiguous": (None, None, None),
     "header_names_a_missing_region": (None, "ap", None),
+    "region_folder_of_another_region": ("lumbar", None, "kinds-refused"),
 }
 
 
@@ -512,6 +530,10 @@ def test_region_choice_in_a_zoo_with_two_regions(tmp_path, case):
 
     region, prefer, chosen = REGION_CASES[case]
     zoo = _write_zoo(tmp_path / "zoo", regions=("cervical", "lumbar"))
+    if chosen == "kinds-refused":  # -m zoo/cervical --region lumbar: the folder's detector is cervical
+        with pytest.raises(FileNotFoundError, match="expected lumbar/detector"):
+            locate_models(zoo / "cervical", region=region)
+        return
     if chosen is None:
         with pytest.raises(FileNotFoundError, match=r"regions \['cervical', 'lumbar'\].*pass --region"):
             locate_models(zoo, region=region, prefer=prefer)

@@ -329,9 +329,9 @@ def _properties(row: Mapping[str, Any], unit: str, uncertainty: Mapping[str, Any
         stats = MeasurementStatisticalProperties(
             values=[
                 NumContentItem(name=codes.SCT.Mean, value=float(mean), unit=_ucum(unit),
-                               relationship_type=RelationshipTypeValues.CONTAINS),
+                               relationship_type=RelationshipTypeValues.HAS_PROPERTIES),
                 NumContentItem(name=codes.SCT.StandardDeviation, value=float(std), unit=_ucum(unit),
-                               relationship_type=RelationshipTypeValues.CONTAINS),
+                               relationship_type=RelationshipTypeValues.HAS_PROPERTIES),
             ],
             description=desc,
         )
