@@ -432,6 +432,11 @@ def test_a_slicer_markups_label_is_stored_in_the_project_format(server):
     (json.dumps({"format": "monai-spine-keypoints", "version": 1, "region": "cervical", "scheme": "lateral5",
                  "vertebrae": [{"level": "C3", "keypoints_px": [[5000, 2]] * 5, "visible": [True] * 5}]}).encode(),
      "outside"),
+    # what the Slicer module's "Submit Label" sends for a detection task: its ROI nodes only
+    (json.dumps({"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/"
+                 "Resources/Schema/markups-schema-v1.0.3.json#", "markups": []}).encode(), "holds no point list"),
+    (json.dumps({"markups": [{"type": "ROI", "coordinateSystem": "LPS", "center": [1, 2, 0], "size": [5, 5, 1]}]}).encode(),
+     "markups: ['ROI']"),
 ])
 def test_bad_labels_are_refused(server, label, match):
     r = server.put("/datastore/label", params={"image": "a", "tag": "bad"},
@@ -839,6 +844,7 @@ def test_training_fine_tunes_and_labels_saved_meanwhile_are_kept(server):
     assert (server.models / "model.previous.pt").is_file()
     stats = server.get("/info/").json()["train_stats"]["regressor"]
     assert stats["epochs"] == 1 and stats["samples"] >= 5 and "a.dcm" in stats["labelled_images"]
+    assert stats["skipped"] == []
     assert all(math.isfinite(v) for v in stats["loss"])
     # every label saved, the one sent during training and scoring included, is in the index and on disk,
     # and the scores written by the scoring process are there too

@@ -784,6 +784,13 @@ def label_from_upload(path: str | os.PathLike, image_path: str | os.PathLike, im
     if not isinstance(d, dict):
         raise LabelAppError(f"label of {image_id}: expected a JSON object")
     img = read_xray(image_path)
+    if "markups" in d:
+        kinds = [m.get("type") for m in (d.get("markups") or []) if isinstance(m, dict)]
+        if not any(k in (None, "Fiducial") for k in kinds):
+            raise LabelAppError(
+                f"label of {image_id}: the markups file holds no point list (markups: {kinds or 'none'}); 3D Slicer's "
+                "'Submit Label' sends ROI boxes for a detection task: submit the keypoint point list instead "
+                "(docs/label.md, 'Submitting the points')")
     try:
         if "markups" in d:
             has_block = any(isinstance(m, dict) and MONAI_SPINE_KEY in m for m in d.get("markups") or [])
