@@ -58,6 +58,8 @@ __all__ = ["build_parser", "main", "format_table"]
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options (defaults: the documented benchmark)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--region", default="cervical", choices=["cervical", "lumbar"],
+                   help="synthetic lateral region (default cervical)")
     p.add_argument("--n", type=int, default=40, help="synthetic images, all splits (default 40)")
     p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
     p.add_argument("--hard-case-rate", type=float, default=0.1, help="share of hard-case images (default 0.1)")
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "fcn_width": args.width, "learning_rate": args.lr, "val_interval": val_interval, "seed": args.seed,
         "device": f"$torch.device('{args.device}')",
         "synthetic#n": args.n, "synthetic#seed": args.data_seed, "synthetic#hard_case_rate": args.hard_case_rate,
-        "synthetic#size": [args.size, args.size], "patches#per_image": args.patches_per_image,
+        "synthetic#size": [args.size, args.size], "patches#per_image": args.patches_per_image, "region": args.region,
         "patches#scales": list(args.scales), "patches#rotations_deg": list(args.rotations),
         "patches#grid": [int(args.grid[0]), float(args.grid[1])],
     }
@@ -181,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         logging_file=False if args.quiet else str(bundle / "configs" / "logging.conf"), **overrides)
     train_s = time.time() - t0
 
-    splits = bundle_splits(None, "cervical", args.n, args.data_seed, args.hard_case_rate, (args.size, args.size))
-    test = heatmap_datalists(splits, "cervical")["test"]
+    splits = bundle_splits(None, args.region, args.n, args.data_seed, args.hard_case_rate, (args.size, args.size))
+    test = heatmap_datalists(splits, args.region)["test"]
     log(f"evaluating on {len(test)} test images")
     predictor = CornerPredictor.from_ckpt_dir(out / "models", device=args.device)
     fcn, fcn_acc = evaluate_corner_model(predictor, test)
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     header = "\n".join([
         f"command: `{shlex.join(command)}`",
         f"torch threads: {torch.get_num_threads()}, CPU cores: {cores}, device: {args.device}",
-        f"settings: {args.n} synthetic cervical images {args.size}x{args.size} px (hard-case rate {args.hard_case_rate}), "
+        f"settings: {args.n} synthetic {args.region} images {args.size}x{args.size} px (hard-case rate {args.hard_case_rate}), "
         f"FCN width {args.width}, {args.epochs} epochs x {args.batch_size} images x {args.patches_per_image} patches/step, "
         f"lr {args.lr}, patches 64 px, grid {int(args.grid[0])}x{int(args.grid[0])} +-{args.grid[1]}, "
         f"scales {args.scales}, rotations {args.rotations}",

@@ -69,6 +69,7 @@ __all__ = [
     "decode_detections",
     "spacing_profile",
     "assign_levels_chain",
+    "level_height_fractions",
     "complete_chain",
     "box_iou",
     "match_detections",
@@ -374,6 +375,33 @@ def spacing_profile(centres_px: Sequence[np.ndarray]) -> np.ndarray:
     return prof / prof.mean()
 
 
+def level_height_fractions(centres_px: Sequence[np.ndarray], heights_px: Sequence[float]) -> np.ndarray:
+    """Mean height of each level's centre as a fraction of its film's height, ``(L,)``.
+
+    Only films whose present centres run top to bottom in level order count (a mislabelled film would
+    blur the table). Used by the ``chain`` decoding to guess a peak's level from its height on the film,
+    which holds for films cropped alike (the AASCE films: about 0.45 level of spread); NaN rows are
+    filled by linear interpolation.
+
+    Raises:
+        ValueError: no usable film, or mismatched lengths.
+    """
+    if len(centres_px) != len(heights_px):
+        raise ValueError(f"level_height_fractions: {len(centres_px)} centre arrays but {len(heights_px)} heights")
+    rows = []
+    for c, h in zip(centres_px, heights_px):
+        y = np.asarray(c, dtype=np.float64)[:, 1] / float(h)
+        fin = np.isfinite(y)
+        if fin.sum() >= 2 and np.all(np.diff(y[fin]) > 0):
+            rows.append(y)
+    if not rows:
+        raise ValueError("level_height_fractions: no film with its levels in top-to-bottom order")
+    m = np.nanmean(np.stack(rows), 0)
+    k = np.arange(m.size)
+    fin = np.isfinite(m)
+    return np.interp(k, k[fin], m[fin])
+
+
 def assign_levels_chain(
     points_px: Any,
     scores: Any,
@@ -386,7 +414,7 @@ def assign_levels_chain(
     num_scales: int = 41,
     scale_range: tuple[float, float] = (0.4, 2.5),
     level_estimates: Any = None,
-    level_weight: float = 1.0,
+    level_weight: Any = 1.0,
     level_cap: float = 3.0,
 ) -> tuple[np.ndarray, float, float]:
     """Levels for a chain of "any vertebra" peaks: which peak is which level, by spacing along the spine.
@@ -404,9 +432,10 @@ def assign_levels_chain(
       profile unit). The scale is not known: every scale of a geometric grid over ``scale_range`` times
       the median distance between neighbouring peaks is tried and the cheapest kept. The profile's
       shape (vertebrae grow from T1 to L5) is what places a chain cut at one end;
-    * with ``level_estimates`` (the network's own guess of each peak's level, in level units, NaN: none),
-      ``level_weight * min(|estimate - level|, level_cap)`` per assigned peak: the anchor that keeps a
-      chain with a C7 or S1 peak at one end from shifting by a level.
+    * with ``level_estimates`` (``(P,)`` or ``(P, M)``: M guesses of each peak's level, in level units, NaN:
+      none; e.g. the network's level channel, the peak's height on the film), the sum over the guesses
+      of ``level_weight[m] * min(|estimate - level|, level_cap)`` per assigned peak: the anchor that keeps
+      a chain with a C7 or S1 peak at one end from shifting by a level.
 
     Dynamic programming over (peak, level) with at most ``max_skip`` levels and peaks skipped per step.
 
@@ -438,11 +467,13 @@ def assign_levels_chain(
     p, s = pts[order], sc[order]
     node = np.zeros((n_pts, n_lev))
     if level_estimates is not None:
-        est = np.asarray(_np(level_estimates), dtype=np.float64).reshape(-1)
+        est = np.asarray(_np(level_estimates), dtype=np.float64)
+        est = est.reshape(est.shape[0] if est.ndim else 0, -1)
         if est.shape[0] != n_pts:
             raise ValueError(f"assign_levels_chain: {n_pts} points but {est.shape[0]} level estimates")
-        diff = np.minimum(np.abs(est[order][:, None] - np.arange(n_lev)[None, :]), float(level_cap))
-        node = float(level_weight) * np.where(np.isfinite(diff), diff, 0.0)
+        wts = np.broadcast_to(np.asarray(level_weight, dtype=np.float64).reshape(-1), (est.shape[1],))
+        diff = np.minimum(np.abs(est[order][:, None, :] - np.arange(n_lev)[None, :, None]), float(level_cap))
+        node = (np.where(np.isfinite(diff), diff, 0.0) * wts[None, None, :]).sum(-1)
     drop = float(drop_penalty) * np.clip(s, 0.0, None)
     drop_cum = np.concatenate([[0.0], np.cumsum(drop)])  # drop of peaks [i, j) = drop_cum[j] - drop_cum[i]
     if n_pts == 1:
@@ -550,8 +581,21 @@ def complete_chain(centres_px: Any, profile: Any, scale: float | None = None) ->
     return c, inferred
 
 
+def _level_from_y_frac(y_frac: np.ndarray, level_y_frac: np.ndarray) -> np.ndarray:
+    """Level (fractional) at each film height fraction: interpolated in ``level_y_frac``, linear beyond the ends."""
+    ly = np.asarray(level_y_frac, dtype=np.float64).reshape(-1)
+    k = np.arange(ly.size, dtype=np.float64)
+    y = np.asarray(y_frac, dtype=np.float64)
+    out = np.interp(y, ly, k)
+    lo, hi = y < ly[0], y > ly[-1]
+    out[lo] = (y[lo] - ly[0]) / (ly[1] - ly[0])
+    out[hi] = k[-1] + (y[hi] - ly[-1]) / (ly[-1] - ly[-2])
+    return out
+
+
 def _decode_chain(p: np.ndarray, score_threshold: float, apply_sigmoid: bool, refine: bool, nms_radius_px: int,
-                  candidate_fraction: float, profile: Any, chain_kwargs: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+                  candidate_fraction: float, profile: Any, chain_kwargs: Mapping[str, Any] | None,
+                  level_y_frac: Any = None, y_frac_map: Sequence[float] | None = None) -> dict[str, np.ndarray]:
     """The ``chain`` method of :func:`decode_detections` (``p``: ``(1 + 4, H, W)`` float64)."""
     if profile is None:
         raise ValueError("decode_detections: method 'chain' needs the spacing profile (L - 1,)")
@@ -571,8 +615,19 @@ def _decode_chain(p: np.ndarray, score_threshold: float, apply_sigmoid: bool, re
                            max_count=2 * n_lev + 4)
     pts = np.array([_refine(heat, x, y) if refine else (x, y) for x, y in zip(xs, ys)], dtype=np.float64)
     sc = heat[ys, xs] if xs.size else np.zeros(0)
-    est = None if level_map is None or not xs.size else level_map[ys, xs]
-    lev, scale, _ = assign_levels_chain(pts.reshape(-1, 2), sc, prof, level_estimates=est, **dict(chain_kwargs or {}))
+    kw = dict(chain_kwargs or {})
+    guesses, weights = [], []
+    w_ch, w_pos = float(kw.pop("channel_weight", 1.0)), float(kw.pop("position_weight", 1.0))
+    if level_map is not None and xs.size and w_ch > 0:
+        guesses.append(level_map[ys, xs])
+        weights.append(w_ch)
+    if level_y_frac is not None and y_frac_map is not None and xs.size and w_pos > 0:
+        a, b = (float(v) for v in y_frac_map)
+        guesses.append(_level_from_y_frac(a * pts.reshape(-1, 2)[:, 1] + b, level_y_frac))
+        weights.append(w_pos)
+    est = np.stack(guesses, -1) if guesses else None
+    lev, scale, _ = assign_levels_chain(pts.reshape(-1, 2), sc, prof, level_estimates=est,
+                                        level_weight=weights if guesses else 1.0, **kw)
     scores = np.zeros(n_lev)
     centres = np.full((n_lev, 2), np.nan)
     boxes = np.full((n_lev, 4), np.nan)
@@ -599,6 +654,8 @@ def decode_detections(
     candidate_fraction: float = 0.5,
     profile: Any = None,
     chain_kwargs: Mapping[str, Any] | None = None,
+    level_y_frac: Any = None,
+    y_frac_map: Sequence[float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Level centres, boxes and scores from one network output.
 
@@ -609,6 +666,12 @@ def decode_detections(
     :func:`assign_levels_chain` from their spacing along the spine against ``profile`` (``(L - 1,)``,
     required; ``chain_kwargs`` go to :func:`assign_levels_chain`) and the level channel's estimates;
     the result has ``L = len(profile) + 1`` rows and a ``scale`` entry (net pixels per profile unit).
+    With ``level_y_frac`` (``(L,)``: the mean height of each level's centre as a fraction of the film's
+    height on the training films) and ``y_frac_map`` (``(a, b)``: a net row ``v`` is at ``a * v + b`` of
+    the film's height) each peak also gets the level its height on the film suggests (interpolated,
+    extrapolated linearly beyond the ends). ``chain_kwargs`` may weigh the two guesses with
+    ``channel_weight`` and ``position_weight`` (defaults 1 and 1); the rest goes to
+    :func:`assign_levels_chain`.
 
     Two methods:
 
@@ -654,7 +717,7 @@ def decode_detections(
         raise ValueError(f"decode_detections: expected (L + 4, H, W), got shape {p.shape}")
     if method == "chain":
         return _decode_chain(p, score_threshold, apply_sigmoid, refine, nms_radius_px, candidate_fraction, profile,
-                             chain_kwargs)
+                             chain_kwargs, level_y_frac, y_frac_map)
     n_lev = p.shape[0] - NUM_BOX_CHANNELS
     h, w = p.shape[1:]
     hm = p[:n_lev]
@@ -1254,6 +1317,7 @@ def evaluate_chain_items(
     score_threshold: float = 0.2,
     nms_radius_px: int = 2,
     chain_kwargs: Mapping[str, Any] | None = None,
+    level_y_frac: Any = None,
 ) -> dict[str, float]:
     """Recall at the right level and films with every level found, on :func:`load_detector_arrays` items.
 
@@ -1266,8 +1330,10 @@ def evaluate_chain_items(
         for i, it in enumerate(items):
             x, _, a = chain_training_sample(it, spatial_size, 1.0, None)
             pred = network(torch.from_numpy(x[None]))[0]
+            h_item = float(it["image"].shape[-2])
             dec = decode_detections(pred, score_threshold, method="chain", nms_radius_px=nms_radius_px,
-                                    profile=profile, chain_kwargs=chain_kwargs)
+                                    profile=profile, chain_kwargs=chain_kwargs, level_y_frac=level_y_frac,
+                                    y_frac_map=(a[1, 1] / h_item, a[1, 2] / h_item))
             c = points_to_image_px(dec["centres_net_px"], a)
             m = match_detections(c, dec["scores"], it["centres_px"], it["boxes_px"], it["present"], None,
                                  score_threshold)

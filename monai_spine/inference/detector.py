@@ -63,6 +63,9 @@ class DetectorSpec:
         complete: output every level of the region: levels the detector did not see are filled along
             the spine (:func:`~monai_spine.engines.detector.complete_chain`) and flagged ``inferred``.
         chain_kwargs: options of :func:`~monai_spine.engines.detector.assign_levels_chain`.
+        level_y_frac: ``(L,)`` mean height of each level's centre as a fraction of the film height on the
+            training films (``chain``; see :func:`~monai_spine.engines.detector.level_height_fractions`):
+            anchors the levels for films cropped like the training films. None: not used.
         length_frac_range: ``(lo, hi)``: the span from the first to the last level as a fraction of the
             film's height on the training films (``chain``); a film whose detected spine is far outside it
             (below ``lo / 1.5`` or above ``hi * 1.5``) gets a warning that it may be another view or region.
@@ -83,6 +86,7 @@ class DetectorSpec:
     complete: bool = False
     chain_kwargs: dict[str, Any] = field(default_factory=dict)
     length_frac_range: tuple[float, float] | None = None
+    level_y_frac: tuple[float, ...] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +114,11 @@ class DetectorSpec:
         if self.decode_method == "chain" and self.spacing_profile is None:
             raise ValueError("decode_method 'chain' needs a spacing_profile (measured on the training split)")
         self.complete = bool(self.complete)
+        if self.level_y_frac is not None:
+            ly = tuple(float(v) for v in np.ravel(self.level_y_frac))
+            if len(ly) != len(self.levels) or not all(np.isfinite(ly)) or any(np.diff(ly) <= 0):
+                raise ValueError(f"level_y_frac must be {len(self.levels)} increasing numbers, got {self.level_y_frac!r}")
+            self.level_y_frac = ly
         if self.length_frac_range is not None:
             lo_f, hi_f = (float(v) for v in self.length_frac_range)
             if not 0.0 < lo_f <= hi_f:
@@ -157,6 +166,7 @@ class DetectorSpec:
             "spacing_profile": None if self.spacing_profile is None else list(self.spacing_profile),
             "complete": self.complete, "chain_kwargs": self.chain_kwargs, "num_heatmaps": self.num_heatmaps,
             "length_frac_range": None if self.length_frac_range is None else list(self.length_frac_range),
+            "level_y_frac": None if self.level_y_frac is None else list(self.level_y_frac),
             "meta": self.meta,
         }
 
@@ -167,7 +177,7 @@ class DetectorSpec:
             raise ValueError(f"{source}: not a {MODEL_FORMAT} record")
         keys = ("region", "spatial_size", "features", "sigma_px", "score_threshold", "decode_method", "nms_radius_px",
                 "gap_penalty", "keep_mm_aspect",
-                "intensity_percentiles", "spacing_profile", "complete", "chain_kwargs", "length_frac_range", "meta")
+                "intensity_percentiles", "spacing_profile", "complete", "chain_kwargs", "length_frac_range", "level_y_frac", "meta")
         try:
             spec = cls(**{k: d[k] for k in keys if k in d})
         except (TypeError, ValueError, KeyError) as e:
@@ -378,12 +388,14 @@ class VertebraDetector:
             for a level without a vertebra), ``detected``; and ``det_to_image`` ``(3, 3)``.
         """
         net_img, a = self.preprocess(image, spacing_mm)
+        h_img = float(tuple(np.shape(image))[-2])
         x = torch.as_tensor(net_img[None], device=self.device)
         pred = self.network(x)[0]
         thr = self.spec.score_threshold if score_threshold is None else float(score_threshold)
         dec = decode_detections(pred, thr, method=self.spec.decode_method, nms_radius_px=self.spec.nms_radius_px,
                                 gap_penalty=self.spec.gap_penalty, profile=self.spec.spacing_profile,
-                                chain_kwargs=self.spec.chain_kwargs)
+                                chain_kwargs=self.spec.chain_kwargs, level_y_frac=self.spec.level_y_frac,
+                                y_frac_map=(a[1, 1] / h_img, a[1, 2] / h_img))
         return {
             "scores": dec["scores"], "detected": dec["detected"], "scale": dec.get("scale", np.nan),
             "centres_px": points_to_image_px(dec["centres_net_px"], a),

@@ -13,6 +13,7 @@ from monai_spine.engines.detector import (
     complete_chain,
     decode_detections,
     evaluate_chain_items,
+    level_height_fractions,
     spacing_profile,
     train_chain_detector,
 )
@@ -187,3 +188,30 @@ def test_chain_detector_overfits_a_tiny_film():
     prof = spacing_profile([it["centres_px"]])
     r = evaluate_chain_items(net, [it], (96, 32), prof)
     assert r["recall"] == 1.0 and r["images_all_found"] == 1.0
+
+
+def test_level_height_fractions_and_the_position_guess():
+    from monai_spine.engines.detector import _level_from_y_frac
+
+    a = np.stack([np.zeros(3), [10.0, 20.0, 40.0]], -1)  # film of height 100: fractions 0.1, 0.2, 0.4
+    b = np.stack([np.zeros(3), [30.0, 50.0, 70.0]], -1)  # film of height 200: 0.15, 0.25, 0.35
+    bad = np.stack([np.zeros(3), [50.0, 20.0, 60.0]], -1)  # out of order: left out
+    ly = level_height_fractions([a, b, bad], [100, 200, 100])
+    np.testing.assert_allclose(ly, [0.125, 0.225, 0.375])
+    # interpolated inside, linear beyond the ends with the end spacings (0.1 and 0.15 per level)
+    np.testing.assert_allclose(_level_from_y_frac(np.array([0.175, 0.025, 0.525]), ly), [0.5, -1.0, 3.0])
+    with pytest.raises(ValueError, match="no film"):
+        level_height_fractions([bad], [100])
+
+
+def test_decode_chain_uses_the_height_on_the_film():
+    """Peaks C7 (above T1) .. L4 with L5 unseen: spacing alone cannot tell; the height guess can."""
+    pts = np.stack([SPINE[:, 0] / 4 + 5, SPINE[:, 1] / 6 + 3], -1)
+    c7 = pts[0] - (pts[1] - pts[0])
+    peaks = np.vstack([c7, pts[:16]])
+    y_frac_map = (1 / 128, 0.0)  # net row v is at v / 128 of the film's height
+    ly = pts[:, 1] / 128
+    dec = decode_detections(_peaks_pred(peaks), 0.2, method="chain", profile=PROFILE, level_y_frac=ly,
+                            y_frac_map=y_frac_map, chain_kwargs={"position_weight": 1.0})
+    assert dec["detected"].tolist() == [True] * 16 + [False]
+    np.testing.assert_allclose(dec["centres_net_px"][:16], pts[:16], atol=0.35)
