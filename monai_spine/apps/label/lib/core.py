@@ -59,6 +59,7 @@ __all__ = [
     "write_label",
     "finetune_regressor",
     "safe_image_id",
+    "check_inside",
     "click_levels",
     "view_check",
     "expected_scheme",

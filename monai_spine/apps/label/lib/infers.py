@@ -55,7 +55,8 @@ def resolve_image(request: Dict[str, Any], studies: str) -> Tuple[str, str]:
         return real, "upload"
     if not os.path.exists(image):
         raise http_error(404, f"image {image!r} not found in the studies folder")
-    raise http_error(400, f"refused image {image!r}: outside the studies folder")
+    raise http_error(400, f"refused image {image!r}: outside the studies folder; use an image of the studies "
+                          "folder (e.g. from Next Sample) or upload the film with the request")
 
 
 def _write_result_file(markups: Any) -> Union[str, None]:

@@ -6,7 +6,7 @@ route that checks the request and then calls MONAI Label's own function for it:
 * ``PUT /datastore/image`` (and the deprecated ``PUT /datastore/``, which the Python client's
   ``upload_image`` uses), ``PUT /datastore/label``: the uploaded file's name is reduced to its base
   name (MONAI Label's clients send the full local path, :func:`~.uploads.client_basename`);
-  ``params`` must be a JSON object (``400``);
+  ``params`` must be a JSON object (``400``); the copy and the checks run in a worker thread;
 * ``POST /infer/{model}``: ``404`` naming an unknown model (MONAI Label: ``500``), ``400`` for
   ``params`` that are not a JSON object, ``404`` naming an image id that is not in the datastore,
   ``400`` for an ``image`` that is a path; then MONAI Label's ``run_inference`` runs in a worker
@@ -136,7 +136,8 @@ def install_routes() -> bool:
                         user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
         parse_params(params)
         file.filename = client_basename(file.filename)
-        return ds_ep.add_image(background_tasks, image, params, file, user.username)
+        ctx = contextvars.copy_context()  # copying and checking a large film: not in the event loop
+        return await run_in_threadpool(ctx.run, ds_ep.add_image, background_tasks, image, params, file, user.username)
 
     @mark
     async def save_label(background_tasks: BackgroundTasks, image: str, params: str = Form("{}"),
@@ -144,7 +145,9 @@ def install_routes() -> bool:
                          user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
         parse_params(params)
         label.filename = client_basename(label.filename)
-        return ds_ep.save_label(background_tasks, image, params, tag, label, user.username)
+        ctx = contextvars.copy_context()  # the label is checked against its film (read from disk)
+        return await run_in_threadpool(ctx.run, ds_ep.save_label, background_tasks, image, params, tag, label,
+                                       user.username)
 
     @mark
     async def download_image(image: str, check_only: bool = False, check_sum: Optional[str] = None,
