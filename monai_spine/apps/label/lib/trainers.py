@@ -26,7 +26,7 @@ __all__ = ["RegressorFinetune", "STATS_FILE"]
 
 logger = logging.getLogger(__name__)
 
-#: statistics of the last run, beside the weights
+#: statistics of the last run, beside the regressor's weights
 STATS_FILE = "label_train_stats.json"
 
 
@@ -49,7 +49,7 @@ class RegressorFinetune(TrainTask):
         return {"epochs": c.train_epochs, "lr": c.train_lr, "batch_size": c.train_batch_size, "seed": 0}
 
     def stats(self) -> Dict[str, Any]:
-        path = self.app_config.models_dir / STATS_FILE
+        path = self.app_config.regressor_checkpoint.parent / STATS_FILE
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -85,6 +85,6 @@ class RegressorFinetune(TrainTask):
                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         from monai_spine.data.annotation import atomic_write_text
 
-        atomic_write_text(self.app_config.models_dir / STATS_FILE, json.dumps(stats, indent=1))
+        atomic_write_text(self.app_config.regressor_checkpoint.parent / STATS_FILE, json.dumps(stats, indent=1))
         logger.info(f"training done: {stats}")
         return stats
