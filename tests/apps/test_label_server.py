@@ -541,7 +541,7 @@ def test_label_tag_cannot_name_a_folder_outside(server):
     assert not list(server.studies.parent.rglob("escape*"))
 
 
-def test_scoring_stores_uncertainty_and_active_learning_serves_the_most_uncertain(server):
+def test_scoring_stores_uncertainty_and_active_learning_serves_the_most_uncertain(server, client):
     r = server.post("/scoring/sigma_uncertainty", params={"run_sync": "true"}, json={})
     assert r.status_code == 200, r.text
     scored = r.json()["scored"]
@@ -558,6 +558,9 @@ def test_scoring_stores_uncertainty_and_active_learning_serves_the_most_uncertai
     r = server.post("/activelearning/most_uncertain", json={})
     assert r.status_code == 200, r.text
     assert r.json()["id"] == ranked[0]
+    sample = client.next_sample("most_uncertain", {})  # as the Slicer module's "Next Sample" asks
+    assert sample["id"] == ranked[0] and Path(sample["path"]).parent == server.studies
+    assert Path(sample["path"]).name.startswith(ranked[0] + ".")
     again = server.post("/scoring/sigma_uncertainty", params={"run_sync": "true"}, json={}).json()
     assert again["scored"] == {} and set(again["skipped"]) == unlabelled  # same models: nothing recomputed
     assert all(server.get("/datastore/image/info", params={"image": k}).json()["monai_spine_uncertainty"]["in_domain"]
@@ -817,23 +820,22 @@ def _wait_task(srv: Server, kind: str, timeout_s: float = 300) -> dict:
         time.sleep(1.0)
 
 
-def test_training_fine_tunes_and_labels_saved_meanwhile_are_kept(server):
+def test_training_fine_tunes_and_labels_saved_meanwhile_are_kept(server, client, tmp_path):
     """Training and scoring run in their own processes with their own copy of the datastore index;
     a label saved by the server while both run must survive their index writes."""
     ckpt = server.models / "model.pt"
     before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    r = server.put("/datastore/label", params={"image": "a", "tag": "final"},
-                   files={"label": ("a.json", _label_bytes(server, "a"), "application/json")})
-    assert r.status_code == 200, r.text
-    assert server.post("/train/regressor", json={"epochs": 1}).status_code == 200
+    for key in ("a", "b"):  # labels as the Slicer module writes them: temporary files, sent by full path
+        (tmp_path / f"tmp_{key}.json").write_bytes(_label_bytes(server, key))
+    assert client.save_label("a", str(tmp_path / "tmp_a.json"), tag="final")["label"] == "a"
+    started = client.train_start("regressor", {"epochs": 1})  # the module's "Train" (params: the trainer's config)
+    assert started.get("status") in ("SUBMITTED", "RUNNING"), started
     assert server.post("/scoring/sigma_uncertainty", json={"force": True}).status_code == 200
     deadline = time.monotonic() + 30
-    while server.get("/train/", params={"check_if_running": "true"}).status_code != 200:
+    while not client.train_status(check_if_running=True):
         assert time.monotonic() < deadline, "training never started"
         time.sleep(0.2)
-    r = server.put("/datastore/label", params={"image": "b", "tag": "final"},
-                   files={"label": ("b.json", _label_bytes(server, "b"), "application/json")})
-    assert r.status_code == 200, r.text
+    assert client.save_label("b", str(tmp_path / "tmp_b.json"), tag="final")["label"] == "b"
     still = server.get("/train/", params={"check_if_running": "true"})
     assert still.status_code == 200 and still.json()["status"] == "RUNNING"  # the label was saved during training
     status = _wait_task(server, "train")
