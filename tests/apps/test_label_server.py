@@ -771,6 +771,9 @@ def test_client_uploads_an_image_infers_on_it_and_removes_it(server, client, tmp
     (lambda c, p: c.save_label("nobody", str(p), tag="final"), 404, "'nobody' not found"),
     (lambda c, p: c.save_label("a", str(p.with_name("wrong.json")), tag="final"), 400, "'ap4'"),
     (lambda c, p: c.upload_image(str(p.with_name("big.png")), image_id="big"), 413, "over the limit"),
+    (lambda c, p: c.infer("corners", "", {"centres": [[1e6, 5]]}, file=str(p.with_name("film.png"))), 400,
+     "outside the 48 x 64 image"),  # infer with a file: its temporary copy goes too
+    (lambda c, p: c.upload_image(str(p.with_name("film.png")), image_id="a"), 409, "exists already"),
 ])
 def test_client_gets_clear_refusals_and_no_temporary_file_is_left(server, client, client_cls, tmp_path, call,
                                                                   status, needle):
@@ -780,6 +783,7 @@ def test_client_gets_clear_refusals_and_no_temporary_file_is_left(server, client
     (label.with_name("wrong.json")).write_bytes(_ap_label(server))
     (label.with_name("big.png")).write_bytes(b"\x89PNG" + os.urandom(6 * 1024 * 1024))  # 6x the limit: the
     # client sends it all before reading the answer (a connection reset on main)
+    (label.with_name("film.png")).write_bytes(_png_bytes())  # 48 x 64 px
     with pytest.raises(client_cls.MONAILabelClientException) as err:
         call(client, label)
     assert f"Status: {status};" in err.value.msg and needle in err.value.msg, _client_error(err.value)
