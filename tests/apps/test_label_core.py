@@ -167,3 +167,11 @@ def test_the_app_defaults_to_the_model_zoo(tmp_path, monkeypatch):
     assert (over.width, over.fc_features) == (0.25, 1024)  # the conf given; no ap regressor spec: the default
     with pytest.raises(LabelAppError, match="conf region"):
         LabelAppConfig.from_conf({"region": "thoracic"})
+    # a flat folder (detector/, model.pt) with the spec beside model.pt: read too
+    flat = tmp_path / "flat"
+    (flat / "detector").mkdir(parents=True)
+    (flat / "regressor_model.json").write_text(json.dumps({"format": "monai-spine-regressor", "width": 0.25,
+                                                           "fc_features": 16, "spatial_size": [64, 128]}))
+    f = LabelAppConfig.from_conf({"models": str(flat)})
+    assert (f.layout, f.width, f.fc_features, f.spatial_size) == ("flat", 0.25, 16, (64, 128))
+    assert f.regressor_checkpoint == flat / "model.pt"

@@ -198,6 +198,8 @@ class LabelAppConfig:
             if zoo_region not in REGIONS:
                 raise LabelAppError(f"conf region: {zoo_region!r} has no model-zoo folder; known: {list(REGIONS)}")
             c = _with_regressor_spec(c, models_dir / zoo_region / "regressor")
+        else:  # the bundle's trainer may write the spec beside the flat layout's model.pt too
+            c = _with_regressor_spec(c, models_dir)
         cfg = cls(
             models_dir=models_dir, layout=layout, zoo_region=zoo_region,
             variant=str(c.get("regressor_variant", "bayecbam")),
