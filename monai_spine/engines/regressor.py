@@ -3,7 +3,14 @@
 The bundle (``bundle/configs/train.json``) builds MONAI ``SupervisedTrainer`` and
 ``SupervisedEvaluator`` from these:
 
-* :func:`build_loss`: MSE for Baseline/CBAM, Gaussian NLL for BayeCBAM, both masked by visibility.
+* :func:`build_loss`: MSE for Baseline/CBAM, Gaussian NLL (optionally beta-NLL) for BayeCBAM, both
+  masked by visibility and computed in the network codec's standardised units.
+* :func:`fit_codec`: the target codec (mean shape and per-coordinate spread of the training crops).
+* :func:`cache_crops`: every training/validation crop prepared once (the deterministic transforms),
+  so a training step costs the network, not the data; :class:`AugmentedBatch` (the trainer's
+  ``prepare_batch``) augments each batch of cached crops in one call
+  (:class:`transforms.batch.RandZoomFlipKeypointsBatchd`).
+* :func:`warmup_cosine`: a per-iteration linear warm-up then cosine learning-rate schedule.
 * :class:`RegressorPostprocess`: the evaluator's per-sample post-processing: the network's fractions
   of the crop go back to pixels of the original radiograph through the crop's ``crop_to_image``
   affine, so errors are measured in the original image (in mm with its spacing).
@@ -35,6 +42,10 @@ from transforms.keypoints import frac_to_image_px
 
 __all__ = [
     "build_loss",
+    "fit_codec",
+    "cache_crops",
+    "AugmentedBatch",
+    "warmup_cosine",
     "lower_is_better",
     "RegressorPostprocess",
     "EVAL_KEYS",
@@ -61,16 +72,130 @@ logger = logging.getLogger(__name__)
 EVAL_KEYS = ("pred_px", "gt_px", "gt_visible", "gt_spacing_mm", "gt_image_id")
 
 
-def build_loss(variant: str) -> torch.nn.Module:
-    """Loss of a regressor variant: Gaussian NLL for ``bayecbam``, masked MSE otherwise."""
+def build_loss(variant: str, codec: Any = None, beta: float = 0.0) -> torch.nn.Module:
+    """Loss of a regressor variant: Gaussian NLL for ``bayecbam``, masked MSE otherwise.
+
+    Args:
+        variant: ``baseline``, ``cbam`` or ``bayecbam``.
+        codec: the network's :class:`~monai_spine.codecs.regression.KeypointRegressionCodec`; the
+            loss is then computed in its standardised units (:class:`~monai_spine.losses.encoded.EncodedLoss`).
+        beta: beta-NLL exponent of the BayeCBAM loss (0: the paper's NLL).
+
+    Raises:
+        KeyError: unknown variant.
+    """
+    from monai_spine.losses.encoded import EncodedLoss
     from monai_spine.losses.gaussian_nll import GaussianNLLLoss, MaskedMSELoss
 
     key = str(variant).lower()
     if key == "bayecbam":
-        return GaussianNLLLoss()
-    if key in ("baseline", "cbam"):
-        return MaskedMSELoss()
-    raise KeyError(f"unknown regressor variant {variant!r}; known: ['baseline', 'bayecbam', 'cbam']")
+        loss: torch.nn.Module = GaussianNLLLoss(beta=beta)
+    elif key in ("baseline", "cbam"):
+        loss = MaskedMSELoss()
+    else:
+        raise KeyError(f"unknown regressor variant {variant!r}; known: ['baseline', 'bayecbam', 'cbam']")
+    return loss if codec is None else EncodedLoss(loss, codec)
+
+
+def cache_crops(items: Sequence[dict], transform: Any, keep_keys: Sequence[str] | None = None) -> list[dict]:
+    """Apply the deterministic ``transform`` to every item once (the crop pool of a split).
+
+    MONAI's ``CacheDataset`` stops caching at the first randomizable transform, and the vertebra
+    crop is one (it can pad at random); here the crop is used without random padding, so the whole
+    chain is cached. Use the result as the ``data`` of a plain ``Dataset`` without a transform.
+
+    Args:
+        items: per-vertebra datalist items.
+        transform: callable item -> prepared dict (load, crop, intensity scaling, targets).
+        keep_keys: keep only these keys of each prepared item (less to collate per batch).
+
+    Raises:
+        KeyError: a kept key is missing (names the key and the item's image).
+    """
+    out = []
+    for it in items:
+        d = transform(it)
+        if keep_keys is not None:
+            missing = [k for k in keep_keys if k not in d]
+            if missing:
+                raise KeyError(f"cache_crops: {missing} not produced for {it.get('image')!r}")
+            d = {k: d[k] for k in keep_keys}
+        out.append(d)
+    return out
+
+
+def fit_codec(items: Sequence[dict], transform: Any, num_points: int, enabled: bool = True) -> Any:
+    """The target codec fitted on the training crops (``enabled=False``: the identity, paper targets).
+
+    Args:
+        items: training datalist items.
+        transform: callable item -> dict with ``keypoints_frac`` (K, 2) and ``visible`` (K,): the
+            validation crop geometry (the mid-range margin), so the mean shape is the no-network
+            reference on validation crops.
+        num_points: K.
+        enabled: fit (True) or return the identity codec.
+    """
+    from monai_spine.codecs import KeypointRegressionCodec, fit_regression_codec
+
+    if not enabled:
+        return KeypointRegressionCodec.identity(num_points)
+    kp, vis = [], []
+    for it in items:
+        d = transform(it)
+        kp.append(np.asarray(d["keypoints_frac"], np.float64))
+        vis.append(np.asarray(d.get("visible", np.ones(len(kp[-1]), bool)), bool))
+    codec = fit_regression_codec(np.stack(kp), np.stack(vis))
+    if codec.num_points != int(num_points):
+        raise ValueError(f"training crops have {codec.num_points} points, the network {num_points}")
+    return codec
+
+
+class AugmentedBatch:
+    """The trainer's ``prepare_batch``: augment a collated batch of cached crops, return ``(image, label)``.
+
+    Args:
+        augment: a batch transform of the collated dict (e.g.
+            :class:`transforms.batch.RandZoomFlipKeypointsBatchd`), or None for none.
+        image_key, label_key: the network input and the target keys.
+    """
+
+    def __init__(self, augment: Any = None, image_key: str = "image", label_key: str = "label") -> None:
+        self.augment = augment
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __call__(self, batchdata: dict, device: Any = None, non_blocking: bool = False, **kwargs: Any):
+        d = self.augment(batchdata) if self.augment is not None else batchdata
+        for k in (self.image_key, self.label_key):
+            if k not in d:
+                raise KeyError(f"AugmentedBatch: the batch has no {k!r} (keys {sorted(d)})")
+        image = torch.as_tensor(d[self.image_key]).to(device=device, non_blocking=non_blocking, **kwargs)
+        label = torch.as_tensor(d[self.label_key]).to(device=device, non_blocking=non_blocking, **kwargs)
+        return image, label
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, final_frac: float = 0.0):
+    """``LambdaLR``: linear warm-up over ``warmup_steps`` iterations, then cosine decay to
+    ``final_frac`` of the base learning rate at ``total_steps`` (step it every iteration). A run
+    shorter than its warm-up warms up over a tenth of the run instead.
+
+    Raises:
+        ValueError: ``total_steps < 1`` or a negative warm-up.
+    """
+    total = int(total_steps)
+    warm = int(warmup_steps)
+    if total < 1 or warm < 0:
+        raise ValueError(f"need warmup_steps >= 0 and total_steps >= 1, got {warmup_steps}, {total_steps}")
+    if warm >= total:
+        warm = total // 10
+
+    def factor(i: int) -> float:
+        if i < warm:
+            return (i + 1) / warm
+        t = min(1.0, (i - warm) / max(1, total - warm))
+        return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _np(x: Any) -> np.ndarray:
@@ -192,8 +317,13 @@ def experiment_params(
     network_width: float,
     dataset_dir: str | None,
     synthetic: dict | None = None,
+    recipe: dict | None = None,
 ) -> dict[str, Any]:
-    """The parameters an MLflow run records (strings and numbers only)."""
+    """The parameters an MLflow run records (strings and numbers only).
+
+    ``recipe`` (the bundle's ``train#recipe``: optimizer, schedule, target codec, beta-NLL, dropout,
+    augmentation) is recorded as given and wins over the defaults.
+    """
     params: dict[str, Any] = {
         "variant": variant,
         "region": region,
@@ -206,6 +336,8 @@ def experiment_params(
         "optimizer": "Adam(0.9, 0.999)",
         "lr_schedule": "cosine annealing",
     }
+    if recipe:
+        params.update({str(k): (v if isinstance(v, (int, float, str)) else str(v)) for k, v in recipe.items()})
     if not dataset_dir and synthetic:
         params.update({f"synthetic_{k}": (str(v) if isinstance(v, (list, tuple)) else v) for k, v in synthetic.items()})
     return params
@@ -331,11 +463,16 @@ class BestModelSaver:
         save_dir: output folder.
         network: the model (``DistributedDataParallel`` is unwrapped).
         filename: file name in ``save_dir``.
+        spec: the model's :class:`~monai_spine.inference.regressor.RegressorSpec`, written beside
+            the weights as ``regressor_model.json`` (a model folder describes itself).
     """
 
-    def __init__(self, save_dir: str | os.PathLike, network: torch.nn.Module, filename: str = "model.pt") -> None:
+    def __init__(
+        self, save_dir: str | os.PathLike, network: torch.nn.Module, filename: str = "model.pt", spec: Any = None
+    ) -> None:
         self.path = Path(save_dir) / filename
         self.network = network
+        self.spec = spec
 
     def attach(self, engine: Any) -> None:
         """Save after the evaluator's epoch (its best-metric update runs first: it is registered first)."""
@@ -347,6 +484,8 @@ class BestModelSaver:
         if is_secondary_rank() or getattr(engine.state, "best_metric_epoch", -1) != engine.state.epoch:
             return
         atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
+        if self.spec is not None:
+            self.spec.save(self.path.parent)
         logger.info("best %s %s at epoch %d: saved %s", getattr(engine.state, "key_metric_name", "metric"),
                     engine.state.best_metric, engine.state.epoch, self.path)
 

@@ -48,6 +48,8 @@ from monai_spine.uncertainty.mc_dropout import (
 from transforms.keypoints import VertebraCropd, frac_to_image_px
 
 __all__ = [
+    "RegressorSpec",
+    "SPEC_FILE",
     "KeypointPrediction",
     "KeypointPredictor",
     "default_crop_transform",
@@ -55,7 +57,169 @@ __all__ = [
     "flip_back",
     "combine_flip_tta",
     "load_conformal",
+    "load_regressor_weights",
 ]
+
+
+#: the regressor's spec file, beside ``model.pt`` (see :mod:`monai_spine.inference.model_zoo`)
+SPEC_FILE = "regressor_model.json"
+#: ``format`` entry of the spec file
+SPEC_FORMAT = "monai-spine-regressor"
+
+
+@dataclass
+class RegressorSpec:
+    """Everything besides the weights that a trained regressor needs at inference time.
+
+    The bundle's :class:`~monai_spine.engines.regressor.BestModelSaver` writes it as
+    ``regressor_model.json`` beside ``model.pt``; :meth:`KeypointPredictor.from_checkpoint` builds
+    the network from it. The target codec lives in the weights (its buffers), so it is not repeated.
+
+    Attributes:
+        region: ``cervical``, ``lumbar`` or ``ap`` (gives the levels and the keypoint scheme).
+        variant: ``baseline``, ``cbam`` or ``bayecbam``.
+        spatial_size: ``(H, W)`` crop the network sees, pixels.
+        width: channel multiplier of the AlexNet trunk.
+        fc_features: hidden fully-connected width.
+        dropout: head dropout probability (MC dropout uses it at inference).
+        batch_norm: batch norm after each convolution.
+        cbam_unit_gain: CBAM attention maps scaled to average 1 at initialisation (the recipe's).
+        margin_mm: crop margin around a vertebra box, mm (px fraction when the spacing is unknown:
+            see :class:`transforms.keypoints.VertebraCrop`).
+        intensity_percentiles: ``(lower, upper)`` percentiles of each crop scaled to 0 and 1.
+        meta: free-form record (training command, data, licence, test metrics).
+    """
+
+    region: str = "cervical"
+    variant: str = "bayecbam"
+    spatial_size: tuple[int, int] = (224, 448)
+    width: float = 1.0
+    fc_features: int = 1024
+    dropout: float = 0.5
+    batch_norm: bool = False
+    cbam_unit_gain: bool = False
+    margin_mm: float = 4.0
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from monai_spine.data.keypoints import get_region
+        from monai_spine.networks.regressor import REGRESSOR_VARIANTS
+
+        get_region(self.region)
+        if str(self.variant).lower() not in REGRESSOR_VARIANTS:
+            raise ValueError(f"unknown regressor variant {self.variant!r}; known: {sorted(REGRESSOR_VARIANTS)}")
+        self.variant = str(self.variant).lower()
+        size = tuple(int(v) for v in np.ravel(self.spatial_size))
+        if len(size) != 2 or min(size) < 63:
+            raise ValueError(f"spatial_size must be (H, W) with both >= 63, got {self.spatial_size!r}")
+        self.spatial_size = size  # type: ignore[assignment]
+        self.width = float(self.width)
+        self.fc_features = int(self.fc_features)
+        self.dropout = float(self.dropout)
+        self.batch_norm = bool(self.batch_norm)
+        self.cbam_unit_gain = bool(self.cbam_unit_gain)
+        self.margin_mm = float(self.margin_mm)
+        self.intensity_percentiles = tuple(float(v) for v in self.intensity_percentiles)  # type: ignore[assignment]
+
+    @property
+    def scheme(self) -> str:
+        """The keypoint scheme name of the region."""
+        from monai_spine.data.keypoints import get_region
+
+        return get_region(self.region).scheme.name
+
+    @property
+    def num_points(self) -> int:
+        """K."""
+        from monai_spine.data.keypoints import get_region
+
+        return get_region(self.region).scheme.num_points
+
+    def build_network(self) -> torch.nn.Module:
+        """The untrained network of this spec (identity codec until weights are loaded)."""
+        from monai_spine.networks.regressor import build_regressor
+
+        return build_regressor(
+            self.variant,
+            self.num_points,
+            width=self.width,
+            fc_features=self.fc_features,
+            dropout=self.dropout,
+            batch_norm=self.batch_norm,
+            spatial_size=self.spatial_size,
+            cbam_unit_gain=self.cbam_unit_gain,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record, with ``format`` and ``version``."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["spatial_size"] = list(self.spatial_size)
+        d["intensity_percentiles"] = list(self.intensity_percentiles)
+        return {"format": SPEC_FORMAT, "version": 1, **d}
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``folder/regressor_model.json`` atomically."""
+        from monai_spine.data.annotation import atomic_write_text
+
+        path = Path(folder) / SPEC_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "RegressorSpec":
+        """Read the spec of a model folder (or a spec file).
+
+        Raises:
+            FileNotFoundError: no spec file.
+            ValueError: not a regressor spec, or bad values (the message names the file).
+        """
+        from monai_spine.inference.model_zoo import read_spec
+
+        p = Path(folder)
+        d = read_spec(p, "regressor")
+        f = p if p.suffix.lower() == ".json" else p / SPEC_FILE
+        if d.get("format") != SPEC_FORMAT:
+            raise ValueError(f"{f}: not a regressor spec (format {d.get('format')!r}, expected {SPEC_FORMAT!r})")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known - {"format", "version"})
+        if unknown:
+            raise ValueError(f"{f}: unknown spec keys {unknown}")
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{f}: {e}") from None
+
+
+def load_regressor_weights(network: torch.nn.Module, checkpoint: str | os.PathLike) -> torch.nn.Module:
+    """Load ``checkpoint`` (a bare state dict or ``{"model": ...}``) into ``network``, weights only.
+
+    Raises:
+        FileNotFoundError: no checkpoint.
+        ValueError: the weights do not fit the network, in one line naming the file and the first
+            mismatching tensors (not PyTorch's page-long message).
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict")
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {name} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+        raise ValueError(f"{path}: the weights do not match the network described by the spec: {'; '.join(parts)}")
+    network.load_state_dict(state)
+    return network
 
 
 def load_conformal(path: str | os.PathLike | None) -> Any:
@@ -223,6 +387,8 @@ class KeypointPredictor:
                 f"conformal must be a fitted ConformalCalibrator or None, got {type(conformal).__name__}"
             )
         self.conformal = conformal
+        #: the model folder's :class:`RegressorSpec` when built by :meth:`from_checkpoint` from one
+        self.spec: RegressorSpec | None = None
 
     @classmethod
     def from_checkpoint(
@@ -233,22 +399,52 @@ class KeypointPredictor:
         network_kwargs: dict | None = None,
         **kwargs: Any,
     ) -> KeypointPredictor:
-        """Build the network of ``variant`` for ``region`` and load a bundle checkpoint (weights only)."""
+        """A predictor from a model folder (``model.pt`` + ``regressor_model.json``) or a checkpoint file.
+
+        With a spec (the folder's, or the one beside a ``model.pt`` given directly) the network's
+        sizes, the crop size and margin come from it; ``variant``, ``region`` and
+        ``network_kwargs`` are then only checked against it. Without a spec (a bare checkpoint of an
+        older run) they build the network as before. The folder's ``thresholds.json`` and
+        ``conformal.json`` are used unless ``thresholds``/``conformal`` are passed.
+
+        Raises:
+            FileNotFoundError: no checkpoint.
+            ValueError: the weights do not fit the spec, or the spec contradicts the arguments
+                (one line naming the file).
+        """
         from monai_spine.data.keypoints import get_region
         from monai_spine.networks.regressor import build_regressor
 
+        path = Path(checkpoint)
+        folder = path if path.is_dir() else path.parent
+        ckpt = path / "model.pt" if path.is_dir() else path
+        if (folder / SPEC_FILE).is_file():
+            spec = RegressorSpec.load(folder)
+            if network_kwargs:
+                bad = {k: v for k, v in network_kwargs.items() if getattr(spec, k, v) != v and k != "spatial_size"}
+                if bad:
+                    raise ValueError(f"{folder / SPEC_FILE}: the model was trained with other settings than {bad}")
+            net = load_regressor_weights(spec.build_network(), ckpt)
+            kwargs.setdefault("spatial_size", spec.spatial_size)
+            kwargs.setdefault("margin_mm", spec.margin_mm)
+            if tuple(int(v) for v in kwargs["spatial_size"]) != spec.spatial_size:
+                raise ValueError(f"{folder / SPEC_FILE}: trained on {spec.spatial_size} crops, asked for {tuple(kwargs['spatial_size'])}")
+            if "thresholds" not in kwargs and (folder / "thresholds.json").is_file():
+                from monai_spine.uncertainty.classes import Thresholds
+
+                kwargs["thresholds"] = Thresholds.load(folder / "thresholds.json")
+            if "conformal" not in kwargs and (folder / "conformal.json").is_file():
+                kwargs["conformal"] = load_conformal(folder / "conformal.json")
+            predictor = cls(net, scheme=spec.scheme, **kwargs)
+            predictor.spec = spec
+            return predictor
+        if path.is_dir():
+            raise FileNotFoundError(f"{path}: a regressor model folder holds model.pt and {SPEC_FILE}")
         scheme = get_region(region).scheme
         net_kw = dict(network_kwargs or {})
         if "spatial_size" in kwargs:
             net_kw.setdefault("spatial_size", kwargs["spatial_size"])
-        net = build_regressor(variant, scheme.num_points, **net_kw)
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        net.load_state_dict(state)
+        net = load_regressor_weights(build_regressor(variant, scheme.num_points, **net_kw), ckpt)
         return cls(net, scheme=scheme.name, **kwargs)
 
     @torch.inference_mode()

@@ -98,17 +98,27 @@ class CBAM(nn.Module):
         kernel_size: spatial-attention kernel size (odd).
         paper_eq3: channel attention as the sum of two sigmoids (BayeRegX eq. 3) instead of
             the sigmoid of the sum (CBAM); see :class:`ChannelAttention`.
+        unit_gain: scale both attention maps so that they average 1 when the network is
+            initialised (``2 * Ms`` and ``2 * Mc``; ``Mc`` of eq. 3 already lies in (0, 2)), so the
+            module starts close to the identity. Without it every CBAM multiplies the features by
+            about 1/4 at initialisation, and five of them in a row (the BayeRegX trunk) shrink the
+            head's input by about 1000 and stall early training. Default False (the papers' maps).
 
     Shapes:
         input ``(B, C, H, W)`` -> output ``(B, C, H, W)``.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7, paper_eq3: bool = False) -> None:
+    def __init__(
+        self, channels: int, reduction: int = 16, kernel_size: int = 7, paper_eq3: bool = False, unit_gain: bool = False
+    ) -> None:
         super().__init__()
         self.channel_attention = ChannelAttention(channels, reduction=reduction, paper_eq3=paper_eq3)
         self.spatial_attention = SpatialAttention(kernel_size=kernel_size)
+        self.unit_gain = bool(unit_gain)
+        self._channel_gain = 1.0 if (paper_eq3 or not unit_gain) else 2.0
+        self._spatial_gain = 2.0 if unit_gain else 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Refine ``x`` (``(B, C, H, W)``) with channel then spatial attention."""
-        refined = self.channel_attention(x) * x
-        return self.spatial_attention(refined) * refined
+        refined = (self._channel_gain * self.channel_attention(x)) * x
+        return (self._spatial_gain * self.spatial_attention(refined)) * refined

@@ -151,6 +151,7 @@ class Baseline(nn.Module):
         cbam_reduction: int = 16,
         cbam_kernel_size: int = 7,
         cbam_paper_eq3: bool = False,
+        cbam_unit_gain: bool = False,
     ) -> None:
         super().__init__()
         if int(num_points) < 1:
@@ -198,7 +199,8 @@ class Baseline(nn.Module):
             layers.append(nn.ReLU(inplace=True))
             if i in cbam_set:
                 layers.append(
-                    CBAM(c_out, reduction=cbam_reduction, kernel_size=cbam_kernel_size, paper_eq3=cbam_paper_eq3)
+                    CBAM(c_out, reduction=cbam_reduction, kernel_size=cbam_kernel_size, paper_eq3=cbam_paper_eq3,
+                         unit_gain=cbam_unit_gain)
                 )
             if pool_after:
                 layers.append(nn.MaxPool2d(kernel_size=3, stride=2))
@@ -273,6 +275,8 @@ class CBAMRegressor(Baseline):
         cbam_kernel_size: CBAM spatial-attention kernel size.
         cbam_paper_eq3: channel attention as the sum of two sigmoids (BayeRegX eq. 3), see
             :class:`monai_spine.networks.cbam.ChannelAttention`.
+        cbam_unit_gain: attention maps that average 1 at initialisation (see
+            :class:`monai_spine.networks.cbam.CBAM`); the bundle's recipe uses it.
 
     Shapes:
         input ``(B, in_channels, H, W)`` -> output ``(B, K, 2)``.
@@ -294,6 +298,7 @@ class CBAMRegressor(Baseline):
         cbam_reduction: int = 16,
         cbam_kernel_size: int = 7,
         cbam_paper_eq3: bool = False,
+        cbam_unit_gain: bool = False,
         codec: KeypointRegressionCodec | dict | None = None,
     ) -> None:
         super().__init__(
@@ -311,6 +316,7 @@ class CBAMRegressor(Baseline):
             cbam_reduction=cbam_reduction,
             cbam_kernel_size=cbam_kernel_size,
             cbam_paper_eq3=cbam_paper_eq3,
+            cbam_unit_gain=cbam_unit_gain,
             codec=codec,
         )
 
@@ -358,6 +364,7 @@ class BayeCBAM(CBAMRegressor):
         separate_branches: bool = False,
         logvar_bias_init: float = 0.0,
         codec: KeypointRegressionCodec | dict | None = None,
+        cbam_unit_gain: bool = False,
     ) -> None:
         self._separate_branches = bool(separate_branches)
         self._fc_args = (int(fc_features), int(num_hidden_fc), float(dropout))
@@ -377,6 +384,7 @@ class BayeCBAM(CBAMRegressor):
             cbam_reduction=cbam_reduction,
             cbam_kernel_size=cbam_kernel_size,
             cbam_paper_eq3=cbam_paper_eq3,
+            cbam_unit_gain=cbam_unit_gain,
             codec=codec,
         )
 

@@ -258,3 +258,70 @@ def test_reference_predictor_equals_batched_without_dropout():
     for kind in ("aleatoric", "total"):
         np.testing.assert_allclose(a.sigma_mm[kind], b.sigma_mm[kind], rtol=1e-4)
     assert np.all(b.sigma_frac["epistemic"] < 1e-6)
+
+
+# ---------------------------------------------------------------------------- self-describing model folder
+
+
+def _model_folder(tmp_path, variant="baseline", region="cervical", **kw):
+    from monai_spine.inference.regressor import RegressorSpec
+
+    spec = RegressorSpec(region=region, variant=variant, spatial_size=(64, 128), width=0.125, fc_features=16,
+                         dropout=0.0, margin_mm=3.0, meta={"trained_with": "test"}, **kw)
+    net = spec.build_network()
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    spec.save(tmp_path)
+    return spec, net
+
+
+@pytest.mark.parametrize("variant,region", [("baseline", "cervical"), ("bayecbam", "ap")])
+def test_spec_round_trip_and_predictor_from_folder(tmp_path, variant, region):
+    from monai_spine.inference.regressor import KeypointPredictor, RegressorSpec
+
+    spec, net = _model_folder(tmp_path, variant, region)
+    assert RegressorSpec.load(tmp_path) == spec
+    pred = KeypointPredictor.from_checkpoint(tmp_path)
+    assert pred.spatial_size == (64, 128) and pred.spec == spec and pred.scheme.name == spec.scheme
+    for k, v in net.state_dict().items():
+        assert torch.equal(pred.network.state_dict()[k], v)
+    # a model.pt given directly finds its spec beside it
+    assert KeypointPredictor.from_checkpoint(tmp_path / "model.pt").spec == spec
+
+
+def test_mismatching_checkpoint_is_refused_in_one_line(tmp_path):
+    from monai_spine.inference.regressor import KeypointPredictor, RegressorSpec
+
+    _model_folder(tmp_path)
+    d = RegressorSpec.load(tmp_path).to_dict()
+    d["fc_features"] = 32
+    (tmp_path / "regressor_model.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError) as e:
+        KeypointPredictor.from_checkpoint(tmp_path)
+    msg = str(e.value)
+    assert "model.pt" in msg and "other shape" in msg and "\n" not in msg and len(msg) < 400
+
+
+@pytest.mark.parametrize(
+    "patch,match",
+    [({"format": "monai-spine-detector"}, "not a regressor spec"), ({"colour": 1}, "unknown spec keys"),
+     ({"variant": "resnet"}, "unknown regressor variant"), ({"spatial_size": [10, 10]}, "spatial_size")],
+)
+def test_bad_spec_names_the_file(tmp_path, patch, match):
+    from monai_spine.inference.regressor import RegressorSpec
+
+    _model_folder(tmp_path)
+    d = {**RegressorSpec.load(tmp_path).to_dict(), **patch}
+    (tmp_path / "regressor_model.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=match) as e:
+        RegressorSpec.load(tmp_path)
+    assert "regressor_model.json" in str(e.value)
+
+
+def test_spec_contradicting_arguments_is_refused(tmp_path):
+    from monai_spine.inference.regressor import KeypointPredictor
+
+    _model_folder(tmp_path)
+    with pytest.raises(ValueError, match="other settings"):
+        KeypointPredictor.from_checkpoint(tmp_path, network_kwargs={"width": 1.0})
+    with pytest.raises(ValueError, match="trained on"):
+        KeypointPredictor.from_checkpoint(tmp_path, spatial_size=(112, 224))

@@ -99,7 +99,7 @@ def test_killed_training_resumes_from_its_last_epoch_and_finishes(tmp_path):
     assert 1 <= done < EPOCHS
     iters = killed["trainer"]["epoch_length"]
     assert _adam_steps(killed) == {done * iters}
-    assert killed["lr_scheduler"]["last_epoch"] == done
+    assert killed["lr_scheduler"]["last_epoch"] == done * iters  # the schedule steps every iteration
     assert (tmp_path / "models" / "model.pt").is_file()  # the best model so far survived too
 
     # 3. resume in this process: it goes on at epoch done + 1 and ends at EPOCHS
@@ -107,7 +107,7 @@ def test_killed_training_resumes_from_its_last_epoch_and_finishes(tmp_path):
     final = _state(tmp_path)
     assert final["trainer"]["iteration"] == EPOCHS * iters  # no finished epoch lost, none repeated
     assert _adam_steps(final) == {EPOCHS * iters}  # the optimizer's moments were restored, not restarted
-    assert final["lr_scheduler"]["last_epoch"] == EPOCHS  # the cosine schedule went on
+    assert final["lr_scheduler"]["last_epoch"] == EPOCHS * iters  # the warm-up/cosine schedule went on
     assert 1 <= final["evaluator"]["best_metric_epoch"] <= EPOCHS
     best = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert set(best) == set(final["network"])
