@@ -375,10 +375,11 @@ def test_twenty_concurrent_inference_requests_get_identical_correct_answers(serv
             results[i] = e
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
-    t0 = time.monotonic()
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    time.sleep(0.1)
+    pending = sum(t.is_alive() for t in threads)
+    info_start = time.monotonic()
     info = server.get("/info/")  # inference runs off the event loop: the server answers meanwhile
     info_done = time.monotonic()
     for t in threads:
@@ -386,7 +387,9 @@ def test_twenty_concurrent_inference_requests_get_identical_correct_answers(serv
     all_done = time.monotonic()
     assert info.status_code == 200
     assert all(isinstance(r, requests.Response) and r.status_code == 200 for r in results), results
-    assert info_done - t0 < 0.5 * (all_done - t0), (info_done - t0, all_done - t0)
+    # MONAI Label 0.8.5 answered /info/ only once the inferences queued before it were done (ratio ~1)
+    assert pending >= 5, f"only {pending} requests pending: the check below would measure nothing"
+    assert info_done - info_start < 0.5 * (all_done - info_start), (info_done - info_start, all_done - info_start)
     preds = [r.json()["prediction"] for r in results]
     assert all(p == preds[0] for p in preds)  # bit-identical JSON
     np.testing.assert_allclose(_points(preds[0]), _points(ref), atol=0.05)
