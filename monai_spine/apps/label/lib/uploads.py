@@ -52,6 +52,7 @@ class RequestUploads:
         self._paths: list[str] = []
 
     def add(self, path: str) -> None:
+        """Record ``path`` (resolved) as one of the request's temporary uploads."""
         with self._lock:
             self._paths.append(os.path.realpath(path))
 
