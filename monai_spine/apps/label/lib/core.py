@@ -438,7 +438,8 @@ def view_check(detections: Any, levels_expected: Sequence[str], min_detected_fra
 
     Args:
         detections: :class:`~monai_spine.inference.detector.Detections` (or anything with ``levels``
-            and ``scores``).
+            and ``scores``): the vertebrae seen on the film (the app leaves out levels the pipeline
+            only inferred and detections whose centre lies off the film).
         levels_expected: the detector's levels (its region).
         min_detected_frac: smallest fraction of ``levels_expected`` that must be detected.
         min_score: smallest mean detection score.
@@ -594,7 +595,7 @@ class ModelStore:
         if name is not None:
             out["result"]["image"] = name
         out["uncertainty"] = uncertainty_score(out["result"])
-        verts = out["result"].get("vertebrae", [])
+        verts = _seen_on_film(out["result"].get("vertebrae", []), out["markups"] or out["corners_markups"])
         dets = _DetectedView([v.get("level") for v in verts],
                              [v["detection_score"] for v in verts if v.get("detection_score") is not None])
         cfg = self.config
@@ -686,6 +687,24 @@ class ModelStore:
                               image=name or str(image_path), image_size=img.size_wh, spacing_mm=img.spacing_mm,
                               spacing_source=img.spacing_source)
         return {"result": result, "markups": annotation_to_markups(ann, {"description": desc}, name="corners")}
+
+
+def _seen_on_film(verts: Sequence[Mapping[str, Any]], markups: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    """The predicted vertebrae the detector saw on the film: not ``inferred`` (placed between seen ones), and
+    with the detected centre inside the image (its size from the markups' ``monaiSpine`` block, when given)."""
+    seen = [v for v in verts if not v.get("inferred")]
+    size = None
+    for m in (markups or {}).get("markups") or []:
+        size = ((m or {}).get("monaiSpine") or {}).get("image_size") or size
+    if not size:
+        return seen
+    w, h = float(size[0]), float(size[1])
+
+    def inside(v: Mapping[str, Any]) -> bool:
+        c = v.get("centre_px")
+        return c is None or (-0.5 <= float(c[0]) <= w - 0.5 and -0.5 <= float(c[1]) <= h - 0.5)
+
+    return [v for v in seen if inside(v)]
 
 
 class _DetectedView:
