@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(REPO / "runs" / "bench-regressor"),
                    help="output folder: one run folder per variant, table.md, results.json (default runs/bench-regressor)")
     p.add_argument("--seed", type=int, default=d.seed, help="training and dropout seed (default 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="several training seeds: one run per seed (OUT/seed<S>) and a table of means with 95 %% "
+                        "confidence intervals over the seeds")
+    p.add_argument("--region", choices=("cervical", "lumbar"), default=d.region, help="synthetic region (default cervical)")
+    p.add_argument("--detector-dir", default=None,
+                   help="a trained detector's model folder: test boxes come from it (fully automatic), not the annotations")
     p.add_argument("--data-seed", type=int, default=d.data_seed, help="synthetic generator seed (default 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--num-workers", type=int, default=0, help="data loader workers of the bundle (default 0)")
@@ -103,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         n=args.n, size=args.size, epochs=args.epochs, batch_size=args.batch_size, width=args.width,
         fc_features=args.fc_features, crop=tuple(args.crop), hard_case_rate=args.hard_case_rate,
         mc_samples=args.mc_samples, learning_rate=args.lr, seed=args.seed, data_seed=args.data_seed,
-        extra=_extra_overrides(args),
+        region=args.region, extra=_extra_overrides(args),
     )
     bundle = bundle_dir()
     logging_file: str | bool = False if args.quiet else str(bundle / "configs" / "logging.conf")
@@ -113,10 +119,28 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         quiet = contextlib.redirect_stdout(open(os.devnull, "w"))  # left open: handlers may keep it
-    with quiet:
-        report, _ = run_benchmark(settings, args.out, bundle, args.variants, command, logging_file,
-                                  log=lambda m: print(m, file=sys.stderr, flush=True))
-    print("\n" + report, flush=True)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if not args.seeds:
+        with quiet:
+            report, _ = run_benchmark(settings, args.out, bundle, args.variants, command, logging_file, log=log,
+                                      detector_dir=args.detector_dir)
+        print("\n" + report, flush=True)
+        return 0
+    import dataclasses
+
+    from monai_spine.engines.bench import format_seed_table
+
+    per_seed = []
+    for seed in args.seeds:
+        with quiet:
+            report, results = run_benchmark(dataclasses.replace(settings, seed=seed), Path(args.out) / f"seed{seed}",
+                                            bundle, args.variants, command, logging_file, log=log,
+                                            detector_dir=args.detector_dir)
+        print(f"\n## seed {seed}\n\n" + report, flush=True)
+        per_seed.append(results)
+    table = format_seed_table(per_seed)
+    (Path(args.out) / "seeds.md").write_text(table + "\n", encoding="utf-8")
+    print("\n## over seeds " + " ".join(map(str, args.seeds)) + " (mean ± 95 % CI)\n\n" + table, flush=True)
     return 0
 
 

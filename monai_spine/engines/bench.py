@@ -55,6 +55,7 @@ __all__ = [
     "spearman",
     "variant_result",
     "format_table",
+    "format_seed_table",
     "format_header",
     "run_benchmark",
 ]
@@ -80,7 +81,7 @@ class BenchSettings:
         hard_case_rate: share of generated images that are hard cases (whole set, so the test split
             holds them too).
         mc_samples: T, MC-dropout passes at evaluation.
-        learning_rate: Adam learning rate (cosine annealing over ``epochs``).
+        learning_rate: Adam peak learning rate (the bundle's linear warm-up, then cosine per iteration).
         seed: training seed (``set_determinism``) and dropout-mask seed of the predictor.
         data_seed: seed of the synthetic generator.
         region: ``cervical`` (the synthetic generator also has ``lumbar``).
@@ -90,14 +91,14 @@ class BenchSettings:
 
     n: int = 80
     size: int = 512
-    epochs: int = 20
-    batch_size: int = 16
+    epochs: int = 190
+    batch_size: int = 32
     width: float = 0.25
     fc_features: int = 256
     crop: tuple[int, int] = (112, 224)
     hard_case_rate: float = 0.3
     mc_samples: int = 10
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     seed: int = 0
     data_seed: int = 0
     region: str = "cervical"
@@ -158,7 +159,7 @@ class BenchSettings:
             f"region={self.region}, n={self.n} synthetic images {self.size}x{self.size} px "
             f"(hard_case_rate={self.hard_case_rate:g}, data_seed={self.data_seed}, split 70/15/15 by image), "
             f"epochs={self.epochs}, batch_size={self.batch_size}, crop HxW={self.crop[0]}x{self.crop[1]}, "
-            f"width={self.width:g}, fc_features={self.fc_features}, lr={self.learning_rate:g} (Adam, cosine), "
+            f"width={self.width:g}, fc_features={self.fc_features}, lr={self.learning_rate:g} (Adam, warm-up + cosine), "
             f"seed={self.seed}, MC dropout T={self.mc_samples}"
         )
 
@@ -273,9 +274,13 @@ class EvalArrays:
     point_types: tuple[str, ...]
     num_images: int
     num_hard_images: int
+    num_annotated: int = 0
+    num_found: int = 0
 
 
-def evaluate_predictor(predictor: Any, label_paths: Sequence[str], region: str = "cervical") -> EvalArrays:
+def evaluate_predictor(
+    predictor: Any, label_paths: Sequence[str], region: str = "cervical", detector: Any = None
+) -> EvalArrays:
     """Predict every annotated vertebra of ``label_paths`` and measure the point errors.
 
     Vertebrae are those of ``region``'s levels with at least one visible point (as in the bundle's
@@ -290,6 +295,10 @@ def evaluate_predictor(predictor: Any, label_paths: Sequence[str], region: str =
             ``scheme`` with ``point_types``.
         label_paths: annotation files (each names its image).
         region: region whose levels are evaluated.
+        detector: a :class:`~monai_spine.inference.detector.VertebraDetector`: the boxes then come
+            from it (the vertebra detected at the annotated level; levels it only inferred, or did
+            not find, are missed and counted in ``num_annotated - num_found``), not from the
+            annotation.
 
     Returns:
         :class:`EvalArrays`.
@@ -308,6 +317,7 @@ def evaluate_predictor(predictor: Any, label_paths: Sequence[str], region: str =
     sig_frac: dict[str, list[np.ndarray]] = {}
     all_known = True
     num_hard = 0
+    num_annotated = num_found = 0
     for i, label in enumerate(label_paths):
         ann = read_annotation(label)
         keep = [j for j, lev in enumerate(ann.levels) if lev in levels and ann.visible[j].any()]
@@ -318,6 +328,18 @@ def evaluate_predictor(predictor: Any, label_paths: Sequence[str], region: str =
         override = None if str(ann.image).lower().endswith((".dcm", ".dicom")) else ann.spacing_mm
         img = read_xray(ann.image, spacing_mm=override)
         boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+        num_annotated += len(keep)
+        if detector is not None:
+            det = detector.detect(img.channel_first(), img.spacing_mm, img.spacing_source)
+            inferred = np.zeros(len(det.levels), bool) if det.inferred is None else np.asarray(det.inferred, bool)
+            seen = {lev: np.asarray(det.boxes_px[k]) for k, lev in enumerate(det.levels) if not inferred[k]}
+            keep = [j for j in keep if ann.levels[j] in seen]
+            if not keep:
+                continue
+            boxes = np.asarray(boxes, np.float64).copy()
+            for j in keep:
+                boxes[j] = seen[ann.levels[j]]
+        num_found += len(keep)
         pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source)
         n = len(keep)
         pred_px = np.asarray(pred.keypoints_px, np.float64).reshape(n, -1, 2)
@@ -350,6 +372,8 @@ def evaluate_predictor(predictor: Any, label_paths: Sequence[str], region: str =
         point_types=tuple(predictor.scheme.point_types),
         num_images=len(set(ids)),
         num_hard_images=num_hard,
+        num_annotated=num_annotated,
+        num_found=num_found,
     )
 
 
@@ -404,6 +428,8 @@ class VariantResult:
         eval_seconds: wall time of the test-split prediction.
         num_images, num_hard_images: test images, of which generator hard cases.
         hard_summary: summary over hard-case images only (empty when there is none).
+        num_annotated, num_found: annotated test vertebrae, and those evaluated (all of them with
+            annotation boxes; with a detector, those it found at their level).
     """
 
     variant: str
@@ -415,6 +441,8 @@ class VariantResult:
     num_images: int = 0
     num_hard_images: int = 0
     hard_summary: dict[str, float] = field(default_factory=dict)
+    num_annotated: int = 0
+    num_found: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN -> None)."""
@@ -461,6 +489,8 @@ def variant_result(
         num_images=arrays.num_images,
         num_hard_images=arrays.num_hard_images,
         hard_summary=hard_summary,
+        num_annotated=arrays.num_annotated,
+        num_found=arrays.num_found,
     )
 
 
@@ -501,6 +531,9 @@ def format_table(results: Sequence[VariantResult]) -> str:
         "Spearman σp aleatoric",
         "Spearman σp epistemic",
     ]
+    detected = any(r.num_found != r.num_annotated for r in results)
+    if detected:
+        header.insert(1, "vertebrae found")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for r in results:
         s = r.summary
@@ -515,6 +548,8 @@ def format_table(results: Sequence[VariantResult]) -> str:
             _num(r.train_seconds, "{:.0f}"),
             *rho,
         ]
+        if detected:
+            cells.insert(1, f"{r.num_found}/{r.num_annotated}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -613,6 +648,7 @@ def run_benchmark(
     command: Sequence[str] = (),
     logging_file: str | bool | None = None,
     log: Callable[[str], None] = print,
+    detector_dir: str | os.PathLike | None = None,
 ) -> tuple[str, list[VariantResult]]:
     """Train and evaluate every variant; write ``table.md`` and ``results.json`` to ``out_dir``.
 
@@ -624,6 +660,8 @@ def run_benchmark(
         command: the command line to print with the table.
         logging_file: the bundle's logging config (None: the bundle's ``configs/logging.conf``; False: none).
         log: progress messages.
+        detector_dir: a trained vertebra detector's model folder: test boxes come from it (the
+            fully automatic setting), for the networks and the mean-shape reference alike.
 
     Returns:
         ``(report, results)``: the markdown report (header, table, notes) and the per-variant results.
@@ -637,6 +675,11 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     labels = split_labels(settings, bundle_root)  # generates the shared set once, outside the timings
+    detector = None
+    if detector_dir:
+        from monai_spine.inference.detector import VertebraDetector
+
+        detector = VertebraDetector.from_checkpoint(detector_dir)
     log(f"[bench] data set ready in {time.perf_counter() - t0:.0f} s; {len(labels)} test images")
     results: list[VariantResult] = []
     for variant in variants:
@@ -646,7 +689,7 @@ def run_benchmark(
         log(f"[bench] {variant}: trained in {seconds:.0f} s; evaluating on the test split")
         predictor = bundle_predictor(settings, variant, run_dir, bundle_root)
         t1 = time.perf_counter()
-        arrays = evaluate_predictor(predictor, labels, settings.region)
+        arrays = evaluate_predictor(predictor, labels, settings.region, detector)
         eval_s = time.perf_counter() - t1
         kinds = SIGMA_KINDS if getattr(predictor.network, "predicts_logvar", False) else ("epistemic",)
         res = variant_result(arrays, variant, kinds, seconds)
@@ -656,7 +699,7 @@ def run_benchmark(
         # the reference row: the mean training shape in each crop, no network
         ref = MeanShapePredictor(bundle_predictor(settings, variants[0], out / variants[0], bundle_root),
                                  split_labels(settings, bundle_root, split="training"), settings.region)
-        res = variant_result(evaluate_predictor(ref, labels, settings.region), "mean shape (no network)", (),
+        res = variant_result(evaluate_predictor(ref, labels, settings.region, detector), "mean shape (no network)", (),
                              float("nan"))
         results.append(res)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
@@ -669,7 +712,9 @@ def run_benchmark(
         results[0].num_hard_images,
         int(results[0].summary.get("count", 0)),
     )
-    report = "\n\n".join([header, format_table(results), _notes(results[0].unit, settings.mc_samples)]) + "\n"
+    boxes = f"boxes from the detector {detector_dir}" if detector_dir else "boxes from the annotations (oracle)"
+    report = "\n\n".join([header + f"\ntest boxes: {boxes}", format_table(results),
+                           _notes(results[0].unit, settings.mc_samples)]) + "\n"
     (out / "table.md").write_text(report, encoding="utf-8")
     record = {
         "command": list(map(str, command)),
@@ -680,3 +725,53 @@ def run_benchmark(
     }
     (out / "results.json").write_text(json.dumps(record, indent=1, allow_nan=False), encoding="utf-8")
     return report, results
+
+
+def _t95(n: int) -> float:
+    """Two-sided 95 % Student t quantile for ``n - 1`` degrees of freedom (n >= 2)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, n - 1))
+
+
+def format_seed_table(per_seed: Sequence[Sequence[VariantResult]]) -> str:
+    """Mean and 95 % confidence interval over seeds of each variant's headline numbers.
+
+    Args:
+        per_seed: one list of :class:`VariantResult` per seed (same variants, same order).
+
+    Columns: mean error, share of scans with mean error < 2, fit failure > 3, Spearman total, each as
+    ``mean ± half-width`` (Student t over the seeds; ``n = 1`` gives the value alone).
+    """
+    if not per_seed or not per_seed[0]:
+        raise ValueError("no result to tabulate")
+    u = per_seed[0][0].unit
+    n = len(per_seed)
+
+    def agg(values: list[float], pct: bool = False, fmt: str = "{:.3f}") -> str:
+        v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+        if v.size == 0:
+            return "—"
+        k = 100.0 if pct else 1.0
+        m = k * v.mean()
+        if v.size < 2:
+            return (fmt.format(m) + (" %" if pct else ""))
+        h = k * _t95(v.size) * v.std(ddof=1) / math.sqrt(v.size)
+        return f"{fmt.format(m)} ± {fmt.format(h)}" + (" %" if pct else "")
+
+    header = ["variant", f"mean {u}", f"scans mean < 2 {u}", f"fit failure > 3 {u}", "Spearman σp total", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for j, first in enumerate(per_seed[0]):
+        rows = [seed[j] for seed in per_seed]
+        rho = [r.spearman["total"].rho if "total" in r.spearman else
+               (r.spearman["epistemic"].rho if "epistemic" in r.spearman else float("nan")) for r in rows]
+        cells = [
+            first.variant,
+            agg([r.summary.get(f"mean_{u}", float("nan")) for r in rows]),
+            agg([r.summary.get(f"scans_below_2.0{u}", float("nan")) for r in rows], pct=True, fmt="{:.1f}"),
+            agg([r.summary.get(f"fit_failure_3.0{u}", float("nan")) for r in rows], pct=True, fmt="{:.2f}"),
+            agg(rho, fmt="{:+.3f}"),
+            str(n),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -180,3 +180,27 @@ def test_dataset_dir_of_the_project_format_and_tracking_mlflow(tmp_path):
         tracking_uri=f"sqlite:///{tmp_path / 'tracking.db'}", **overrides)
     assert (tmp_path / "models" / "model.pt").is_file()
     assert (tmp_path / "tracking.db").is_file()
+
+
+def test_paper_override_trains_with_the_papers_targets_and_schedule(tmp_path):
+    """paper.json: fraction targets (identity codec), no warm-up, epoch-level cosine, plain CBAM."""
+    import torch
+
+    _run(_cfg("train.json", "paper.json"), "training", **_outputs(tmp_path), **{"train#handlers#3#_disabled_": True,
+                                                                             "validate#handlers#2#_disabled_": True})
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert torch.all(state["codec.mean_frac"] == 0) and torch.all(state["codec.scale_frac"] == 1)
+    spec = json.loads((tmp_path / "models" / "regressor_model.json").read_text())
+    assert spec["cbam_unit_gain"] is False and spec["dropout"] == 0.5
+
+
+def test_recipe_checkpoint_carries_a_fitted_codec_and_its_spec(trained):
+    import torch
+
+    from monai_spine.inference.regressor import KeypointPredictor
+
+    state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)
+    scale = state["codec.scale_frac"]
+    assert scale.shape == (5, 2) and torch.all(scale < 0.5) and not torch.all(state["codec.mean_frac"] == 0)
+    pred = KeypointPredictor.from_checkpoint(trained / "models")
+    assert pred.spatial_size == tuple(TINY["spatial_size"]) and pred.spec.variant == "bayecbam"
