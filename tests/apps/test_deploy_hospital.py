@@ -266,10 +266,12 @@ def _dciodvfy() -> str:
     return exe
 
 
-def _dsrdump_problems(path: Path) -> list[str]:
-    """DCMTK's dsrdump error/warning lines for an SR (skip when DCMTK is not installed)."""
+def _dsrdump_problems(path: Path, skip: bool = True) -> list[str]:
+    """DCMTK's dsrdump error/warning lines for an SR (skip, or [] with ``skip=False``, when DCMTK is missing)."""
     exe = shutil.which("dsrdump")
     if exe is None:
+        if not skip:
+            return []
         pytest.skip("dsrdump is missing: apt-get install dcmtk")
     proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
     lines = (proc.stdout + proc.stderr).splitlines()
@@ -438,22 +440,39 @@ def test_app_reports_a_film_without_type2_attributes(tmp_path, app_python):
     sr = pydicom.dcmread(out / "dx.sr.dcm")
     assert all(kw in sr and sr[kw].value in (None, "") for kw in TYPE2_TAGS)
     assert _dciodvfy_errors(out / "dx.sr.dcm") == []
+    assert _dsrdump_problems(out / "dx.sr.dcm", skip=False) == []
     sc = pydicom.dcmread(out / "dx.overlay.sc.dcm")  # the overlay's Secondary Capture: valid too
     assert all(kw in sc and sc[kw].value in (None, "") for kw in TYPE2_TAGS)
     assert _dciodvfy_errors(out / "dx.overlay.sc.dcm") == []
 
 
 # ------------------------------------------------------------------------------- model layouts
+#: The tiny regressor of the tests as a self-describing model folder (RegressorSpec keyword arguments).
+TINY_REGRESSOR = dict(region="cervical", variant="bayecbam", spatial_size=(64, 64), width=0.125, fc_features=16)
+
+
+def _write_regressor_folder(folder: Path, weights_width: float | None = None, **spec_kw) -> Path:
+    """``model.pt`` + ``regressor_model.json``; ``weights_width`` saves weights of another width than the spec's."""
+    import torch
+
+    from monai_spine.inference.regressor import RegressorSpec
+
+    torch.manual_seed(0)
+    spec = RegressorSpec(**{**TINY_REGRESSOR, **spec_kw})
+    spec.save(folder)
+    net_spec = spec if weights_width is None else RegressorSpec(**{**TINY_REGRESSOR, **spec_kw, "width": weights_width})
+    torch.save(net_spec.build_network().state_dict(), folder / "model.pt")
+    return folder
+
+
 def _write_zoo(root: Path, regions=("cervical",)) -> Path:
-    """A model zoo (``<region>/detector``, ``<region>/regressor``) of tiny models, with a README as the bundle's."""
+    """A model zoo (``<region>/detector``, ``<region>/regressor`` with its spec) of tiny models, and a README."""
     flat = _write_models(root.parent / f"{root.name}-flat")
     root.mkdir(parents=True)
     (root / "README.md").write_text("models")
     for r in regions:
         shutil.copytree(flat / "detector", root / r / "detector")
-        (root / r / "regressor").mkdir(parents=True)
-        for name in ("model.pt", "deploy.json"):
-            shutil.copy2(flat / name, root / r / "regressor" / name)
+        _write_regressor_folder(root / r / "regressor")
     return root
 
 
@@ -707,3 +726,64 @@ def test_blank_film_warning(tmp_path, case):
     if expected:
         assert w.startswith("warning: the image is nearly blank (1st-99th percentile span 0 of 4096 stored values)")
         assert ("the 5 vertebra(e) found on it cannot be trusted" in w) == (n == 5)
+
+
+# ------------------------------------------------------------------ self-describing regressor folder
+SPEC_CASES = {
+    # name: (deploy.json content or None, spec changes, weights width or None, words of the refusal or None)
+    "spec_alone": (None, {}, None, None),
+    "runtime_settings_beside_the_spec": ({"mc_samples": 3}, {}, None, None),
+    "deploy_json_agrees": ({"spatial_size": [64, 64], "width": 0.125}, {}, None, None),
+    "deploy_json_other_crop_size": ({"spatial_size": [96, 96]}, {}, None, "trained on (64, 64) crops, asked for (96, 96)"),
+    "deploy_json_other_width": ({"width": 0.25}, {}, None, "trained with other settings than {'width': 0.25}"),
+    "weights_of_another_network": (None, {}, 0.25, "the weights do not match the network described by the spec"),
+    "regressor_of_another_region": (None, {"region": "lumbar"}, None,
+                                    "the regressor was trained for region 'lumbar' but the detector"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPEC_CASES))
+def test_regressor_folder_describes_itself(tmp_path, case):
+    """No hand-written deploy.json needed; a mismatch is refused in one line naming the file.
+
+    The old app read only deploy.json: without it a page-long state-dict error, with a wrong
+    spatial_size a normal-looking report.
+    """
+    import json
+
+    from monai_spine.apps.deploy.models import build_pipeline, locate_models
+
+    deploy, spec_kw, weights_width, words = SPEC_CASES[case]
+    zoo = _write_zoo(tmp_path / "zoo")
+    reg = zoo / "cervical" / "regressor"
+    if spec_kw or weights_width:
+        _write_regressor_folder(reg, weights_width=weights_width, **spec_kw)
+    if deploy is not None:
+        (reg / "deploy.json").write_text(json.dumps({"regressor": deploy}))
+    folders = locate_models(zoo)
+    if words is None:
+        pipe = build_pipeline(folders, overlays=False)
+        assert pipe.regressor.spec.spatial_size == (64, 64) and pipe.regressor.spec.width == 0.125
+        assert pipe.regressor.num_samples == (3 if case == "runtime_settings_beside_the_spec" else 10)
+    else:
+        with pytest.raises(ValueError) as e:
+            build_pipeline(folders, overlays=False)
+        msg = str(e.value)
+        assert words in msg and "\n" not in msg and len(msg) < 400, msg
+        assert str(reg) in msg
+
+
+@pytest.mark.slow
+def test_app_refuses_weights_that_do_not_fit_their_spec(tmp_path, app_python):
+    py = app_python(".venv-deploy")
+    zoo = _write_zoo(tmp_path / "zoo")
+    _write_regressor_folder(zoo / "cervical" / "regressor", weights_width=0.25)
+    in_dir = tmp_path / "in"
+    write_dx_dicom(in_dir / "dx.dcm", _radiograph(0), SPACING_MM, uid_entropy=["deploy-spec", "dx"])
+    out = tmp_path / "out"
+    proc = _run_app(py, in_dir, out, zoo)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"monai-spine deploy: error: models folder {zoo}: ")
+    assert "the weights do not match the network described by the spec" in last and len(last) < 600
+    assert not out.exists()
