@@ -2,7 +2,7 @@
 
 A synthetic DICOM folder (a DX radiograph, a CT distractor and a text file) and tiny untrained models
 (detector decoding ``argmax`` with a low threshold, so every cervical level is "detected"; a narrow
-BayeRegX regressor) are written to tmp_path; the app runs once, and its DICOM SR is read back with
+BayeRegX regressor in a self-describing ``regressor/`` folder) are written to tmp_path; the app runs once, and its DICOM SR is read back with
 pydicom in the main venv and compared with the app's JSON outputs. Bad inputs (no DICOM, a CT
 series, a radiograph without pixel spacing) must give one clear line, a non-zero exit status and no
 output folder. The app venv is found by ``tests/apps/conftest.py`` (skip, or fail in CI).
@@ -34,10 +34,13 @@ DEVICE_UID = "1.2.826.0.1.3680043.10.1234.17"  # the installation's Device Obser
 
 
 # ------------------------------------------------------------------------------------ inputs and models
-def _write_models(root: Path) -> Path:
+def _write_models(root: Path, layout: str = "legacy") -> Path:
+    """Tiny untrained models: ``detector/`` and either ``regressor/`` with its spec (``layout="kinds"``, what
+    the bundle writes now: no deploy.json) or the legacy ``model.pt`` + hand-written ``deploy.json``."""
     import torch
 
     from monai_spine.inference.detector import DetectorSpec
+    from monai_spine.inference.regressor import RegressorSpec
     from monai_spine.networks.regressor import build_regressor
 
     torch.manual_seed(0)
@@ -46,6 +49,11 @@ def _write_models(root: Path) -> Path:
                         score_threshold=0.01, decode_method="argmax")
     spec.save(det_dir)
     torch.save(spec.build_network().state_dict(), det_dir / "model.pt")
+    if layout == "kinds":
+        reg = RegressorSpec(region="cervical", variant="bayecbam", spatial_size=(64, 64), width=0.125, fc_features=16)
+        reg.save(root / "regressor")
+        torch.save(reg.build_network().state_dict(), root / "regressor" / "model.pt")
+        return root
     net = build_regressor("bayecbam", 5, width=0.125, fc_features=16, spatial_size=(64, 64))
     torch.save(net.state_dict(), root / "model.pt")
     (root / "deploy.json").write_text(json.dumps(
@@ -60,7 +68,7 @@ def _radiograph(seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
-    return _write_models(tmp_path_factory.mktemp("models"))
+    return _write_models(tmp_path_factory.mktemp("models"), layout="kinds")
 
 
 @pytest.fixture(scope="module")
@@ -248,10 +256,10 @@ def test_sr_holds_each_measurements_interval_and_the_models_hashes(good_run, mod
     assert checked == len(rows) > 0
     params = {str(it.TextValue) for it in _walk(sr.ContentSequence)
               if it.ValueType == "TEXT" and str(it.ConceptNameCodeSequence[0].CodeMeaning) == "Algorithm Parameters"}
-    digest = {k: hashlib.sha256(p.read_bytes()).hexdigest()
-              for k, p in (("detector", models_dir / "detector" / "model.pt"), ("regressor", models_dir / "model.pt"))}
+    digest = {k: hashlib.sha256((models_dir / k / "model.pt").read_bytes()).hexdigest()
+              for k in ("detector", "regressor")}
     assert params == {f"detector model detector sha256 {digest['detector']}",
-                      f"regressor model model.pt sha256 {digest['regressor']}"}
+                      f"regressor model regressor sha256 {digest['regressor']}"}
     (uid,) = [str(it.UID) for it in _walk(sr.ContentSequence) if it.ValueType == "UIDREF"
               and str(it.ConceptNameCodeSequence[0].CodeMeaning) == "Device Observer UID"]
     assert uid == DEVICE_UID
