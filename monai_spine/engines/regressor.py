@@ -124,7 +124,14 @@ def cache_crops(items: Sequence[dict], transform: Any, keep_keys: Sequence[str] 
     return out
 
 
-def fit_codec(items: Sequence[dict], transform: Any, num_points: int, enabled: bool = True) -> Any:
+def fit_codec(
+    items: Sequence[dict],
+    transform: Any,
+    num_points: int,
+    enabled: bool = True,
+    flip_prob: float = 0.0,
+    flip_perm: Sequence[int] | None = None,
+) -> Any:
     """The target codec fitted on the training crops (``enabled=False``: the identity, paper targets).
 
     Args:
@@ -134,6 +141,10 @@ def fit_codec(items: Sequence[dict], transform: Any, num_points: int, enabled: b
             reference on validation crops.
         num_points: K.
         enabled: fit (True) or return the identity codec.
+        flip_prob, flip_perm: the training's flip augmentation; when it flips, the codec is fitted
+            on the crops and their mirror images (``x -> 1 - x``, labels permuted), the targets the
+            network really sees (a lateral mirror image puts the spinous process on the other side,
+            many standard deviations from the unflipped mean).
     """
     from monai_spine.codecs import KeypointRegressionCodec, fit_regression_codec
 
@@ -144,7 +155,15 @@ def fit_codec(items: Sequence[dict], transform: Any, num_points: int, enabled: b
         d = transform(it)
         kp.append(np.asarray(d["keypoints_frac"], np.float64))
         vis.append(np.asarray(d.get("visible", np.ones(len(kp[-1]), bool)), bool))
-    codec = fit_regression_codec(np.stack(kp), np.stack(vis))
+    kp_a, vis_a = np.stack(kp), np.stack(vis)
+    if float(flip_prob) > 0:
+        if flip_perm is None:
+            raise ValueError("fit_codec: flip_perm is required when flip_prob > 0")
+        perm = np.asarray(flip_perm, np.int64)
+        mirrored = kp_a[:, perm].copy()
+        mirrored[..., 0] = 1.0 - mirrored[..., 0]
+        kp_a, vis_a = np.concatenate([kp_a, mirrored]), np.concatenate([vis_a, vis_a[:, perm]])
+    codec = fit_regression_codec(kp_a, vis_a)
     if codec.num_points != int(num_points):
         raise ValueError(f"training crops have {codec.num_points} points, the network {num_points}")
     return codec
@@ -267,7 +286,8 @@ def init_from_checkpoint(network: torch.nn.Module, checkpoint: str | os.PathLike
 
     Loads with ``torch.load(weights_only=True)``. Accepts a bare state dict or a MONAI
     CheckpointSaver file (``{"network": state_dict, ...}``). Tensors whose shapes differ are skipped
-    and reported. An empty path does nothing.
+    and reported, and so is the other run's target codec (``codec.*``: this run's is fitted on its own
+    training crops). An empty path does nothing.
 
     Raises:
         FileNotFoundError: the checkpoint does not exist.
@@ -281,7 +301,8 @@ def init_from_checkpoint(network: torch.nn.Module, checkpoint: str | os.PathLike
     if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
         state = state["network"]
     own = network.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    # the target codec (mean shape, spread) belongs to this run's training data, not to the other run's
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith("codec.")}
     skipped = sorted(set(state) - set(usable))
     if strict and (skipped or set(own) - set(usable)):
         raise ValueError(f"{path}: checkpoint does not match the network (skipped {skipped})")

@@ -130,3 +130,31 @@ def test_train_state_checkpoint_round_trip_restores_epoch_optimizer_and_schedule
         _, o, s, e = make()
         TrainStateCheckpoint(tmp_path / "s.pt", torch.nn.Linear(2, 1), o, s, resume=True).attach(e)
         e.run([0, 1, 2], max_epochs=1)
+
+
+def test_init_from_checkpoint_keeps_this_runs_codec(tmp_path):
+    from monai_spine.codecs import KeypointRegressionCodec
+    from monai_spine.networks.regressor import build_regressor
+
+    src = build_regressor("baseline", 5, width=0.125, fc_features=8,
+                          codec=KeypointRegressionCodec(5, np.full((5, 2), 0.3), np.full((5, 2), 0.1)))
+    torch.save(src.state_dict(), tmp_path / "cervical.pt")
+    dst = build_regressor("baseline", 5, width=0.125, fc_features=8,
+                          codec=KeypointRegressionCodec(5, np.full((5, 2), 0.6), np.full((5, 2), 0.05)))
+    init_from_checkpoint(dst, tmp_path / "cervical.pt")
+    assert torch.equal(dst.regressor_out.weight, src.regressor_out.weight)  # the weights transfer
+    assert torch.allclose(dst.codec.mean_frac, torch.full((5, 2), 0.6))  # the codec does not
+
+
+def test_fit_codec_with_flips_fits_the_mirrored_targets_too():
+    from monai_spine.engines.regressor import fit_codec
+
+    items = [{"kp": np.array([[0.2, 0.4], [0.9, 0.5]])}, {"kp": np.array([[0.3, 0.6], [0.8, 0.5]])}]
+    tf = lambda it: {"keypoints_frac": it["kp"], "visible": np.ones(2, bool)}  # noqa: E731
+    plain = fit_codec(items, tf, 2)
+    np.testing.assert_allclose(plain.mean_frac.numpy(), [[0.25, 0.5], [0.85, 0.5]], atol=1e-6)
+    flipped = fit_codec(items, tf, 2, flip_prob=0.5, flip_perm=[1, 0])
+    # point 0 now also takes point 1's mirrored x values 0.1 and 0.2: mean x (0.2 + 0.3 + 0.1 + 0.2) / 4
+    np.testing.assert_allclose(flipped.mean_frac.numpy()[:, 0], [0.2, 0.8], atol=1e-6)
+    with pytest.raises(ValueError, match="flip_perm"):
+        fit_codec(items, tf, 2, flip_prob=0.5)

@@ -1,0 +1,52 @@
+"""Train the lateral regressor that ships in ``bundle/models/<region>/regressor`` (synthetic films).
+
+Examples (the shipped models)::
+
+    python scripts/train_shipped_regressor.py --region cervical
+    python scripts/train_shipped_regressor.py --region lumbar --init bundle/models/cervical/regressor/model.pt
+
+Logic: :func:`monai_spine.engines.ship.train_shipped_regressor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--region", choices=("cervical", "lumbar"), required=True)
+    p.add_argument("--n", type=int, default=160, help="synthetic radiographs, all splits (default 160)")
+    p.add_argument("--size", type=int, default=512, help="image side, px (default 512)")
+    p.add_argument("--epochs", type=int, default=150, help="training epochs (default 150)")
+    p.add_argument("--init", default="", help="initial checkpoint (lumbar: the cervical model)")
+    p.add_argument("--out", default=None, help="model folder (default bundle/models/<region>/regressor)")
+    p.add_argument("--work", default=None, help="MLflow store, predictions, metrics (default runs/ship-<region>)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args(argv)
+    import torch
+
+    from monai_spine.engines.ship import train_shipped_regressor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or str(REPO / "bundle" / "models" / args.region / "regressor")
+    work = args.work or str(REPO / "runs" / f"ship-{args.region}")
+    command = ["python", "scripts/train_shipped_regressor.py", *(sys.argv[1:] if argv is None else argv)]
+    rec = train_shipped_regressor(args.region, out, work, n=args.n, epochs=args.epochs, size=args.size,
+                                  init_checkpoint=args.init, command=command)
+    from monai_spine.engines.ship import _METRICS
+
+    print(json.dumps({"metrics": {k: rec["metrics"].get(k) for k in _METRICS}, "mean_shape_mm": rec["mean_shape_mm"],
+                      "train_seconds": round(rec["train_seconds"])}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

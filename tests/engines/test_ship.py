@@ -1,0 +1,33 @@
+"""A shipped regressor folder: weights, spec with test metrics, calibration and a model card."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_shipped_regressor_writes_a_self_describing_folder(tmp_path, monkeypatch):
+    from monai_spine.engines.ship import train_shipped_regressor
+    from monai_spine.inference.regressor import KeypointPredictor
+
+    monkeypatch.setenv("MONAI_SPINE_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    rec = train_shipped_regressor(
+        "cervical", model, tmp_path / "work", n=10, size=256, epochs=1, command=["train", "--tiny"],
+        extra={"network_width": 0.125, "fc_features": 16, "spatial_size": [64, 128], "batch_size": 4,
+               "train#handlers#3#_disabled_": True},
+    )
+    names = {p.name for p in model.iterdir()}
+    assert {"model.pt", "regressor_model.json", "thresholds.json", "conformal.json", "README.md"} <= names
+    assert "train_state.pt" not in names
+    spec = json.loads((model / "regressor_model.json").read_text())
+    assert spec["meta"]["training_command"] == "train --tiny"
+    assert spec["meta"]["validated_on_real_films"] is False
+    assert spec["meta"]["test_metrics"]["val_mean_mm"] == pytest.approx(rec["metrics"]["val_mean_mm"])
+    card = (model / "README.md").read_text()
+    assert "synthetic radiographs only" in card and "train --tiny" in card and "no network" in card
+    pred = KeypointPredictor.from_checkpoint(model)
+    assert pred.spatial_size == (64, 128) and pred.conformal is not None
