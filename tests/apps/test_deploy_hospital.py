@@ -190,6 +190,8 @@ SR_CASES = {
     **{f"no_{kw}": ([kw], {}) for kw in TYPE2_TAGS},
     "none_of_them": (TYPE2_TAGS, {}),
     "invalid_values": ([], {"PatientSex": "X", "PatientBirthDate": "1970", "StudyTime": "noon"}),
+    # calibrated by PixelSpacing alone, no PatientOrientation: highdicom's image library needed both
+    "pixel_spacing_only_no_orientation": (["ImagerPixelSpacing", "PatientOrientation"], {}),
     "complete": ([], {}),
 }
 # (hand-made) one measurement row with a Monte-Carlo summary: value 10, interval [6, 15] -> +5 / -4
@@ -201,8 +203,11 @@ DEVICE_UID = "1.2.826.0.1.3680043.10.1234.16"
 
 _BUILD_SRS = r"""
 import json, sys
+import cv2
 import highdicom as hd
+import numpy as np
 import pydicom
+from monai_spine.apps.deploy.capture import build_overlay_capture
 from monai_spine.apps.deploy.sr import build_measurement_report
 args = json.loads(sys.argv[1])
 pred = {"vertebrae": [{"level": "C3", "inferred": True, "points": [
@@ -215,6 +220,9 @@ for case, (src, dst) in args["cases"].items():
                                   device_uid=args["device_uid"], uncertainty={"num_samples": 500, "ci": 0.95},
                                   notes=notes)
     sr.save_as(dst, enforce_file_format=True)
+    film = pydicom.dcmread(src)  # the overlay's Secondary Capture from the same film (a black overlay)
+    cv2.imwrite(dst + ".png", np.zeros((int(film.Rows), int(film.Columns), 3), np.uint8))
+    build_overlay_capture(film, dst + ".png").save_as(dst + ".sc.dcm", enforce_file_format=True)
     back = hd.sr.srread(dst)  # highdicom reads its own file back
     content = back.content
     out[case] = {"notes": notes, "points": len(content.get_planar_roi_measurement_groups()),
@@ -291,17 +299,21 @@ def test_sr_is_valid_whatever_type2_attribute_is_missing(built_srs, case):
 
     files, summary = built_srs
     assert _dciodvfy_errors(files[case]) == []
+    assert _dciodvfy_errors(Path(f"{files[case]}.sc.dcm")) == []  # the overlay's Secondary Capture too
     removed, values = SR_CASES[case]
     got = summary[case]
     assert (got["points"], got["groups"]) == (1, 1)  # highdicom read the groups back
     sr = pydicom.dcmread(files[case])
     for kw in TYPE2_TAGS:
         assert kw in sr, kw  # Type 2: present ...
-    emptied = set(removed) | set(values)
+    emptied = (set(removed) & set(TYPE2_TAGS)) | set(values)
     for kw in emptied:
         assert sr[kw].value in (None, ""), kw  # ... and empty when the film had no usable value
         assert any(kw in n for n in got["notes"]), (kw, got["notes"])
-    if case == "complete":
+    if case == "pixel_spacing_only_no_orientation":
+        sc = pydicom.dcmread(f"{files[case]}.sc.dcm")
+        assert "PatientOrientation" in sc and sc.PatientOrientation in (None, "")  # unknown, not guessed
+    if case in ("complete", "pixel_spacing_only_no_orientation"):
         assert got["notes"] == []
         assert (sr.PatientSex, sr.AccessionNumber, str(sr.ReferringPhysicianName)) == ("F", "A1", "DOE^J")
 
@@ -314,6 +326,30 @@ def _items(items):
 
 def _meaning(item) -> str:
     return str(item.ConceptNameCodeSequence[0].CodeMeaning)
+
+
+def test_sr_and_capture_of_a_real_cr_header(tmp_path, shared_data, app_python):
+    """A real CR header (NEMA WG-04 sample RG3_UNCI, no ImagerPixelSpacing, MONOCHROME1), given a PixelSpacing."""
+    import json
+
+    import pydicom
+
+    src = shared_data / "dicom-spacing" / "RG3_UNCI.dcm"
+    if not src.is_file():
+        pytest.skip(f"{src} is absent")
+    ds = pydicom.dcmread(src)
+    ds.PixelSpacing = [0.17, 0.17]  # the sample has none; the app refuses films without a spacing
+    film = tmp_path / "cr.dcm"
+    ds.save_as(film)
+    out = tmp_path / "cr.sr.dcm"
+    arg = json.dumps({"cases": {"cr": (str(film), str(out))}, "row": ROW, "models": MODELS, "device_uid": DEVICE_UID,
+                      "tags": TYPE2_TAGS})
+    proc = subprocess.run([str(app_python(".venv-deploy")), "-c", _BUILD_SRS, arg], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["cr"]["groups"] == 1
+    assert _dciodvfy_errors(out) == [] and _dciodvfy_errors(Path(f"{out}.sc.dcm")) == []
+    assert _dsrdump_problems(out, skip=False) == []
 
 
 def test_sr_is_read_by_dcmtk_without_warnings(built_srs):

@@ -56,6 +56,7 @@ def build_overlay_capture(source: Any, overlay_png: str | os.PathLike, *, softwa
     if same_size and "PixelSpacing" in source and len(source.PixelSpacing) == 2:
         spacing = (float(source.PixelSpacing[0]), float(source.PixelSpacing[1]))
     orientation = tuple(str(v) for v in (source.get("PatientOrientation") or []))
+    known_orientation = len(orientation) == 2 and all(orientation)
     sc = SCImage(
         pixel_array=rgb,
         photometric_interpretation="RGB",
@@ -77,8 +78,11 @@ def build_overlay_capture(source: Any, overlay_png: str | os.PathLike, *, softwa
         study_time=ev.StudyTime or None,
         referring_physician_name=ev.ReferringPhysicianName,
         pixel_spacing=spacing,
-        patient_orientation=orientation if len(orientation) == 2 and all(orientation) else None,
+        # highdicom requires an orientation for patient coordinates; when the film gives none it is emptied below
+        patient_orientation=orientation if known_orientation else ("P", "F"),
     )
+    if not known_orientation:
+        sc.PatientOrientation = None  # Type 2C: present and empty = unknown, never a guessed direction
     ref = Dataset()
     ref.ReferencedSOPClassUID = str(source.SOPClassUID)
     ref.ReferencedSOPInstanceUID = str(source.SOPInstanceUID)

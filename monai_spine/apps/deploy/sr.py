@@ -231,6 +231,29 @@ def evidence_dataset(source: Any) -> tuple[Any, list[str]]:
     return ds, notes
 
 
+def _library_dataset(evidence: Any) -> Any:
+    """The dataset for the Image Library entry: ``evidence``, or a copy highdicom can describe.
+
+    highdicom writes the projection-radiography descriptors of TID 1603 (patient orientation, pixel
+    spacing; optional rows of the template) from ``PatientOrientation`` and ``ImagerPixelSpacing``
+    and fails when either is missing, which the application accepts (a film calibrated by
+    ``PixelSpacing`` alone, an empty ``PatientOrientation``). Then the entry is written without
+    those optional descriptors (modality from the SOP class, rows, columns), by handing highdicom a
+    copy whose ``Modality`` does not mark it as projection radiography.
+    """
+    from pydicom.dataset import Dataset
+
+    orientation = [str(v) for v in (evidence.get("PatientOrientation") or [])]
+    spacing = evidence.get("ImagerPixelSpacing") or []
+    if len(orientation) == 2 and all(orientation) and len(spacing) == 2:
+        return evidence
+    ds = Dataset()
+    for elem in evidence:
+        ds.add(elem)
+    ds.Modality = "OT"  # only highdicom's descriptor choice reads it; the entry's modality comes from the SOP class
+    return ds
+
+
 def _source_for_region(source: Any) -> Any:
     from highdicom.sr import SourceImageForRegion
 
@@ -484,7 +507,7 @@ def build_measurement_report(
         procedure_reported=codes.SCT.ImagingProcedure,
         imaging_measurements=groups,
         title=codes.DCM.ImagingMeasurementReport,
-        referenced_images=[evidence],
+        referenced_images=[_library_dataset(evidence)],
     )
     sr = ComprehensiveSR(
         evidence=[evidence],
