@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="several training seeds: one run per seed (OUT/seed<S>) and a table of means with 95 %% "
                         "confidence intervals over the seeds")
     p.add_argument("--region", choices=("cervical", "lumbar"), default=d.region, help="synthetic region (default cervical)")
+    p.add_argument("--eval-model", default=None, metavar="DIR",
+                   help="evaluate this trained model folder (e.g. bundle/models/cervical/regressor) instead of training")
     p.add_argument("--detector-dir", default=None,
                    help="a trained detector's model folder: test boxes come from it (fully automatic), not the annotations")
     p.add_argument("--data-seed", type=int, default=d.data_seed, help="synthetic generator seed (default 0)")
@@ -120,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         quiet = contextlib.redirect_stdout(open(os.devnull, "w"))  # left open: handlers may keep it
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.eval_model:
+        from monai_spine.engines.bench import evaluate_model_folder
+
+        report, _ = evaluate_model_folder(settings, args.eval_model, bundle, args.detector_dir, command)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "table.md").write_text(report, encoding="utf-8")
+        print("\n" + report, flush=True)
+        return 0
     if not args.seeds:
         with quiet:
             report, _ = run_benchmark(settings, args.out, bundle, args.variants, command, logging_file, log=log,

@@ -56,6 +56,7 @@ __all__ = [
     "variant_result",
     "format_table",
     "format_seed_table",
+    "evaluate_model_folder",
     "format_header",
     "run_benchmark",
 ]
@@ -775,3 +776,42 @@ def format_seed_table(per_seed: Sequence[Sequence[VariantResult]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def evaluate_model_folder(
+    settings: BenchSettings,
+    model_dir: str | os.PathLike,
+    bundle_root: str | os.PathLike,
+    detector_dir: str | os.PathLike | None = None,
+    command: Sequence[str] = (),
+) -> tuple[str, list[VariantResult]]:
+    """Evaluate an already trained model folder (e.g. a shipped one) on the settings' test split.
+
+    No training: the model folder's spec builds the predictor; rows for the model and for the mean
+    training shape in the same boxes (annotation boxes, or the detector's with ``detector_dir``).
+    """
+    import torch
+
+    from monai_spine.inference.regressor import KeypointPredictor
+
+    labels = split_labels(settings, bundle_root)
+    detector = None
+    if detector_dir:
+        from monai_spine.inference.detector import VertebraDetector
+
+        detector = VertebraDetector.from_checkpoint(detector_dir)
+    predictor = KeypointPredictor.from_checkpoint(model_dir, num_samples=settings.mc_samples, seed=settings.seed)
+    spec = predictor.spec
+    arrays = evaluate_predictor(predictor, labels, settings.region, detector)
+    kinds = SIGMA_KINDS if getattr(predictor.network, "predicts_logvar", False) else ("epistemic",)
+    results = [variant_result(arrays, f"{spec.variant} ({Path(model_dir).name})" if spec else str(model_dir), kinds)]
+    ref = MeanShapePredictor(predictor, split_labels(settings, bundle_root, split="training"), settings.region)
+    results.append(variant_result(evaluate_predictor(ref, labels, settings.region, detector),
+                                  "mean shape (no network)", (), float("nan")))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
+    header = format_header(settings, command, torch.get_num_threads(), cores, results[0].num_images,
+                           results[0].num_hard_images, int(results[0].summary.get("count", 0)))
+    boxes = f"boxes from the detector {detector_dir}" if detector_dir else "boxes from the annotations (oracle)"
+    report = "\n\n".join([header + f"\nmodel: {model_dir} (no training in this run)\ntest boxes: {boxes}",
+                           format_table(results), _notes(results[0].unit, settings.mc_samples)]) + "\n"
+    return report, results

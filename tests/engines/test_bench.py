@@ -245,3 +245,16 @@ def test_bundle_predictor_matches_the_training_network_and_validation_crop(tmp_p
     test = split_labels(s, BUNDLE)
     assert len(test) == 1 and Path(test[0]).is_file()
     assert split_labels(s, BUNDLE) == test  # the same seeded split every time
+
+
+def test_seed_table_mean_and_95_ci_hand_computed():
+    from monai_spine.engines.bench import SpearmanResult, VariantResult, format_seed_table
+
+    def res(mean, rho):
+        return VariantResult("bayecbam", "mm", {"mean_mm": mean, "scans_below_2.0mm": 1.0, "fit_failure_3.0mm": 0.0},
+                             {"total": SpearmanResult(rho, 0.01, 100)})
+
+    table = format_seed_table([[res(0.5, 0.4)], [res(0.7, 0.6)]])
+    # mean 0.6, sd 0.1414, t(0.975, 1) = 12.706: half-width 12.706 * 0.1414 / sqrt(2) = 1.271
+    row = table.splitlines()[2]
+    assert "0.600 ± 1.271" in row and "+0.500 ± +1.271" in row and "100.0 ± 0.0 %" in row and row.endswith("| 2 |")
