@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=160, help="synthetic radiographs, all splits (default 160)")
     p.add_argument("--size", type=int, default=512, help="image side, px (default 512)")
     p.add_argument("--epochs", type=int, default=150, help="training epochs (default 150)")
+    p.add_argument("--data-seed", type=int, default=1000,
+                   help="synthetic generator seed (default 1000: not the demo's or the benchmarks' 0)")
+    p.add_argument("--flip-prob", type=float, default=0.0,
+                   help="flip augmentation with label swap (default 0: every synthetic patient faces left)")
     p.add_argument("--init", default="", help="initial checkpoint (lumbar: the cervical model)")
     p.add_argument("--out", default=None, help="model folder (default bundle/models/<region>/regressor)")
     p.add_argument("--work", default=None, help="MLflow store, predictions, metrics (default runs/ship-<region>)")
@@ -40,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or str(REPO / "runs" / f"ship-{args.region}")
     command = ["python", "scripts/train_shipped_regressor.py", *(sys.argv[1:] if argv is None else argv)]
     rec = train_shipped_regressor(args.region, out, work, n=args.n, epochs=args.epochs, size=args.size,
-                                  init_checkpoint=args.init, command=command)
+                                  init_checkpoint=args.init, command=command, data_seed=args.data_seed,
+                                  flip_prob=args.flip_prob)
     from monai_spine.engines.ship import _METRICS
 
     print(json.dumps({"metrics": {k: rec["metrics"].get(k) for k in _METRICS}, "mean_shape_mm": rec["mean_shape_mm"],

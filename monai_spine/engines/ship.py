@@ -54,6 +54,9 @@ def model_card(spec: dict[str, Any], metrics: dict[str, float], calibration: dic
         "- Research and annotation assistance. **Trained and tested on synthetic radiographs only**; it is "
         "not validated on real lateral films (the project has no public lateral set with a licence that lets "
         "it ship). Expect larger errors on real films; check the uncertainty class and the overlay.",
+        "- Orientation: the synthetic patients face image left. Unless the data line below says the flip "
+        "augmentation was on, mirror a film whose patient faces right before prediction, or retrain with "
+        "`--flip-prob 0.5` (the bundle default).",
         "",
         "## Network and input",
         f"- crop {spec['spatial_size'][0]} x {spec['spatial_size'][1]} px (H x W), margin {spec['margin_mm']} mm, "
@@ -104,6 +107,8 @@ def train_shipped_regressor(
     epochs: int = 150,
     variant: str = "bayecbam",
     seed: int = 0,
+    data_seed: int = 1000,
+    flip_prob: float = 0.0,
     init_checkpoint: str = "",
     command: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
@@ -128,6 +133,8 @@ def train_shipped_regressor(
         "seed": int(seed),
         "dataset_dir": "",
         "synthetic#n": int(n),
+        "synthetic#seed": int(data_seed),
+        "flip_prob": float(flip_prob),
         "synthetic#size": [int(size), int(size)],
         "synthetic#hard_case_rate": float(hard_case_rate),
         "epochs": int(epochs),
@@ -140,7 +147,9 @@ def train_shipped_regressor(
         "show_progress": False,
         "train#handlers#2#iteration_log": False,
         "model_spec#meta#data": f"{n} synthetic lateral {region} radiographs of {size} x {size} px "
-                                f"(seed 0, hard-case rate {hard_case_rate}), split 70/15/15 by image",
+                                f"(generator seed {data_seed}, hard-case rate {hard_case_rate}; the demo and the "
+                                f"benchmarks use seed 0, so their films are not this model's), split 70/15/15 by image; "
+                                f"flip augmentation p = {flip_prob:g}",
         **(extra or {}),
     }
     t0 = time.time()
