@@ -57,6 +57,7 @@ __all__ = [
     "format_table",
     "format_seed_table",
     "evaluate_model_folder",
+    "uncertainty_table",
     "format_header",
     "run_benchmark",
 ]
@@ -277,6 +278,9 @@ class EvalArrays:
     num_hard_images: int
     num_annotated: int = 0
     num_found: int = 0
+    classes: np.ndarray | None = None
+    conformal_radius: np.ndarray | None = None
+    conformal_unit: str | None = None
 
 
 def evaluate_predictor(
@@ -319,6 +323,9 @@ def evaluate_predictor(
     all_known = True
     num_hard = 0
     num_annotated = num_found = 0
+    cls_rows: list[np.ndarray] = []
+    rad_rows: list[np.ndarray] = []
+    conf_unit = None
     for i, label in enumerate(label_paths):
         ann = read_annotation(label)
         keep = [j for j, lev in enumerate(ann.levels) if lev in levels and ann.visible[j].any()]
@@ -358,6 +365,10 @@ def evaluate_predictor(
                 sig_frac.setdefault(kind, []).append(np.asarray(pred.sigma_frac[kind], np.float64).reshape(n, -1))
         ids += [i] * n
         hard += [is_hard] * n
+        cls_rows.append(np.asarray(getattr(pred, "classes", np.full((n, pred_px.shape[1]), -1))).reshape(n, -1))
+        rad = getattr(pred, "conformal_radius", None)
+        rad_rows.append(np.full((n, pred_px.shape[1]), np.nan) if rad is None else np.asarray(rad, np.float64).reshape(n, -1))
+        conf_unit = getattr(pred, "conformal_unit", None) or conf_unit
     if not rows_px:
         raise ValueError(f"no {region} vertebra to evaluate in {len(label_paths)} annotation file(s)")
     # every error in mm when every image has a spacing, else every error in pixels: never a mix
@@ -375,7 +386,46 @@ def evaluate_predictor(
         num_hard_images=num_hard,
         num_annotated=num_annotated,
         num_found=num_found,
+        classes=np.concatenate(cls_rows),
+        conformal_radius=np.concatenate(rad_rows),
+        conformal_unit=conf_unit,
     )
+
+
+def uncertainty_table(arrays: EvalArrays, bins: int = 10) -> str:
+    """Held-out uncertainty quality of one model, as markdown: per class (count, mean and 90th
+    percentile error) and Spearman / ENCE of the total ``sigma_p`` / conformal coverage.
+
+    ``arrays`` must come from a predictor with thresholds (classes) and, for the coverage, a
+    conformal calibrator; errors and sigmas in ``arrays.unit``.
+    """
+    from monai_spine.uncertainty.quality import ence
+
+    u = arrays.unit
+    e = arrays.errors
+    vis = ~np.isnan(e)
+    lines = [f"| uncertainty class | points | mean {u} | 90th percentile {u} |", "|---|---:|---:|---:|"]
+    names = {0: "certain", 1: "moderately uncertain", 2: "highly uncertain", -1: "unknown"}
+    cls = arrays.classes if arrays.classes is not None else np.full(e.shape, -1)
+    for c in (0, 1, 2, -1):
+        m = vis & (cls == c)
+        if c == -1 and not m.any():
+            continue
+        ev = e[m]
+        lines.append(f"| {names[c]} | {int(m.sum())} | {_num(float(ev.mean()) if ev.size else float('nan'))} | "
+                     f"{_num(float(np.percentile(ev, 90)) if ev.size else float('nan'))} |")
+    sig = arrays.sigma.get("total")
+    rho = spearman(sig, e) if sig is not None else SpearmanResult(float("nan"), float("nan"), 0)
+    en = ence(e[vis], sig[vis], bins)["ence"] if sig is not None else float("nan")
+    cov = "—"
+    if arrays.conformal_radius is not None and arrays.conformal_unit == u:
+        r = arrays.conformal_radius
+        m = vis & np.isfinite(r)
+        if m.any():
+            cov = f"{100.0 * float(np.mean(e[m] <= r[m])):.1f} % of {int(m.sum())} points (mean radius {_num(float(r[m].mean()))} {u})"
+    lines += ["", f"Spearman(σp total, error) = {_num(rho.rho, '{:+.3f}')} over {rho.n} points; "
+              f"ENCE of σp total ({bins} equal-count bins) = {_num(en, '{:.3f}')}; conformal coverage: {cov}"]
+    return "\n".join(lines)
 
 
 @dataclass
@@ -805,6 +855,9 @@ def evaluate_model_folder(
     arrays = evaluate_predictor(predictor, labels, settings.region, detector)
     kinds = SIGMA_KINDS if getattr(predictor.network, "predicts_logvar", False) else ("epistemic",)
     results = [variant_result(arrays, f"{spec.variant} ({Path(model_dir).name})" if spec else str(model_dir), kinds)]
+    unc = uncertainty_table(arrays) if "total" in arrays.sigma else ""
+    if predictor.conformal is not None:
+        unc += f" (nominal {100 * (1 - predictor.conformal.alpha):.0f} %)"
     ref = MeanShapePredictor(predictor, split_labels(settings, bundle_root, split="training"), settings.region)
     results.append(variant_result(evaluate_predictor(ref, labels, settings.region, detector),
                                   "mean shape (no network)", (), float("nan")))
@@ -813,5 +866,5 @@ def evaluate_model_folder(
                            results[0].num_hard_images, int(results[0].summary.get("count", 0)))
     boxes = f"boxes from the detector {detector_dir}" if detector_dir else "boxes from the annotations (oracle)"
     report = "\n\n".join([header + f"\nmodel: {model_dir} (no training in this run)\ntest boxes: {boxes}",
-                           format_table(results), _notes(results[0].unit, settings.mc_samples)]) + "\n"
+                           format_table(results), unc, _notes(results[0].unit, settings.mc_samples)]) + "\n"
     return report, results

@@ -11,6 +11,11 @@ unknown) and uncertainties ``sigma_p`` (frac or mm), each returning a dict, plus
   removing the highest errors (oracle curve, the best any ranking can do); AUSE is the area between
   the two over ``f``. 0 is a perfect ranking; a ranking unrelated to the error gives about the
   area between the flat mean and the oracle.
+* :func:`ence`: expected normalised calibration error (Levi et al., "Evaluating and Calibrating
+  Uncertainty Prediction in Regression Tasks", Sensors 2022): points in equal-count bins of
+  ``sigma_p``; per bin the root mean variance ``RMV = sqrt(mean sigma_p^2)`` against the root mean
+  squared error ``RMSE = sqrt(mean e^2)``; ``ENCE = mean |RMV - RMSE| / RMV``. For a 2D point with
+  independent Gaussian x/y errors ``E[e^2] = sx^2 + sy^2 = sigma_p^2``, so 0 is perfect calibration.
 * :func:`conformal_coverage`: empirical coverage and size of split-conformal radii
   (:class:`~monai_spine.uncertainty.calibration.ConformalCalibrator`).
 * :func:`errors_per_class`: error statistics per uncertainty class (BayeRegX section 3.4).
@@ -43,6 +48,7 @@ from monai_spine.uncertainty.calibration import (
 from monai_spine.uncertainty.classes import CLASS_NAMES, UNKNOWN, Thresholds, classify
 
 __all__ = [
+    "ence",
     "DEFAULT_FRACTIONS",
     "DEFAULT_REFERRAL_FRACTIONS",
     "spearman",
@@ -160,6 +166,36 @@ def sparsification(
     diff = model - oracle
     ause = float(np.trapezoid(diff, f)) if f.size > 1 else 0.0
     return {"fractions": f, "model": model, "oracle": oracle, "ause": ause, "n": float(n)}
+
+
+def ence(errors: Any, sigmas: Any, bins: int = 10) -> dict[str, Any]:
+    """Expected normalised calibration error of ``sigma_p`` against radial point errors (module docstring).
+
+    Args:
+        errors: point errors (any shape), same unit as ``sigmas``; non-finite pairs are left out.
+        sigmas: ``sigma_p`` per point.
+        bins: number of equal-count bins of ``sigma_p`` (fewer when there are fewer points).
+
+    Returns:
+        ``{"ence", "rmv" (per bin), "rmse" (per bin), "n"}``; NaN ENCE without points.
+
+    Raises:
+        ValueError: shapes differ, or ``bins < 1``.
+    """
+    if int(bins) < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    e, s = _pair(errors, sigmas)
+    keep = np.isfinite(e) & np.isfinite(s)
+    e, s = e[keep], s[keep]
+    if e.size == 0:
+        return {"ence": float("nan"), "rmv": np.array([]), "rmse": np.array([]), "n": 0.0}
+    order = np.argsort(s, kind="stable")
+    groups = [g for g in np.array_split(order, min(int(bins), e.size)) if g.size]
+    rmv = np.array([np.sqrt(np.mean(s[g] ** 2)) for g in groups])
+    rmse = np.array([np.sqrt(np.mean(e[g] ** 2)) for g in groups])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = float(np.mean(np.abs(rmv - rmse) / rmv))
+    return {"ence": value, "rmv": rmv, "rmse": rmse, "n": float(e.size)}
 
 
 def conformal_coverage(

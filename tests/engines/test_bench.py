@@ -258,3 +258,20 @@ def test_seed_table_mean_and_95_ci_hand_computed():
     # mean 0.6, sd 0.1414, t(0.975, 1) = 12.706: half-width 12.706 * 0.1414 / sqrt(2) = 1.271
     row = table.splitlines()[2]
     assert "0.600 ± 1.271" in row and "+0.500 ± +1.271" in row and "100.0 ± 0.0 %" in row and row.endswith("| 2 |")
+
+
+def test_uncertainty_table_classes_percentiles_and_coverage():
+    from monai_spine.engines.bench import EvalArrays, uncertainty_table
+
+    errors = np.array([[0.5, 1.0, np.nan], [2.0, 4.0, 1.5]])
+    classes = np.array([[0, 0, 0], [1, 2, 1]])
+    sigma = np.array([[0.4, 0.9, 1.0], [1.8, 3.5, 1.4]])
+    radius = np.array([[1.0, 1.0, 1.0], [1.0, 5.0, 2.0]])
+    arr = EvalArrays(errors, {"total": sigma}, np.array([0, 1]), np.zeros(2, bool), "mm", ("a", "b", "c"), 2, 0,
+                     classes=classes, conformal_radius=radius, conformal_unit="mm")
+    t = uncertainty_table(arr, bins=2)
+    # certain: errors 0.5, 1.0 (the NaN is invisible) -> mean 0.75, p90 0.95; moderate: 2.0, 1.5
+    assert "| certain | 2 | 0.75 | 0.95 |" in t and "| moderately uncertain | 2 | 1.75 | 1.95 |" in t
+    assert "| highly uncertain | 1 | 4.00 | 4.00 |" in t
+    # covered: 0.5<=1, 1.0<=1, 2.0>1 (miss), 4.0<=5, 1.5<=2 -> 4 of 5
+    assert "80.0 % of 5 points" in t

@@ -244,3 +244,21 @@ def test_quality_report_unit_mismatch():
         quality_report(err, {"mm": sig["mm"]}, thresholds=thr)
     with pytest.raises(ValueError, match="shape"):
         quality_report(err, sig["mm"][:3])
+
+
+def test_ence_hand_computed_and_perfect_calibration():
+    from monai_spine.uncertainty.quality import ence
+
+    # two bins: sigmas 1,1 (errors 2,2: RMSE 2 vs RMV 1 -> 1.0) and 3,3 (errors 3,3: exact -> 0)
+    r = ence([2.0, 2.0, 3.0, 3.0], [1.0, 1.0, 3.0, 3.0], bins=2)
+    assert r["ence"] == pytest.approx(0.5) and r["n"] == 4
+    np.testing.assert_allclose(r["rmse"], [2.0, 3.0])
+    # radial errors of 2D Gaussians with sx = sy = s/sqrt(2): E[e^2] = s^2, ENCE near 0
+    rng = np.random.default_rng(0)
+    s = rng.uniform(0.5, 3.0, 20000)
+    e = np.linalg.norm(rng.normal(size=(20000, 2)) * (s / np.sqrt(2))[:, None], axis=1)
+    assert ence(e, s, bins=10)["ence"] < 0.05
+    # overconfident by a factor 2 -> ENCE near 1
+    assert ence(e, s / 2, bins=10)["ence"] == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError, match="bins"):
+        ence([1.0], [1.0], bins=0)
