@@ -63,6 +63,19 @@ def test_demo_trains_calibrates_evaluates_and_predicts_on_tiny_settings(tmp_path
     preds = list((tmp_path / "predictions").glob("*.keypoints.json"))
     assert preds and json.loads(preds[0].read_text())["thresholds"]["tau1"] == thresholds["tau1"]
     assert list((tmp_path / "predictions").glob("*.overlay.png"))
+    # MLflow keeps the model, its spec, the calibration and the test metrics with the training run
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("monai-spine-regressor")
+    train_runs = [r for r in client.search_runs([exp.experiment_id]) if not r.info.run_name.startswith("evaluate-")]
+    assert len(train_runs) == 1
+    run = train_runs[0]
+    assert run.data.params["fc_features"] == "32" and run.data.params["codec_targets"] == "True"
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    results = {a.path for a in client.list_artifacts(run.info.run_id, "results")}
+    assert {"model.pt", "regressor_model.json", "train.json"} <= top
+    assert {"results/thresholds.json", "results/conformal.json", "results/metrics.csv"} <= results
 
 
 def test_convert_subcommand_runs_the_converter(tmp_path, capsys):

@@ -79,15 +79,22 @@ def demo_overrides(
 def _run(config_files: list[str], run_id: str, overrides: dict[str, Any]) -> None:
     from monai.bundle import run
 
+    import re
+    import warnings
+
     b = bundle_dir()
     cfg = [str(b / "configs" / c) for c in config_files]
-    run(
-        run_id=run_id,
-        meta_file=str(b / "configs" / "metadata.json"),
-        config_file=cfg if len(cfg) > 1 else cfg[0],
-        logging_file=str(b / "configs" / "logging.conf"),
-        **overrides,
-    )
+    with warnings.catch_warnings():
+        # MONAI warns on every config file that it may run code; these are the project's own configs,
+        # shipped with the package (a user's own --config_file through monai.bundle still warns)
+        warnings.filterwarnings("ignore", message=r"parsing config_file .*" + re.escape(str(b / "configs")))
+        run(
+            run_id=run_id,
+            meta_file=str(b / "configs" / "metadata.json"),
+            config_file=cfg if len(cfg) > 1 else cfg[0],
+            logging_file=str(b / "configs" / "logging.conf"),
+            **overrides,
+        )
 
 
 def _split_labels(overrides: dict[str, Any], split: str) -> list[str]:
@@ -99,6 +106,19 @@ def _split_labels(overrides: dict[str, Any], split: str) -> list[str]:
     parser.read_config(str(b / "configs" / "train.json"))
     parser.update({k: v for k, v in overrides.items() if not k.startswith("train#")})
     return list(parser.get_parsed_content("splits")[split])
+
+
+def _keep_in_mlflow(overrides: dict[str, Any], out: Path, metrics_csv: Path) -> None:
+    """The calibration files, the test metrics and three overlays, kept with the training run."""
+    from monai_spine.engines.regressor import log_to_latest_run, sqlite_tracking_uri
+
+    models = out / "models"
+    files = [models / f for f in ("thresholds.json", "conformal.json", "calibration_report.json")] + [metrics_csv]
+    files += sorted((out / "predictions").glob("*.overlay.png"))[:3]
+    try:
+        log_to_latest_run(sqlite_tracking_uri(overrides["mlflow_dir"]), "monai-spine-regressor", files, "results")
+    except Exception as e:  # MLflow is a record, not the job: say so and go on
+        print(f"  (could not add the results to the MLflow run: {e})")
 
 
 def shipped_summary(overrides: dict[str, Any], log: Any = print) -> dict[str, float] | None:
@@ -174,6 +194,7 @@ def run_demo(
     _run(["train.json", "inference.json"], "run", dict(ev, output_dir=str(out / "predictions")))
     metrics = {}
     metrics_csv = out / "eval" / "metrics.csv"
+    _keep_in_mlflow(ev, out, metrics_csv)
     if metrics_csv.is_file():
         with open(metrics_csv) as f:
             metrics = {row[0]: float(row[1]) for row in csv.reader(f) if len(row) == 2}

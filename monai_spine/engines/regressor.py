@@ -54,6 +54,7 @@ __all__ = [
     "attach_progress",
     "experiment_params",
     "config_files",
+    "log_to_latest_run",
     "load_weights",
     "load_thresholds",
     "distributed_device",
@@ -364,10 +365,39 @@ def experiment_params(
     return params
 
 
-def config_files(bundle_root: str | os.PathLike) -> list[str]:
-    """The bundle's config files, logged as MLflow artifacts so a run records its configuration."""
+def config_files(bundle_root: str | os.PathLike, ckpt_dir: str | os.PathLike | None = None) -> list[str]:
+    """Files an MLflow training run keeps as artifacts when it ends: the bundle's config files and,
+    with ``ckpt_dir``, the best checkpoint ``model.pt`` and its spec ``regressor_model.json``."""
     cfg = Path(bundle_root) / "configs"
-    return sorted(str(p) for p in cfg.glob("*.json")) if cfg.is_dir() else []
+    files = sorted(str(p) for p in cfg.glob("*.json")) if cfg.is_dir() else []
+    if ckpt_dir:
+        files += [str(Path(ckpt_dir) / "model.pt"), str(Path(ckpt_dir) / "regressor_model.json")]
+    return files
+
+
+def log_to_latest_run(tracking_uri: str, experiment_name: str, files: Sequence[str | os.PathLike],
+                      artifact_path: str | None = None, skip_prefix: str = "evaluate-") -> str | None:
+    """Add ``files`` (those that exist) as artifacts of the experiment's most recent training run
+    (the newest run whose name does not start with ``skip_prefix``: evaluations log runs too).
+
+    The demo uses it to keep the calibration files, the test metrics and a few overlays with the
+    training run they belong to. Returns the run id, or None when the experiment has no run.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=20)
+    runs = [r for r in runs if not (r.info.run_name or "").startswith(skip_prefix)]
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    for f in files:
+        if Path(f).is_file():
+            client.log_artifact(run_id, str(f), artifact_path)
+    return run_id
 
 
 def load_weights(network: torch.nn.Module, checkpoint: str | os.PathLike) -> torch.nn.Module:
