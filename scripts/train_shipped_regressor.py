@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="synthetic generator seed (default 1000: not the demo's or the benchmarks' 0)")
     p.add_argument("--flip-prob", type=float, default=0.0,
                    help="flip augmentation with label swap (default 0: every synthetic patient faces left)")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="crop (network input) height and width (default: the bundle's 112 224)")
     p.add_argument("--init", default="", help="initial checkpoint (lumbar: the cervical model)")
     p.add_argument("--out", default=None, help="model folder (default bundle/models/<region>/regressor)")
     p.add_argument("--work", default=None, help="MLflow store, predictions, metrics (default runs/ship-<region>)")
@@ -45,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     command = ["python", "scripts/train_shipped_regressor.py", *(sys.argv[1:] if argv is None else argv)]
     rec = train_shipped_regressor(args.region, out, work, n=args.n, epochs=args.epochs, size=args.size,
                                   init_checkpoint=args.init, command=command, data_seed=args.data_seed,
-                                  flip_prob=args.flip_prob)
+                                  flip_prob=args.flip_prob,
+                                  extra={"spatial_size": list(args.crop)} if args.crop else None)
     from monai_spine.engines.ship import _METRICS
 
     print(json.dumps({"metrics": {k: rec["metrics"].get(k) for k in _METRICS}, "mean_shape_mm": rec["mean_shape_mm"],
