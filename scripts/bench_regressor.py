@@ -93,8 +93,8 @@ def _extra_overrides(args: argparse.Namespace) -> dict:
         if not sep:
             raise SystemExit(f"--override needs KEY=JSON, got {item!r}")
         extra[key] = json.loads(value)
-    if args.no_mlflow:  # train#handlers#3 and validate#handlers#2 are the MLflow handlers of train.json
-        extra.update({"train#handlers#3#_disabled_": True, "validate#handlers#2#_disabled_": True})
+    if args.no_mlflow:  # the MLflow handlers of train.json, disabled by name
+        extra.update({"train#handler#mlflow#_disabled_": True, "validate#handler#mlflow#_disabled_": True})
     return extra
 
 

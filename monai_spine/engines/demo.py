@@ -37,7 +37,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "synthetic#n": 60,
     "synthetic#size": [512, 512],
     "show_progress": True,
-    "train#handlers#2#iteration_log": False,  # the progress bar shows the loss; no log line per iteration
+    "train#handler#stats#iteration_log": False,  # the progress bar shows the loss; no log line per iteration
     # every synthetic patient faces image left: the paper's flip-with-label-swap augmentation (for real
     # sets with both orientations) only slows a run this short, so the demo switches it off
     "flip_prob": 0.0,

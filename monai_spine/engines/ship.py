@@ -145,7 +145,7 @@ def train_shipped_regressor(
         "mlflow_dir": str(work / "mlruns"),
         "output_dir": str(work / "eval"),
         "show_progress": False,
-        "train#handlers#2#iteration_log": False,
+        "train#handler#stats#iteration_log": False,
         "model_spec#meta#data": f"{n} synthetic lateral {region} radiographs of {size} x {size} px "
                                 f"(generator seed {data_seed}, hard-case rate {hard_case_rate}; the demo and the "
                                 f"benchmarks use seed 0, so their films are not this model's), split 70/15/15 by image; "

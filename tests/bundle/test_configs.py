@@ -189,8 +189,9 @@ def test_paper_override_trains_with_the_papers_targets_and_schedule(tmp_path):
     """paper.json: fraction targets (identity codec), no warm-up, epoch-level cosine, plain CBAM."""
     import torch
 
-    _run(_cfg("train.json", "paper.json"), "training", **_outputs(tmp_path), **{"train#handlers#3#_disabled_": True,
-                                                                             "validate#handlers#2#_disabled_": True})
+    _run(_cfg("train.json", "paper.json"), "training", **_outputs(tmp_path), **{"train#handler#mlflow#_disabled_": True,
+                                                                             "validate#handler#mlflow#_disabled_": True})
+    assert not (tmp_path / "mlruns" / "mlruns.db").exists()  # both MLflow handlers were disabled by name
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     assert torch.all(state["codec.mean_frac"] == 0) and torch.all(state["codec.scale_frac"] == 1)
     spec = json.loads((tmp_path / "models" / "regressor_model.json").read_text())

@@ -18,7 +18,7 @@ def test_train_shipped_regressor_writes_a_self_describing_folder(tmp_path, monke
     rec = train_shipped_regressor(
         "cervical", model, tmp_path / "work", n=10, size=256, epochs=1, command=["train", "--tiny"],
         extra={"network_width": 0.125, "fc_features": 16, "spatial_size": [64, 128], "batch_size": 4,
-               "train#handlers#3#_disabled_": True},
+               "train#handler#mlflow#_disabled_": True},
     )
     names = {p.name for p in model.iterdir()}
     assert {"model.pt", "regressor_model.json", "thresholds.json", "conformal.json", "README.md"} <= names

@@ -40,8 +40,8 @@ TINY = {
     "synthetic#n": 8,
     "synthetic#size": [256, 256],
     "synthetic#hard_case_rate": 0.25,
-    "train#handlers#3#_disabled_": True,
-    "validate#handlers#2#_disabled_": True,
+    "train#handler#mlflow#_disabled_": True,
+    "validate#handler#mlflow#_disabled_": True,
 }
 
 
