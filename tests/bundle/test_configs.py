@@ -79,7 +79,9 @@ def test_training_writes_best_checkpoint_and_an_mlflow_run(trained):
 
 
 def test_evaluate_config_writes_test_metrics(trained):
-    _run(_cfg("train.json", "evaluate.json"), "run", **_outputs(trained))
+    spec = (trained / "models" / "regressor_model.json").read_text()
+    _run(_cfg("train.json", "evaluate.json"), "run", **_outputs(trained), epochs=99)
+    assert (trained / "models" / "regressor_model.json").read_text() == spec  # evaluating never rewrites the spec
     rows = dict(line.strip().split(",", 1) for line in (trained / "eval" / "metrics.csv").read_text().splitlines())
     assert float(rows["val_mean_mm"]) > 0
     assert float(rows["val_count"]) > 0
@@ -87,9 +89,9 @@ def test_evaluate_config_writes_test_metrics(trained):
     assert raw[0].startswith("filename") and len(raw) > 1
 
 
-def test_inference_config_writes_points_markups_and_overlays(trained):
+def test_inference_config_on_annotation_boxes_writes_points_markups_and_overlays(trained):
     out = trained / "predictions"
-    _run(_cfg("train.json", "inference.json"), "run", **{**_outputs(trained), "output_dir": str(out), "mc_samples": 4})
+    _run(_cfg("train.json", "inference.json"), "run_annotated", **{**_outputs(trained), "output_dir": str(out), "mc_samples": 4})
     results = sorted(out.glob("*.keypoints.json"))
     assert results, "no prediction written"
     d = json.loads(results[0].read_text())
@@ -103,6 +105,92 @@ def test_inference_config_writes_points_markups_and_overlays(trained):
     assert pts[0]["x_mm"] == pytest.approx(pts[0]["x_px"] * sx) and pts[0]["y_mm"] == pytest.approx(pts[0]["y_px"] * sy)
     assert (out / results[0].name.replace(".keypoints.json", ".mrk.json")).is_file()
     assert (out / results[0].name.replace(".keypoints.json", ".overlay.png")).is_file()
+
+
+#: a detector small enough for one epoch in a second (score threshold ~0: every level gets its best peak)
+TINY_DETECTOR = {
+    "detector#spatial_size": [64, 64],
+    "detector#features": [4, 4, 8, 8, 16, 4],
+    "detector#sigma_px": 1.5,
+    "detector#score_threshold": 1e-6,
+    "batch_size": 2,
+    "val_batch_size": 2,
+    "train#handler#mlflow#_disabled_": True,
+    "validate#handler#mlflow#_disabled_": True,
+}
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    """A detector trained here (not the shipped one), for the whole-film inference."""
+    root = tmp_path_factory.mktemp("detector")
+    _run(_cfg("train.json", "detector_train.json"), "training",
+         **{**_outputs(root), "ckpt_dir": str(root / "detector"), **TINY_DETECTOR})
+    return root / "detector"
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory):
+    """Unannotated films: the tiny test split's DICOMs (spacing in the header) and one as a PNG (no spacing)."""
+    import cv2
+
+    from monai_spine.data.datasets import bundle_splits
+    from monai_spine.data.readers import read_xray
+    from monai_spine.inference.bundle import split_films
+
+    folder = tmp_path_factory.mktemp("films")
+    splits = bundle_splits(None, "cervical", TINY["synthetic#n"], 0, TINY["synthetic#hard_case_rate"],
+                           TINY["synthetic#size"], max_cases=TINY["max_cases"])
+    dicoms = split_films(splits["test"])
+    for f in dicoms:
+        (folder / Path(f).name).write_bytes(Path(f).read_bytes())
+    img = read_xray(dicoms[0]).array
+    png = np.round((img - img.min()) / (img.max() - img.min()) * 65535).astype(np.uint16)
+    cv2.imwrite(str(folder / "film_png.png"), png)
+    return folder
+
+
+def test_inference_config_chains_the_detector_on_unannotated_films(trained, detector, films):
+    from monai_spine.data.prediction import PREDICTION_FORMAT, read_prediction
+    from monai_spine.inference.detector import VertebraDetector
+
+    out = trained / "film_predictions"
+    assert not list(films.glob("*.json"))  # no annotation anywhere near the films
+    spec = (trained / "models" / "regressor_model.json").read_text()
+    _run(_cfg("train.json", "inference.json"), "run", **{**_outputs(trained), "output_dir": str(out), "mc_samples": 4,
+                                                         "films": str(films), "detector_dir": str(detector), "epochs": 99})
+    assert (trained / "models" / "regressor_model.json").read_text() == spec  # predicting never rewrites the spec
+    stems = sorted(f.name.removesuffix(".keypoints.json") for f in out.glob("*.keypoints.json"))
+    assert stems == sorted(f.name.rsplit(".", 1)[0] for f in films.iterdir())  # one prediction file per film
+    det = VertebraDetector.from_checkpoint(detector)
+    for stem in stems:
+        film = next(films.glob(f"{stem}.*"))
+        pred = read_prediction(out / f"{stem}.keypoints.json")
+        assert pred.format == PREDICTION_FORMAT and pred.models == ["regressor"]
+        # the boxes are the detector's (threshold ~0: all five levels), not an annotation's
+        found = det.detect_file(film)
+        assert pred.levels == list(found.levels) == ["C3", "C4", "C5", "C6", "C7"]
+        record = json.loads((out / f"{stem}.keypoints.json").read_text())
+        np.testing.assert_allclose([v["box_px"] for v in record["vertebrae"]], found.boxes_px)
+        ps = pred.point_set("regressor")
+        assert ps.keypoints_px.shape == (5, 5, 2) and ps.found.all()
+        if film.suffix == ".dcm":
+            assert pred.spacing_source == "PixelSpacing"
+            p = record["vertebrae"][0]["points"][0]
+            assert p["x_mm"] == pytest.approx(p["x_px"] * pred.spacing_mm[0])
+        else:  # a PNG without a sidecar: pixels only
+            assert pred.spacing_mm is None and record["vertebrae"][0]["points"][0]["x_mm"] is None
+        assert (out / f"{stem}.mrk.json").is_file() and (out / f"{stem}.overlay.png").is_file()
+
+
+def test_inference_config_refuses_a_detector_of_another_region(trained, detector, films, tmp_path):
+    with pytest.raises(RuntimeError) as err:  # MONAI wraps the component's error
+        _run(_cfg("train.json", "inference.json"), "run", **{**_outputs(trained), "output_dir": str(tmp_path),
+                                                             "films": str(films), "detector_dir": str(detector),
+                                                             "region": "lumbar"})
+    cause = err.value.__cause__
+    assert isinstance(cause, ValueError) and "trained for region 'cervical', the regressor for 'lumbar'" in str(cause)
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("variant", ["baseline", "cbam"])
