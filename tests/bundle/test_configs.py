@@ -230,6 +230,50 @@ def test_verify_net_in_out_at_the_metadata_shape():
                       fc_features=32, bundle_root=str(BUNDLE))
 
 
+#: (metadata files merged in order, config files, the config's input size of the network, tiny overrides)
+MODELS = [
+    (["metadata.json"], ["train.json"], "$@spatial_size", {"network_width": 0.125, "fc_features": 32}),
+    (["metadata.json", "detector_metadata.json"], ["train.json", "detector_train.json"], "$@detector#spatial_size",
+     {"detector#features": [4, 4, 8, 8, 16, 4], "detector_spec#meta": {}}),
+    (["metadata.json", "heatmap_metadata.json"], ["train.json", "heatmap_train.json"], "$[@patches#size] * 2",
+     {"fcn_width": 4}),
+]
+
+
+@pytest.mark.parametrize("metas", [m[0] for m in MODELS])
+def test_verify_metadata_of_every_model_against_the_offline_schema(metas):
+    if not SCHEMA.is_file():
+        pytest.skip(f"schema {SCHEMA} absent")
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=[str(BUNDLE / "configs" / m) for m in metas], filepath=str(SCHEMA))
+
+
+@pytest.mark.parametrize("metas,configs,size_expr,tiny", MODELS)
+def test_metadata_describes_each_models_default_input_and_verifies_its_network(metas, configs, size_expr, tiny):
+    from monai.bundle import ConfigParser, verify_net_in_out
+
+    meta_files = [str(BUNDLE / "configs" / m) for m in metas]
+    config_files = [str(BUNDLE / "configs" / c) for c in configs]
+    parser = ConfigParser()
+    parser.read_config(config_files)
+    parser.read_meta(meta_files)
+    parser["input_size"] = size_expr
+    fmt = parser["_meta_#network_data_format"]
+    assert fmt["inputs"]["image"]["spatial_shape"] == list(parser.get_parsed_content("input_size"))
+    verify_net_in_out(net_id="network_def", meta_file=meta_files, config_file=config_files, device="cpu",
+                      bundle_root=str(BUNDLE), **tiny)
+
+
+@pytest.mark.parametrize("meta", ["detector_metadata.json", "heatmap_metadata.json"])
+def test_model_metadata_overrides_only_what_describes_its_network(meta):
+    own = json.loads((BUNDLE / "configs" / meta).read_text())
+    base = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert set(own) <= {"name", "task", "description", "image_classes", "label_classes", "pred_classes", "eval_metrics",
+                        "network_data_format"} <= set(base)
+    assert own["name"] != base["name"] and own["network_data_format"] != base["network_data_format"]
+
+
 def test_ckpt_export_to_torchscript(trained, tmp_path):
     import torch
     from monai.bundle import ckpt_export
