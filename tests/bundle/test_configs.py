@@ -183,6 +183,27 @@ def test_inference_config_chains_the_detector_on_unannotated_films(trained, dete
         assert (out / f"{stem}.mrk.json").is_file() and (out / f"{stem}.overlay.png").is_file()
 
 
+def test_inference_config_writes_what_monai_spine_predict_writes(trained, detector, films, tmp_path):
+    """The bundle's chain and the CLI's run the same pipeline: the same points and sigmas per film."""
+    from monai_spine.data.prediction import read_prediction
+    from monai_spine.inference.pipeline import predict_cli
+
+    _run(_cfg("train.json", "inference.json"), "run", **{**_outputs(trained), "output_dir": str(tmp_path / "bundle"),
+                                                         "mc_samples": 4, "films": str(films),
+                                                         "detector_dir": str(detector)})
+    assert predict_cli([films], tmp_path / "cli", model="regressor", detector_dir=detector, mc_samples=4,
+                       regressor_checkpoint=trained / "models" / "model.pt", progress=False,
+                       width=TINY["network_width"], fc_features=TINY["fc_features"],
+                       spatial_size=TINY["spatial_size"]) == 0
+    names = sorted(f.name for f in (tmp_path / "cli").glob("*.keypoints.json"))
+    assert names and names == sorted(f.name for f in (tmp_path / "bundle").glob("*.keypoints.json"))
+    for name in names:
+        a, b = (read_prediction(tmp_path / d / name) for d in ("bundle", "cli"))
+        assert a.levels == b.levels
+        np.testing.assert_allclose(a.point_set().keypoints_px, b.point_set().keypoints_px)
+        np.testing.assert_allclose(a.point_set().sigma_p_frac["total"], b.point_set().sigma_p_frac["total"])
+
+
 def test_inference_config_refuses_a_detector_of_another_region(trained, detector, films, tmp_path):
     with pytest.raises(RuntimeError) as err:  # MONAI wraps the component's error
         _run(_cfg("train.json", "inference.json"), "run", **{**_outputs(trained), "output_dir": str(tmp_path),
