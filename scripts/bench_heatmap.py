@@ -125,19 +125,16 @@ def _spearman(acc: Any) -> float:
     return float(spearmanr(sig[ok], p2p[ok]).statistic)
 
 
-class _UniformMaps:
-    """Stands in for the network: flat maps, so every corner falls back to the prior."""
+def _uniform_maps() -> Any:
+    """Stands in for the network: flat maps, so every corner falls back to the prior (a parameter-free
+    ``torch.nn.Module``, as the predictor moves and inspects its network)."""
+    import torch
 
-    def __call__(self, x: Any) -> Any:
-        import torch
+    class UniformMaps(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x, 1.0 / (x.shape[-1] * x.shape[-2]))
 
-        return torch.full_like(x, 1.0 / (x.shape[-1] * x.shape[-2]))
-
-    def to(self, *_: Any) -> "_UniformMaps":
-        return self
-
-    def eval(self) -> "_UniformMaps":
-        return self
+    return UniformMaps()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"evaluating on {len(test)} test images")
     predictor = CornerPredictor.from_ckpt_dir(out / "models", device=args.device)
     fcn, fcn_acc = evaluate_corner_model(predictor, test)
-    prior_only = CornerPredictor(_UniformMaps(), predictor.spec)  # type: ignore[arg-type]
+    prior_only = CornerPredictor(_uniform_maps(), predictor.spec)
     base, base_acc = evaluate_corner_model(prior_only, test, with_bc=False)
     rows = [
         {"model": "prior only (clicked centres)", "summary": base, "train_s": float("nan"), "spearman": _spearman(base_acc)},
