@@ -87,6 +87,10 @@ class RegressorSpec:
         margin_mm: crop margin around a vertebra box, mm (px fraction when the spacing is unknown:
             see :class:`transforms.keypoints.VertebraCrop`).
         intensity_percentiles: ``(lower, upper)`` percentiles of each crop scaled to 0 and 1.
+        refine_passes: after the first prediction in the given boxes, crops re-cut this many times
+            around the box of the previous pass's keypoints (the framing the network was trained on:
+            a detector's boxes frame vertebrae differently from the annotation boxes); 0: the given
+            boxes only.
         meta: free-form record (training command, data, licence, test metrics).
     """
 
@@ -100,6 +104,7 @@ class RegressorSpec:
     cbam_unit_gain: bool = False
     margin_mm: float = 4.0
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    refine_passes: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -121,6 +126,9 @@ class RegressorSpec:
         self.cbam_unit_gain = bool(self.cbam_unit_gain)
         self.margin_mm = float(self.margin_mm)
         self.intensity_percentiles = tuple(float(v) for v in self.intensity_percentiles)  # type: ignore[assignment]
+        self.refine_passes = int(self.refine_passes)
+        if self.refine_passes < 0:
+            raise ValueError(f"refine_passes must be >= 0, got {self.refine_passes}")
 
     @property
     def scheme(self) -> str:
@@ -190,6 +198,13 @@ class RegressorSpec:
             return cls(**{k: v for k, v in d.items() if k in known})
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"{f}: {e}") from None
+
+
+def _keypoint_boxes(keypoints_px: np.ndarray) -> np.ndarray:
+    """(N, 4) ``x0, y0, x1, y1`` boxes around each vertebra's (N, K, 2) keypoints (px), as the
+    annotation boxes the regressor was trained on frame a vertebra (without its body outline)."""
+    kp = np.asarray(keypoints_px, np.float64)
+    return np.concatenate([np.nanmin(kp, axis=1), np.nanmax(kp, axis=1)], axis=-1)
 
 
 def load_regressor_weights(network: torch.nn.Module, checkpoint: str | os.PathLike) -> torch.nn.Module:
@@ -355,6 +370,8 @@ class KeypointPredictor:
         reference: run the plain reference instead of the batched MC dropout: one crop at a time,
             ``T`` full passes one by one (:func:`~monai_spine.uncertainty.mc_dropout.mc_dropout_reference`;
             for speed comparisons: same distribution, other dropout masks).
+        refine_passes: re-cut each crop around the previous pass's keypoints this many times
+            (:attr:`RegressorSpec.refine_passes`); the uncertainty is the last pass's.
     """
 
     def __init__(
@@ -371,8 +388,12 @@ class KeypointPredictor:
         flip_tta: bool = False,
         conformal: Any | None = None,
         reference: bool = False,
+        refine_passes: int = 0,
     ) -> None:
         self.reference = bool(reference)
+        if int(refine_passes) < 0:
+            raise ValueError(f"refine_passes must be >= 0, got {refine_passes}")
+        self.refine_passes = int(refine_passes)
         self.network = network.to(device).eval()
         self.scheme = get_scheme(scheme)
         self.spatial_size = (int(spatial_size[0]), int(spatial_size[1]))
@@ -427,6 +448,7 @@ class KeypointPredictor:
             net = load_regressor_weights(spec.build_network(), ckpt)
             kwargs.setdefault("spatial_size", spec.spatial_size)
             kwargs.setdefault("margin_mm", spec.margin_mm)
+            kwargs.setdefault("refine_passes", spec.refine_passes)
             if tuple(int(v) for v in kwargs["spatial_size"]) != spec.spatial_size:
                 raise ValueError(f"{folder / SPEC_FILE}: trained on {spec.spatial_size} crops, asked for {tuple(kwargs['spatial_size'])}")
             if "thresholds" not in kwargs and (folder / "thresholds.json").is_file():
@@ -466,20 +488,22 @@ class KeypointPredictor:
             raise ValueError(f"image must be (1, H, W) or (H, W), got shape {img.shape}")
         boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
         sp = np.full(2, np.nan, np.float32) if spacing_mm is None else np.asarray(spacing_mm, np.float32)
+        res, aff, crop_sp = self._run(img, boxes, sp)
+        for _ in range(self.refine_passes if len(boxes) else 0):
+            kp = frac_to_image_px(res.mean_frac.cpu().numpy().astype(np.float64), aff, self.spatial_size)
+            res, aff, crop_sp = self._run(img, _keypoint_boxes(kp), sp)
+        return self._result(res, aff, crop_sp, len(boxes), spacing_mm, spacing_source)
+
+    def _run(self, img: np.ndarray, boxes: np.ndarray, sp: np.ndarray) -> tuple[Any, np.ndarray, list[np.ndarray]]:
+        """Crops of ``boxes`` (N, 4) through the network: (MC result, (N, 3, 3) crop->image affines, crop spacings)."""
         crops, affines, crop_sp = [], [], []
         for box in boxes:
             d = self.crop_transform({"image": img, "box_px": box.astype(np.float32), "spacing_mm": sp})
             crops.append(torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32))
             affines.append(np.asarray(d["crop_to_image"], dtype=np.float64))
             crop_sp.append(np.asarray(d["crop_spacing_mm"], dtype=np.float64))
-        k = self.scheme.num_points
         if not crops:
-            empty = np.zeros((0, k))
-            kinds = ("aleatoric", "epistemic", "total")
-            return KeypointPrediction(
-                np.zeros((0, k, 2)), {c: empty for c in kinds}, {c: empty for c in kinds}, empty.astype(int),
-                np.zeros((0, 3, 3)), None if spacing_mm is None else tuple(map(float, spacing_mm)), spacing_source,
-            )
+            return None, np.zeros((0, 3, 3)), []
         x = torch.stack(crops).to(self.device)
         gen_state = torch.random.get_rng_state()
         if self.seed is not None:
@@ -492,8 +516,20 @@ class KeypointPredictor:
                 res = combine_flip_tta(res, res_f, self.scheme.flip_permutation)
         finally:
             torch.random.set_rng_state(gen_state)
+        return res, np.stack(affines), crop_sp
+
+    def _result(self, res: Any, aff: np.ndarray, crop_sp: list[np.ndarray], n: int,
+                spacing_mm: Sequence[float] | None, spacing_source: str) -> KeypointPrediction:
+        """The :class:`KeypointPrediction` of one network pass (``res`` None: no boxes)."""
+        k = self.scheme.num_points
+        if res is None or n == 0:
+            empty = np.zeros((0, k))
+            kinds = ("aleatoric", "epistemic", "total")
+            return KeypointPrediction(
+                np.zeros((0, k, 2)), {c: empty for c in kinds}, {c: empty for c in kinds}, empty.astype(int),
+                np.zeros((0, 3, 3)), None if spacing_mm is None else tuple(map(float, spacing_mm)), spacing_source,
+            )
         mean = res.mean_frac.cpu().numpy().astype(np.float64)
-        aff = np.stack(affines)
         kp = frac_to_image_px(mean, aff, self.spatial_size)
         h, w = self.spatial_size
         sigma_frac, sigma_mm = {}, {}
@@ -505,7 +541,8 @@ class KeypointPredictor:
             sigma_mm["total"] if self.thresholds.units == "mm" else sigma_frac["total"], self.scheme.point_types
         )
         radius = unit = None
-        meta = {"num_samples": self.num_samples, "thresholds": self.thresholds.to_dict(), "flip_tta": self.flip_tta}
+        meta = {"num_samples": self.num_samples, "thresholds": self.thresholds.to_dict(), "flip_tta": self.flip_tta,
+                "refine_passes": self.refine_passes}
         if self.conformal is not None:
             cal = self.conformal
             sig = sigma_mm["total"] if cal.sigma_units == "mm" else sigma_frac["total"]

@@ -325,3 +325,46 @@ def test_spec_contradicting_arguments_is_refused(tmp_path):
         KeypointPredictor.from_checkpoint(tmp_path, network_kwargs={"width": 1.0})
     with pytest.raises(ValueError, match="trained on"):
         KeypointPredictor.from_checkpoint(tmp_path, spatial_size=(112, 224))
+
+
+class RecordingCrop:
+    """The identity crop that records the boxes it was asked to cut."""
+
+    def __init__(self):
+        self.boxes: list[list[float]] = []
+
+    def __call__(self, d: dict) -> dict:
+        self.boxes.append([float(v) for v in d["box_px"]])
+        return identity_crop(d)
+
+
+@pytest.mark.parametrize("passes,calls", [(0, 2), (1, 4), (2, 6)])
+def test_refine_passes_recut_around_the_previous_keypoints(passes, calls):
+    crop = RecordingCrop()
+    p = KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), num_samples=2, crop_transform=crop,
+                          refine_passes=passes)
+    res = p.predict(make_image(), BOXES, SPACING)
+    assert len(crop.boxes) == calls  # two vertebrae per pass
+    # CONST_FRAC in a 16 x 8 identity crop: x = f * 16 - 0.5, y = f * 8 - 0.5 -> box (2.7, 1.9, 13.9, 5.9)
+    for box in crop.boxes[2:]:
+        np.testing.assert_allclose(box, [2.7, 1.9, 13.9, 5.9], atol=1e-5)
+    np.testing.assert_allclose(crop.boxes[:2], BOXES.astype(np.float32))
+    assert res.meta["refine_passes"] == passes
+    np.testing.assert_allclose(res.keypoints_px[0, 0], [2.7, 1.9], atol=1e-5)
+
+
+def test_negative_refine_passes_is_refused():
+    with pytest.raises(ValueError, match="refine_passes"):
+        KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), refine_passes=-1)
+
+
+def test_refine_passes_comes_from_the_spec(tmp_path):
+    from monai_spine.inference.regressor import RegressorSpec
+
+    spec = RegressorSpec(region="cervical", variant="baseline", spatial_size=(64, 128), width=0.25, fc_features=16,
+                         refine_passes=2)
+    spec.save(tmp_path)
+    torch.save(spec.build_network().state_dict(), tmp_path / "model.pt")
+    assert RegressorSpec.load(tmp_path).refine_passes == 2
+    assert KeypointPredictor.from_checkpoint(tmp_path).refine_passes == 2
+    assert KeypointPredictor.from_checkpoint(tmp_path, refine_passes=0).refine_passes == 0
