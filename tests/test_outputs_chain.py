@@ -250,3 +250,29 @@ def test_inferred_vertebrae_count_as_missed_in_the_recall(chain, tmp_path):
     assert _cell(text, "m", "found") == str(annotated - DROPPED - 1)
     assert _cell(text, "m", "inferred") == "1: case_0001 C4"
     assert _cell(text, "m", "missed").startswith(f"{DROPPED + 1}: ")
+
+
+def test_the_fcns_own_calibration_classes_its_corners_in_both_files(chain, tmp_path):
+    """predict --model both records the FCN's thresholds (mm) beside the regressor's (frac); each point set
+    is classed, read back and reported by its own."""
+    from monai_spine.inference.report import resolve_thresholds
+    from monai_spine.uncertainty.calibration import ConformalCalibrator, collect_errors
+    from monai_spine.uncertainty.classes import Thresholds
+
+    hm = CornerPredictor.from_ckpt_dir(chain["hm_dir"], thresholds=Thresholds(1e-6, 1e6, units="mm"),
+                                       conformal=ConformalCalibrator(alpha=0.1, q_hat=2.0, sigma_units="mm"))
+    reg = KeypointPredictor(build_regressor("bayecbam", 5, width=0.125, fc_features=16, spatial_size=(64, 64)),
+                            scheme="lateral5", spatial_size=(64, 64), margin_mm=4.0, num_samples=2)
+    images = [str(read_annotation(lab).image) for lab in chain["labels"]]
+    out = tmp_path / "pred"
+    assert predict_cli(images, out, pipeline=SpinePipeline(AnnotationDetector(chain["labels"]), reg, hm,
+                                                           overlays=False), progress=False) == 0
+    pred = read_prediction(sorted(out.glob("*.keypoints.json"))[1])
+    assert pred.corner_thresholds["units"] == "mm" and pred.thresholds["units"] == "frac"
+    hp = pred.points["heatmap"]
+    assert set(hp.classes[:, :4].ravel()) == {"moderately_uncertain"}  # every sigma lies between 1e-6 and 1e6 mm
+    np.testing.assert_allclose(hp.conformal_radius[:, :4], 2.0 * hp.sigma_p_mm["total"][:, :4])
+    assert hp.conformal_unit == "mm"
+    thr_hm, _ = resolve_thresholds(collect_errors(out, chain["data"], model="heatmap"))
+    thr_reg, _ = resolve_thresholds(collect_errors(out, chain["data"], model="regressor"))
+    assert (thr_hm.units, thr_hm.tau2) == ("mm", 1e6) and thr_reg.units == "frac"

@@ -16,7 +16,9 @@ the bundle's inference / the demo    none (``scheme`` +           ``points``
 
 A file may hold two *point sets*, one per model: ``"regressor"`` (``points``: the K points of the
 scheme with ``sigma_p_<kind>_frac`` / ``_mm`` for kinds aleatoric, epistemic, total) and
-``"heatmap"`` (``corners``: the four body corners with a per-axis ``sigma_px`` / ``sigma_mm``).
+``"heatmap"`` (``corners``: the four body corners with a per-axis ``sigma_px`` / ``sigma_mm`` and, when
+the FCN's folder holds its calibration, ``uncertainty_class`` and ``conformal_radius_mm``; the file's
+``corner_thresholds`` / ``corner_conformal`` blocks, or ``thresholds`` / ``conformal`` of a corners file).
 Both are held as (N, K, 2) pixel arrays over the scheme's K points (a point a model does not
 predict, e.g. the spinous process of the heatmap model, is NaN and not ``predicted``). The heatmap's
 per-axis spread is turned into the regressor's radial ``sigma_p`` convention as
@@ -134,6 +136,8 @@ class Prediction:
         inferred: (N,) the vertebra was not seen by the detector but placed along the spine
             (``predict`` with a chain detector); all False when the file does not say.
         thresholds: the thresholds the regressor classed its points by, or None.
+        corner_thresholds: the thresholds the heatmap FCN classed its corners by (its own calibration,
+            on ``sigma_p = sqrt(2) * sigma``), or None.
         notes: the producer's notes (e.g. why the heatmap corners are absent).
         meta: other top-level fields (MC samples, flip TTA, conformal block, method).
     """
@@ -153,6 +157,7 @@ class Prediction:
     centres_px: np.ndarray | None = None
     inferred: np.ndarray | None = None
     thresholds: dict[str, Any] | None = None
+    corner_thresholds: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -278,6 +283,8 @@ def _heatmap_points(verts: list, source: str, sch: Any) -> PointSet | None:
     predicted = np.zeros((n, k), bool)
     s_px, s_mm = _empty(n, k), _empty(n, k)
     prior = np.zeros((n, k), bool)
+    classes = np.full((n, k), "", dtype=object)
+    radius, r_unit = _empty(n, k), None
     for i, v in enumerate(verts):
         where = f"{source}: vertebrae[{i}] ({v.get('level')})"
         cs = v.get("corners")
@@ -300,6 +307,11 @@ def _heatmap_points(verts: list, source: str, sch: Any) -> PointSet | None:
             s_px[i, j] = _num(c.get("sigma_px"), f"{pw} sigma_px")
             s_mm[i, j] = _num(c.get("sigma_mm"), f"{pw} sigma_mm")
             prior[i, j] = bool(c.get("from_prior", False))
+            classes[i, j] = str(c.get("uncertainty_class") or "")
+            for unit in ("mm", "px"):
+                if f"conformal_radius_{unit}" in c:
+                    radius[i, j] = _num(c[f"conformal_radius_{unit}"], f"{pw} conformal_radius_{unit}")
+                    r_unit = unit
     nan = {kd: _empty(n, k) for kd in SIGMA_KINDS}
     root2 = math.sqrt(2.0)
     return PointSet(
@@ -307,6 +319,8 @@ def _heatmap_points(verts: list, source: str, sch: Any) -> PointSet | None:
         sigma_p_frac=nan,
         sigma_p_mm={**{kd: _empty(n, k) for kd in SIGMA_KINDS}, "total": root2 * s_mm},
         sigma_p_px={**{kd: _empty(n, k) for kd in SIGMA_KINDS}, "total": root2 * s_px},
+        classes=classes if np.any(classes != "") else None,
+        conformal_radius=radius if r_unit else None, conformal_unit=r_unit,
         from_prior=prior,
     )
 
@@ -378,15 +392,19 @@ def prediction_from_dict(d: Any, source: str = "prediction") -> Prediction:
     spacing = _spacing(d, source)
     image = d.get("image")
     thr = d.get("thresholds")
+    cthr = d.get("corner_thresholds") if fmt == PREDICTION_FORMAT else None
+    if fmt == CORNERS_FORMAT:  # the corners file holds the FCN alone: its thresholds are the corners'
+        thr, cthr = None, thr
     notes = [str(d[k]) for k in ("corners_note", "inferred_note") if d.get(k)]
-    meta_keys = ("mc_dropout_samples", "flip_tta", "conformal", "method", "models", "units_note")
+    meta_keys = ("mc_dropout_samples", "flip_tta", "conformal", "corner_conformal", "method", "models", "units_note")
     return Prediction(
         source=str(source), format=fmt, version=int(version), scheme=sch.name, levels=levels, points=points,
         image=None if image is None else str(image), image_size=image_size, spacing_mm=spacing,
         spacing_source=str(d.get("spacing_source") or ("unknown" if spacing is None else "sidecar")),
         region=d.get("region") if isinstance(d.get("region"), str) else None,
         detection_scores=scores, centres_px=centres, inferred=inferred,
-        thresholds=thr if isinstance(thr, dict) else None, notes=notes,
+        thresholds=thr if isinstance(thr, dict) else None,
+        corner_thresholds=cthr if isinstance(cthr, dict) else None, notes=notes,
         meta={k: d[k] for k in meta_keys if k in d},
     )
 

@@ -591,6 +591,12 @@ class CornerPredictor:
             :func:`inference_network` (batch norms folded into the convolutions, channels-last),
             rebuilt whenever the weights change; False: patches one by one and ``network`` itself
             (the reference). Maps agree to float rounding (about 1e-6 relative).
+        thresholds: uncertainty-class thresholds of the corners
+            (:class:`~monai_spine.uncertainty.classes.Thresholds`, ``monai-spine calibrate --model heatmap``'s
+            ``thresholds.json``), on ``sigma_p = sqrt(2) * sigma`` (the reader's convention, see
+            :mod:`monai_spine.data.prediction`) in their units (mm, or px); None: no class.
+        conformal: a fitted :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator` on the same
+            ``sigma_p`` (its ``conformal.json``); each corner then gets ``conformal_radius_<unit>``.
 
     Example::
 
@@ -600,7 +606,11 @@ class CornerPredictor:
     """
 
     def __init__(self, network: torch.nn.Module, spec: HeatmapModelSpec, device: str | torch.device = "cpu",
-                 batch_size: int = 256, optimize: bool = True) -> None:
+                 batch_size: int = 256, optimize: bool = True, thresholds: Any = None, conformal: Any = None) -> None:
+        if conformal is not None and not callable(getattr(conformal, "radii", None)):
+            raise ValueError(f"conformal must be a fitted ConformalCalibrator or None, got {type(conformal).__name__}")
+        self.thresholds = thresholds
+        self.conformal = conformal
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.spec = spec
@@ -622,11 +632,22 @@ class CornerPredictor:
             ckpt_dir: folder with ``heatmap_model.json``, ``corner_prior.json`` and ``model.pt``.
             checkpoint: weights to use instead of ``ckpt_dir/model.pt``.
             prior: prior JSON to use instead of the stored one.
-            **kwargs: ``device``, ``batch_size``.
+            **kwargs: ``device``, ``batch_size``, ``optimize``, ``thresholds``, ``conformal``; the
+                folder's ``thresholds.json`` and ``conformal.json`` (``monai-spine calibrate --model
+                heatmap``) are used when present unless ``thresholds`` / ``conformal`` are passed.
 
         Raises:
             FileNotFoundError: a file is missing (message names it).
         """
+        folder = Path(ckpt_dir)
+        if "thresholds" not in kwargs and (folder / "thresholds.json").is_file():
+            from monai_spine.uncertainty.classes import Thresholds
+
+            kwargs["thresholds"] = Thresholds.load(folder / "thresholds.json")
+        if "conformal" not in kwargs and (folder / "conformal.json").is_file():
+            from monai_spine.uncertainty.calibration import ConformalCalibrator
+
+            kwargs["conformal"] = ConformalCalibrator.load(folder / "conformal.json")
         spec = HeatmapModelSpec.load(ckpt_dir, prior=prior)
         net = spec.build_network()
         ckpt = Path(checkpoint) if checkpoint else Path(ckpt_dir) / CHECKPOINT_FILE
@@ -717,10 +738,43 @@ class CornerPredictor:
             patches=PatchSet(ps.patches, ps.affines, order[ps.vertebra_index]) if return_maps else None,
         )
 
+    def calibrated(self, pred: CornerPrediction) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+        """Uncertainty classes and conformal radii of the corners, from the model's calibration.
+
+        Both act on ``sigma_p = sqrt(2) * sigma`` (radial, the per-axis spread of both axes combined) in
+        the calibration's units: mm needs the spacing; without it no class / radius is given.
+
+        Returns:
+            ``(classes, radii, radius_unit)``: ``(V, 4)`` class names (``"unknown"`` where sigma_p is not
+            known in the thresholds' units) or None without thresholds; ``(V, 4)`` radii (NaN where none) or None without a conformal
+            calibration; the radii's unit.
+        """
+        root2 = float(np.sqrt(2.0))
+
+        def sigma_p(units: str) -> np.ndarray:
+            s = pred.sigma_px if units == "px" else pred.sigma_mm
+            return np.full(pred.sigma_px.shape, np.nan) if s is None else root2 * np.asarray(s, dtype=np.float64)
+
+        classes = radii = unit = None
+        if self.thresholds is not None:
+            from monai_spine.uncertainty.classes import class_names
+
+            sp = sigma_p(str(self.thresholds.units))
+            classes = class_names(self.thresholds.classify(sp, ["corner"] * sp.shape[-1]))
+        if self.conformal is not None:
+            cal = self.conformal
+            radii = np.asarray(cal.radii(sigma_p(str(cal.sigma_units)), ["corner"] * pred.sigma_px.shape[-1]),
+                               dtype=np.float64)
+            unit = str(cal.error_unit)
+        return classes, radii, unit
+
     def to_json(self, pred: CornerPrediction, image: str | None = None) -> dict[str, Any]:
         """JSON-ready result (format ``monai-spine-corners``): per vertebra and corner x, y and sigma in
-        px and, when the spacing is known, in mm (``null`` otherwise)."""
+        px and, when the spacing is known, in mm (``null`` otherwise); with a calibration
+        (:meth:`calibrated`) also ``uncertainty_class`` and ``conformal_radius_<unit>`` per corner and
+        the ``thresholds`` / ``conformal`` blocks."""
         mm, smm = pred.corners_mm, pred.sigma_mm
+        classes, radii, r_unit = self.calibrated(pred)
         verts = []
         for v in range(len(pred.corners_px)):
             corners = []
@@ -736,6 +790,10 @@ class CornerPredictor:
                     "sigma_mm": float(smm[v, k]) if smm is not None and np.isfinite(smm[v, k]) else None,
                     "from_prior": bool(pred.used_prior[v, k]),
                 })
+                if classes is not None:
+                    corners[-1]["uncertainty_class"] = str(classes[v, k])
+                if radii is not None:
+                    corners[-1][f"conformal_radius_{r_unit}"] = float(radii[v, k]) if np.isfinite(radii[v, k]) else None
             verts.append({
                 "index": v, "level": None if pred.levels is None else pred.levels[v],
                 "centre_px": [float(t) for t in pred.centres_px[v]],
@@ -749,7 +807,19 @@ class CornerPredictor:
             "spacing_source": pred.spacing_source,
             "units_note": "mm values are null when the spacing is unknown; sigma is the per-axis RMS spread of the corner's accumulated map",
             "vertebrae": verts,
+            **({"thresholds": self.thresholds.to_dict()} if self.thresholds is not None else {}),
+            **({"conformal": self.conformal_block()} if self.conformal is not None else {}),
         }
+
+    def conformal_block(self) -> dict[str, Any] | None:
+        """The ``conformal`` block of a result (alpha, nominal coverage, units, ``q_hat``), or None."""
+        cal = self.conformal
+        if cal is None:
+            return None
+        q = float(cal.q_hat_for("corner"))
+        return {"alpha": float(cal.alpha), "nominal_coverage": 1.0 - float(cal.alpha), "score": str(cal.score),
+                "sigma_units": str(cal.sigma_units), "sigma_kind": "sqrt(2) x per-axis sigma",
+                "radius_unit": str(cal.error_unit), "q_hat": q if np.isfinite(q) else None}
 
     @staticmethod
     def dumps(result: dict[str, Any]) -> str:

@@ -201,6 +201,9 @@ class SpinePipeline:
             cj = self.corner_predictor.to_json(corners, image=name)
             for v, cv in zip(result["vertebrae"], cj["vertebrae"]):
                 v["corners"] = cv["corners"]
+            for key in ("thresholds", "conformal"):  # the FCN's own calibration (mm, on sqrt(2) x sigma)
+                if key in cj:
+                    result[f"corner_{key}"] = cj[key]
         elif self.corner_predictor is not None:
             for v in result["vertebrae"]:
                 v["corners"] = None
@@ -351,6 +354,9 @@ def _mark_inferred(v: dict[str, Any], box_px: Sequence[float], spacing_mm: Seque
             c["sigma_px"] = max(float(c.get("sigma_px") or 0.0), s_px)
             if s_mm is not None:
                 c["sigma_mm"] = max(float(c.get("sigma_mm") or 0.0), s_mm)
+        for unit, s in (("px", s_px), ("mm", s_mm)):  # a radius fitted on seen vertebrae does not hold here
+            if f"conformal_radius_{unit}" in c and s is not None and np.isfinite(s):
+                c[f"conformal_radius_{unit}"] = max(float(c[f"conformal_radius_{unit}"] or 0.0), s)
     for p in v.get("points") or []:
         p["inferred"] = True
         p["uncertainty_class"] = cls

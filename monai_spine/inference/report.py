@@ -142,7 +142,9 @@ def resolve_thresholds(points: Any, given: Any = None) -> tuple[Any, str]:
             the prediction files).
         given: a :class:`~monai_spine.uncertainty.classes.Thresholds`, its ``to_dict`` mapping, or the path
             of a thresholds JSON (``monai-spine calibrate``'s ``thresholds.json``); None: read the
-            ``thresholds`` recorded in the prediction files, else use the paper's.
+            thresholds recorded in the prediction files for this point set (the regressor's
+            ``thresholds``; the heatmap FCN's ``corner_thresholds``, or ``thresholds`` of a corners
+            file), else use the paper's.
 
     Returns:
         ``(thresholds, source)``; ``source`` is a short sentence for the report.
@@ -161,13 +163,16 @@ def resolve_thresholds(points: Any, given: Any = None) -> tuple[Any, str]:
         if isinstance(given, Mapping):
             return Thresholds.from_dict(given, source="thresholds"), "given"
         return Thresholds.load(given), f"given ({os.fspath(given)})"
+    from monai_spine.data.prediction import read_prediction
+
     recorded: dict[str, tuple[dict[str, Any], str]] = {}
     for case in dict.fromkeys(np.asarray(points.cases).tolist()):
         try:
-            with open(case, encoding="utf-8") as f:
-                d = json.load(f).get("thresholds")
-        except (OSError, ValueError, AttributeError):
+            pred = read_prediction(case)
+        except (OSError, ValueError):
             continue
+        model = getattr(points, "model", None) or (pred.models[0] if pred.models else None)
+        d = pred.corner_thresholds if model == "heatmap" else pred.thresholds
         if isinstance(d, dict):
             recorded.setdefault(json.dumps(d, sort_keys=True), (d, str(case)))
     if recorded:

@@ -13,6 +13,7 @@ import torch
 from monai_spine.inference.corners import CornerPrior
 from monai_spine.inference.heatmap import (
     HeatmapModelSpec,
+    CornerPrediction,
     CornerPredictor,
     annotation_frames,
     centre_frames,
@@ -357,3 +358,57 @@ def test_optimised_predictor_equals_reference_and_tracks_weight_changes():
     a2 = fast.predict_maps(a.patches.patches[:4])
     b2 = ref.predict_maps(a.patches.patches[:4])
     np.testing.assert_allclose(a2, b2, rtol=1e-4, atol=1e-4 * b2.max())
+
+
+def _one_vertebra(spacing_mm):
+    """A hand-made prediction: one vertebra, per-axis sigma 1, 2, 3, 4 px."""
+    return CornerPrediction(
+        corners_px=np.array([[[10.0, 10.0], [30.0, 10.0], [10.0, 20.0], [30.0, 20.0]]]),
+        sigma_px=np.array([[1.0, 2.0, 3.0, 4.0]]), used_prior=np.zeros((1, 4), bool),
+        centres_px=np.array([[20.0, 15.0]]), orientations_deg=np.zeros(1), sizes_px=np.array([20.0]),
+        spacing_mm=spacing_mm, levels=["C3"],
+    )
+
+
+# sigma_mm = 0.5 x sigma_px; sigma_p = sqrt(2) x sigma_mm = 0.707, 1.414, 2.121, 2.828 mm
+# tau1 = 1.0, tau2 = 2.5 mm -> certain, moderately, moderately, highly; radius = q_hat 0.5 x sigma_p
+@pytest.mark.parametrize(
+    "spacing_mm, classes, radii_mm",
+    [
+        ((0.5, 0.5), ["certain", "moderately_uncertain", "moderately_uncertain", "highly_uncertain"],
+         [0.5 * 0.5 * np.sqrt(2) * s for s in (1, 2, 3, 4)]),
+        (None, ["unknown"] * 4, [None] * 4),  # thresholds in mm need the spacing
+    ],
+)
+def test_to_json_classes_and_radii_from_the_models_calibration(spacing_mm, classes, radii_mm):
+    from monai_spine.uncertainty.calibration import ConformalCalibrator
+    from monai_spine.uncertainty.classes import Thresholds
+
+    thr = Thresholds(1.0, 2.5, units="mm")
+    cal = ConformalCalibrator(alpha=0.1, q_hat=0.5, sigma_units="mm")
+    p = CornerPredictor(Flat(), spec(), thresholds=thr, conformal=cal)
+    res = json.loads(p.dumps(p.to_json(_one_vertebra(spacing_mm))))
+    got = res["vertebrae"][0]["corners"]
+    assert [c["uncertainty_class"] for c in got] == classes
+    for c, r in zip(got, radii_mm):
+        assert c["conformal_radius_mm"] == (None if r is None else pytest.approx(r))
+    assert res["thresholds"]["tau1"] == 1.0 and res["conformal"]["q_hat"] == 0.5
+
+
+def test_to_json_without_calibration_has_no_class():
+    res = CornerPredictor(Flat(), spec()).to_json(_one_vertebra((0.5, 0.5)))
+    assert "thresholds" not in res and "uncertainty_class" not in res["vertebrae"][0]["corners"][0]
+
+
+def test_from_ckpt_dir_reads_the_folders_calibration(tmp_path):
+    from monai_spine.uncertainty.calibration import ConformalCalibrator
+    from monai_spine.uncertainty.classes import Thresholds
+
+    s = spec()
+    s.save(tmp_path)
+    torch.save(s.build_network().state_dict(), tmp_path / "model.pt")
+    Thresholds(1.0, 2.5, units="mm").save(tmp_path / "thresholds.json")
+    ConformalCalibrator(alpha=0.1, q_hat=0.5, sigma_units="mm").save(tmp_path / "conformal.json")
+    p = CornerPredictor.from_ckpt_dir(tmp_path)
+    assert p.thresholds.tau2 == 2.5 and p.conformal.q_hat == 0.5
+    assert CornerPredictor.from_ckpt_dir(tmp_path, thresholds=None, conformal=None).thresholds is None
