@@ -1,17 +1,29 @@
-"""Checks a command runs on its paths before any work: the output folder is usable, the inputs exist.
+"""Checks a command runs before any work: the output folder is usable, the inputs exist, a film can hold a result.
 
-``monai-spine`` calls them before it reads a film or loads a model, so that a bad ``--out`` or a
-mistyped input is named as the problem at once (exit status 2), not blamed on every input file
-after minutes of model loading. Only the standard library is imported.
+``monai-spine`` calls the path checks before it reads a film or loads a model, so that a bad
+``--out`` or a mistyped input is named as the problem at once (exit status 2), not blamed on every
+input file after minutes of model loading.
+
+A film in which nothing can be found (a constant image, 1 x 1 pixel included, or one where the
+detector saw no vertebra) gives no result rather than an empty or invented one:
+:class:`NothingFoundError`, whose message starts ``nothing found in <file>``. ``predict`` lists such
+films on stderr, writes none of their outputs and exits 1 (a batch with files that gave no result);
+``corners`` stops with exit 2 (its one input cannot be used). Only the standard library is imported
+at module level (numpy inside :func:`check_film_has_contrast`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
-__all__ = ["check_output_dir", "check_output_file", "check_inputs_exist"]
+__all__ = ["check_output_dir", "check_output_file", "check_inputs_exist", "NothingFoundError",
+           "check_film_has_contrast"]
+
+
+class NothingFoundError(ValueError):
+    """A film gave no result: nothing can be found in it. The message starts ``nothing found in <file>``."""
 
 
 def _nearest_existing(p: Path) -> Path:
@@ -58,3 +70,26 @@ def check_inputs_exist(paths: Iterable[str | os.PathLike], what: str = "input") 
     if missing:
         names = ", ".join(missing)
         raise FileNotFoundError(f"{what} {names} {'does' if len(missing) == 1 else 'do'} not exist")
+
+
+def check_film_has_contrast(image: Any, path: str | os.PathLike) -> None:
+    """Refuse a film with no contrast (every finite pixel equal; a 1 x 1 image is one).
+
+    Args:
+        image: the film's pixels, any shape (``(H, W)`` or ``(1, H, W)``).
+        path: the film, named in the message.
+
+    Raises:
+        NothingFoundError: ``nothing found in <path>: constant image (N pixels, every one = v), no contrast``.
+    """
+    import numpy as np
+
+    a = np.asarray(image)
+    vals = a[np.isfinite(a)] if a.dtype.kind in "fc" else a  # integer films: no copy
+    if vals.size == 0:
+        raise NothingFoundError(f"nothing found in {os.fspath(path)}: no finite pixel value")
+    lo, hi = float(vals.min()), float(vals.max())
+    if lo == hi:
+        raise NothingFoundError(
+            f"nothing found in {os.fspath(path)}: constant image ({a.size} pixel{'s' if a.size != 1 else ''}, "
+            f"every one = {lo:g}), no contrast")

@@ -911,6 +911,8 @@ def corners_cli(
     Raises:
         FileNotFoundError: the image or a model file is missing.
         ValueError: malformed centres, levels or spacing.
+        monai_spine.outputs.NothingFoundError: a constant image (1 x 1 included): ``nothing found in
+            <image>``, before the model loads; nothing written (``monai-spine corners`` exits 2).
     """
     from monai_spine.data.readers import read_xray
 
@@ -932,7 +934,13 @@ def corners_cli(
     path = Path(image)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
-    img = read_xray(path, spacing_mm=spacing_mm)
+    from monai_spine.data.readers import XrayWarning
+    from monai_spine.outputs import check_film_has_contrast
+
+    with warnings.catch_warnings():  # the reader's "constant image" warning: said once, as the error below
+        warnings.filterwarnings("ignore", message=r".*constant image", category=XrayWarning)
+        img = read_xray(path, spacing_mm=spacing_mm)
+    check_film_has_contrast(img.array, path)  # a blank film gets no corners (not the prior's, with small sigma)
     h, w = img.array.shape
     if np.any(c[:, 0] < 0) or np.any(c[:, 0] > w - 1) or np.any(c[:, 1] < 0) or np.any(c[:, 1] > h - 1):
         raise ValueError(f"--centres: a centre lies outside the {w}x{h} image {path}")

@@ -17,7 +17,9 @@ name, then rename; a radiograph whose outputs cannot all be written leaves none 
 * ``<stem>.overlay.png``: the radiograph with the points coloured by uncertainty class (heatmap
   corners in cyan).
 
-:func:`predict_cli` is the ``monai-spine predict PATH... --out DIR`` command.
+:func:`predict_cli` is the ``monai-spine predict PATH... --out DIR`` command. A film in which nothing
+can be found (constant image, or no vertebra seen by the detector) gets no outputs there: it is listed
+as ``nothing found in <file>: <why>`` on stderr and the command exits 1.
 """
 
 from __future__ import annotations
@@ -230,7 +232,7 @@ class SpinePipeline:
         return result, {"detections": det, "keypoints": kp, "corners": corners, "levels": levels}
 
     def predict_file(self, path: str | os.PathLike, out_dir: str | os.PathLike, stem: str | None = None,
-                     spacing_mm: Sequence[float] | None = None) -> PipelineResult:
+                     spacing_mm: Sequence[float] | None = None, require_found: bool = False) -> PipelineResult:
         """Read a radiograph, predict it and write its outputs into ``out_dir``.
 
         Every output is written atomically; if one of them fails, those already written for this
@@ -241,14 +243,35 @@ class SpinePipeline:
             out_dir: output folder (created).
             stem: output name (default :func:`output_stem`).
             spacing_mm: ``(sx, sy)`` overriding the file's spacing (recorded as ``"sidecar"``).
+            require_found: refuse a film that gives no result, before anything is written: a constant
+                image (not even given to the detector) or one where the detector saw no vertebra
+                (none, or only levels it inferred). ``monai-spine predict`` sets it; the apps and
+                benchmarks keep the empty result (False).
+
+        Raises:
+            monai_spine.outputs.NothingFoundError: ``require_found`` and nothing was found (the
+                message starts ``nothing found in <path>``); no output written, ``out_dir`` not created.
         """
         from monai_spine.data.readers import read_xray
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"image {path} does not exist")
-        img = read_xray(path, spacing_mm=spacing_mm)
+        if require_found:
+            import warnings
+
+            from monai_spine.data.readers import XrayWarning
+            from monai_spine.outputs import check_film_has_contrast
+
+            with warnings.catch_warnings():  # the reader's "constant image" warning: said once, below
+                warnings.filterwarnings("ignore", message=r".*constant image", category=XrayWarning)
+                img = read_xray(path, spacing_mm=spacing_mm)
+            check_film_has_contrast(img.array, path)
+        else:
+            img = read_xray(path, spacing_mm=spacing_mm)
         result, parts = self.predict_image(img.channel_first(), img.spacing_mm, img.spacing_source, name=str(path))
+        if require_found:
+            _check_found(result, path)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = stem or output_stem(path)
@@ -331,6 +354,21 @@ class SpinePipeline:
             png = out / f"{stem}.overlay.png"
             write_overlay(png, img.array, layers)
             files["overlay"] = str(png)
+
+
+def _check_found(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """Raise :class:`~monai_spine.outputs.NothingFoundError` when no vertebra of ``result`` was seen
+    by the detector (none at all, or only inferred ones: a chain inferred from nothing is no result)."""
+    from monai_spine.outputs import NothingFoundError
+
+    verts = result.get("vertebrae") or []
+    if any(not v.get("inferred") for v in verts):
+        return
+    why = "the detector saw no vertebra"
+    if verts:
+        why += f" ({len(verts)} levels would only be inferred, none seen)"
+    notes = [str(w) for w in result.get("warnings") or []]
+    raise NothingFoundError(f"nothing found in {os.fspath(path)}: {why}" + (f"; {'; '.join(notes)}" if notes else ""))
 
 
 def inferred_sigma_px(box_px: Sequence[float]) -> float:
@@ -458,8 +496,9 @@ def predict_cli(
             ``conformal.json`` beside the checkpoint, else no radius).
 
     Returns:
-        Exit status: 0 when every file was predicted, 1 when any failed (they are listed), 2 when
-        no input file was found.
+        Exit status: 0 when every file was predicted, 1 when any failed or gave no result (they are
+        listed on stderr, ``nothing found in <file>: <why>`` for a film with no contrast or no
+        vertebra seen; none of their outputs is written), 2 when no input file was found.
 
     Raises:
         ValueError: unknown ``model``; FileNotFoundError: a model file is missing.
@@ -479,8 +518,11 @@ def predict_cli(
     if not files:
         print(f"monai-spine predict: no image found in {', '.join(map(str, paths)) or '(no paths)'}", file=stream)
         return 2
+    from monai_spine.outputs import NothingFoundError
+
     stems: dict[str, int] = {}
     failures: list[tuple[str, str]] = []
+    nothing: list[str] = []
     done = 0
     it: Any = files
     if progress and len(files) > 1:
@@ -495,17 +537,21 @@ def predict_cli(
         else:
             stems[stem] = 0
         try:
-            pipeline.predict_file(f, out_dir, stem=stem, spacing_mm=spacing_mm)
+            pipeline.predict_file(f, out_dir, stem=stem, spacing_mm=spacing_mm, require_found=True)
             done += 1
+        except NothingFoundError as e:  # no result, not an error: said plainly, nothing written
+            nothing.append(str(e))
         except Exception as e:  # go on with the next file; every failure is listed at the end
             failures.append((str(f), f"{type(e).__name__}: {e}"))
-    print(f"predicted {done} of {len(files)} radiograph(s) into {out_dir}", file=stream)
+    print(f"predicted {done} of {len(files)} radiograph(s) into {out_dir}"
+          + (f"; nothing found in {len(nothing)} (listed on stderr)" if nothing else ""), file=stream)
+    for msg in nothing:
+        print(f"monai-spine predict: {msg}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} failed:", file=sys.stderr)  # failures go to stderr, as in measure / convert
         for f, msg in failures:
             print(f"  {f}: {msg}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if failures or nothing else 0
 
 
 #: Region tried first when ``predict`` is given no region and no model: the first with a shipped detector.

@@ -412,3 +412,37 @@ def test_from_ckpt_dir_reads_the_folders_calibration(tmp_path):
     p = CornerPredictor.from_ckpt_dir(tmp_path)
     assert p.thresholds.tau2 == 2.5 and p.conformal.q_hat == 0.5
     assert CornerPredictor.from_ckpt_dir(tmp_path, thresholds=None, conformal=None).thresholds is None
+
+
+# ------------------------------------------------------- nothing found: a blank film gets no corners
+def _blank_film(d, kind):
+    """A film with nothing in it: 1 x 1 PNG, constant 512 x 512 PNG, constant DICOM with a spacing."""
+    from monai_spine.data.synthetic import write_dx_dicom
+
+    if kind == "1x1.png":
+        cv2.imwrite(str(d / kind), np.full((1, 1), 128, np.uint8))
+    elif kind == "const.png":
+        cv2.imwrite(str(d / kind), np.full((512, 512), 128, np.uint8))
+    else:
+        write_dx_dicom(d / kind, np.full((512, 512), 2000, np.uint16), (0.2, 0.2))
+    return d / kind
+
+
+@pytest.mark.parametrize("kind, centres", [("1x1.png", "0,0;0,0"), ("const.png", "256,200;256,300"),
+                                           ("const.dcm", "256,200;256,300")])
+def test_corners_of_a_blank_film_say_nothing_found_and_write_nothing(tmp_path, capsys, kind, centres):
+    """Today's shipped FCN would put the prior's corners there with a 1.3 px sigma: a confident answer from nothing."""
+    from pathlib import Path
+
+    from monai_spine.cli import main
+
+    film = _blank_film(tmp_path, kind)
+    out = tmp_path / "c.json"
+    ckpt = Path(__file__).resolve().parents[2] / "bundle" / "models" / "cervical" / "heatmap"
+    rc = main(["corners", str(film), "--centres", centres, "--ckpt-dir", str(ckpt), "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 2  # its one input cannot be used
+    assert cap.err.strip() == (f"monai-spine corners: error: nothing found in {film}: constant image "
+                               f"({1 if kind == '1x1.png' else 512 * 512} pixel{'' if kind == '1x1.png' else 's'}, "
+                               f"every one = {2000 if kind.endswith('dcm') else 128}), no contrast")
+    assert cap.out == "" and not out.exists()

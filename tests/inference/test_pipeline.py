@@ -370,3 +370,86 @@ def test_predict_refuses_a_mismatching_model(film_files, tmp_path, monkeypatch, 
     # no shipped model for the region
     assert main(["predict", str(film_files / "film.png"), "--out", out, "--region", "lumbar"]) == 2
     assert "no shipped detector for region lumbar" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- nothing found: a blank film gets no result
+SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[2] / "bundle" / "models"
+
+
+def _blank_film(d, kind):
+    """A film with nothing in it: 1 x 1 PNG, constant 512 x 512 PNG, constant DICOM with a spacing."""
+    if kind == "1x1.png":
+        cv2.imwrite(str(d / kind), np.full((1, 1), 128, np.uint8))
+    elif kind == "const.png":
+        cv2.imwrite(str(d / kind), np.full((512, 512), 128, np.uint8))
+    else:
+        write_dx_dicom(d / kind, np.full((512, 512), 2000, np.uint16), (0.2, 0.2))
+    return d / kind
+
+
+BLANK = ["1x1.png", "const.png", "const.dcm"]
+
+
+@pytest.mark.parametrize("kind", BLANK)
+def test_predict_of_a_blank_film_says_nothing_found_and_writes_nothing(tmp_path, capsys, monkeypatch, kind):
+    from monai_spine.cli import main
+
+    monkeypatch.delenv("MONAI_SPINE_MODELS", raising=False)
+    film = _blank_film(tmp_path, kind)
+    out = tmp_path / "out"
+    # the shipped cervical models (detector, regressor, corner FCN)
+    rc = main(["predict", str(film), "--region", "cervical", "--out", str(out), "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 1  # a batch with a film that gave no result
+    assert f"monai-spine predict: nothing found in {film}: constant image" in cap.err
+    assert "warning" not in cap.err  # said once, not also as the reader's warning
+    assert "predicted 0 of 1" in cap.out and "nothing found in 1" in cap.out
+    assert not out.exists()  # no keypoints, markups or overlay, not even an empty folder
+
+
+@pytest.mark.parametrize("kind", BLANK)
+def test_shipped_detector_sees_no_vertebra_on_a_blank_film(tmp_path, kind):
+    """Past the contrast check the detector itself finds nothing, and places nothing off the film."""
+    from monai_spine.data.readers import read_xray
+    from monai_spine.inference.detector import VertebraDetector
+
+    img = read_xray(_blank_film(tmp_path, kind))
+    for region in ("cervical", "ap"):
+        det = VertebraDetector.from_checkpoint(SHIPPED / region / "detector").detect(
+            img.channel_first().astype(np.float32), img.spacing_mm, img.spacing_source)
+        seen = ~np.asarray(det.inferred, bool)
+        assert not seen.any(), (region, det.levels)
+        h, w = img.array.shape
+        c = np.asarray(det.centres_px, np.float64).reshape(-1, 2)
+        assert np.all((c >= 0) & (c <= [w - 1, h - 1])), (region, c)
+
+
+class SeesNothing:
+    """A detector that sees no vertebra (``inferred`` None) or only infers the chain (``inferred`` True)."""
+
+    def __init__(self, inferred):
+        self.inferred = inferred
+
+    def detect(self, image, spacing_mm=None, spacing_source=None):
+        if not self.inferred:
+            return Detections([], np.zeros((0, 2)), np.zeros((0, 4)), np.zeros(0), spacing_mm, "unknown")
+        return Detections(["C3", "C4"], (BOXES[:, :2] + BOXES[:, 2:]) / 2, BOXES.copy(), np.zeros(2), spacing_mm,
+                          spacing_source or "unknown", inferred=np.array([True, True]))
+
+
+@pytest.mark.parametrize("inferred, why", [(False, "the detector saw no vertebra\n"),
+                                           (True, "the detector saw no vertebra (2 levels would only be inferred, none seen)")])
+def test_predict_lists_a_film_where_the_detector_saw_nothing(inputs, tmp_path, capsys, inferred, why):
+    reg = KeypointPredictor(ConstantNet(), scheme="lateral5", spatial_size=CROP_HW, margin_mm=4.0, num_samples=2)
+    pipe = SpinePipeline(SeesNothing(inferred), reg)
+    out = tmp_path / "out"
+    buf = io.StringIO()
+    rc = predict_cli([inputs / "dx.dcm", inputs / "bare.png"], out, pipeline=pipe, stream=buf, progress=False)
+    err = capsys.readouterr().err
+    assert rc == 1 and "predicted 0 of 2" in buf.getvalue()
+    assert f"nothing found in {inputs / 'dx.dcm'}: {why}" in err and f"nothing found in {inputs / 'bare.png'}" in err
+    assert "failed" not in err and not out.exists()
+    # the apps and benchmarks keep the empty (or inferred) result: predict_file without require_found
+    res = pipe.predict_file(inputs / "dx.dcm", out)
+    assert [v["inferred"] for v in res.result["vertebrae"]] == [inferred] * (2 if inferred else 0)
+    assert (out / "dx.keypoints.json").is_file()
