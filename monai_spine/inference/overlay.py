@@ -3,9 +3,9 @@
 Colours follow the BayeRegX paper: certain points violet, moderately uncertain yellow, highly
 uncertain red, ground truth green (:mod:`monai_spine.uncertainty.classes`); heatmap corners are cyan
 (:data:`monai_spine.inference.pipeline.CORNER_COLOUR_RGB`). Every picture carries a legend of the
-colours it uses (read from its layers), level names outlined so that they read on bone, a scale bar
-in mm when the pixel spacing is given, and, where a layer gives ``radii_px``, each point's
-conformal radius as a thin circle.
+colours it uses (read from its layers), placed in the corner that hides fewest points, level names
+and the scale bar, level names outlined so that they read on bone, a scale bar in mm when the pixel
+spacing is given, and, where a layer gives ``radii_px``, each point's conformal radius as a thin circle.
 """
 
 from __future__ import annotations
@@ -121,10 +121,25 @@ def draw_keypoints(
     return canvas_rgb
 
 
-def legend_entries(layers: Sequence[dict]) -> list[tuple[str, tuple[int, int, int]]]:
+def _label_extent(layer: dict, hw: tuple[int, int]) -> np.ndarray:
+    """Start and end points ``(2 N, 2)`` of the level names :func:`draw_keypoints` writes for ``layer``."""
+    kp = np.asarray(layer["keypoints_px"], dtype=np.float64)
+    h, w = hw
+    r = layer.get("radius") or max(2, int(round(0.006 * max(h, w))))
+    scale = _font_scale(h, w)
+    out = []
+    for i, lab in enumerate(layer["labels"]):
+        if i < len(kp) and np.any(np.isfinite(kp[i])):
+            x, y = np.nanmax(kp[i, :, 0]) + 2 * r, np.nanmean(kp[i, :, 1])
+            tw = cv2.getTextSize(str(lab), cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(round(scale * 1.5))))[0][0]
+            out += [(x, y), (x + tw, y)]
+    return np.asarray(out, dtype=np.float64).reshape(-1, 2)
+
+
+def legend_entries(layers: Sequence[dict], ring_text: str = "ring: conformal radius") -> list[tuple[str, Any]]:
     """``(text, marker)`` for every known colour the layers use (in a fixed order; ``marker`` the RGB
-    colour), a ring for conformal radii (``radii_px``) and a note (``marker`` None) on inferred levels
-    when a label ends in ``?``; unknown colours are left out."""
+    colour), a ring (``ring_text``) for conformal radii (``radii_px``) and a note (``marker`` None) on
+    inferred levels when a label ends in ``?``; unknown colours are left out."""
     used: set[tuple[int, int, int]] = set()
     inferred: str | None = None
     radii = False
@@ -138,7 +153,7 @@ def legend_entries(layers: Sequence[dict]) -> list[tuple[str, tuple[int, int, in
         radii = radii or (r is not None and bool(np.isfinite(np.asarray(r, dtype=np.float64)).any()))
     out: list[tuple[str, Any]] = [(name, rgb) for rgb, name in _COLOUR_NAMES.items() if rgb in used]
     if radii:
-        out.append(("ring: conformal radius", _RING))
+        out.append((ring_text, _RING))
     if inferred:
         out.append((f"{inferred} : level inferred, not seen", None))
     return out
@@ -217,6 +232,10 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, layers: Sequence[d
     entries = legend_entries(layers) if legend is True else (list(legend) if legend else [])
     if entries:
         avoid = [np.asarray(layer["keypoints_px"], dtype=np.float64).reshape(-1, 2) for layer in layers]
+        avoid += [_label_extent(layer, canvas.shape[:2]) for layer in layers if layer.get("labels") is not None]
+        if spacing_mm is not None:  # the scale bar, bottom left
+            h, w = canvas.shape[:2]
+            avoid.append(np.array([[8.0, h - 10.0], [8.0 + 0.2 * w, h - 10.0]]))
         draw_legend(canvas, entries, np.concatenate(avoid) if avoid else None)
     if spacing_mm is not None:
         draw_scale_bar(canvas, spacing_mm)

@@ -15,7 +15,8 @@ name, then rename; a radiograph whose outputs cannot all be written leaves none 
 * ``<stem>.mrk.json``: 3D Slicer markups of the regressor's points (``<stem>.corners.mrk.json`` for
   the heatmap corners).
 * ``<stem>.overlay.png``: the radiograph with the points coloured by uncertainty class (heatmap
-  corners in cyan).
+  corners in cyan beside the regressor's), their conformal radii, level names (``C4?`` inferred),
+  a legend and a scale bar in mm when the spacing is known (:func:`overlay_layers`).
 
 :func:`predict_cli` is the ``monai-spine predict PATH... --out DIR`` command. A film in which nothing
 can be found (constant image, or no vertebra seen by the detector) gets no outputs there: it is listed
@@ -41,6 +42,7 @@ __all__ = [
     "CORNER_COLOUR_RGB",
     "INFERRED_COLOUR_RGB",
     "inferred_sigma_px",
+    "overlay_layers",
     "expand_inputs",
     "output_stem",
     "predict_cli",
@@ -302,13 +304,11 @@ class SpinePipeline:
         from monai_spine.data.slicer import write_slicer_markups
         from monai_spine.inference.overlay import write_overlay
         from monai_spine.inference.regressor import KeypointPredictor
-        from monai_spine.uncertainty.classes import class_colours
 
         levels = parts["levels"]
         json_path = out / f"{stem}.keypoints.json"
         atomic_write_text(json_path, KeypointPredictor.dumps(result))
         files["keypoints"] = str(json_path)
-        layers = []
         kp = parts["keypoints"]
         if kp is not None:
             n, k = kp.keypoints_px.shape[:2]
@@ -324,7 +324,6 @@ class SpinePipeline:
             mrk = out / f"{stem}.mrk.json"
             write_slicer_markups(ann, mrk, point_fields={"description": desc})
             files["markups"] = str(mrk)
-            layers.append(dict(keypoints_px=kp.keypoints_px, colors_rgb=class_colours(kp.classes), labels=levels))
         cp = parts["corners"]
         if cp is not None:
             from monai_spine.data.keypoints import get_scheme
@@ -345,15 +344,96 @@ class SpinePipeline:
             cdesc[inferred] = "inferred (not seen by the detector); highly_uncertain"
             write_slicer_markups(ann, cmrk, name="corners", point_fields={"description": cdesc})
             files["corners_markups"] = str(cmrk)
-            colours = np.broadcast_to(np.asarray(CORNER_COLOUR_RGB, dtype=np.uint8), cp.corners_px.shape[:2] + (3,)).copy()
-            colours[inferred] = INFERRED_COLOUR_RGB
-            layers.append(dict(keypoints_px=cp.corners_px, colors_rgb=colours,
-                               labels=None if kp is not None else [f"{lev}?" if f else lev for lev, f in
-                                                                    zip(levels, inferred)]))
         if self.overlays:
             png = out / f"{stem}.overlay.png"
-            write_overlay(png, img.array, layers)
+            layers, legend = overlay_layers(result)
+            write_overlay(png, img.array, layers, spacing_mm=result.get("spacing_mm"), legend=legend)
             files["overlay"] = str(png)
+
+
+def _radii_px(items: Sequence[dict[str, Any]], spacing_mm: Sequence[float] | None) -> np.ndarray:
+    """``conformal_radius_px`` of each point, or ``conformal_radius_mm`` / mean spacing; NaN where none."""
+    sp = None if spacing_mm is None else float(np.mean([float(t) for t in spacing_mm]))
+    out = np.full(len(items), np.nan)
+    for i, q in enumerate(items):
+        if q.get("conformal_radius_px") is not None:
+            out[i] = float(q["conformal_radius_px"])
+        elif q.get("conformal_radius_mm") is not None and sp is not None and sp > 0:
+            out[i] = float(q["conformal_radius_mm"]) / sp
+    return out
+
+
+def _xy_px(items: Sequence[dict[str, Any]]) -> np.ndarray:
+    return np.array([[np.nan if q.get("x_px") is None else float(q["x_px"]),
+                      np.nan if q.get("y_px") is None else float(q["y_px"])] for q in items], dtype=np.float64)
+
+
+def _class_rgb(items: Sequence[dict[str, Any]], default_rgb: Sequence[int] | None = None) -> np.ndarray:
+    """Colour of each point's ``uncertainty_class`` (grey when unknown); ``default_rgb`` for points without
+    a class (red for an inferred one)."""
+    from monai_spine.uncertainty.classes import CLASS_COLOURS_RGB, UNKNOWN_COLOUR_RGB
+
+    rgb = []
+    for q in items:
+        name = q.get("uncertainty_class")
+        if name is None and default_rgb is not None:
+            rgb.append(INFERRED_COLOUR_RGB if q.get("inferred") else default_rgb)
+        else:
+            rgb.append(CLASS_COLOURS_RGB.get(str(name), UNKNOWN_COLOUR_RGB))
+    return np.asarray(rgb, dtype=np.uint8).reshape(-1, 3)
+
+
+def overlay_layers(result: dict[str, Any]) -> tuple[list[dict[str, Any]], list[tuple[str, Any]]]:
+    """What the overlay of a prediction draws, read from its record (so the picture shows what the file says).
+
+    * the regressor's points, coloured by their uncertainty class (an inferred vertebra's are highly
+      uncertain, red), each with its conformal radius as a ring (``conformal_radius_px``, or ``_mm`` /
+      mean spacing; none where the spacing is unknown and the radius is in mm);
+    * the heatmap corners: coloured by their own class when the FCN is calibrated and drawn alone,
+      cyan beside the regressor's points (``--model both``: the colour tells the models apart; their
+      classes are in the file and the markups), red where inferred, with their conformal radius;
+    * level names beside the vertebrae, ``C4?`` for a level inferred, not seen by the detector;
+    * the legend: colours used, the ring with its nominal coverage, the inferred-level note, and
+      ``no scale: pixel spacing unknown`` when there is no spacing (else the scale bar in mm says it).
+
+    Args:
+        result: a ``monai-spine-prediction`` record (:meth:`SpinePipeline.predict_image`).
+
+    Returns:
+        ``(layers, legend)``: :func:`~monai_spine.inference.overlay.draw_keypoints` keyword dicts, and
+        the ``(text, marker)`` legend entries for :func:`~monai_spine.inference.overlay.write_overlay`.
+    """
+    from monai_spine.inference.overlay import legend_entries
+
+    sp = result.get("spacing_mm")
+    verts = result.get("vertebrae") or []
+    labels = [f"{v.get('level')}?" if v.get("inferred") else str(v.get("level")) for v in verts]
+    layers: list[dict[str, Any]] = []
+    pts = [v.get("points") or [] for v in verts]
+    has_points = bool(verts) and all(pts) and len({len(p) for p in pts}) == 1
+    if has_points:
+        k = len(pts[0])
+        flat = [q for p in pts for q in p]
+        layers.append(dict(keypoints_px=_xy_px(flat).reshape(len(verts), k, 2),
+                           colors_rgb=_class_rgb(flat).reshape(len(verts), k, 3), labels=labels,
+                           radii_px=_radii_px(flat, sp).reshape(len(verts), k)))
+    cs = [v.get("corners") or [] for v in verts]
+    if verts and all(cs) and len({len(c) for c in cs}) == 1:
+        k = len(cs[0])
+        flat = [dict(q, inferred=q.get("inferred") or v.get("inferred")) for v, c in zip(verts, cs) for q in c]
+        if has_points:  # beside the regressor: cyan, red where inferred
+            rgb = np.asarray([INFERRED_COLOUR_RGB if q["inferred"] else CORNER_COLOUR_RGB for q in flat], np.uint8)
+        else:
+            rgb = _class_rgb(flat, default_rgb=CORNER_COLOUR_RGB)
+        layers.append(dict(keypoints_px=_xy_px(flat).reshape(len(verts), k, 2), colors_rgb=rgb.reshape(len(verts), k, 3),
+                           labels=None if has_points else labels, radii_px=_radii_px(flat, sp).reshape(len(verts), k)))
+    covs = sorted({float(c["nominal_coverage"]) for c in (result.get("conformal"), result.get("corner_conformal"))
+                   if isinstance(c, dict) and c.get("nominal_coverage") is not None}, reverse=True)
+    ring = "ring: conformal radius" + (f" ({' / '.join(f'{100 * c:.0f} %' for c in covs)} coverage)" if covs else "")
+    legend = legend_entries(layers, ring_text=ring)
+    if sp is None:
+        legend.append(("no scale: pixel spacing unknown", None))
+    return layers, legend
 
 
 def _check_found(result: dict[str, Any], path: str | os.PathLike) -> None:
@@ -403,6 +483,9 @@ def _mark_inferred(v: dict[str, Any], box_px: Sequence[float], spacing_mm: Seque
                 key = f"sigma_p_{kind}_mm"
                 if key in p:
                     p[key] = max(float(p[key] or 0.0), s_mm)
+        for unit, s in (("px", s_px), ("mm", s_mm)):  # as the corners': the radius of seen vertebrae does not hold
+            if f"conformal_radius_{unit}" in p and s is not None and np.isfinite(s):
+                p[f"conformal_radius_{unit}"] = max(float(p[f"conformal_radius_{unit}"] or 0.0), s)
 
 
 def _region_of(levels: Sequence[str], scheme: str) -> str:

@@ -47,3 +47,39 @@ def test_write_overlay_is_a_png_with_legend(tmp_path):
     out = tmp_path / "o.png"
     write_overlay(out, img, [dict(keypoints_px=KP + 60, colors_rgb=(0, 255, 0), labels=["C3"])], spacing_mm=(0.5, 0.5))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*"))
+
+
+def _legend_corner(png):
+    """Which corner the legend darkened: 'tl', 'tr', 'bl' or 'br' (the film is white elsewhere)."""
+    import cv2
+
+    a = cv2.imread(str(png))[..., 0]
+    h, w = a.shape
+    spots = {"tl": a[6, 5], "tr": a[6, w - 5], "bl": a[h - 6, 5], "br": a[h - 6, w - 5]}  # inside a legend box only
+    return [k for k, v in spots.items() if v < 150]
+
+
+TOPS = [[10.0, 10.0], [25.0, 10.0], [40.0, 10.0], [260.0, 10.0], [275.0, 10.0], [290.0, 10.0]]
+
+
+@pytest.mark.parametrize("spacing, points, expected", [
+    # a level name runs from the points (x 150-170) into the top right: the legend goes top left
+    (None, [[150.0, 10.0], [170.0, 20.0]], ["tl"]),
+    # three points top left, three top right, one bottom right: bottom left holds the scale bar (two
+    # points' worth), so bottom right; without a scale bar bottom left is free
+    ((0.5, 0.5), TOPS + [[290.0, 290.0]], ["br"]),
+    (None, TOPS + [[290.0, 290.0]], ["bl"]),
+])
+def test_legend_keeps_clear_of_points_level_names_and_scale_bar(tmp_path, spacing, points, expected):
+    img = np.ones((300, 300), np.float32)
+    img[-3:] = 0.0  # 1 % dark pixels: the window maps the rest to white
+    kp = np.asarray(points)[None]
+    layer = dict(keypoints_px=kp, colors_rgb=(0, 255, 0), labels=["C7 (level name)"], connect=False)
+    write_overlay(tmp_path / "o.png", img, [layer], spacing_mm=spacing)
+    assert _legend_corner(tmp_path / "o.png") == expected
+
+
+def test_ring_text_names_the_coverage():
+    layers = [dict(keypoints_px=KP, colors_rgb=(0, 255, 255), radii_px=np.full((1, 5), 4.0))]
+    assert legend_entries(layers, ring_text="ring: conformal radius (90 % coverage)")[-1] == (
+        "ring: conformal radius (90 % coverage)", "ring")

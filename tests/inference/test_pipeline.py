@@ -453,3 +453,111 @@ def test_predict_lists_a_film_where_the_detector_saw_nothing(inputs, tmp_path, c
     res = pipe.predict_file(inputs / "dx.dcm", out)
     assert [v["inferred"] for v in res.result["vertebrae"]] == [inferred] * (2 if inferred else 0)
     assert (out / "dx.keypoints.json").is_file()
+
+
+# ------------------------------------------------------------------ the overlay predict draws
+def _point(x, y, cls, **kw):
+    return {"x_px": x, "y_px": y, "uncertainty_class": cls, **kw}
+
+
+RECORD = {  # two vertebrae of a --model both prediction: C4 inferred; spacing 0.5 mm / px
+    "spacing_mm": [0.5, 0.5],
+    "conformal": {"nominal_coverage": 0.9}, "corner_conformal": {"nominal_coverage": 0.8},
+    "vertebrae": [
+        {"level": "C3", "inferred": False,
+         "points": [_point(10.0, 10.0, "certain", conformal_radius_mm=3.0),
+                    _point(20.0, 10.0, "moderately_uncertain", conformal_radius_mm=None)],
+         "corners": [{"x_px": 11.0, "y_px": 11.0, "uncertainty_class": "certain", "conformal_radius_mm": 1.0},
+                     {"x_px": None, "y_px": None}]},
+        {"level": "C4", "inferred": True,
+         "points": [_point(10.0, 40.0, "highly_uncertain", conformal_radius_mm=12.5),
+                    _point(20.0, 40.0, "highly_uncertain", conformal_radius_mm=12.5)],
+         "corners": [{"x_px": 11.0, "y_px": 41.0, "uncertainty_class": "highly_uncertain", "inferred": True},
+                     {"x_px": 21.0, "y_px": 41.0, "uncertainty_class": "highly_uncertain", "inferred": True}]},
+    ],
+}
+VIOLET, YELLOW, RED, CYAN = (148, 0, 211), (255, 255, 0), (255, 0, 0), (0, 255, 255)
+
+
+def test_overlay_layers_draw_classes_radii_inferred_levels_and_legend():
+    from monai_spine.inference.pipeline import overlay_layers
+
+    layers, legend = overlay_layers(RECORD)
+    reg, cor = layers
+    np.testing.assert_array_equal(reg["keypoints_px"], [[[10, 10], [20, 10]], [[10, 40], [20, 40]]])
+    assert reg["colors_rgb"].tolist() == [[list(VIOLET), list(YELLOW)], [list(RED), list(RED)]]
+    np.testing.assert_allclose(reg["radii_px"], [[6.0, np.nan], [25.0, 25.0]])  # mm / 0.5 mm per px
+    assert reg["labels"] == ["C3", "C4?"] and cor["labels"] is None  # one set of names, beside the regressor's
+    # beside the regressor the corners are cyan (red where inferred); a missing corner stays NaN
+    assert cor["colors_rgb"].tolist() == [[list(CYAN), list(CYAN)], [list(RED), list(RED)]]
+    assert np.isnan(cor["keypoints_px"][0, 1]).all()
+    np.testing.assert_allclose(cor["radii_px"], [[2.0, np.nan], [np.nan, np.nan]])
+    assert [t for t, _ in legend] == ["prediction: certain", "prediction: moderately uncertain",
+                                      "prediction: highly uncertain", "heatmap corners",
+                                      "ring: conformal radius (90 % / 80 % coverage)", "C4? : level inferred, not seen"]
+
+
+def test_overlay_layers_of_the_corner_fcn_alone_without_spacing():
+    from monai_spine.inference.pipeline import overlay_layers
+
+    rec = {"spacing_mm": None, "vertebrae": [
+        {"level": "L1", "corners": [{"x_px": 5.0, "y_px": 5.0, "uncertainty_class": "moderately_uncertain",
+                                     "conformal_radius_mm": 2.0},
+                                    {"x_px": 9.0, "y_px": 5.0, "conformal_radius_px": 7.0}]}]}
+    (cor,), legend = overlay_layers(rec)
+    # calibrated corners drawn alone take their class colour; a corner without a class stays cyan
+    assert cor["colors_rgb"].tolist() == [[list(YELLOW), list(CYAN)]] and cor["labels"] == ["L1"]
+    np.testing.assert_allclose(cor["radii_px"], [[np.nan, 7.0]])  # a radius in mm needs the spacing
+    assert [t for t, _ in legend] == ["prediction: moderately uncertain", "heatmap corners",
+                                      "ring: conformal radius", "no scale: pixel spacing unknown"]
+
+
+@pytest.mark.parametrize("stem, spacing", [("dx", (0.1, 0.2)), ("bare", None)])
+def test_predict_draws_units_radii_and_legend_on_its_overlay(inputs, tmp_path, monkeypatch, stem, spacing):
+    """The overlay predict writes gets the spacing (scale bar), each point's conformal radius and the legend."""
+    import monai_spine.inference.overlay as overlay
+    from monai_spine.uncertainty.calibration import ConformalCalibrator
+
+    calls = []
+    real = overlay.write_overlay
+    monkeypatch.setattr(overlay, "write_overlay", lambda path, image, layers, **kw: (calls.append((layers, kw)),
+                                                                                     real(path, image, layers, **kw)))
+    pipe = stub_pipeline()
+    # scores [1, 2, 3, 4], alpha 0.2 -> q_hat = 4: radius 4 x sigma_p (frac) in mm
+    pipe.regressor.conformal = ConformalCalibrator.fit([0.1, 0.2, 0.3, 0.4], [0.1] * 4, alpha=0.2, sigma_units="frac")
+    name = {"dx": "dx.dcm", "bare": "bare.png"}[stem]
+    res = pipe.predict_file(inputs / name, tmp_path / "out")
+    (layers, kw), = calls
+    assert kw["spacing_mm"] == (None if spacing is None else list(spacing))
+    texts = [t for t, _ in kw["legend"]]
+    assert ("ring: conformal radius (80 % coverage)" in texts) == (spacing is not None)  # drawn rings only
+    assert ("no scale: pixel spacing unknown" in texts) == (spacing is None)
+    r_mm = np.array([[p["conformal_radius_mm"] for p in v["points"]] for v in res.result["vertebrae"]])
+    if spacing is None:
+        assert np.isnan(layers[0]["radii_px"]).all()  # mm radii cannot be drawn without a spacing
+    else:
+        np.testing.assert_allclose(layers[0]["radii_px"], r_mm / 0.15)  # mean spacing (0.1 + 0.2) / 2
+    # the scale bar is drawn only with the spacing: white at its row, bottom left
+    png = cv2.imread(str(tmp_path / "out" / f"{stem}.overlay.png"))
+    bar = png[IMAGE_HW[0] - 10, 10:20]
+    assert (bar == 255).all() == (spacing is not None)
+
+
+def test_an_inferred_vertebra_gets_no_small_conformal_radius(inputs, tmp_path):
+    """The regressor's radius was fitted on seen vertebrae: an inferred one's is at least its sigma (half the box diagonal)."""
+    from monai_spine.uncertainty.calibration import ConformalCalibrator
+
+    class InfersC4:
+        def detect(self, image, spacing_mm=None, spacing_source=None):
+            c = np.array([[120.0, 110.0], [120.0, 150.0]])
+            b = np.concatenate([c - [20.0, 15.0], c + [20.0, 15.0]], -1)  # 40 x 30 px: diagonal 50 px
+            return Detections(["C3", "C4"], c, b, np.array([0.9, 0.0]), spacing_mm, spacing_source or "unknown",
+                              inferred=np.array([False, True]))
+
+    reg = KeypointPredictor(ConstantNet(), scheme="lateral5", spatial_size=CROP_HW, margin_mm=4.0, num_samples=2,
+                            conformal=ConformalCalibrator.fit([0.1, 0.2, 0.3, 0.4], [0.1] * 4, alpha=0.2,
+                                                              sigma_units="frac"))
+    res = SpinePipeline(InfersC4(), reg, overlays=False).predict_file(inputs / "dx.dcm", tmp_path / "o")
+    c3, c4 = ([p["conformal_radius_mm"] for p in v["points"]] for v in res.result["vertebrae"])
+    assert c3 == pytest.approx([4 * SIGMA_FRAC * math.sqrt(2)] * 5, rel=1e-4)  # q_hat 4 x sigma_p, untouched
+    assert c4 == pytest.approx([25.0 * 0.15] * 5)  # 25 px x mean spacing 0.15 mm
