@@ -561,3 +561,24 @@ def test_an_inferred_vertebra_gets_no_small_conformal_radius(inputs, tmp_path):
     c3, c4 = ([p["conformal_radius_mm"] for p in v["points"]] for v in res.result["vertebrae"])
     assert c3 == pytest.approx([4 * SIGMA_FRAC * math.sqrt(2)] * 5, rel=1e-4)  # q_hat 4 x sigma_p, untouched
     assert c4 == pytest.approx([25.0 * 0.15] * 5)  # 25 px x mean spacing 0.15 mm
+
+
+# ------------------------------------------------------------------ start-up: what the predict path imports
+HEAVY = ("torch", "monai", "mlflow", "ignite", "matplotlib", "pandas", "itk", "SimpleITK", "scipy")
+
+
+@pytest.mark.parametrize("modules, allowed", [
+    # the parser and the pipeline's own modules: a folder of films pays for torch / MONAI once, when
+    # the models load, and `--help`, `--version` or a bad path never pays
+    (["monai_spine.cli", "monai_spine.inference.pipeline", "monai_spine.inference.overlay", "monai_spine.outputs",
+      "monai_spine.data.readers", "monai_spine.data.slicer", "monai_spine.inference.model_zoo"], ()),
+    # the corner FCN (corners, predict --model heatmap): torch, no MONAI and what MONAI drags in
+    (["monai_spine.inference.heatmap"], ("torch",)),
+])
+def test_the_predict_path_imports_nothing_heavy_before_the_models_load(modules, allowed):
+    import subprocess
+    import sys
+
+    code = f"import sys; import {', '.join(modules)}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(set(out) - set(allowed)) == []
