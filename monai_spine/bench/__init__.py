@@ -1,0 +1,1 @@
+"""Benchmarks: each ``scripts/bench_*.py`` is a thin command over one module of this package."""
