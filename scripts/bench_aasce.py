@@ -5,7 +5,7 @@ corner regressor with the bundle (``--dataset_dir <split folder> --region ap``) 
 split-conformal radii on the validation split and prints, on the test split: detection recall, mean /
 median corner error in px and in % of vertebra height, SDR at 1 / 2 / 5 % of the image height,
 Spearman(sigma, error), AUSE, conformal coverage, the three Cobb angles' SMAPE against the dataset's
-angles, and seconds per radiograph (see ``monai_spine/engines/bench_aasce.py``). The report goes to
+angles, and seconds per radiograph (see ``monai_spine/bench/aasce.py``). The report goes to
 ``OUT/table.md`` (details in ``OUT/results.json``); the trained models stay in ``OUT/<model>/models``
 (never in git).
 
@@ -35,7 +35,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    from monai_spine.engines.bench_aasce import AasceBenchSettings
+    from monai_spine.bench.aasce import AasceBenchSettings
 
     d = AasceBenchSettings()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from monai_spine.engines.bench_aasce import AasceBenchSettings, run_aasce_benchmark
+    from monai_spine.bench.aasce import AasceBenchSettings, run_aasce_benchmark
     from monai_spine.engines.demo import bundle_dir
 
     if args.quiet:

@@ -6,7 +6,7 @@ detected boxes / centres by default, as on the test split; ``--calibrate-on anno
 ground-truth ones; both are compared in a third table), then runs
 ``SpinePipeline.predict_file`` on every test radiograph and prints per model: mean / median mm error,
 share of scans < 2 mm, SDR@2mm, fit failure > 3 mm, Spearman(sigma, error), AUSE, conformal coverage and
-mean radius, detection recall and seconds per radiograph (see ``monai_spine/engines/bench_pipeline.py``).
+mean radius, detection recall and seconds per radiograph (see ``monai_spine/bench/pipeline.py``).
 The report goes to ``OUT/table.md`` (details in ``OUT/results.json``).
 
 Default run::
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    from monai_spine.engines.bench_pipeline import PipelineBenchSettings, run_pipeline_benchmark
+    from monai_spine.bench.pipeline import PipelineBenchSettings, run_pipeline_benchmark
     from monai_spine.engines.demo import bundle_dir
 
     if args.quiet:

@@ -8,7 +8,7 @@ split (which holds the generator's hard cases at ``--hard-case-rate``) with the 
 and MC dropout. One markdown table is printed, with the command, thread and core counts and the
 settings above it, ready to paste into ``docs/results.md``; it is also written to
 ``OUT/table.md``, with per-variant details (per point type, hard cases only, p-values) in
-``OUT/results.json``. Logic lives in :mod:`monai_spine.engines.bench`.
+``OUT/results.json``. Logic lives in :mod:`monai_spine.bench.regressor`.
 
 Example (the documented benchmark)::
 
@@ -48,7 +48,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options (defaults: the documented benchmark)."""
-    from monai_spine.engines.bench import VARIANTS, BenchSettings
+    from monai_spine.bench.regressor import VARIANTS, BenchSettings
 
     d = BenchSettings()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from monai_spine.engines.bench import BenchSettings, run_benchmark
+    from monai_spine.bench.regressor import BenchSettings, run_benchmark
     from monai_spine.engines.demo import bundle_dir
 
     if args.threads is not None:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet = contextlib.redirect_stdout(open(os.devnull, "w"))  # left open: handlers may keep it
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.eval_model:
-        from monai_spine.engines.bench import evaluate_model_folder
+        from monai_spine.bench.regressor import evaluate_model_folder
 
         report, _ = evaluate_model_folder(settings, args.eval_model, bundle, args.detector_dir, command)
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import dataclasses
 
-    from monai_spine.engines.bench import format_seed_table
+    from monai_spine.bench.regressor import format_seed_table
 
     per_seed = []
     for seed in args.seeds:

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import monai_spine.engines.bench_pipeline as bp
-from monai_spine.engines.bench_pipeline import ModelEval, PipelineBenchSettings, format_table, model_metrics
+import monai_spine.bench.pipeline as bp
+from monai_spine.bench.pipeline import ModelEval, PipelineBenchSettings, format_table, model_metrics
 from monai_spine.uncertainty.calibration import ConformalCalibrator
 
 
@@ -108,7 +108,7 @@ def test_settings_share_one_data_set():
 
 
 def test_uncertainty_classes_and_referral_by_hand():
-    from monai_spine.engines.bench_pipeline import ModelEval, format_uncertainty_table, model_metrics
+    from monai_spine.bench.pipeline import ModelEval, format_uncertainty_table, model_metrics
     from monai_spine.uncertainty.classes import Thresholds
 
     # 10 points, sigma 0.1 .. 1.0 mm, error = 10 * sigma (the most uncertain point errs most)
@@ -246,7 +246,7 @@ def test_settings_calibration_source():
 def test_json_safe_makes_strict_json():
     import json
 
-    from monai_spine.engines.bench_pipeline import json_safe
+    from monai_spine.bench.pipeline import json_safe
 
     v = {"a": np.float32(1.5), "b": [np.int64(3), float("nan"), (float("inf"), 2)], "c": "x"}
     assert json.dumps(json_safe(v), allow_nan=False) == '{"a": 1.5, "b": [3, null, [null, 2]], "c": "x"}'

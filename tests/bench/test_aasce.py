@@ -1,4 +1,4 @@
-"""Tests of the AASCE benchmark's pieces (monai_spine/engines/bench_aasce.py); the full run is a script."""
+"""Tests of the AASCE benchmark's pieces (monai_spine/bench/aasce.py); the full run is a script."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from monai_spine.engines.bench_aasce import (
+from monai_spine.bench.aasce import (
     AasceBenchSettings,
     PointSet,
     format_aasce_table,
@@ -90,7 +90,7 @@ def test_mean_shape_reference_puts_the_mean_layout_back(tmp_path):
     """Fitted on two films that are the same spine at two scales, the reference reproduces their corners."""
     from monai_spine.data.annotation import SpineAnnotation, write_annotation
     from monai_spine.data.keypoints import get_region
-    from monai_spine.engines.bench_aasce import MeanShapeReference
+    from monai_spine.bench.aasce import MeanShapeReference
 
     levels = list(get_region("ap").levels)
     c = np.stack([200 + 10 * np.sin(np.arange(17) / 4), 50 + 40 * np.arange(17)], -1).astype(float)

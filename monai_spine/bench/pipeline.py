@@ -138,8 +138,8 @@ class PipelineBenchSettings:
         }
 
     def regressor_settings(self) -> Any:
-        """The :class:`~monai_spine.engines.bench.BenchSettings` of the BayeCBAM regressor."""
-        from monai_spine.engines.bench import BenchSettings
+        """The :class:`~monai_spine.bench.regressor.BenchSettings` of the BayeCBAM regressor."""
+        from monai_spine.bench.regressor import BenchSettings
 
         return BenchSettings(n=self.n, size=self.size, epochs=self.epochs_regressor, batch_size=self.regressor_batch,
                              width=self.regressor_width, fc_features=self.regressor_fc,
@@ -633,7 +633,7 @@ def run_pipeline_benchmark(
     from monai.bundle import run
 
     from monai_spine.data.keypoints import get_region
-    from monai_spine.engines.bench import bundle_predictor, evaluate_predictor, split_labels, train_variant
+    from monai_spine.bench.regressor import bundle_predictor, evaluate_predictor, split_labels, train_variant
     from monai_spine.inference.detector import VertebraDetector
     from monai_spine.inference.heatmap import CornerPredictor
     from monai_spine.inference.pipeline import SpinePipeline

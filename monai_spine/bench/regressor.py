@@ -20,7 +20,8 @@ Pieces:
 * :func:`train_variant`: one bundle training run, timed.
 * :func:`bundle_predictor`, :func:`split_labels`: the bundle's predictor and test split.
 * :func:`evaluate_predictor`: per-point errors and sigmas of a predictor over annotated images.
-* :func:`spearman`, :func:`variant_result`: the statistics of one variant.
+* :func:`variant_result`: the statistics of one variant (Spearman's rho by
+  :func:`monai_spine.uncertainty.quality.spearman`).
 * :func:`format_table`, :func:`format_header`: the markdown report.
 * :func:`run_benchmark`: all of it, for ``scripts/bench_regressor.py``.
 """
@@ -32,7 +33,6 @@ import math
 import os
 import shlex
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,7 +52,6 @@ __all__ = [
     "bundle_predictor",
     "split_labels",
     "evaluate_predictor",
-    "spearman",
     "variant_result",
     "format_table",
     "format_seed_table",
@@ -415,7 +414,7 @@ def uncertainty_table(arrays: EvalArrays, bins: int = 10) -> str:
         lines.append(f"| {names[c]} | {int(m.sum())} | {_num(float(ev.mean()) if ev.size else float('nan'))} | "
                      f"{_num(float(np.percentile(ev, 90)) if ev.size else float('nan'))} |")
     sig = arrays.sigma.get("total")
-    rho = spearman(sig, e) if sig is not None else SpearmanResult(float("nan"), float("nan"), 0)
+    rho = _spearman_result(e, sig) if sig is not None else SpearmanResult(float("nan"), float("nan"), 0)
     en = ence(e[vis], sig[vis], bins)["ence"] if sig is not None else float("nan")
     cov = "—"
     if arrays.conformal_radius is not None and arrays.conformal_unit == u:
@@ -437,33 +436,16 @@ class SpearmanResult:
     n: int
 
 
-def spearman(sigma: Any, errors: Any) -> SpearmanResult:
-    """Spearman's rho between point uncertainty and point error over the points where both are finite.
+def _spearman_result(errors: Any, sigma: Any) -> SpearmanResult:
+    """:func:`monai_spine.uncertainty.quality.spearman` of ``errors`` and ``sigma`` as a :class:`SpearmanResult`.
 
-    Args:
-        sigma: (N, K) or (M,) uncertainties.
-        errors: same shape, errors (NaN for invisible points).
-
-    Returns:
-        :class:`SpearmanResult`; rho and p are NaN with fewer than 3 points or a constant input.
-
-    Raises:
-        ValueError: the shapes differ.
+    Over the points where both are finite; rho and p are NaN with fewer than 3 points or a constant
+    input. Raises ValueError when the shapes differ.
     """
-    from scipy.stats import spearmanr
+    from monai_spine.uncertainty.quality import spearman
 
-    s = np.asarray(sigma, dtype=np.float64).reshape(-1)
-    e = np.asarray(errors, dtype=np.float64).reshape(-1)
-    if np.asarray(sigma).shape != np.asarray(errors).shape:
-        raise ValueError(f"sigma shape {np.asarray(sigma).shape} differs from errors shape {np.asarray(errors).shape}")
-    ok = np.isfinite(s) & np.isfinite(e)
-    n = int(ok.sum())
-    if n < 3 or np.ptp(s[ok]) == 0 or np.ptp(e[ok]) == 0:
-        return SpearmanResult(float("nan"), float("nan"), n)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = spearmanr(s[ok], e[ok])
-    return SpearmanResult(float(res.statistic), float(res.pvalue), n)
+    res = spearman(errors, sigma)
+    return SpearmanResult(res["rho"], res["p_value"], int(res["n"]))
 
 
 @dataclass
@@ -530,7 +512,7 @@ def variant_result(
         hard_summary = summarize_errors(
             arrays.errors[arrays.hard], image_ids=arrays.image_ids[arrays.hard], unit=arrays.unit
         )
-    rho = {k: spearman(arrays.sigma[k], arrays.errors) for k in kinds if k in arrays.sigma}
+    rho = {k: _spearman_result(arrays.errors, arrays.sigma[k]) for k in kinds if k in arrays.sigma}
     return VariantResult(
         variant=variant,
         unit=arrays.unit,

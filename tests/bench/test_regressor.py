@@ -9,18 +9,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from monai_spine.data.annotation import SpineAnnotation, write_annotation
-from monai_spine.data.keypoints import get_scheme
-from monai_spine.engines.bench import (
+from monai_spine.bench.regressor import (
     BenchSettings,
     SpearmanResult,
+    _spearman_result,
     VariantResult,
     evaluate_predictor,
     format_header,
     format_table,
-    spearman,
     variant_result,
 )
+from monai_spine.data.annotation import SpineAnnotation, write_annotation
+from monai_spine.data.keypoints import get_scheme
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundle"
 NAN = float("nan")
@@ -86,7 +86,8 @@ def test_format_header_names_command_threads_cores_and_settings():
     ],
 )
 def test_spearman_hand_computed(sigma, errors, rho, n):
-    res = spearman(sigma, errors)
+    # the bench's rho is uncertainty.quality.spearman (errors first), wrapped as a SpearmanResult
+    res = _spearman_result(errors, sigma)
     assert res.n == n
     if math.isnan(rho):
         assert math.isnan(res.rho) and math.isnan(res.pvalue)
@@ -96,7 +97,7 @@ def test_spearman_hand_computed(sigma, errors, rho, n):
 
 def test_spearman_shape_mismatch():
     with pytest.raises(ValueError, match="shape"):
-        spearman(np.zeros((2, 5)), np.zeros((5, 2)))
+        _spearman_result(np.zeros((2, 5)), np.zeros((5, 2)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def test_settings_validation():
 def test_bundle_predictor_matches_the_training_network_and_validation_crop(tmp_path):
     import torch
 
-    from monai_spine.engines.bench import bundle_parser, bundle_predictor, split_labels
+    from monai_spine.bench.regressor import bundle_parser, bundle_predictor, split_labels
     from monai_spine.networks.regressor import build_regressor
 
     s = BenchSettings(n=6, size=256, width=0.125, fc_features=16, crop=(64, 128), mc_samples=3, hard_case_rate=0.5)
@@ -248,7 +249,7 @@ def test_bundle_predictor_matches_the_training_network_and_validation_crop(tmp_p
 
 
 def test_seed_table_mean_and_95_ci_hand_computed():
-    from monai_spine.engines.bench import SpearmanResult, VariantResult, format_seed_table
+    from monai_spine.bench.regressor import SpearmanResult, VariantResult, format_seed_table
 
     def res(mean, rho):
         return VariantResult("bayecbam", "mm", {"mean_mm": mean, "scans_below_2.0mm": 1.0, "fit_failure_3.0mm": 0.0},
@@ -261,7 +262,7 @@ def test_seed_table_mean_and_95_ci_hand_computed():
 
 
 def test_uncertainty_table_classes_percentiles_and_coverage():
-    from monai_spine.engines.bench import EvalArrays, uncertainty_table
+    from monai_spine.bench.regressor import EvalArrays, uncertainty_table
 
     errors = np.array([[0.5, 1.0, np.nan], [2.0, 4.0, 1.5]])
     classes = np.array([[0, 0, 0], [1, 2, 1]])

@@ -670,7 +670,7 @@ def run_aasce_benchmark(
                   "network_width": settings.regressor_width, "fc_features": settings.regressor_fc,
                   "spatial_size": list(settings.crop), "init_checkpoint": settings.init_regressor}
         reg_dir = _train("regressor", ["train.json"], settings.epochs_regressor, **reg_ov)
-        from monai_spine.engines.bench import bundle_parser
+        from monai_spine.bench.regressor import bundle_parser
 
         parser = bundle_parser({**common, **reg_ov, "ckpt_dir": str(reg_dir), "mc_samples": settings.mc_samples}, bundle)
         regressor = parser.get_parsed_content("predictor")
@@ -683,7 +683,7 @@ def run_aasce_benchmark(
     val_sets = evaluate_split(val, detector, corners, regressor, log, reference)
     log(f"[aasce] evaluation on {len(test)} test radiographs")
     test_sets = evaluate_split(test, detector, corners, regressor, log, reference)
-    from monai_spine.engines.bench_pipeline import calibrate_conformal, json_safe
+    from monai_spine.bench.pipeline import calibrate_conformal, json_safe
 
     cals = {k: calibrate_conformal(val_sets[k].errors_px, val_sets[k].sigma_px,
                                    np.full(len(val_sets[k].errors_px), "corner", dtype=object), settings.alpha, unit="px")
