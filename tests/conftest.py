@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,17 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("MONAI_SPINE_CACHE", None)
     else:
         os.environ["MONAI_SPINE_CACHE"] = old
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_on_a_closed_stream():
+    """A logger first configured inside a test (MONAI's, during the demo) keeps that test's captured
+    stderr, which pytest closes afterwards; its next record would print a logging traceback into a
+    later test's output. Point such handlers back at the real stderr after each test."""
+    yield
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in lg.handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h.stream, "closed", False):
+                h.stream = sys.__stderr__  # setStream would flush the closed one
