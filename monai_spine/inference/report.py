@@ -245,7 +245,7 @@ def _plt():
 
 def _save(fig: Any, path: Path) -> str:
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=90)
+    fig.savefig(path, format="png", dpi=150)  # sharp when the page widens it
     _plt().close(fig)
     return path.name
 
@@ -315,9 +315,10 @@ def _figures(
     # KDE of sigma_p per point type
     fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3.5), squeeze=False)
     for ax, (m, p) in zip(axes[0], pts.items()):
+        su = "frac" if np.isfinite(p.sigma_frac).any() else "mm"  # the corner FCN has no crop-fraction sigma
         for t in POINT_TYPES:
-            _kde_line(ax, p.sigma_frac[p.point_types == t], t, _TYPE_COLOURS[t])
-        ax.set_xlabel("sigma_p (crop fraction)")
+            _kde_line(ax, p.sigma(su)[p.point_types == t], t, _TYPE_COLOURS[t])
+        ax.set_xlabel(f"sigma_p ({'crop fraction' if su == 'frac' else su})")
         ax.set_ylabel("density")
         ax.set_title(m)
         _legend(ax, fontsize=7)
@@ -671,7 +672,7 @@ def report_cli(
     text = (
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>monai-spine report</title>"
         "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;"
-        "padding:2px 6px}img{max-width:100%}section img{width:100%;max-width:70em}.crops figure{display:inline-block;margin:4px}"
+        "padding:2px 6px}img{max-width:100%}section img{max-width:min(100%,70em)}.crops figure{display:inline-block;margin:4px}"
         ".crops img{max-height:200px}</style></head><body>\n"
         f"<h1>monai-spine report</h1>\n<p>Errors in <b>{unit}</b>"
         + (" (pixel spacing unknown for some case)" if unit == "px" else "")

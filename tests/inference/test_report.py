@@ -344,3 +344,32 @@ def test_summary_column_titles_carry_the_unit(col, unit, title):
     from monai_spine.inference.report import _column_title
 
     assert _column_title(col, unit) == title
+
+
+@pytest.mark.parametrize("sigma_frac, sigma_mm, label", [
+    (np.full(8, 0.02), np.full(8, 0.5), "sigma_p (crop fraction)"),  # the regressor: the paper's units
+    (np.full(8, np.nan), np.linspace(0.5, 1.5, 8), "sigma_p (mm)"),  # the corner FCN has no crop fraction
+])
+def test_sigma_kde_uses_the_units_the_model_has(sigma_frac, sigma_mm, label, tmp_path, monkeypatch):
+    from monai_spine.inference import report
+    from monai_spine.uncertainty.calibration import MatchedPoints
+
+    drawn = []
+    monkeypatch.setattr(report, "_kde_line", lambda ax, v, t, c: drawn.append(np.asarray(v)))
+    labels = []
+    real = report._save
+
+    def save(fig, path):
+        labels.extend(ax.get_xlabel() for ax in fig.axes)
+        return real(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    types = np.array(["corner"] * 6 + ["spinous_process"] * 2)
+    pts = MatchedPoints(errors=np.linspace(0.1, 1.0, 8), sigma_frac=sigma_frac, sigma_mm=sigma_mm, point_types=types,
+                        point_names=np.array(["AS"] * 8), levels=np.array(["C3"] * 8), cases=np.array(["a"] * 8),
+                        error_unit="mm")
+    from monai_spine.uncertainty.classes import Thresholds
+
+    report._figures({"m": pts}, tmp_path, "mm", None, {"m": Thresholds(0.5, 1.0, units="mm")})
+    assert label in labels
+    assert len(drawn) == 2 and all(np.isfinite(d).all() and d.size for d in drawn)
