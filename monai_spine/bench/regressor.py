@@ -832,7 +832,11 @@ def evaluate_model_folder(
         from monai_spine.inference.detector import VertebraDetector
 
         detector = VertebraDetector.from_checkpoint(detector_dir)
-    predictor = KeypointPredictor.from_checkpoint(model_dir, num_samples=settings.mc_samples, seed=settings.seed)
+    # the spec's refine_passes re-cut a detector's boxes into the annotation framing the model learnt;
+    # annotation boxes already have it, and re-cutting them around imperfect points only drifts
+    extra = {} if detector is not None else {"refine_passes": 0}
+    predictor = KeypointPredictor.from_checkpoint(model_dir, num_samples=settings.mc_samples, seed=settings.seed,
+                                                  **extra)
     spec = predictor.spec
     arrays = evaluate_predictor(predictor, labels, settings.region, detector)
     kinds = SIGMA_KINDS if getattr(predictor.network, "predicts_logvar", False) else ("epistemic",)
@@ -846,7 +850,9 @@ def evaluate_model_folder(
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
     header = format_header(settings, command, torch.get_num_threads(), cores, results[0].num_images,
                            results[0].num_hard_images, int(results[0].summary.get("count", 0)))
-    boxes = f"boxes from the detector {detector_dir}" if detector_dir else "boxes from the annotations (oracle)"
+    boxes = (f"boxes from the detector {detector_dir}, crops re-cut {predictor.refine_passes} time(s) around the "
+             "predicted points (the spec's refine_passes)" if detector_dir
+             else "boxes from the annotations (oracle; no re-cut: refine_passes 0)")
     report = "\n\n".join([header + f"\nmodel: {model_dir} (no training in this run)\ntest boxes: {boxes}",
                            format_table(results), unc, _notes(results[0].unit, settings.mc_samples)]) + "\n"
     return report, results
