@@ -43,6 +43,7 @@ from monai.config import KeysCollection
 from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform, Transform
 from monai.utils import convert_to_numpy, ensure_tuple
 
+from monai_spine.codecs.detection import TARGET_EXTRA_CHANNELS, encode_centre_heatmaps
 from transforms.keypoints import _known_spacing, crop_to_image_px, image_to_crop_px
 
 __all__ = [
@@ -64,8 +65,6 @@ __all__ = [
     "TARGET_EXTRA_CHANNELS",
 ]
 
-#: channels of a target after the L heatmaps: left, top, right, bottom, box mask
-TARGET_EXTRA_CHANNELS = 5
 
 
 def _size_hw(spatial_size: Sequence[int], name: str = "spatial_size") -> tuple[int, int]:
@@ -436,7 +435,8 @@ class RandLetterboxResized(RandomizableTransform, LetterboxResized):
 
 # ---------------------------------------------------------------------------------------------- targets
 class CentreHeatmapTarget(Transform):
-    """Array transform: centres and boxes in net pixels to the ``(L + 5, H, W)`` training target.
+    """Array transform: centres and boxes in net pixels to the ``(L + 5, H, W)`` training target
+    (:func:`monai_spine.codecs.detection.encode_centre_heatmaps`, the encoder of the detection codec).
 
     Args:
         spatial_size: ``(H_net, W_net)``.
@@ -463,45 +463,14 @@ class CentreHeatmapTarget(Transform):
         self.box_radius_px = int(box_radius_px)
 
     def __call__(self, centres_net_px: Any, boxes_net_px: Any = None, present: Any = None) -> np.ndarray:
-        c = np.asarray(convert_to_numpy(centres_net_px), dtype=np.float64)
-        if c.ndim != 2 or c.shape[-1] != 2:
-            raise ValueError(f"centres_net_px must have shape (L, 2), got {c.shape}")
-        n_lev = c.shape[0]
-        boxes = None
-        if boxes_net_px is not None:
-            boxes = np.asarray(convert_to_numpy(boxes_net_px), dtype=np.float64)
-            if boxes.shape != (n_lev, 4):
-                raise ValueError(f"boxes_net_px must have shape ({n_lev}, 4), got {boxes.shape}")
-        ok = np.all(np.isfinite(c), axis=-1)
-        if present is not None:
-            pres = np.asarray(convert_to_numpy(present), dtype=bool).reshape(-1)
-            if pres.shape != (n_lev,):
-                raise ValueError(f"present must have shape ({n_lev},), got {pres.shape}")
-            ok &= pres
-        h, w = self.spatial_size
-        out = np.zeros((n_lev + TARGET_EXTRA_CHANNELS, h, w), dtype=np.float32)
-        xs, ys = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
-        two_s2 = 2.0 * self.sigma_px**2
-        r = self.box_radius_px
-        for lev in np.nonzero(ok)[0]:
-            cx, cy = c[lev]
-            if not (-0.5 <= cx <= w - 0.5 and -0.5 <= cy <= h - 0.5):
-                continue
-            px = int(np.clip(np.floor(cx + 0.5), 0, w - 1))
-            py = int(np.clip(np.floor(cy + 0.5), 0, h - 1))
-            # separable Gaussian, normalised so the nearest pixel is exactly 1
-            gx = np.exp(-((xs - cx) ** 2 - (px - cx) ** 2) / two_s2)
-            gy = np.exp(-((ys - cy) ** 2 - (py - cy) ** 2) / two_s2)
-            out[lev] = np.minimum(np.outer(gy, gx), 1.0)
-            out[lev, py, px] = 1.0
-            if boxes is None or not np.all(np.isfinite(boxes[lev])):
-                continue
-            x0, y0, x1, y1 = boxes[lev]
-            ltrb = np.array([(cx - x0) / w, (cy - y0) / h, (x1 - cx) / w, (y1 - cy) / h], dtype=np.float32)
-            sl = (slice(max(py - r, 0), py + r + 1), slice(max(px - r, 0), px + r + 1))
-            out[n_lev : n_lev + 4, sl[0], sl[1]] = ltrb[:, None, None]
-            out[n_lev + 4, sl[0], sl[1]] = 1.0
-        return out
+        return encode_centre_heatmaps(
+            convert_to_numpy(centres_net_px),
+            None if boxes_net_px is None else convert_to_numpy(boxes_net_px),
+            None if present is None else convert_to_numpy(present),
+            self.spatial_size,
+            self.sigma_px,
+            self.box_radius_px,
+        )
 
 
 class CentreHeatmapTargetd(MapTransform):

@@ -419,7 +419,7 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.keypoints import get_region
     from monai_spine.data.readers import read_xray
-    from monai_spine.engines.detector import vertebra_centres_px
+    from monai_spine.codecs.detection import vertebra_centres_px
     from monai_spine.measure.cobb import cobb_angles_deg
 
     levels = list(get_region("ap").levels)
@@ -534,8 +534,8 @@ def train_chain_folder(
     """
     import torch
 
-    from monai_spine.engines.detector import (detector_cases, level_height_fractions, load_detector_arrays,
-                                              spacing_profile, train_chain_detector)
+    from monai_spine.codecs.detection import level_height_fractions, spacing_profile
+    from monai_spine.engines.detector import detector_cases, load_detector_arrays, train_chain_detector
     from monai_spine.inference.detector import DetectorSpec
 
     out = Path(ckpt_dir)

@@ -451,7 +451,7 @@ def _heatmap_val(corner_predictor: Any, labels: Sequence[str], region: str) -> t
     detected centres instead (:func:`predict_split` + :func:`collect_points`), as on the test split.
     """
     from monai_spine.data.keypoints import get_region, get_scheme
-    from monai_spine.engines.detector import vertebra_centres_px
+    from monai_spine.codecs.detection import vertebra_centres_px
 
     levels = get_region(region).levels
     idx = list(get_scheme(corner_predictor.spec.scheme).corner_indices)

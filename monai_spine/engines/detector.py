@@ -6,17 +6,13 @@
   ``(L, 4)``, ``centres_px`` ``(L, 2)`` (NaN for an absent level) and ``present`` ``(L,)``.
   Boxes are the annotation's ``box_px`` or, without one, the box around the vertebra's visible
   keypoints and body outline (:meth:`SpineAnnotation.boxes_from_keypoints`), the boxes the keypoint
-  regressor crops from; centres are vertebral-body centres (:func:`vertebra_centres_px`).
+  regressor crops from; centres are vertebral-body centres
+  (:func:`~monai_spine.codecs.detection.vertebra_centres_px`).
 * Training: the targets are made by :class:`transforms.detection.CentreHeatmapTargetd`; the loss is
   :class:`DetectionLoss` (CenterNet's penalty-reduced focal loss on the level heatmaps plus L1 on the
   box distances at the centres).
-* Decoding: :func:`decode_detections`. The default ``sequence`` decoding takes the vertebrae as the
-  peaks of the maximum over the level channels and labels them by the order-preserving assignment
-  of levels to vertebrae (top to bottom) that best fits the level heatmaps, so that two levels never
-  share a vertebra and neighbouring levels the network still confuses land in order; ``argmax``
-  takes each level at the argmax of its own channel (plain CenterNet). Peaks are refined to sub-pixel
-  by a parabola fit on the log-heatmap, the box is read at the centre pixel, and net pixels go back
-  to image pixels through the sample's ``det_to_image`` affine.
+* Decoding and the centres: :mod:`monai_spine.codecs.detection` (:func:`~monai_spine.codecs.detection.decode_detections`,
+  :func:`~monai_spine.codecs.detection.vertebra_centres_px`, the ``chain`` level assignment), shared with inference.
 * Evaluation: :func:`match_detections` and :class:`DetectionAccumulator` define the detector's own
   metrics, :class:`DetectionErrorHandler` is the evaluator's key metric, :func:`evaluate_detector`
   runs a trained :class:`~monai_spine.inference.detector.VertebraDetector` over annotated cases.
@@ -56,21 +52,16 @@ import torch
 import torch.nn.functional as F
 
 from monai_spine.data.annotation import SpineAnnotation, read_annotation
-from monai_spine.data.keypoints import get_region, get_scheme
+from monai_spine.data.keypoints import get_region
 from monai_spine.handlers.batch_metric import BatchSummaryMetric, batch_field
+from monai_spine.codecs.detection import _np, decode_detections, encode_chain_target, vertebra_centres_px
 from monai_spine.networks.detector import NUM_BOX_CHANNELS
 from transforms.detection import boxes_to_image_px, boxes_to_net_px, points_to_image_px
 
 __all__ = [
-    "vertebra_centres_px",
     "detector_cases",
     "detector_datalists",
     "DetectionLoss",
-    "decode_detections",
-    "spacing_profile",
-    "assign_levels_chain",
-    "level_height_fractions",
-    "complete_chain",
     "box_iou",
     "match_detections",
     "DetectionAccumulator",
@@ -90,48 +81,6 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- data
-def vertebra_centres_px(
-    keypoints_px: np.ndarray,
-    visible: np.ndarray,
-    scheme: str,
-    outlines_px: Sequence[np.ndarray] | None = None,
-    boxes_px: np.ndarray | None = None,
-) -> np.ndarray:
-    """Vertebral-body centre of each vertebra, ``(N, 2)`` image pixels (NaN when nothing is known).
-
-    The first that applies: the mean of the four body corners when all four are visible; the centre
-    of the bounding box of the body outline; the mean of the visible corners when at least two are
-    visible; the centre of ``boxes_px``.
-
-    Args:
-        keypoints_px: ``(N, K, 2)``; visible: ``(N, K)``; scheme: keypoint scheme name (its corner
-            indices); outlines_px: N body outlines ``(M_i, 2)`` (empty or None: none); boxes_px: ``(N, 4)``.
-    """
-    kp = np.asarray(keypoints_px, dtype=np.float64)
-    vis = np.asarray(visible, dtype=bool) & np.all(np.isfinite(kp), axis=-1)
-    idx = list(get_scheme(scheme).corner_indices)
-    out = np.full((kp.shape[0], 2), np.nan)
-    for i in range(kp.shape[0]):
-        cv = vis[i, idx]
-        corners = kp[i, idx]
-        if cv.all():
-            out[i] = corners.mean(0)
-            continue
-        if outlines_px is not None and i < len(outlines_px) and len(outlines_px[i]):
-            o = np.asarray(outlines_px[i], dtype=np.float64)
-            o = o[np.all(np.isfinite(o), axis=-1)]
-            if len(o):
-                out[i] = 0.5 * (o.min(0) + o.max(0))
-                continue
-        if cv.sum() >= 2:
-            out[i] = corners[cv].mean(0)
-            continue
-        if boxes_px is not None and np.all(np.isfinite(boxes_px[i])):
-            b = np.asarray(boxes_px[i], dtype=np.float64)
-            out[i] = [(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]
-    return out
-
-
 def _case(ann: SpineAnnotation, levels: Sequence[str]) -> dict[str, np.ndarray]:
     n_lev = len(levels)
     boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
@@ -254,507 +203,6 @@ class DetectionLoss(torch.nn.Module):
         l1 = (torch.abs(pred[:, n_lev : n_lev + NUM_BOX_CHANNELS].float() - target[:, n_lev : n_lev + NUM_BOX_CHANNELS])
               * mask).sum() / (NUM_BOX_CHANNELS * mask.sum()).clamp(min=1.0)
         return hm + self.size_weight * l1
-
-
-# ---------------------------------------------------------------------------------------------- decoding
-def _np(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.as_tensor() if hasattr(x, "as_tensor") else x
-        return x.detach().float().cpu().numpy()
-    return np.asarray(x)
-
-
-def _parabola_offset(lm: float, l0: float, lp: float) -> float:
-    """Vertex of the parabola through (-1, lm), (0, l0), (1, lp), clipped to [-0.5, 0.5] (0 if not a maximum)."""
-    den = lm - 2.0 * l0 + lp
-    if not (np.isfinite(den) and den < 0):
-        return 0.0
-    return float(np.clip(0.5 * (lm - lp) / den, -0.5, 0.5))
-
-
-def _refine(heat: np.ndarray, x: int, y: int) -> tuple[float, float]:
-    """Sub-pixel peak of ``heat`` (H, W) near pixel (x, y): parabola on the log values along x and y."""
-    h, w = heat.shape
-    fx, fy = float(x), float(y)
-    if 0 < x < w - 1:
-        fx += _parabola_offset(*np.log(np.maximum(heat[y, x - 1 : x + 2], 1e-12)))
-    if 0 < y < h - 1:
-        fy += _parabola_offset(*np.log(np.maximum(heat[y - 1 : y + 2, x], 1e-12)))
-    return fx, fy
-
-
-def _local_maxima(heat: np.ndarray, radius: int, threshold: float, max_count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixels of ``heat`` (H, W) that are the maximum of their ``(2r+1)^2`` window and ``>= threshold``,
-    strongest first, at most ``max_count``; returns ``(xs, ys)``."""
-    from scipy.ndimage import maximum_filter
-
-    peak = (heat == maximum_filter(heat, size=2 * radius + 1, mode="constant", cval=-np.inf)) & (heat >= threshold)
-    ys, xs = np.nonzero(peak)
-    order = np.argsort(-heat[ys, xs], kind="stable")[:max_count]
-    return xs[order], ys[order]
-
-
-def _monotone_assignment(weights: np.ndarray, gap_penalty: float = 0.5) -> list[tuple[int, int]]:
-    """Pairs ``(level, candidate)`` strictly increasing in both that maximise the summed ``weights`` minus
-    ``gap_penalty`` for every level or candidate skipped *between* two pairs.
-
-    Skips before the first and after the last pair are free (the image may show unannotated
-    neighbours above and below, and need not show every level), but inside the sequence, vertebrae
-    are contiguous: leaving out a candidate (a double peak, a false blob) or a level (a vertebra the
-    network missed) costs ``gap_penalty``. ``0`` allows any order-preserving pairing; a large value
-    forces consecutive levels on consecutive candidates. Dynamic programming in ``O(L n)``.
-
-    Args:
-        weights: ``(L, n)`` score of level ``l`` at candidate ``i`` (candidates ordered top to bottom).
-        gap_penalty: cost of one interior skip (in the unit of the weights).
-    """
-    n_lev, n = weights.shape
-    if n_lev == 0 or n == 0:
-        return []
-    lam = float(gap_penalty)
-    score = np.full((n_lev, n), -np.inf)
-    back = np.full((n_lev, n, 2), -1, dtype=np.int64)  # previous pair of the best chain ending at (l, i)
-    best = np.full((n_lev, n), -np.inf)  # max over l' <= l, i' <= i of score[l', i'] + lam * (l' + i')
-    best_at = np.zeros((n_lev, n, 2), dtype=np.int64)
-    for lev in range(n_lev):
-        for i in range(n):
-            gain, prev = 0.0, (-1, -1)
-            if lev > 0 and i > 0:
-                chained = best[lev - 1, i - 1] - lam * (lev + i - 2)
-                if chained > gain:
-                    gain, prev = chained, tuple(best_at[lev - 1, i - 1])
-            score[lev, i] = weights[lev, i] + gain
-            back[lev, i] = prev
-            cands = [(score[lev, i] + lam * (lev + i), (lev, i))]
-            if lev > 0:
-                cands.append((best[lev - 1, i], tuple(best_at[lev - 1, i])))
-            if i > 0:
-                cands.append((best[lev, i - 1], tuple(best_at[lev, i - 1])))
-            val, at = max(cands, key=lambda c: c[0])
-            best[lev, i], best_at[lev, i] = val, at
-    lev, i = np.unravel_index(int(np.argmax(score)), score.shape)
-    if score[lev, i] <= 0:
-        return []
-    pairs: list[tuple[int, int]] = []
-    while lev >= 0 and i >= 0:
-        pairs.append((int(lev), int(i)))
-        lev, i = back[lev, i]
-    return pairs[::-1]
-
-
-def spacing_profile(centres_px: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean relative distance between consecutive levels, ``(L - 1,)``, normalised to mean 1.
-
-    Args:
-        centres_px: per radiograph an ``(L, 2)`` array of level centres (NaN: absent). Each film with
-            a pair of consecutive present levels contributes the pair's distance divided by the film's
-            median consecutive distance, so the profile is free of the film's scale.
-
-    Raises:
-        ValueError: fewer than two levels, or no film with two consecutive present levels.
-    """
-    rows = [np.asarray(c, dtype=np.float64) for c in centres_px]
-    if not rows or rows[0].ndim != 2 or rows[0].shape[0] < 2 or rows[0].shape[1] != 2:
-        raise ValueError(f"spacing_profile: expected (L, 2) centre arrays with L >= 2, got {len(rows)} arrays")
-    n_lev = rows[0].shape[0]
-    acc = np.zeros(n_lev - 1)
-    cnt = np.zeros(n_lev - 1)
-    for c in rows:
-        if c.shape != (n_lev, 2):
-            raise ValueError(f"spacing_profile: every array must be ({n_lev}, 2), got {c.shape}")
-        d = np.hypot(*(c[1:] - c[:-1]).T)
-        ok = np.isfinite(d) & (d > 0)
-        if not ok.any():
-            continue
-        acc[ok] += d[ok] / np.median(d[ok])
-        cnt[ok] += 1
-    if not cnt.any():
-        raise ValueError("spacing_profile: no film with two consecutive present levels")
-    prof = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
-    prof = np.where(np.isfinite(prof), prof, np.nanmean(prof))
-    return prof / prof.mean()
-
-
-def level_height_fractions(centres_px: Sequence[np.ndarray], heights_px: Sequence[float]) -> np.ndarray:
-    """Mean height of each level's centre as a fraction of its film's height, ``(L,)``.
-
-    Only films whose present centres run top to bottom in level order count (a mislabelled film would
-    blur the table). Used by the ``chain`` decoding to guess a peak's level from its height on the film,
-    which holds for films cropped alike (the AASCE films: about 0.45 level of spread); NaN rows are
-    filled by linear interpolation.
-
-    Raises:
-        ValueError: no usable film, or mismatched lengths.
-    """
-    if len(centres_px) != len(heights_px):
-        raise ValueError(f"level_height_fractions: {len(centres_px)} centre arrays but {len(heights_px)} heights")
-    rows = []
-    for c, h in zip(centres_px, heights_px):
-        y = np.asarray(c, dtype=np.float64)[:, 1] / float(h)
-        fin = np.isfinite(y)
-        if fin.sum() >= 2 and np.all(np.diff(y[fin]) > 0):
-            rows.append(y)
-    if not rows:
-        raise ValueError("level_height_fractions: no film with its levels in top-to-bottom order")
-    m = np.nanmean(np.stack(rows), 0)
-    k = np.arange(m.size)
-    fin = np.isfinite(m)
-    return np.interp(k, k[fin], m[fin])
-
-
-def assign_levels_chain(
-    points_px: Any,
-    scores: Any,
-    profile: Any,
-    gap_penalty: float = 2.0,
-    end_gap_penalty: float | None = None,
-    drop_penalty: float = 3.0,
-    spacing_sigma: float = 0.2,
-    max_skip: int = 3,
-    num_scales: int = 41,
-    scale_range: tuple[float, float] = (0.4, 2.5),
-    level_estimates: Any = None,
-    level_weight: Any = 1.0,
-    level_cap: float = 3.0,
-) -> tuple[np.ndarray, float, float]:
-    """Levels for a chain of "any vertebra" peaks: which peak is which level, by spacing along the spine.
-
-    The peaks, ordered top to bottom, get levels by the order-preserving assignment of least cost:
-
-    * ``drop_penalty * score`` for every peak left out (an extra peak: a double response, a rib, the
-      sacrum), so confident peaks are kept;
-    * ``gap_penalty`` for every level skipped between two assigned ones (a vertebra the network
-      missed) and ``end_gap_penalty`` for every level left out above the first or below the last
-      (a film cut at the top or bottom; default ``gap_penalty``);
-    * between consecutive assigned peaks ``i < j`` with levels ``a < b``,
-      ``0.5 * (log(d_ij / (s * sum(profile[a:b]))) / spacing_sigma) ** 2``: the distance between the
-      peaks against the expected distance of the two levels at the film's scale ``s`` (pixels per
-      profile unit). The scale is not known: every scale of a geometric grid over ``scale_range`` times
-      the median distance between neighbouring peaks is tried and the cheapest kept. The profile's
-      shape (vertebrae grow from T1 to L5) is what places a chain cut at one end;
-    * with ``level_estimates`` (``(P,)`` or ``(P, M)``: M guesses of each peak's level, in level units, NaN:
-      none; e.g. the network's level channel, the peak's height on the film), the sum over the guesses
-      of ``level_weight[m] * min(|estimate - level|, level_cap)`` per assigned peak: the anchor that keeps
-      a chain with a C7 or S1 peak at one end from shifting by a level.
-
-    Dynamic programming over (peak, level) with at most ``max_skip`` levels and peaks skipped per step.
-
-    Args:
-        points_px: ``(P, 2)`` ``(x, y)`` peak positions (any pixel unit; order does not matter).
-        scores: ``(P,)`` peak scores in [0, 1].
-        profile: ``(L - 1,)`` expected distance between consecutive levels (see :func:`spacing_profile`).
-
-    Returns:
-        ``(levels, scale, cost)``: ``(P,)`` int level index of each peak in the input order (-1: left out),
-        the chosen scale (pixels per profile unit; NaN with fewer than two peaks) and the total cost.
-
-    Raises:
-        ValueError: shapes do not match, or the profile is not positive.
-    """
-    pts = np.asarray(_np(points_px), dtype=np.float64).reshape(-1, 2)
-    sc = np.asarray(_np(scores), dtype=np.float64).reshape(-1)
-    prof = np.asarray(_np(profile), dtype=np.float64).reshape(-1)
-    if sc.shape[0] != pts.shape[0]:
-        raise ValueError(f"assign_levels_chain: {pts.shape[0]} points but {sc.shape[0]} scores")
-    if prof.size < 1 or not np.all(np.isfinite(prof)) or np.any(prof <= 0):
-        raise ValueError(f"assign_levels_chain: profile must be positive and finite, got {prof}")
-    n_lev, n_pts = prof.size + 1, pts.shape[0]
-    out = np.full(n_pts, -1, dtype=np.int64)
-    end_gap = float(gap_penalty if end_gap_penalty is None else end_gap_penalty)
-    if n_pts == 0:
-        return out, float("nan"), end_gap * n_lev
-    order = np.argsort(pts[:, 1], kind="stable")
-    p, s = pts[order], sc[order]
-    node = np.zeros((n_pts, n_lev))
-    if level_estimates is not None:
-        est = np.asarray(_np(level_estimates), dtype=np.float64)
-        est = est.reshape(est.shape[0] if est.ndim else 0, -1)
-        if est.shape[0] != n_pts:
-            raise ValueError(f"assign_levels_chain: {n_pts} points but {est.shape[0]} level estimates")
-        wts = np.broadcast_to(np.asarray(level_weight, dtype=np.float64).reshape(-1), (est.shape[1],))
-        diff = np.minimum(np.abs(est[order][:, None, :] - np.arange(n_lev)[None, :, None]), float(level_cap))
-        node = (np.where(np.isfinite(diff), diff, 0.0) * wts[None, None, :]).sum(-1)
-    drop = float(drop_penalty) * np.clip(s, 0.0, None)
-    drop_cum = np.concatenate([[0.0], np.cumsum(drop)])  # drop of peaks [i, j) = drop_cum[j] - drop_cum[i]
-    if n_pts == 1:
-        # one peak: every level costs the same end gaps; the level estimate decides (else the first level)
-        k = int(np.argmin(node[0]))
-        out[order[0]] = k
-        return out, float("nan"), end_gap * (n_lev - 1) + float(node[0, k])
-    cum = np.concatenate([[0.0], np.cumsum(prof)])
-    dist = np.hypot(p[:, None, 0] - p[None, :, 0], p[:, None, 1] - p[None, :, 1])  # (P, P)
-    base = float(np.median(np.diag(dist, 1))) / float(np.median(prof))
-    if not base > 0:
-        base = 1.0
-    w = 0.5 / float(spacing_sigma) ** 2
-    ms = max(1, int(max_skip))
-    scales = base * np.geomspace(scale_range[0], scale_range[1], int(num_scales))  # (S,)
-    n_s = scales.size
-    levels = np.arange(n_lev)
-    # cost[:, i, k]: cheapest chain (per scale) whose last assigned pair is (peak i, level k)
-    cost = np.empty((n_s, n_pts, n_lev))
-    back_i = np.full((n_s, n_pts, n_lev), -1, dtype=np.int64)
-    back_k = np.full((n_s, n_pts, n_lev), -1, dtype=np.int64)
-    for i in range(n_pts):
-        best = np.broadcast_to(drop_cum[i] + end_gap * levels, (n_s, n_lev)).copy()  # start the chain here
-        bi = np.full((n_s, n_lev), -1, dtype=np.int64)
-        bk = np.full((n_s, n_lev), -1, dtype=np.int64)
-        for ip in range(max(0, i - ms - 1), i):
-            skipped = drop_cum[i] - drop_cum[ip + 1]
-            for dk in range(1, min(ms + 1, n_lev - 1) + 1):
-                ks = levels[dk:]
-                expected = scales[:, None] * (cum[ks] - cum[ks - dk])[None, :]  # (S, L - dk)
-                c = (cost[:, ip, ks - dk] + skipped + gap_penalty * (dk - 1)
-                     + w * np.log(max(dist[ip, i], 1e-9) / expected) ** 2)
-                better = c < best[:, ks]
-                best[:, ks] = np.where(better, c, best[:, ks])
-                bi[:, ks] = np.where(better, ip, bi[:, ks])
-                bk[:, ks] = np.where(better, ks - dk, bk[:, ks])
-        cost[:, i], back_i[:, i], back_k[:, i] = best + node[i][None, :], bi, bk
-    tail = (drop_cum[-1] - drop_cum[1:])[:, None] + end_gap * (n_lev - 1 - levels)[None, :]  # (P, L)
-    total = cost + tail[None]
-    si, i, k = np.unravel_index(int(np.argmin(total)), total.shape)
-    best_total, best_scale = float(total[si, i, k]), float(scales[si])
-    best_path = []
-    while i >= 0:
-        best_path.append((int(i), int(k)))
-        i, k = back_i[si, i, k], back_k[si, i, k]
-    for i, k in best_path or []:
-        out[order[i]] = k
-    return out, best_scale, best_total
-
-
-def complete_chain(centres_px: Any, profile: Any, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fill the levels without a centre along the spine: ``(centres (L, 2), inferred (L,))``.
-
-    A missing level between two found ones is placed between them at the profile's share of their
-    distance; levels above the first or below the last found one are extrapolated along the direction
-    of the two nearest found levels (straight down with one found level), at ``scale`` pixels per profile
-    unit (default: the scale of the found levels). With no found level nothing can be placed (all NaN).
-
-    Args:
-        centres_px: ``(L, 2)`` level centres, NaN where missing.
-        profile: ``(L - 1,)`` expected distance between consecutive levels.
-        scale: pixels per profile unit (used with a single found level; None: estimated).
-
-    Raises:
-        ValueError: shapes do not match.
-    """
-    c = np.asarray(_np(centres_px), dtype=np.float64).copy()
-    prof = np.asarray(_np(profile), dtype=np.float64).reshape(-1)
-    if c.ndim != 2 or c.shape != (prof.size + 1, 2):
-        raise ValueError(f"complete_chain: centres must be ({prof.size + 1}, 2) for a profile of {prof.size}, "
-                         f"got {c.shape}")
-    known = np.all(np.isfinite(c), -1)
-    inferred = ~known
-    idx = np.flatnonzero(known)
-    if idx.size == 0:
-        return c, inferred
-    cum = np.concatenate([[0.0], np.cumsum(prof)])
-    if idx.size >= 2:
-        d = np.hypot(*(c[idx[1:]] - c[idx[:-1]]).T)
-        est = float(np.median(d / (cum[idx[1:]] - cum[idx[:-1]])))
-    else:
-        est = float("nan")
-    s = est if scale is None or not np.isfinite(scale) else float(scale)
-    if not np.isfinite(s):
-        s = est
-    for a, b in zip(idx[:-1], idx[1:]):
-        for k in range(a + 1, b):
-            t = (cum[k] - cum[a]) / (cum[b] - cum[a])
-            c[k] = c[a] + t * (c[b] - c[a])
-
-    def _direction(i0: int, i1: int) -> np.ndarray:
-        v = c[i1] - c[i0]
-        n = np.hypot(*v)
-        return v / n if n > 0 else np.array([0.0, 1.0])
-
-    if not np.isfinite(s):
-        return c, inferred
-    first, last = idx[0], idx[-1]
-    up = _direction(idx[0], idx[1]) if idx.size >= 2 else np.array([0.0, 1.0])
-    down = _direction(idx[-2], idx[-1]) if idx.size >= 2 else np.array([0.0, 1.0])
-    for k in range(first - 1, -1, -1):
-        c[k] = c[first] - up * s * (cum[first] - cum[k])
-    for k in range(last + 1, c.shape[0]):
-        c[k] = c[last] + down * s * (cum[k] - cum[last])
-    return c, inferred
-
-
-def _level_from_y_frac(y_frac: np.ndarray, level_y_frac: np.ndarray) -> np.ndarray:
-    """Level (fractional) at each film height fraction: interpolated in ``level_y_frac``, linear beyond the ends."""
-    ly = np.asarray(level_y_frac, dtype=np.float64).reshape(-1)
-    k = np.arange(ly.size, dtype=np.float64)
-    y = np.asarray(y_frac, dtype=np.float64)
-    out = np.interp(y, ly, k)
-    lo, hi = y < ly[0], y > ly[-1]
-    out[lo] = (y[lo] - ly[0]) / (ly[1] - ly[0])
-    out[hi] = k[-1] + (y[hi] - ly[-1]) / (ly[-1] - ly[-2])
-    return out
-
-
-def _decode_chain(p: np.ndarray, score_threshold: float, apply_sigmoid: bool, refine: bool, nms_radius_px: int,
-                  candidate_fraction: float, profile: Any, chain_kwargs: Mapping[str, Any] | None,
-                  level_y_frac: Any = None, y_frac_map: Sequence[float] | None = None) -> dict[str, np.ndarray]:
-    """The ``chain`` method of :func:`decode_detections` (``p``: ``(1 + 4, H, W)`` float64)."""
-    if profile is None:
-        raise ValueError("decode_detections: method 'chain' needs the spacing profile (L - 1,)")
-    if p.shape[0] not in (1 + NUM_BOX_CHANNELS, 2 + NUM_BOX_CHANNELS):
-        raise ValueError(f"decode_detections: method 'chain' expects (1 + 4, H, W) or (2 + 4, H, W), got shape {p.shape}")
-    prof = np.asarray(_np(profile), dtype=np.float64).reshape(-1)
-    n_lev = prof.size + 1
-    h, w = p.shape[1:]
-    heat = p[0]
-    if apply_sigmoid:
-        heat = 1.0 / (1.0 + np.exp(-np.clip(heat, -60, 60)))
-    level_map = None
-    if p.shape[0] == 2 + NUM_BOX_CHANNELS:  # channel 1: the level position, logit of level / (L - 1)
-        level_map = (n_lev - 1) / (1.0 + np.exp(-np.clip(p[1], -60, 60)))
-        p = np.concatenate([p[:1], p[2:]], 0)
-    xs, ys = _local_maxima(heat, int(nms_radius_px), float(candidate_fraction) * float(score_threshold),
-                           max_count=2 * n_lev + 4)
-    pts = np.array([_refine(heat, x, y) if refine else (x, y) for x, y in zip(xs, ys)], dtype=np.float64)
-    sc = heat[ys, xs] if xs.size else np.zeros(0)
-    kw = dict(chain_kwargs or {})
-    guesses, weights = [], []
-    w_ch, w_pos = float(kw.pop("channel_weight", 1.0)), float(kw.pop("position_weight", 1.0))
-    if level_map is not None and xs.size and w_ch > 0:
-        guesses.append(level_map[ys, xs])
-        weights.append(w_ch)
-    if level_y_frac is not None and y_frac_map is not None and xs.size and w_pos > 0:
-        a, b = (float(v) for v in y_frac_map)
-        guesses.append(_level_from_y_frac(a * pts.reshape(-1, 2)[:, 1] + b, level_y_frac))
-        weights.append(w_pos)
-    est = np.stack(guesses, -1) if guesses else None
-    lev, scale, _ = assign_levels_chain(pts.reshape(-1, 2), sc, prof, level_estimates=est,
-                                        level_weight=weights if guesses else 1.0, **kw)
-    scores = np.zeros(n_lev)
-    centres = np.full((n_lev, 2), np.nan)
-    boxes = np.full((n_lev, 4), np.nan)
-    for i in np.flatnonzero(lev >= 0):
-        if sc[i] < score_threshold:
-            continue
-        k = lev[i]
-        scores[k], centres[k] = sc[i], pts[i]
-        ltrb = np.maximum(p[1:, ys[i], xs[i]], 0.0) * np.array([w, h, w, h], dtype=np.float64)
-        boxes[k] = np.concatenate([pts[i] - ltrb[:2], pts[i] + ltrb[2:]])
-    detected = np.all(np.isfinite(centres), -1)
-    return {"scores": scores, "centres_net_px": centres, "boxes_net_px": boxes, "detected": detected,
-            "scale": np.asarray(scale)}
-
-
-def decode_detections(
-    pred: Any,
-    score_threshold: float = 0.2,
-    apply_sigmoid: bool = True,
-    refine: bool = True,
-    method: str = "sequence",
-    nms_radius_px: int = 2,
-    gap_penalty: float = 0.5,
-    candidate_fraction: float = 0.5,
-    profile: Any = None,
-    chain_kwargs: Mapping[str, Any] | None = None,
-    level_y_frac: Any = None,
-    y_frac_map: Sequence[float] | None = None,
-) -> dict[str, np.ndarray]:
-    """Level centres, boxes and scores from one network output.
-
-    A third method, ``"chain"``, decodes a network with a single "any vertebra" heatmap channel
-    (``pred`` ``(1 + 4, H, W)``, or ``(2 + 4, H, W)`` with a level channel: the logit of
-    ``level / (L - 1)`` read at each peak, :class:`ChainDetectionLoss`): the peaks of that channel
-    (local maxima as for ``sequence``, scores ``>= candidate_fraction * score_threshold``) get levels by
-    :func:`assign_levels_chain` from their spacing along the spine against ``profile`` (``(L - 1,)``,
-    required; ``chain_kwargs`` go to :func:`assign_levels_chain`) and the level channel's estimates;
-    the result has ``L = len(profile) + 1`` rows and a ``scale`` entry (net pixels per profile unit).
-    With ``level_y_frac`` (``(L,)``: the mean height of each level's centre as a fraction of the film's
-    height on the training films) and ``y_frac_map`` (``(a, b)``: a net row ``v`` is at ``a * v + b`` of
-    the film's height) each peak also gets the level its height on the film suggests (interpolated,
-    extrapolated linearly beyond the ends). ``chain_kwargs`` may weigh the two guesses with
-    ``channel_weight`` and ``position_weight`` (defaults 1 and 1); the rest goes to
-    :func:`assign_levels_chain`.
-
-    Two methods:
-
-    * ``"argmax"``: each level independently at the argmax of its own channel (score: its peak
-      probability; detected when ``>= score_threshold``). Every level gets a centre, detected or not.
-    * ``"sequence"`` (default): the candidate vertebrae are the local maxima (``(2r+1)^2`` window,
-      ``r = nms_radius_px``) of the maximum over the level channels with a value ``>=
-      candidate_fraction * score_threshold`` (the value is the score: how sure the network is that a
-      vertebra is there; weak candidates take part in the assignment, so that one faint vertebra
-      does not shift the levels of the others, but a level is detected only where its score reaches
-      ``score_threshold``); ordered top to bottom (``y``,
-      as levels run in every radiograph of the project), they get levels by the order-preserving
-      assignment that maximises the summed probability of the assigned level at each vertebra, less
-      ``gap_penalty`` per level or vertebra skipped inside the sequence (:func:`_monotone_assignment`).
-      So two levels never share a vertebra, contiguous vertebrae get contiguous levels, and a level
-      the network confuses with its neighbour still lands in the right place in the sequence; a
-      vertebra of an unannotated neighbour (C2, T1, T12, S1) that the network also marks is left out
-      at either end when the probabilities say it does not fit. Levels without a vertebra are not
-      detected (NaN centre and box, score 0).
-
-    Args:
-        pred: ``(L + 4, H, W)`` network output (heatmap logits or, with ``apply_sigmoid=False``,
-            probabilities; then box distances in fractions of W, H, W, H), numpy or torch.
-        score_threshold: least peak probability of a detection.
-        apply_sigmoid: turn the heatmap channels from logits into probabilities first.
-        refine: sub-pixel refinement of each peak by a three-point parabola on the log-heatmap along x
-            and y (exact for a Gaussian peak; offsets clipped to half a pixel; none at the border);
-            the level's own channel for ``argmax``, the channel maximum for ``sequence``.
-        method: ``"sequence"`` or ``"argmax"``.
-        nms_radius_px: window half-size of the local maxima (``sequence``).
-        gap_penalty: cost of a level or vertebra skipped inside the sequence (``sequence``).
-        candidate_fraction: candidates need ``candidate_fraction * score_threshold`` (``sequence``).
-
-    Returns:
-        dict of numpy arrays in **net pixels**: ``scores`` ``(L,)``, ``centres_net_px`` ``(L, 2)``
-        ``(x, y)``, ``boxes_net_px`` ``(L, 4)`` ``(x0, y0, x1, y1)`` (distances clamped at 0),
-        ``detected`` ``(L,)`` bool.
-    """
-    if method not in ("sequence", "argmax", "chain"):
-        raise ValueError(f"decode method must be 'sequence', 'argmax' or 'chain', got {method!r}")
-    p = _np(pred).astype(np.float64)
-    if p.ndim != 3 or p.shape[0] <= NUM_BOX_CHANNELS:
-        raise ValueError(f"decode_detections: expected (L + 4, H, W), got shape {p.shape}")
-    if method == "chain":
-        return _decode_chain(p, score_threshold, apply_sigmoid, refine, nms_radius_px, candidate_fraction, profile,
-                             chain_kwargs, level_y_frac, y_frac_map)
-    n_lev = p.shape[0] - NUM_BOX_CHANNELS
-    h, w = p.shape[1:]
-    hm = p[:n_lev]
-    if apply_sigmoid:
-        hm = 1.0 / (1.0 + np.exp(-np.clip(hm, -60, 60)))
-    scores = np.zeros(n_lev)
-    centres = np.full((n_lev, 2), np.nan)
-    pix = np.full((n_lev, 2), -1, dtype=np.int64)  # (x, y) pixel of each level's peak, -1: none
-    if method == "argmax":
-        flat = hm.reshape(n_lev, -1)
-        arg = flat.argmax(1)
-        ys, xs = np.divmod(arg, w)
-        scores = flat[np.arange(n_lev), arg]
-        pix = np.stack([xs, ys], -1)
-        for lev in range(n_lev):
-            centres[lev] = _refine(hm[lev], xs[lev], ys[lev]) if refine else (xs[lev], ys[lev])
-        detected = scores >= score_threshold
-    else:
-        heat = hm.max(0)
-        xs, ys = _local_maxima(heat, int(nms_radius_px), float(candidate_fraction) * float(score_threshold),
-                               max_count=2 * n_lev + 4)
-        order = np.argsort(ys, kind="stable")  # top to bottom
-        xs, ys = xs[order], ys[order]
-        for lev, i in _monotone_assignment(hm[:, ys, xs], gap_penalty):
-            if heat[ys[i], xs[i]] < score_threshold:
-                continue
-            scores[lev] = heat[ys[i], xs[i]]
-            pix[lev] = (xs[i], ys[i])
-            centres[lev] = _refine(heat, xs[i], ys[i]) if refine else (xs[i], ys[i])
-        detected = pix[:, 0] >= 0
-    boxes = np.full((n_lev, 4), np.nan)
-    ok = pix[:, 0] >= 0
-    if ok.any():
-        ltrb = np.maximum(p[n_lev:, pix[ok, 1], pix[ok, 0]].T, 0.0) * np.array([w, h, w, h], dtype=np.float64)
-        c = centres[ok]
-        boxes[ok] = np.concatenate([c - ltrb[:, :2], c + ltrb[:, 2:]], -1)
-    return {"scores": scores, "centres_net_px": centres, "boxes_net_px": boxes, "detected": detected}
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -940,7 +388,7 @@ class DetectionErrorHandler(BatchSummaryMetric):
     Every iteration it reads the network output ``engine.state.output[pred_key]`` ``(B, L + 4, H, W)``
     and, from ``engine.state.batch``, each sample's ``det_to_image`` affine, ground truth
     (``centres_px``, ``boxes_px``, ``present``), ``spacing_mm`` and ``image_id``; decodes
-    (:func:`decode_detections`), maps to image pixels and matches (:func:`match_detections`). Batches
+    (:func:`~monai_spine.codecs.detection.decode_detections`), maps to image pixels and matches (:func:`match_detections`). Batches
     may be a dict of batched values (``decollate=False``) or per-sample dicts.
 
     At the end of the epoch the value is ``penalised_error_{u}`` (lower is better) and every entry of
@@ -951,7 +399,7 @@ class DetectionErrorHandler(BatchSummaryMetric):
     Args:
         levels: the region's level names (L).
         score_threshold, match_radius: see :func:`match_detections`.
-        decode_method, nms_radius_px, gap_penalty: see :func:`decode_detections`.
+        decode_method, nms_radius_px, gap_penalty: see :func:`~monai_spine.codecs.detection.decode_detections`.
         prefix: prepended to the summary keys.
         pred_key: engine output key of the network maps.
         affine_key, centres_key, boxes_key, present_key, spacing_key, image_id_key: batch keys.
@@ -1168,7 +616,7 @@ def chain_training_sample(
         rng: random generator; None: no augmentation (the plain letterbox, as at inference).
         zoom_range, shift_frac, flip_prob, gamma_range: augmentation (zoom about the centre, shift as a
             fraction of the net size, left-right flip, intensity gamma).
-        box_radius_px: see :class:`transforms.detection.CentreHeatmapTarget`.
+        box_radius_px: see :func:`~monai_spine.codecs.detection.encode_centre_heatmaps`.
         level_channel: add the level target (see below).
 
     Returns:
@@ -1179,7 +627,7 @@ def chain_training_sample(
         a mislabelled film teaches no level); then the four box channels and the box mask. Without the
         level channel: ``(1 + 5, H, W)``, with it ``(2 + 5 + 1, H, W)``.
     """
-    from transforms.detection import CentreHeatmapTarget, augment_affine, letterbox_affine, resample_to_net
+    from transforms.detection import augment_affine, letterbox_affine, resample_to_net
 
     hn, wn = (int(v) for v in spatial_size)
     img = item["image"]
@@ -1195,25 +643,11 @@ def chain_training_sample(
     inv = np.linalg.inv(a)
     c = np.asarray(item["centres_px"], dtype=np.float64) @ inv[:2, :2].T + inv[:2, 2]
     b = boxes_to_net_px(np.asarray(item["boxes_px"], dtype=np.float64), a)
-    t = CentreHeatmapTarget((hn, wn), sigma_px, box_radius_px)(c, b, item["present"])
-    n_lev = c.shape[0]
-    heat = t[:n_lev].max(0, keepdims=True)
-    if not level_channel:
-        return x.astype(np.float32), np.concatenate([heat, t[n_lev:]], 0).astype(np.float32), a
-    lvl = np.zeros((2, hn, wn), dtype=np.float32)  # level / (L - 1), its mask
+    # level order judged on the film's own pixels (the net frame may be flipped left-right, never upside down)
     pres = np.asarray(item["present"], bool) & np.all(np.isfinite(c), -1)
     ys_img = np.asarray(item["centres_px"], dtype=np.float64)[pres, 1]
-    if pres.sum() >= 1 and np.all(np.diff(ys_img) > 0):
-        r = int(box_radius_px)
-        for k in np.flatnonzero(pres):
-            cx, cy = c[k]
-            if not (-0.5 <= cx <= wn - 0.5 and -0.5 <= cy <= hn - 0.5):
-                continue
-            px, py = int(np.clip(np.floor(cx + 0.5), 0, wn - 1)), int(np.clip(np.floor(cy + 0.5), 0, hn - 1))
-            sl = (slice(max(py - r, 0), py + r + 1), slice(max(px - r, 0), px + r + 1))
-            lvl[0][sl] = k / max(n_lev - 1, 1)
-            lvl[1][sl] = 1.0
-    target = np.concatenate([heat, lvl[:1], t[n_lev:], lvl[1:]], 0).astype(np.float32)
+    in_order = bool(pres.sum() >= 1 and np.all(np.diff(ys_img) > 0))
+    target = encode_chain_target(c, b, item["present"], (hn, wn), sigma_px, box_radius_px, level_channel, in_order)
     return x.astype(np.float32), target, a
 
 

@@ -11,7 +11,7 @@ The whole radiograph, resized with its aspect kept and padded to a fixed ``(H, W
   right) and height (top, bottom).
 
 Since each level has its own channel, a level is found by the argmax of its channel (see
-:func:`monai_spine.engines.detector.decode_detections`); nothing has to be matched or suppressed.
+:func:`monai_spine.codecs.detection.decode_detections`); nothing has to be matched or suppressed.
 The heatmap biases start at ``logit(prior_prob)`` (CenterNet's focal-loss initialisation), so the
 first steps do not drown in background gradients.
 """

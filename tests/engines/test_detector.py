@@ -12,18 +12,17 @@ from ignite.engine import Engine
 from monai.data import list_data_collate
 
 from monai_spine.data.annotation import SpineAnnotation, write_annotation
+from monai_spine.codecs.detection import decode_detections, vertebra_centres_px
 from monai_spine.engines.detector import (
     DetectionAccumulator,
     DetectionErrorHandler,
     DetectionLoss,
     box_iou,
-    decode_detections,
     detector_cases,
     detector_datalists,
     evaluate_detector,
     experiment_params,
     match_detections,
-    vertebra_centres_px,
 )
 from transforms.detection import CentreHeatmapTarget, letterbox_affine, points_to_image_px
 

@@ -1,5 +1,5 @@
 """The ``chain`` detector's level assignment, complete-spine fill, decoding and training pieces
-(monai_spine/engines/detector.py)."""
+(monai_spine/codecs/detection.py and monai_spine/engines/detector.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from monai_spine.engines.detector import (
+from monai_spine.codecs.detection import (
     assign_levels_chain,
-    chain_training_sample,
     complete_chain,
     decode_detections,
-    evaluate_chain_items,
     level_height_fractions,
     spacing_profile,
-    train_chain_detector,
 )
+from monai_spine.engines.detector import chain_training_sample, evaluate_chain_items, train_chain_detector
 from monai_spine.networks.detector import VertebraDetectorNet
 
 # A T1-L5-like profile: vertebrae (and their spacing) grow down the spine, 16 gaps, mean 1.
@@ -191,7 +189,7 @@ def test_chain_detector_overfits_a_tiny_film():
 
 
 def test_level_height_fractions_and_the_position_guess():
-    from monai_spine.engines.detector import _level_from_y_frac
+    from monai_spine.codecs.detection import _level_from_y_frac
 
     a = np.stack([np.zeros(3), [10.0, 20.0, 40.0]], -1)  # film of height 100: fractions 0.1, 0.2, 0.4
     b = np.stack([np.zeros(3), [30.0, 50.0, 70.0]], -1)  # film of height 200: 0.15, 0.25, 0.35
