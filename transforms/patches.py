@@ -3,7 +3,7 @@
 One radiograph with annotated vertebrae becomes a list of patches, each a ``(1, S, S)`` z-scored image
 patch with its ``(1, S, S)`` target distribution (:func:`monai_spine.data.patches.corner_maps` of every
 annotated vertebra of the image). Patches are cut around each vertebra in the frame an operator's
-click would give (:func:`monai_spine.inference.heatmap.annotation_frames`: centre = mean of the
+click would give (:func:`monai_spine.data.frames.annotation_frames`: centre = mean of the
 corners, orientation and size from the neighbouring centres), so training, validation and the
 semi-automatic predictor see the same geometry.
 
@@ -38,9 +38,9 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
+from monai_spine.data.frames import annotation_frames
 from monai_spine.data.keypoints import get_scheme
-from monai_spine.data.patches import corner_maps, extract_patch, normalize_patch
-from monai_spine.inference.heatmap import annotation_frames, patch_params
+from monai_spine.data.patches import corner_maps, extract_patch, normalize_patch, patch_params
 
 __all__ = [
     "PATCH_KEYS",
@@ -62,7 +62,7 @@ class CornerPatches(Transform):
     """Patches and target maps around the annotated vertebrae of one image (regular grid).
 
     Args:
-        size_ratio: vertebra size / centre spacing (see :func:`~monai_spine.inference.heatmap.centre_frames`).
+        size_ratio: vertebra size / centre spacing (see :func:`~monai_spine.data.frames.centre_frames`).
         scheme: keypoint scheme name (gives the corner indices).
         out_size: patch side in px.
         grid, scales, rotations_deg: the patch grid (:func:`monai_spine.data.patches.sample_patch_params`).

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from monai_spine.data.keypoints import get_scheme
-from monai_spine.networks.detector import NUM_BOX_CHANNELS
 
 __all__ = [
+    "NUM_BOX_CHANNELS",
     "TARGET_EXTRA_CHANNELS",
     "vertebra_centres_px",
     "encode_centre_heatmaps",
@@ -47,6 +47,9 @@ __all__ = [
     "complete_chain",
 ]
 
+#: channels of a network output after the heatmaps: left, top, right, bottom distances (fractions of the
+#: input W, H, W, H); :class:`~monai_spine.networks.detector.VertebraDetectorNet` is built to this format
+NUM_BOX_CHANNELS = 4
 #: channels of a target after the L heatmaps: left, top, right, bottom, box mask
 TARGET_EXTRA_CHANNELS = NUM_BOX_CHANNELS + 1
 

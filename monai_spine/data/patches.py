@@ -68,6 +68,7 @@ __all__ = [
     "corner_covariances",
     "corner_maps",
     "sample_patch_params",
+    "patch_params",
     "patch_affine",
     "patch_footprint",
     "extract_patch",
@@ -448,6 +449,44 @@ def sample_patch_params(
             for rot in _axis_values(rotations_deg, rng):
                 rows.append((p[0], p[1], sc * size_px, orientation_deg + rot))
     return np.asarray(rows, dtype=np.float64)
+
+
+def patch_params(
+    centres_px: np.ndarray,
+    orientations_deg: np.ndarray,
+    sizes_px: np.ndarray,
+    grid: tuple[int, float] = (3, 0.15),
+    scales: Sequence[float] = (1.6, 2.0, 2.4),
+    rotations_deg: Sequence[float] = (-10.0, 0.0, 10.0),
+    out_size: int = 64,
+    rng: np.random.Generator | None = None,
+    num_samples: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patch affines ``(P, 3, 3)`` and owners ``(P,)`` around every centre (grid of :func:`sample_patch_params`).
+
+    Sizes are in px (they come from the image itself), so the spacing plays no part. With ``rng``
+    the grid, scales and rotations are jittered, and ``num_samples`` (if set) draws that many patches
+    without replacement from all of them (all when fewer).
+    """
+    c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+    ang = np.broadcast_to(np.asarray(orientations_deg, dtype=np.float64), (len(c),))
+    size = np.broadcast_to(np.asarray(sizes_px, dtype=np.float64), (len(c),))
+    rows, owners = [], []
+    with warnings.catch_warnings():  # sizes are in px on purpose
+        warnings.simplefilter("ignore", UnknownSpacingWarning)
+        for v in range(len(c)):
+            p = sample_patch_params(c[v], float(size[v]), None, grid=grid, scales=scales, rotations_deg=rotations_deg,
+                                    orientation_deg=float(ang[v]), rng=rng)
+            rows.append(p)
+            owners.append(np.full(len(p), v, np.int64))
+    if not rows:
+        return np.zeros((0, 3, 3)), np.zeros(0, np.int64)
+    params, owner = np.concatenate(rows), np.concatenate(owners)
+    if num_samples is not None and rng is not None and num_samples < len(params):
+        pick = np.sort(rng.choice(len(params), size=int(num_samples), replace=False))
+        params, owner = params[pick], owner[pick]
+    affines = np.stack([patch_affine(cx, cy, side, a, out_size) for cx, cy, side, a in params])
+    return affines, owner
 
 
 class TrainingPatches(NamedTuple):

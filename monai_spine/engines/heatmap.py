@@ -38,17 +38,12 @@ import numpy as np
 import torch
 
 from monai_spine.data.annotation import SpineAnnotation, read_annotation
+from monai_spine.data.frames import annotation_frames
 from monai_spine.data.keypoints import get_region, get_scheme, px_to_mm, validate_keypoints
 from monai_spine.data.patches import corner_maps, vertebra_geometry
 from monai_spine.handlers.batch_metric import BatchSummaryMetric, batch_field
 from monai_spine.inference.corners import CornerPrior, point_to_curve_distance
-from monai_spine.inference.heatmap import (
-    DEFAULT_POSTPROCESS,
-    CornerPredictor,
-    HeatmapModelSpec,
-    annotation_frames,
-    localize,
-)
+from monai_spine.inference.heatmap import DEFAULT_POSTPROCESS, CornerPredictor, HeatmapModelSpec, localize
 from monai_spine.losses.bhattacharyya import bhattacharyya_coefficient
 from monai_spine.metrics.keypoint_error import DEFAULT_THRESHOLDS_MM, summarize_errors
 
@@ -148,7 +143,7 @@ def heatmap_datalists(splits: Mapping[str, Sequence[str]], region: str | None = 
 def fit_size_ratio(cases: Sequence[Mapping[str, Any]], scheme: str | None = None) -> float:
     """Median of vertebra size / mean distance to the neighbouring centres over the selected vertebrae.
 
-    Centres are the means of the four corners; distances follow :func:`centre_frames` (gaps between
+    Centres are the means of the four corners; distances follow :func:`~monai_spine.data.frames.centre_frames` (gaps between
     annotated levels divided out). Images with fewer than two selected vertebrae do not count.
 
     Raises:

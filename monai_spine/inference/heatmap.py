@@ -2,7 +2,7 @@
 
 An operator clicks the vertebra centres; from them this module
 
-1. estimates each vertebra's frame (:func:`centre_frames`): orientation from the neighbouring centres
+1. estimates each vertebra's frame (:func:`~monai_spine.data.frames.centre_frames`): orientation from the neighbouring centres
    (:func:`monai_spine.data.patches.orientation_from_centres`) and size = ``size_ratio`` x the mean
    distance to the neighbouring centres, ``size_ratio`` fitted on training annotations (the paper:
    "The height, width and orientation are computed based on the manually annotated center points");
@@ -43,16 +43,9 @@ import numpy as np
 import torch
 
 from monai_spine.data.annotation import atomic_write_text
-from monai_spine.data.keypoints import get_scheme, level_order, px_to_mm, validate_keypoints
-from monai_spine.data.patches import (
-    UnknownSpacingWarning,
-    extract_patch,
-    normalize_patch,
-    orientation_from_centres,
-    patch_affine,
-    sample_patch_params,
-    vertebra_geometry,
-)
+from monai_spine.data.frames import centre_frames
+from monai_spine.data.keypoints import get_scheme, level_order, px_to_mm
+from monai_spine.data.patches import extract_patch, normalize_patch, patch_params
 from monai_spine.inference.corners import CornerPrior, VertebraCorners, corners_from_patches
 
 __all__ = [
@@ -64,9 +57,6 @@ __all__ = [
     "HeatmapModelSpec",
     "PatchSet",
     "DEFAULT_POSTPROCESS",
-    "centre_frames",
-    "annotation_frames",
-    "patch_params",
     "make_patches",
     "extract_patches",
     "inference_network",
@@ -102,7 +92,7 @@ class HeatmapModelSpec:
         size_ratio: vertebra size ``(width + height) / 2`` divided by the mean distance to the
             neighbouring centres (fitted on training annotations, :func:`fit_size_ratio` of the engine).
         out_size: patch side in px (the network input, divisible by 16).
-        grid: ``(n, half_extent_frac)`` of the patch-centre grid (:func:`sample_patch_params`).
+        grid: ``(n, half_extent_frac)`` of the patch-centre grid (:func:`~monai_spine.data.patches.sample_patch_params`).
         scales: patch sides as multiples of the vertebra size.
         rotations_deg: patch rotations relative to the vertebra orientation.
         network: keyword arguments of :class:`ProbabilisticUNet` (``width``, ``multipliers``).
@@ -240,92 +230,6 @@ class HeatmapModelSpec:
 
 
 # ---------------------------------------------------------------------------------------------- geometry
-def _level_gaps(levels: Sequence[str] | None, n: int) -> np.ndarray:
-    """``(n - 1,)`` number of vertebrae between consecutive centres (1 without levels)."""
-    if levels is None or n < 2:
-        return np.ones(max(n - 1, 0))
-    if len(levels) != n:
-        raise ValueError(f"{len(levels)} levels for {n} centres")
-    try:
-        order = np.array([level_order(str(lev)) for lev in levels], dtype=np.float64)
-    except KeyError:
-        return np.ones(n - 1)
-    gaps = np.abs(np.diff(order))
-    return np.where(gaps >= 1, gaps, 1.0)
-
-
-def centre_frames(
-    centres_px: np.ndarray, size_ratio: float, levels: Sequence[str] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Orientation and size of each vertebra from the clicked centres alone.
-
-    Args:
-        centres_px: ``(V, 2)`` centres, top to bottom, ``V >= 2``.
-        size_ratio: vertebra size / centre spacing (:attr:`HeatmapModelSpec.size_ratio`).
-        levels: optional level names; a gap of ``g`` levels between two consecutive centres divides
-            their distance by ``g`` (a vertebra that was not clicked does not inflate the size).
-
-    Returns:
-        ``(orientations_deg (V,), sizes_px (V,))``, conventions of :mod:`monai_spine.data.patches`.
-
-    Raises:
-        ValueError: fewer than two centres, or a degenerate (repeated) centre.
-    """
-    c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
-    if len(c) < 2:
-        raise ValueError(f"at least two vertebra centres are needed to estimate orientation and size, got {len(c)}")
-    if not np.all(np.isfinite(c)):
-        raise ValueError("vertebra centres must be finite")
-    angle, _ = orientation_from_centres(c)
-    d = np.linalg.norm(np.diff(c, axis=0), axis=1) / _level_gaps(levels, len(c))
-    if np.any(d <= 0):
-        raise ValueError("two consecutive vertebra centres coincide")
-    dist = np.empty(len(c))
-    dist[0], dist[-1] = d[0], d[-1]
-    if len(c) > 2:
-        dist[1:-1] = 0.5 * (d[:-1] + d[1:])
-    return angle, float(size_ratio) * dist
-
-
-def annotation_frames(
-    keypoints_px: np.ndarray,
-    visible: np.ndarray | None,
-    corner_indices: Sequence[int],
-    size_ratio: float,
-    select: np.ndarray | None = None,
-    levels: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Frames of annotated vertebrae, as an operator clicking their centres would get them.
-
-    The "clicked" centre of a vertebra is the mean of its four corners; the vertebrae used are those
-    with four visible, finite corners (and ``select`` true), in annotation order (top to bottom).
-    Their frames come from :func:`centre_frames` of these centres only; an image with a single such
-    vertebra uses that vertebra's own corner geometry instead.
-
-    Returns:
-        ``(rows (V,), centres_px (V, 2), orientations_deg (V,), sizes_px (V,))``; ``rows`` index the
-        annotation's vertebrae.
-    """
-    kp, vis = validate_keypoints(keypoints_px, visible)
-    idx = list(corner_indices)
-    corners = kp[:, idx]
-    ok = np.all(vis[:, idx], axis=1) & np.all(np.isfinite(corners), axis=(1, 2))
-    if select is not None:
-        sel = np.asarray(select, dtype=bool).reshape(-1)
-        if sel.shape != ok.shape:
-            raise ValueError(f"select has shape {sel.shape}, expected ({len(ok)},)")
-        ok &= sel
-    rows = np.nonzero(ok)[0]
-    if len(rows) == 0:
-        return rows, np.zeros((0, 2)), np.zeros(0), np.zeros(0)
-    g = vertebra_geometry(corners[rows])
-    if len(rows) == 1:
-        return rows, g.centre, g.angle_deg, g.size
-    lv = None if levels is None else [levels[r] for r in rows]
-    ang, size = centre_frames(g.centre, size_ratio, lv)
-    return rows, g.centre, ang, size
-
-
 class PatchSet(NamedTuple):
     """Patches of one image: ``patches (P, S, S)`` float32 (z-scored), ``affines (P, 3, 3)`` patch px ->
     image px, ``vertebra_index (P,)`` int64 (row of the centres they were cut around)."""
@@ -333,44 +237,6 @@ class PatchSet(NamedTuple):
     patches: np.ndarray
     affines: np.ndarray
     vertebra_index: np.ndarray
-
-
-def patch_params(
-    centres_px: np.ndarray,
-    orientations_deg: np.ndarray,
-    sizes_px: np.ndarray,
-    grid: tuple[int, float] = (3, 0.15),
-    scales: Sequence[float] = (1.6, 2.0, 2.4),
-    rotations_deg: Sequence[float] = (-10.0, 0.0, 10.0),
-    out_size: int = 64,
-    rng: np.random.Generator | None = None,
-    num_samples: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Patch affines ``(P, 3, 3)`` and owners ``(P,)`` around every centre (grid of :func:`sample_patch_params`).
-
-    Sizes are in px (they come from the image itself), so the spacing plays no part. With ``rng``
-    the grid, scales and rotations are jittered, and ``num_samples`` (if set) draws that many patches
-    without replacement from all of them (all when fewer).
-    """
-    c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
-    ang = np.broadcast_to(np.asarray(orientations_deg, dtype=np.float64), (len(c),))
-    size = np.broadcast_to(np.asarray(sizes_px, dtype=np.float64), (len(c),))
-    rows, owners = [], []
-    with warnings.catch_warnings():  # sizes are in px on purpose
-        warnings.simplefilter("ignore", UnknownSpacingWarning)
-        for v in range(len(c)):
-            p = sample_patch_params(c[v], float(size[v]), None, grid=grid, scales=scales, rotations_deg=rotations_deg,
-                                    orientation_deg=float(ang[v]), rng=rng)
-            rows.append(p)
-            owners.append(np.full(len(p), v, np.int64))
-    if not rows:
-        return np.zeros((0, 3, 3)), np.zeros(0, np.int64)
-    params, owner = np.concatenate(rows), np.concatenate(owners)
-    if num_samples is not None and rng is not None and num_samples < len(params):
-        pick = np.sort(rng.choice(len(params), size=int(num_samples), replace=False))
-        params, owner = params[pick], owner[pick]
-    affines = np.stack([patch_affine(cx, cy, side, a, out_size) for cx, cy, side, a in params])
-    return affines, owner
 
 
 def make_patches(
@@ -387,7 +253,7 @@ def make_patches(
     antialias: bool = True,
     fast: bool = True,
 ) -> PatchSet:
-    """Cut and z-score the patches of :func:`patch_params` from ``image`` ``(H, W)`` or ``(1, H, W)``.
+    """Cut and z-score the patches of :func:`~monai_spine.data.patches.patch_params` from ``image`` ``(H, W)`` or ``(1, H, W)``.
 
     ``fast`` uses :func:`extract_patches` (one blur per scale and region); False cuts the patches one
     by one with :func:`~monai_spine.data.patches.extract_patch` (the reference; same patches to float

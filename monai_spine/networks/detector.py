@@ -24,10 +24,9 @@ from typing import Sequence
 import torch
 from monai.networks.nets import BasicUNet
 
-__all__ = ["VertebraDetectorNet", "NUM_BOX_CHANNELS", "DEFAULT_FEATURES"]
+from monai_spine.codecs.detection import NUM_BOX_CHANNELS
 
-#: channels after the heatmaps: left, top, right, bottom distances (fractions of the input W, H, W, H)
-NUM_BOX_CHANNELS = 4
+__all__ = ["VertebraDetectorNet", "NUM_BOX_CHANNELS", "DEFAULT_FEATURES"]
 
 #: BasicUNet features of the default detector (five encoder levels, then the last decoder level)
 DEFAULT_FEATURES = (16, 16, 32, 64, 128, 16)

@@ -1,0 +1,106 @@
+"""Vertebra frames (orientation and size) from clicked centres, and from annotations as a click would give them.
+
+The corner FCN cuts its patches around each vertebra in a frame: its centre, an orientation and a size.
+An operator clicks only the centres, so the frames come from the centres alone
+(:func:`centre_frames`: orientation from the neighbouring centres, size ``size_ratio`` times the
+distance to them); training and validation make the same frames from annotated corners
+(:func:`annotation_frames`). Pure numpy; conventions of :mod:`monai_spine.data.patches` (points
+``(x, y)`` pixels, angles in degrees in the image frame, y down).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from monai_spine.data.keypoints import level_order, validate_keypoints
+from monai_spine.data.patches import orientation_from_centres, vertebra_geometry
+
+__all__ = ["centre_frames", "annotation_frames"]
+
+
+def _level_gaps(levels: Sequence[str] | None, n: int) -> np.ndarray:
+    """``(n - 1,)`` number of vertebrae between consecutive centres (1 without levels)."""
+    if levels is None or n < 2:
+        return np.ones(max(n - 1, 0))
+    if len(levels) != n:
+        raise ValueError(f"{len(levels)} levels for {n} centres")
+    try:
+        order = np.array([level_order(str(lev)) for lev in levels], dtype=np.float64)
+    except KeyError:
+        return np.ones(n - 1)
+    gaps = np.abs(np.diff(order))
+    return np.where(gaps >= 1, gaps, 1.0)
+
+
+def centre_frames(
+    centres_px: np.ndarray, size_ratio: float, levels: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Orientation and size of each vertebra from the clicked centres alone.
+
+    Args:
+        centres_px: ``(V, 2)`` centres, top to bottom, ``V >= 2``.
+        size_ratio: vertebra size / centre spacing (:attr:`HeatmapModelSpec.size_ratio`).
+        levels: optional level names; a gap of ``g`` levels between two consecutive centres divides
+            their distance by ``g`` (a vertebra that was not clicked does not inflate the size).
+
+    Returns:
+        ``(orientations_deg (V,), sizes_px (V,))``, conventions of :mod:`monai_spine.data.patches`.
+
+    Raises:
+        ValueError: fewer than two centres, or a degenerate (repeated) centre.
+    """
+    c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+    if len(c) < 2:
+        raise ValueError(f"at least two vertebra centres are needed to estimate orientation and size, got {len(c)}")
+    if not np.all(np.isfinite(c)):
+        raise ValueError("vertebra centres must be finite")
+    angle, _ = orientation_from_centres(c)
+    d = np.linalg.norm(np.diff(c, axis=0), axis=1) / _level_gaps(levels, len(c))
+    if np.any(d <= 0):
+        raise ValueError("two consecutive vertebra centres coincide")
+    dist = np.empty(len(c))
+    dist[0], dist[-1] = d[0], d[-1]
+    if len(c) > 2:
+        dist[1:-1] = 0.5 * (d[:-1] + d[1:])
+    return angle, float(size_ratio) * dist
+
+
+def annotation_frames(
+    keypoints_px: np.ndarray,
+    visible: np.ndarray | None,
+    corner_indices: Sequence[int],
+    size_ratio: float,
+    select: np.ndarray | None = None,
+    levels: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Frames of annotated vertebrae, as an operator clicking their centres would get them.
+
+    The "clicked" centre of a vertebra is the mean of its four corners; the vertebrae used are those
+    with four visible, finite corners (and ``select`` true), in annotation order (top to bottom).
+    Their frames come from :func:`centre_frames` of these centres only; an image with a single such
+    vertebra uses that vertebra's own corner geometry instead.
+
+    Returns:
+        ``(rows (V,), centres_px (V, 2), orientations_deg (V,), sizes_px (V,))``; ``rows`` index the
+        annotation's vertebrae.
+    """
+    kp, vis = validate_keypoints(keypoints_px, visible)
+    idx = list(corner_indices)
+    corners = kp[:, idx]
+    ok = np.all(vis[:, idx], axis=1) & np.all(np.isfinite(corners), axis=(1, 2))
+    if select is not None:
+        sel = np.asarray(select, dtype=bool).reshape(-1)
+        if sel.shape != ok.shape:
+            raise ValueError(f"select has shape {sel.shape}, expected ({len(ok)},)")
+        ok &= sel
+    rows = np.nonzero(ok)[0]
+    if len(rows) == 0:
+        return rows, np.zeros((0, 2)), np.zeros(0), np.zeros(0)
+    g = vertebra_geometry(corners[rows])
+    if len(rows) == 1:
+        return rows, g.centre, g.angle_deg, g.size
+    lv = None if levels is None else [levels[r] for r in rows]
+    ang, size = centre_frames(g.centre, size_ratio, lv)
+    return rows, g.centre, ang, size
