@@ -49,3 +49,31 @@ def _no_log_handler_on_a_closed_stream():
         for h in lg.handlers:
             if isinstance(h, logging.StreamHandler) and getattr(h.stream, "closed", False):
                 h.stream = sys.__stderr__  # setStream would flush the closed one
+
+
+BLANK_FILMS = ("1x1.png", "const.png", "const.dcm")
+
+
+@pytest.fixture
+def blank_film(tmp_path):
+    """``blank_film(kind)`` writes a film with nothing in it into ``tmp_path``: a 1 x 1 PNG, a constant
+    512 x 512 PNG or a constant DICOM with a spacing (``kind`` in :data:`BLANK_FILMS`)."""
+
+    def write(kind: str) -> Path:
+        import cv2
+        import numpy as np
+
+        from monai_spine.data.synthetic import write_dx_dicom
+
+        path = tmp_path / kind
+        if kind == "1x1.png":
+            cv2.imwrite(str(path), np.full((1, 1), 128, np.uint8))
+        elif kind == "const.png":
+            cv2.imwrite(str(path), np.full((512, 512), 128, np.uint8))
+        elif kind == "const.dcm":
+            write_dx_dicom(path, np.full((512, 512), 2000, np.uint16), (0.2, 0.2))
+        else:
+            raise KeyError(f"blank_film: unknown kind {kind!r}; known: {BLANK_FILMS}")
+        return path
+
+    return write

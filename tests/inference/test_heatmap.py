@@ -379,28 +379,15 @@ def test_from_ckpt_dir_reads_the_folders_calibration(tmp_path):
 
 
 # ------------------------------------------------------- nothing found: a blank film gets no corners
-def _blank_film(d, kind):
-    """A film with nothing in it: 1 x 1 PNG, constant 512 x 512 PNG, constant DICOM with a spacing."""
-    from monai_spine.data.synthetic import write_dx_dicom
-
-    if kind == "1x1.png":
-        cv2.imwrite(str(d / kind), np.full((1, 1), 128, np.uint8))
-    elif kind == "const.png":
-        cv2.imwrite(str(d / kind), np.full((512, 512), 128, np.uint8))
-    else:
-        write_dx_dicom(d / kind, np.full((512, 512), 2000, np.uint16), (0.2, 0.2))
-    return d / kind
-
-
 @pytest.mark.parametrize("kind, centres", [("1x1.png", "0,0;0,0"), ("const.png", "256,200;256,300"),
                                            ("const.dcm", "256,200;256,300")])
-def test_corners_of_a_blank_film_say_nothing_found_and_write_nothing(tmp_path, capsys, kind, centres):
+def test_corners_of_a_blank_film_say_nothing_found_and_write_nothing(tmp_path, capsys, kind, centres, blank_film):
     """Today's shipped FCN would put the prior's corners there with a 1.3 px sigma: a confident answer from nothing."""
     from pathlib import Path
 
     from monai_spine.cli import main
 
-    film = _blank_film(tmp_path, kind)
+    film = blank_film(kind)
     out = tmp_path / "c.json"
     ckpt = Path(__file__).resolve().parents[2] / "bundle" / "models" / "cervical" / "heatmap"
     rc = main(["corners", str(film), "--centres", centres, "--ckpt-dir", str(ckpt), "--out", str(out)])

@@ -376,26 +376,15 @@ def test_predict_refuses_a_mismatching_model(film_files, tmp_path, monkeypatch, 
 SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[2] / "bundle" / "models"
 
 
-def _blank_film(d, kind):
-    """A film with nothing in it: 1 x 1 PNG, constant 512 x 512 PNG, constant DICOM with a spacing."""
-    if kind == "1x1.png":
-        cv2.imwrite(str(d / kind), np.full((1, 1), 128, np.uint8))
-    elif kind == "const.png":
-        cv2.imwrite(str(d / kind), np.full((512, 512), 128, np.uint8))
-    else:
-        write_dx_dicom(d / kind, np.full((512, 512), 2000, np.uint16), (0.2, 0.2))
-    return d / kind
-
-
-BLANK = ["1x1.png", "const.png", "const.dcm"]
+BLANK = ["1x1.png", "const.png", "const.dcm"]  # the kinds of the blank_film fixture (tests/conftest.py)
 
 
 @pytest.mark.parametrize("kind", BLANK)
-def test_predict_of_a_blank_film_says_nothing_found_and_writes_nothing(tmp_path, capsys, monkeypatch, kind):
+def test_predict_of_a_blank_film_says_nothing_found_and_writes_nothing(tmp_path, capsys, monkeypatch, kind, blank_film):
     from monai_spine.cli import main
 
     monkeypatch.delenv("MONAI_SPINE_MODELS", raising=False)
-    film = _blank_film(tmp_path, kind)
+    film = blank_film(kind)
     out = tmp_path / "out"
     # the shipped cervical models (detector, regressor, corner FCN)
     rc = main(["predict", str(film), "--region", "cervical", "--out", str(out), "--no-progress"])
@@ -408,12 +397,12 @@ def test_predict_of_a_blank_film_says_nothing_found_and_writes_nothing(tmp_path,
 
 
 @pytest.mark.parametrize("kind", BLANK)
-def test_shipped_detector_sees_no_vertebra_on_a_blank_film(tmp_path, kind):
+def test_shipped_detector_sees_no_vertebra_on_a_blank_film(kind, blank_film):
     """Past the contrast check the detector itself finds nothing, and places nothing off the film."""
     from monai_spine.data.readers import read_xray
     from monai_spine.inference.detector import VertebraDetector
 
-    img = read_xray(_blank_film(tmp_path, kind))
+    img = read_xray(blank_film(kind))
     for region in ("cervical", "ap"):
         det = VertebraDetector.from_checkpoint(SHIPPED / region / "detector").detect(
             img.channel_first().astype(np.float32), img.spacing_mm, img.spacing_source)
