@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regressor-width", type=float, default=d.regressor_width)
     p.add_argument("--crop", type=int, nargs=2, default=list(d.crop), metavar=("H", "W"))
     p.add_argument("--init-regressor", default="", help="warm-start checkpoint of the regressor")
+    p.add_argument("--regressor-boxes", choices=("annotation", "detector"), default=d.regressor_boxes,
+                   help="boxes the regressor's training crops are cut from (default: the annotation's)")
     p.add_argument("--models", nargs="+", default=list(d.models), choices=("detector", "heatmap", "regressor"))
     p.add_argument("--mc-samples", type=int, default=d.mc_samples)
     p.add_argument("--alpha", type=float, default=d.alpha)
@@ -92,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         epochs_heatmap=args.epochs_heatmap, heatmap_width=args.heatmap_width, heatmap_patches=args.heatmap_patches,
         heatmap_grid=(int(args.heatmap_grid[0]), float(args.heatmap_grid[1])),
         epochs_regressor=args.epochs_regressor, regressor_width=args.regressor_width, crop=tuple(args.crop),
-        init_regressor=args.init_regressor, models=tuple(args.models), mc_samples=args.mc_samples,
+        init_regressor=args.init_regressor, regressor_boxes=args.regressor_boxes, models=tuple(args.models),
+        mc_samples=args.mc_samples,
         alpha=args.alpha, seed=args.seed, reuse=args.reuse,
     )
     bundle = bundle_dir()

@@ -87,6 +87,9 @@ class AasceBenchSettings:
         heatmap_val_images: validation images of the FCN's own in-training validation (bundle grid).
         epochs_regressor, regressor_batch, regressor_width, regressor_fc, crop (H, W): the regressor's.
         init_regressor: warm-start checkpoint of the regressor ("" for none).
+        regressor_boxes: crops of the regressor's training and validation films cut from the
+            ``"annotation"`` boxes (the corners' bounding box) or from the ``"detector"``'s boxes of
+            those films (:func:`detector_box_dataset`), the framing the regressor meets at prediction.
         mc_samples: MC-dropout passes; alpha: conformal miscoverage; seed: training seed.
         models: which models to train and evaluate (subset of ``detector``, ``heatmap``, ``regressor``).
         reuse: skip the training of a model whose ``model.pt`` is already in the output folder (e.g. to
@@ -117,6 +120,7 @@ class AasceBenchSettings:
     regressor_fc: int = 256
     crop: tuple[int, int] = (112, 224)
     init_regressor: str = ""
+    regressor_boxes: str = "annotation"
     mc_samples: int = 10
     alpha: float = 0.1
     seed: int = 0
@@ -129,6 +133,8 @@ class AasceBenchSettings:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.regressor_boxes not in ("annotation", "detector"):
+            raise ValueError(f"regressor_boxes must be 'annotation' or 'detector', got {self.regressor_boxes!r}")
         if self.detector_method not in ("chain", "levels"):
             raise ValueError(f"detector_method must be 'chain' or 'levels', got {self.detector_method!r}")
         unknown = set(self.models) - {"detector", "heatmap", "regressor"}
@@ -154,7 +160,8 @@ class AasceBenchSettings:
         if "regressor" in self.models:
             parts.append(f"regressor bayecbam {self.epochs_regressor} epochs, batch {self.regressor_batch}, width "
                          f"{self.regressor_width:g}, fc {self.regressor_fc}, crop {self.crop[0]}x{self.crop[1]}, "
-                         f"MC T={self.mc_samples}, init {self.init_regressor or 'none'}")
+                         f"MC T={self.mc_samples}, init {self.init_regressor or 'none'}, "
+                         f"trained in {self.regressor_boxes} boxes")
         parts.append(f"conformal alpha={self.alpha:g}; seed {self.seed}")
         return "; ".join(parts)
 
@@ -572,6 +579,64 @@ def train_chain_folder(
 # the whole benchmark
 # ----------------------------------------------------------------------------------------------
 
+def detector_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, detector: Any,
+                         log: Callable[[str], None] = print) -> Path:
+    """A copy of a dataset folder whose training and validation labels carry the detector's boxes.
+
+    Each annotated vertebra whose level the detector outputs with its centre inside the vertebra's
+    annotated box gets that detected box (``box_px``, which the crop-based training uses instead of the
+    corners' bounding box); a vertebra the detector missed or put elsewhere is left out, so no crop
+    teaches a framing the detector does not produce. Test labels are copied unchanged.
+
+    Args:
+        dataset_dir: a dataset folder (``dataset.json`` with ``training`` / ``validation`` / ``test``).
+        out_dir: the new folder (its ``labels/`` and ``dataset.json``; images stay where they are).
+        detector: a :class:`~monai_spine.inference.detector.VertebraDetector`.
+        log: progress lines.
+
+    Returns:
+        ``out_dir``.
+    """
+    from monai_spine.data.annotation import read_annotation, write_annotation
+    from monai_spine.data.readers import read_xray
+
+    src, out = Path(dataset_dir), Path(out_dir)
+    index = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    kept = total = 0
+    for split in ("training", "validation", "test"):
+        for k, item in enumerate(index.get(split) or []):
+            ann = read_annotation(src / item["label"])
+            target = out / "labels" / Path(item["label"]).name
+            if split != "test":
+                img = read_xray(ann.image)
+                det = detector.detect(img.channel_first().astype(np.float32), img.spacing_mm, img.spacing_source)
+                boxes, keep = ann.boxes_from_keypoints(), []
+                at = {lev: j for j, lev in enumerate(det.levels)}
+                for i, lev in enumerate(ann.levels):
+                    j = at.get(lev)
+                    if j is None:
+                        continue
+                    (cx, cy), (x0, y0, x1, y1) = det.centres_px[j], boxes[i]
+                    if x0 <= cx <= x1 and y0 <= cy <= y1:
+                        boxes[i] = det.boxes_px[j]
+                        keep.append(i)
+                total += len(ann.levels)
+                kept += len(keep)
+                ann.levels = [ann.levels[i] for i in keep]
+                ann.keypoints_px, ann.visible = ann.keypoints_px[keep], ann.visible[keep]
+                if ann.outlines_px is not None:
+                    ann.outlines_px = [ann.outlines_px[i] for i in keep]
+                ann.boxes_px = boxes[keep]
+                if (k + 1) % 50 == 0:
+                    log(f"[aasce] detector boxes: {split} {k + 1}/{len(index[split])} films")
+            write_annotation(ann, target)
+            item["label"] = f"labels/{target.name}"
+    (out / "dataset.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+    log(f"[aasce] detector boxes for {kept} of {total} training and validation vertebrae (the others left out)")
+    return out
+
+
 def run_aasce_benchmark(
     settings: AasceBenchSettings,
     out_dir: str | os.PathLike,
@@ -669,6 +734,9 @@ def run_aasce_benchmark(
         reg_ov = {"variant": "bayecbam", "batch_size": settings.regressor_batch,
                   "network_width": settings.regressor_width, "fc_features": settings.regressor_fc,
                   "spatial_size": list(settings.crop), "init_checkpoint": settings.init_regressor}
+        if settings.regressor_boxes == "detector":
+            boxed = detector_box_dataset(ds, out / "regressor-detector-boxes", detector, log=log)
+            reg_ov["dataset_dir"] = str(boxed)
         reg_dir = _train("regressor", ["train.json"], settings.epochs_regressor, **reg_ov)
         from monai_spine.bench.regressor import bundle_parser
 

@@ -107,3 +107,44 @@ def test_mean_shape_reference_puts_the_mean_layout_back(tmp_path):
     np.testing.assert_allclose(ref.predict(c * 3, levels), (c[:, None] + half[None]) * 3, atol=1e-9)
     with pytest.raises(ValueError, match="offsets"):
         MeanShapeReference(np.zeros((3, 4, 2)), levels)
+
+
+class _StubDetector:
+    """Detects T1 inside its box (kept), T2 far away (left out), and not T3 (left out)."""
+
+    def detect(self, image, spacing_mm=None, spacing_source=None):
+        from monai_spine.inference.detector import Detections
+
+        centres = np.array([[50.0, 30.0], [400.0, 400.0]])
+        boxes = np.array([[30.0, 15.0, 70.0, 45.0], [380.0, 380.0, 420.0, 420.0]])
+        return Detections(["T1", "T2"], centres, boxes, np.ones(2), spacing_mm, spacing_source or "unknown")
+
+
+def test_detector_box_dataset_keeps_vertebrae_the_detector_frames(tmp_path):
+    import json
+
+    import cv2
+
+    from monai_spine.bench.aasce import detector_box_dataset
+    from monai_spine.data.annotation import SpineAnnotation, read_annotation, write_annotation
+
+    src = tmp_path / "ds"
+    (src / "labels").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "film.png"), np.full((500, 500), 100, np.uint8))
+    half = np.array([[-20.0, -10.0], [20.0, -10.0], [-20.0, 10.0], [20.0, 10.0]])
+    kp = np.stack([np.array([50.0, 30.0 + 40 * i]) + half for i in range(3)])
+    index = {}
+    for split in ("training", "validation", "test"):
+        ann = SpineAnnotation(levels=["T1", "T2", "T3"], keypoints_px=kp, visible=np.ones((3, 4), bool), region="ap",
+                              scheme="ap4", image=str(tmp_path / "film.png"), image_size=(500, 500))
+        write_annotation(ann, src / "labels" / f"{split}.json")
+        index[split] = [{"label": f"labels/{split}.json", "image": str(tmp_path / "film.png")}]
+    (src / "dataset.json").write_text(json.dumps(index))
+    out = detector_box_dataset(src, tmp_path / "boxed", _StubDetector(), log=lambda m: None)
+    new = json.loads((out / "dataset.json").read_text())
+    for split in ("training", "validation"):
+        ann = read_annotation(out / new[split][0]["label"])
+        assert ann.levels == ["T1"]  # T2 detected elsewhere, T3 not detected: left out
+        np.testing.assert_allclose(ann.boxes_px, [[30.0, 15.0, 70.0, 45.0]])
+        np.testing.assert_allclose(ann.keypoints_px, kp[:1])
+    assert read_annotation(out / new["test"][0]["label"]).levels == ["T1", "T2", "T3"]  # test untouched
