@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regressor-width", type=float, default=d.regressor_width)
     p.add_argument("--crop", type=int, nargs=2, default=list(d.crop), metavar=("H", "W"))
     p.add_argument("--init-regressor", default="", help="warm-start checkpoint of the regressor")
-    p.add_argument("--regressor-boxes", choices=("annotation", "detector"), default=d.regressor_boxes,
-                   help="boxes the regressor's training crops are cut from (default: the annotation's)")
+    p.add_argument("--regressor-boxes", choices=("annotation", "detector", "spacing"), default=d.regressor_boxes,
+                   help="boxes the regressor's training crops are cut from (default: the annotation's); spacing: "
+                        "from the centre and the local centre distance, at prediction too")
     p.add_argument("--models", nargs="+", default=list(d.models), choices=("detector", "heatmap", "regressor"))
     p.add_argument("--mc-samples", type=int, default=d.mc_samples)
     p.add_argument("--alpha", type=float, default=d.alpha)

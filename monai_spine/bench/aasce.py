@@ -89,7 +89,9 @@ class AasceBenchSettings:
         init_regressor: warm-start checkpoint of the regressor ("" for none).
         regressor_boxes: crops of the regressor's training and validation films cut from the
             ``"annotation"`` boxes (the corners' bounding box) or from the ``"detector"``'s boxes of
-            those films (:func:`detector_box_dataset`), the framing the regressor meets at prediction.
+            those films (:func:`detector_box_dataset`), the framing the regressor meets at prediction,
+            or from ``"spacing"`` boxes: the vertebra centre and the local distance between centres
+            (:class:`SpacingBoxes`: annotated centres in training, detected ones at prediction).
         mc_samples: MC-dropout passes; alpha: conformal miscoverage; seed: training seed.
         models: which models to train and evaluate (subset of ``detector``, ``heatmap``, ``regressor``).
         reuse: skip the training of a model whose ``model.pt`` is already in the output folder (e.g. to
@@ -133,8 +135,8 @@ class AasceBenchSettings:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.regressor_boxes not in ("annotation", "detector"):
-            raise ValueError(f"regressor_boxes must be 'annotation' or 'detector', got {self.regressor_boxes!r}")
+        if self.regressor_boxes not in ("annotation", "detector", "spacing"):
+            raise ValueError(f"regressor_boxes must be 'annotation', 'detector' or 'spacing', got {self.regressor_boxes!r}")
         if self.detector_method not in ("chain", "levels"):
             raise ValueError(f"detector_method must be 'chain' or 'levels', got {self.detector_method!r}")
         unknown = set(self.models) - {"detector", "heatmap", "regressor"}
@@ -420,9 +422,13 @@ class MeanShapeReference:
 
 
 def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, regressor: Any = None,
-                   log: Callable[[str], None] = print, reference: MeanShapeReference | None = None
-                   ) -> dict[str, PointSet]:
-    """Run the models on every radiograph of ``labels``; returns the :class:`PointSet` of each model row."""
+                   log: Callable[[str], None] = print, reference: MeanShapeReference | None = None,
+                   box_rule: "SpacingBoxes | None" = None) -> dict[str, PointSet]:
+    """Run the models on every radiograph of ``labels``; returns the :class:`PointSet` of each model row.
+
+    ``box_rule``: the regressor's boxes come from the detected centres by this rule instead of the
+    detector's boxes (the regressor was trained in the same rule's boxes).
+    """
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.keypoints import get_region
     from monai_spine.data.readers import read_xray
@@ -509,7 +515,12 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
                     list(range(len(rows))), rows, len(rows))
         if regressor is not None and len(det.levels):
             t0 = time.perf_counter()
-            rp = regressor.predict(image, det.boxes_px[det_order], None, "unknown")
+            boxes = np.array(det.boxes_px[det_order], np.float64)
+            if box_rule is not None:  # a lone vertebra has no spacing: it keeps the detector's box
+                rule_boxes = box_rule.boxes(det.centres_px[det_order])
+                ok = np.all(np.isfinite(rule_boxes), axis=1)
+                boxes[ok] = rule_boxes[ok]
+            rp = regressor.predict(image, boxes, None, "unknown")
             sig = _regressor_sigma_px(rp, regressor.spatial_size)
             _record(sets["regressor"], np.asarray(rp.keypoints_px, np.float64), sig, t_det + time.perf_counter() - t0,
                     [pos[d] for d in found_det], found_gt, len(found_det), seen_found)
@@ -578,6 +589,89 @@ def train_chain_folder(
 # ----------------------------------------------------------------------------------------------
 # the whole benchmark
 # ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SpacingBoxes:
+    """Vertebra boxes from centres alone: the centre, and a width and height proportional to the local
+    distance between consecutive centres (the frame of :class:`MeanShapeReference`).
+
+    Attributes:
+        width_frac, height_frac: box width and height over the local centre distance (the median ratio
+            of the annotated corners' bounding box on the training films, :meth:`fit`).
+    """
+
+    width_frac: float
+    height_frac: float
+
+    @staticmethod
+    def local_distance_px(centres_px: np.ndarray) -> np.ndarray:
+        """``(N,)`` mean distance of each centre to its neighbours in the given (top-to-bottom) order."""
+        c = np.asarray(centres_px, np.float64).reshape(-1, 2)
+        if len(c) < 2:
+            return np.full(len(c), np.nan)
+        gaps = np.linalg.norm(np.diff(c, axis=0), axis=1)
+        left = np.concatenate([[gaps[0]], gaps])
+        right = np.concatenate([gaps, [gaps[-1]]])
+        return (left + right) / 2.0
+
+    def boxes(self, centres_px: np.ndarray) -> np.ndarray:
+        """``(N, 4)`` boxes ``x0, y0, x1, y1`` around centres given top to bottom."""
+        c = np.asarray(centres_px, np.float64).reshape(-1, 2)
+        d = self.local_distance_px(c)
+        half = np.stack([d * self.width_frac, d * self.height_frac], -1) / 2.0
+        return np.concatenate([c - half, c + half], axis=1)
+
+    @classmethod
+    def fit(cls, labels: Sequence[str]) -> "SpacingBoxes":
+        """Median bounding-box width and height over the local centre distance on annotated films.
+
+        Raises:
+            ValueError: no film has two vertebrae.
+        """
+        from monai_spine.codecs.detection import vertebra_centres_px
+        from monai_spine.data.annotation import read_annotation
+
+        w, h = [], []
+        for lab in labels:
+            ann = read_annotation(lab)
+            c = vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme)
+            b = ann.boxes_from_keypoints()
+            d = cls.local_distance_px(c)
+            ok = np.isfinite(d) & (d > 0) & np.all(np.isfinite(b), axis=1)
+            w.extend(((b[:, 2] - b[:, 0]) / d)[ok])
+            h.extend(((b[:, 3] - b[:, 1]) / d)[ok])
+        if not w:
+            raise ValueError("SpacingBoxes.fit: no annotated film with two vertebrae")
+        return cls(float(np.median(w)), float(np.median(h)))
+
+
+def spacing_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, rule: SpacingBoxes) -> Path:
+    """A copy of a dataset folder whose training and validation labels carry :class:`SpacingBoxes` boxes
+    around their annotated centres (test labels unchanged).
+
+    Returns:
+        ``out_dir``.
+    """
+    from monai_spine.codecs.detection import vertebra_centres_px
+    from monai_spine.data.annotation import read_annotation, write_annotation
+
+    src, out = Path(dataset_dir), Path(out_dir)
+    index = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    for split in ("training", "validation", "test"):
+        for item in index.get(split) or []:
+            ann = read_annotation(src / item["label"])
+            if split != "test" and len(ann.levels) >= 2:
+                boxes = rule.boxes(vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme))
+                bad = ~np.all(np.isfinite(boxes), axis=1)  # a vertebra without a centre keeps its own box
+                boxes[bad] = ann.boxes_from_keypoints()[bad]
+                ann.boxes_px = boxes
+            target = out / "labels" / Path(item["label"]).name
+            write_annotation(ann, target)
+            item["label"] = f"labels/{target.name}"
+    (out / "dataset.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+    return out
+
 
 def detector_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, detector: Any,
                          log: Callable[[str], None] = print) -> Path:
@@ -718,7 +812,7 @@ def run_aasce_benchmark(
     detector = VertebraDetector.from_checkpoint(det_dir)
     reference = MeanShapeReference.fit(index["training"][: settings.max_train] if settings.max_train
                                        else index["training"])
-    corners = regressor = None
+    corners = regressor = box_rule = None
     if "heatmap" in settings.models and settings.heatmap_dir:
         corners = CornerPredictor.from_ckpt_dir(settings.heatmap_dir)
         corners.spec.grid = (int(settings.heatmap_grid[0]), float(settings.heatmap_grid[1]))
@@ -737,6 +831,12 @@ def run_aasce_benchmark(
         if settings.regressor_boxes == "detector":
             boxed = detector_box_dataset(ds, out / "regressor-detector-boxes", detector, log=log)
             reg_ov["dataset_dir"] = str(boxed)
+        elif settings.regressor_boxes == "spacing":
+            box_rule = SpacingBoxes.fit(index["training"][: settings.max_train] if settings.max_train
+                                        else index["training"])
+            log(f"[aasce] spacing boxes: width {box_rule.width_frac:.3f}, height {box_rule.height_frac:.3f} "
+                "x the local centre distance")
+            reg_ov["dataset_dir"] = str(spacing_box_dataset(ds, out / "regressor-spacing-boxes", box_rule))
         reg_dir = _train("regressor", ["train.json"], settings.epochs_regressor, **reg_ov)
         from monai_spine.bench.regressor import bundle_parser
 
@@ -748,9 +848,9 @@ def run_aasce_benchmark(
 
     torch.set_grad_enabled(False)
     log(f"[aasce] calibration predictions on {len(val)} validation radiographs")
-    val_sets = evaluate_split(val, detector, corners, regressor, log, reference)
+    val_sets = evaluate_split(val, detector, corners, regressor, log, reference, box_rule)
     log(f"[aasce] evaluation on {len(test)} test radiographs")
-    test_sets = evaluate_split(test, detector, corners, regressor, log, reference)
+    test_sets = evaluate_split(test, detector, corners, regressor, log, reference, box_rule)
     from monai_spine.bench.pipeline import calibrate_conformal, json_safe
 
     cals = {k: calibrate_conformal(val_sets[k].errors_px, val_sets[k].sigma_px,

@@ -148,3 +148,26 @@ def test_detector_box_dataset_keeps_vertebrae_the_detector_frames(tmp_path):
         np.testing.assert_allclose(ann.boxes_px, [[30.0, 15.0, 70.0, 45.0]])
         np.testing.assert_allclose(ann.keypoints_px, kp[:1])
     assert read_annotation(out / new["test"][0]["label"]).levels == ["T1", "T2", "T3"]  # test untouched
+
+
+def test_spacing_boxes_by_hand():
+    from monai_spine.bench.aasce import SpacingBoxes
+
+    # gaps 10 and 20: local distances 10 (one-sided), 15, 20 (one-sided)
+    c = np.array([[0.0, 0.0], [0.0, 10.0], [0.0, 30.0]])
+    np.testing.assert_allclose(SpacingBoxes.local_distance_px(c), [10.0, 15.0, 20.0])
+    np.testing.assert_allclose(SpacingBoxes(2.0, 0.5).boxes(c)[0], [-10.0, -2.5, 10.0, 2.5])
+    np.testing.assert_allclose(SpacingBoxes(2.0, 0.5).boxes(c)[2], [-20.0, 25.0, 20.0, 35.0])
+
+
+def test_spacing_boxes_fit_recovers_the_ratio(tmp_path):
+    from monai_spine.bench.aasce import SpacingBoxes
+    from monai_spine.data.annotation import SpineAnnotation, write_annotation
+
+    half = np.array([[-15.0, -6.0], [15.0, -6.0], [-15.0, 6.0], [15.0, 6.0]])  # 30 x 12 px bodies
+    kp = np.stack([np.array([100.0, 50.0 + 20 * i]) + half for i in range(5)])  # centres 20 px apart
+    ann = SpineAnnotation(levels=["T1", "T2", "T3", "T4", "T5"], keypoints_px=kp, visible=np.ones((5, 4), bool),
+                          region="ap", scheme="ap4", image="x.png", image_size=(300, 300))
+    write_annotation(ann, tmp_path / "a.json")
+    rule = SpacingBoxes.fit([str(tmp_path / "a.json")])
+    assert rule.width_frac == pytest.approx(1.5) and rule.height_frac == pytest.approx(0.6)
