@@ -306,7 +306,7 @@ def _figures(
         data = [_finite(p.errors[p.point_types == t]) for p in pts.values()]
         _violin(ax, data, [i + (k - 0.5) * 0.4 for i in range(len(models))], _TYPE_COLOURS[t])
         ax.plot([], [], color=_TYPE_COLOURS[t], lw=6, alpha=0.6, label=t)
-    ax.set_xticks(range(len(models)), models)
+    ax.set_xticks(range(len(models)), [m.replace("/", "/\n") for m in models])  # long folder/model names wrap
     ax.set_ylabel(f"point error ({unit})")
     ax.set_title("Point errors: corners vs spinous process")
     _legend(ax)
