@@ -19,7 +19,20 @@ from pathlib import Path
 from typing import Any, Iterable
 
 __all__ = ["check_output_dir", "check_output_file", "check_inputs_exist", "NothingFoundError",
-           "check_film_has_contrast"]
+           "check_film_has_contrast", "IMAGE_EXTENSIONS", "output_stem"]
+
+#: File name endings taken from a folder given as input (files named explicitly are always tried).
+IMAGE_EXTENSIONS = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".nrrd")
+
+
+def output_stem(path: str | os.PathLike) -> str:
+    """The output name of an image: its file name without a known image extension (``a.nii.gz`` -> ``a``)."""
+    name = Path(path).name
+    low = name.lower()
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if low.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
 
 
 class NothingFoundError(ValueError):

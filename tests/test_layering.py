@@ -32,10 +32,9 @@ LABEL_TRAINING_IMPORTS = {
     ("monai_spine/apps/label/lib/core.py", "finetune_regressor", "monai_spine.engines.regressor"),
 }
 #: package cycles still there (issue 17): engines/demo.py and engines/ship.py use the regressor
-#: benchmark's evaluation helpers; uncertainty/calibration.py uses inference/pipeline.py's output_stem
+#: benchmark's evaluation helpers
 KNOWN_PACKAGE_CYCLES = {
     frozenset({"monai_spine.bench", "monai_spine.engines"}),
-    frozenset({"monai_spine.inference", "monai_spine.uncertainty"}),
 }
 
 

@@ -33,6 +33,8 @@ from typing import Any, Sequence, TextIO
 
 import numpy as np
 
+from monai_spine.outputs import IMAGE_EXTENSIONS, output_stem  # re-exported: the names of predict's outputs
+
 __all__ = [
     "SpinePipeline",
     "PipelineResult",
@@ -58,8 +60,6 @@ MODELS = ("regressor", "heatmap", "both")
 #: Name of the per-radiograph JSON format.
 RESULT_FORMAT = "monai-spine-prediction"
 
-#: File name endings taken from a folder given as input (files named explicitly are always tried).
-IMAGE_EXTENSIONS = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".nrrd")
 
 #: Colour of heatmap corners in the overlay (cyan).
 CORNER_COLOUR_RGB = (0, 255, 255)
@@ -93,16 +93,6 @@ class PipelineResult:
     image: str
     result: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)
-
-
-def output_stem(path: str | os.PathLike) -> str:
-    """The output name of an image: its file name without a known image extension (``a.nii.gz`` -> ``a``)."""
-    name = Path(path).name
-    low = name.lower()
-    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
-        if low.endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)]
-    return name
 
 
 def expand_inputs(paths: Sequence[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:

@@ -719,7 +719,7 @@ PREDICTION_SUFFIXES = (".keypoints.json", ".corners.json")
 def _pred_stem(path: Path) -> str:
     """The case name of a prediction or annotation file: ``a.keypoints.json``, ``a.dcm.corners.json``,
     ``a.json`` -> ``a``."""
-    from monai_spine.inference.pipeline import output_stem
+    from monai_spine.outputs import output_stem
 
     name = path.name
     if name.endswith(".corners.json"):

@@ -71,7 +71,7 @@ def blank_image_warning(dataset: Any, n_vertebrae: int) -> str | None:
 
 def output_stem_for(path: str | os.PathLike, sop_instance_uid: str) -> str:
     """The output name: the DICOM file's name without ``.dcm``, or its SOP Instance UID when the path is unknown."""
-    from monai_spine.inference.pipeline import output_stem
+    from monai_spine.outputs import output_stem
 
     return output_stem(path) if str(path) else str(sop_instance_uid)
 

@@ -581,7 +581,7 @@ class ModelStore:
             ``{"result": <monai-spine-prediction JSON>, "markups": <Slicer markups of the keypoints or
             None>, "corners_markups": <of the heatmap corners or None>, "uncertainty": mean sigma_p}``.
         """
-        from monai_spine.inference.pipeline import output_stem
+        from monai_spine.outputs import output_stem
 
         with self._lock:
             pipe = self.pipeline(model)
