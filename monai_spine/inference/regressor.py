@@ -471,7 +471,8 @@ class KeypointPredictor:
 
     @torch.inference_mode()
     def predict(
-        self, image: np.ndarray, boxes_px: np.ndarray, spacing_mm: Sequence[float] | None, spacing_source: str = "unknown"
+        self, image: np.ndarray, boxes_px: np.ndarray, spacing_mm: Sequence[float] | None, spacing_source: str = "unknown",
+        refine_passes: int | None = None,
     ) -> KeypointPrediction:
         """Keypoints of every boxed vertebra.
 
@@ -480,7 +481,13 @@ class KeypointPredictor:
             boxes_px: (N, 4) ``x0, y0, x1, y1`` boxes in image pixels.
             spacing_mm: (sx, sy) or None when unknown.
             spacing_source: where the spacing came from (recorded in the result).
+            refine_passes: crop re-cuts for these boxes (None: :attr:`refine_passes`); 0 for boxes that
+                already have the annotation framing the model learnt (annotation boxes), where re-cutting
+                around imperfect points only drifts.
         """
+        passes = self.refine_passes if refine_passes is None else int(refine_passes)
+        if passes < 0:
+            raise ValueError(f"refine_passes must be >= 0, got {refine_passes}")
         img = np.asarray(image, dtype=np.float32)
         if img.ndim == 2:
             img = img[None]
@@ -489,10 +496,10 @@ class KeypointPredictor:
         boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
         sp = np.full(2, np.nan, np.float32) if spacing_mm is None else np.asarray(spacing_mm, np.float32)
         res, aff, crop_sp = self._run(img, boxes, sp)
-        for _ in range(self.refine_passes if len(boxes) else 0):
+        for _ in range(passes if len(boxes) else 0):
             kp = frac_to_image_px(res.mean_frac.cpu().numpy().astype(np.float64), aff, self.spatial_size)
             res, aff, crop_sp = self._run(img, _keypoint_boxes(kp), sp)
-        return self._result(res, aff, crop_sp, len(boxes), spacing_mm, spacing_source)
+        return self._result(res, aff, crop_sp, len(boxes), spacing_mm, spacing_source, passes)
 
     def _run(self, img: np.ndarray, boxes: np.ndarray, sp: np.ndarray) -> tuple[Any, np.ndarray, list[np.ndarray]]:
         """Crops of ``boxes`` (N, 4) through the network: (MC result, (N, 3, 3) crop->image affines, crop spacings)."""
@@ -519,7 +526,8 @@ class KeypointPredictor:
         return res, np.stack(affines), crop_sp
 
     def _result(self, res: Any, aff: np.ndarray, crop_sp: list[np.ndarray], n: int,
-                spacing_mm: Sequence[float] | None, spacing_source: str) -> KeypointPrediction:
+                spacing_mm: Sequence[float] | None, spacing_source: str,
+                refine_passes: int | None = None) -> KeypointPrediction:
         """The :class:`KeypointPrediction` of one network pass (``res`` None: no boxes)."""
         k = self.scheme.num_points
         if res is None or n == 0:
@@ -542,7 +550,7 @@ class KeypointPredictor:
         )
         radius = unit = None
         meta = {"num_samples": self.num_samples, "thresholds": self.thresholds.to_dict(), "flip_tta": self.flip_tta,
-                "refine_passes": self.refine_passes}
+                "refine_passes": self.refine_passes if refine_passes is None else int(refine_passes)}
         if self.conformal is not None:
             cal = self.conformal
             sig = sigma_mm["total"] if cal.sigma_units == "mm" else sigma_frac["total"]
@@ -654,7 +662,8 @@ def predict_cases(
         override = None if ann.image is None or str(ann.image).lower().endswith((".dcm", ".dicom")) else ann.spacing_mm
         img = read_xray(ann.image, spacing_mm=override)
         boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
-        pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source)
+        # annotation boxes already frame the vertebra as in training: no re-cut (it is for a detector's boxes)
+        pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source, refine_passes=0)
         stem = Path(label).name.removesuffix(".json")
         kept_levels = [ann.levels[i] for i in keep]
         result = predictor.to_json(pred, kept_levels, image=str(ann.image))

@@ -353,6 +353,18 @@ def test_refine_passes_recut_around_the_previous_keypoints(passes, calls):
     np.testing.assert_allclose(res.keypoints_px[0, 0], [2.7, 1.9], atol=1e-5)
 
 
+@pytest.mark.parametrize("override,calls", [(0, 2), (1, 4), (None, 6)])
+def test_refine_passes_per_call_override_the_predictors(override, calls):
+    """Annotation boxes are predicted with 0 re-cuts whatever the spec says; None keeps the predictor's."""
+    crop = RecordingCrop()
+    p = KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), num_samples=2, crop_transform=crop,
+                          refine_passes=2)
+    res = p.predict(make_image(), BOXES, SPACING, refine_passes=override)
+    assert len(crop.boxes) == calls and res.meta["refine_passes"] == (2 if override is None else override)
+    with pytest.raises(ValueError, match="refine_passes"):
+        p.predict(make_image(), BOXES, SPACING, refine_passes=-1)
+
+
 def test_negative_refine_passes_is_refused():
     with pytest.raises(ValueError, match="refine_passes"):
         KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), refine_passes=-1)
@@ -368,3 +380,15 @@ def test_refine_passes_comes_from_the_spec(tmp_path):
     assert RegressorSpec.load(tmp_path).refine_passes == 2
     assert KeypointPredictor.from_checkpoint(tmp_path).refine_passes == 2
     assert KeypointPredictor.from_checkpoint(tmp_path, refine_passes=0).refine_passes == 0
+
+
+def test_predict_cases_does_not_recut_annotation_boxes(tmp_path, monkeypatch):
+    from monai_spine.data.synthetic import generate_dataset
+    from monai_spine.inference.regressor import predict_cases
+
+    labels = generate_dataset(tmp_path / "d", "cervical", 1, seed=3, size=256)
+    p = KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), num_samples=1, refine_passes=2)
+    seen, real = [], p.predict
+    monkeypatch.setattr(p, "predict", lambda *a, **k: (seen.append(k.get("refine_passes")), real(*a, **k))[1])
+    predict_cases(p, [str(labels[0])], tmp_path / "out", overlays=False)
+    assert seen == [0] and len(list((tmp_path / "out").glob("*.keypoints.json"))) == 1
