@@ -645,14 +645,11 @@ class SpacingBoxes:
         return cls(float(np.median(w)), float(np.median(h)))
 
 
-def spacing_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, rule: SpacingBoxes) -> Path:
-    """A copy of a dataset folder whose training and validation labels carry :class:`SpacingBoxes` boxes
-    around their annotated centres (test labels unchanged).
-
-    Returns:
-        ``out_dir``.
-    """
-    from monai_spine.codecs.detection import vertebra_centres_px
+def _reboxed_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     rebox: Callable[[Any], Any]) -> Path:
+    """A copy of a dataset folder (``dataset.json`` and ``labels/``; images stay where they are) whose
+    training and validation annotations went through ``rebox`` (annotation -> annotation with new
+    ``boxes_px``); test labels are copied unchanged. Returns ``out_dir``."""
     from monai_spine.data.annotation import read_annotation, write_annotation
 
     src, out = Path(dataset_dir), Path(out_dir)
@@ -661,16 +658,31 @@ def spacing_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLi
     for split in ("training", "validation", "test"):
         for item in index.get(split) or []:
             ann = read_annotation(src / item["label"])
-            if split != "test" and len(ann.levels) >= 2:
-                boxes = rule.boxes(vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme))
-                bad = ~np.all(np.isfinite(boxes), axis=1)  # a vertebra without a centre keeps its own box
-                boxes[bad] = ann.boxes_from_keypoints()[bad]
-                ann.boxes_px = boxes
             target = out / "labels" / Path(item["label"]).name
-            write_annotation(ann, target)
+            write_annotation(ann if split == "test" else rebox(ann), target)
             item["label"] = f"labels/{target.name}"
     (out / "dataset.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
     return out
+
+
+def spacing_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, rule: SpacingBoxes) -> Path:
+    """A copy of a dataset folder whose training and validation labels carry :class:`SpacingBoxes` boxes
+    around their annotated centres (test labels unchanged).
+
+    Returns:
+        ``out_dir``.
+    """
+    from monai_spine.codecs.detection import vertebra_centres_px
+
+    def rebox(ann: Any) -> Any:
+        if len(ann.levels) >= 2:
+            boxes = rule.boxes(vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme))
+            bad = ~np.all(np.isfinite(boxes), axis=1)  # a vertebra without a centre keeps its own box
+            boxes[bad] = ann.boxes_from_keypoints()[bad]
+            ann.boxes_px = boxes
+        return ann
+
+    return _reboxed_dataset(dataset_dir, out_dir, rebox)
 
 
 def detector_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, detector: Any,
@@ -691,43 +703,38 @@ def detector_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathL
     Returns:
         ``out_dir``.
     """
-    from monai_spine.data.annotation import read_annotation, write_annotation
     from monai_spine.data.readers import read_xray
 
-    src, out = Path(dataset_dir), Path(out_dir)
-    index = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    kept = total = 0
-    for split in ("training", "validation", "test"):
-        for k, item in enumerate(index.get(split) or []):
-            ann = read_annotation(src / item["label"])
-            target = out / "labels" / Path(item["label"]).name
-            if split != "test":
-                img = read_xray(ann.image)
-                det = detector.detect(img.channel_first().astype(np.float32), img.spacing_mm, img.spacing_source)
-                boxes, keep = ann.boxes_from_keypoints(), []
-                at = {lev: j for j, lev in enumerate(det.levels)}
-                for i, lev in enumerate(ann.levels):
-                    j = at.get(lev)
-                    if j is None:
-                        continue
-                    (cx, cy), (x0, y0, x1, y1) = det.centres_px[j], boxes[i]
-                    if x0 <= cx <= x1 and y0 <= cy <= y1:
-                        boxes[i] = det.boxes_px[j]
-                        keep.append(i)
-                total += len(ann.levels)
-                kept += len(keep)
-                ann.levels = [ann.levels[i] for i in keep]
-                ann.keypoints_px, ann.visible = ann.keypoints_px[keep], ann.visible[keep]
-                if ann.outlines_px is not None:
-                    ann.outlines_px = [ann.outlines_px[i] for i in keep]
-                ann.boxes_px = boxes[keep]
-                if (k + 1) % 50 == 0:
-                    log(f"[aasce] detector boxes: {split} {k + 1}/{len(index[split])} films")
-            write_annotation(ann, target)
-            item["label"] = f"labels/{target.name}"
-    (out / "dataset.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
-    log(f"[aasce] detector boxes for {kept} of {total} training and validation vertebrae (the others left out)")
+    count = {"films": 0, "kept": 0, "total": 0}
+
+    def rebox(ann: Any) -> Any:
+        img = read_xray(ann.image)
+        det = detector.detect(img.channel_first().astype(np.float32), img.spacing_mm, img.spacing_source)
+        boxes, keep = ann.boxes_from_keypoints(), []
+        at = {lev: j for j, lev in enumerate(det.levels)}
+        for i, lev in enumerate(ann.levels):
+            j = at.get(lev)
+            if j is None:
+                continue
+            (cx, cy), (x0, y0, x1, y1) = det.centres_px[j], boxes[i]
+            if x0 <= cx <= x1 and y0 <= cy <= y1:
+                boxes[i] = det.boxes_px[j]
+                keep.append(i)
+        count["total"] += len(ann.levels)
+        count["kept"] += len(keep)
+        count["films"] += 1
+        ann.levels = [ann.levels[i] for i in keep]
+        ann.keypoints_px, ann.visible = ann.keypoints_px[keep], ann.visible[keep]
+        if ann.outlines_px is not None:
+            ann.outlines_px = [ann.outlines_px[i] for i in keep]
+        ann.boxes_px = boxes[keep]
+        if count["films"] % 50 == 0:
+            log(f"[aasce] detector boxes: {count['films']} training and validation films")
+        return ann
+
+    out = _reboxed_dataset(dataset_dir, out_dir, rebox)
+    log(f"[aasce] detector boxes for {count['kept']} of {count['total']} training and validation vertebrae "
+        "(the others left out)")
     return out
 
 
