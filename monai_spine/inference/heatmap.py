@@ -674,18 +674,9 @@ class CornerPredictor:
             "units_note": "mm values are null when the spacing is unknown; sigma is the per-axis RMS spread of the corner's accumulated map",
             "vertebrae": verts,
             **({"thresholds": self.thresholds.to_dict()} if self.thresholds is not None else {}),
-            **({"conformal": self.conformal_block()} if self.conformal is not None else {}),
+            **({"conformal": self.conformal.result_block("sqrt(2) x per-axis sigma")}
+               if self.conformal is not None else {}),
         }
-
-    def conformal_block(self) -> dict[str, Any] | None:
-        """The ``conformal`` block of a result (alpha, nominal coverage, units, ``q_hat``), or None."""
-        cal = self.conformal
-        if cal is None:
-            return None
-        q = float(cal.q_hat_for("corner"))
-        return {"alpha": float(cal.alpha), "nominal_coverage": 1.0 - float(cal.alpha), "score": str(cal.score),
-                "sigma_units": str(cal.sigma_units), "sigma_kind": "sqrt(2) x per-axis sigma",
-                "radius_unit": str(cal.error_unit), "q_hat": q if np.isfinite(q) else None}
 
     @staticmethod
     def dumps(result: dict[str, Any]) -> str:

@@ -556,18 +556,7 @@ class KeypointPredictor:
             sig = sigma_mm["total"] if cal.sigma_units == "mm" else sigma_frac["total"]
             radius = np.asarray(cal.radii(sig, self.scheme.point_types), dtype=np.float64)
             unit = str(cal.error_unit)
-            meta["conformal"] = {
-                "alpha": float(cal.alpha),
-                "nominal_coverage": 1.0 - float(cal.alpha),
-                "score": str(cal.score),
-                "sigma_units": str(cal.sigma_units),
-                "sigma_kind": "total",
-                "radius_unit": unit,
-                "q_hat": None if not np.isfinite(cal.q_hat) else float(cal.q_hat),
-                "q_hat_per_point_type": {
-                    str(k): (float(v) if np.isfinite(v) else None) for k, v in cal.q_hat_per_point_type.items()
-                },
-            }
+            meta["conformal"] = cal.result_block("total")
         return KeypointPrediction(
             keypoints_px=kp,
             sigma_frac=sigma_frac,

@@ -601,6 +601,24 @@ class ConformalCalibrator:
 
     __call__ = radii
 
+    def result_block(self, sigma_kind: str) -> dict[str, Any]:
+        """The ``conformal`` block a prediction file records (alpha, nominal coverage, units, ``q_hat``
+        pooled and per point type; an infinite ``q_hat`` as None); ``sigma_kind``: the sigma it scales."""
+
+        def num(v: float) -> float | None:
+            return float(v) if np.isfinite(v) else None
+
+        return {
+            "alpha": float(self.alpha),
+            "nominal_coverage": 1.0 - float(self.alpha),
+            "score": str(self.score),
+            "sigma_units": str(self.sigma_units),
+            "sigma_kind": str(sigma_kind),
+            "radius_unit": str(self.error_unit),
+            "q_hat": num(self.q_hat),
+            "q_hat_per_point_type": {str(k): num(v) for k, v in self.q_hat_per_point_type.items()},
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (an infinite ``q_hat`` is written as null)."""
 
