@@ -49,6 +49,7 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "MODEL_NAMES",
     "SIGMA_KINDS",
+    "CORNER_SIGMA_P_FACTOR",
     "PredictionError",
     "PointSet",
     "Prediction",
@@ -69,6 +70,8 @@ SUPPORTED_VERSIONS: dict[str, tuple[int, ...]] = {PREDICTION_FORMAT: (1,), CORNE
 MODEL_NAMES = ("regressor", "heatmap")
 #: ``sigma_p`` kinds of the regressor
 SIGMA_KINDS = ("aleatoric", "epistemic", "total")
+#: a heatmap corner's radial ``sigma_p`` over its per-axis spread (both axes' RMS spreads combined)
+CORNER_SIGMA_P_FACTOR = math.sqrt(2.0)
 
 
 class PredictionError(AnnotationError):
@@ -313,12 +316,11 @@ def _heatmap_points(verts: list, source: str, sch: Any) -> PointSet | None:
                     radius[i, j] = _num(c[f"conformal_radius_{unit}"], f"{pw} conformal_radius_{unit}")
                     r_unit = unit
     nan = {kd: _empty(n, k) for kd in SIGMA_KINDS}
-    root2 = math.sqrt(2.0)
     return PointSet(
         model="heatmap", keypoints_px=kp, predicted=predicted,
         sigma_p_frac=nan,
-        sigma_p_mm={**{kd: _empty(n, k) for kd in SIGMA_KINDS}, "total": root2 * s_mm},
-        sigma_p_px={**{kd: _empty(n, k) for kd in SIGMA_KINDS}, "total": root2 * s_px},
+        sigma_p_mm={**{kd: _empty(n, k) for kd in SIGMA_KINDS}, "total": CORNER_SIGMA_P_FACTOR * s_mm},
+        sigma_p_px={**{kd: _empty(n, k) for kd in SIGMA_KINDS}, "total": CORNER_SIGMA_P_FACTOR * s_px},
         classes=classes if np.any(classes != "") else None,
         conformal_radius=radius if r_unit else None, conformal_unit=r_unit,
         from_prior=prior,

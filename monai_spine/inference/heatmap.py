@@ -612,14 +612,16 @@ class CornerPredictor:
 
         Returns:
             ``(classes, radii, radius_unit)``: ``(V, 4)`` class names (``"unknown"`` where sigma_p is not
-            known in the thresholds' units) or None without thresholds; ``(V, 4)`` radii (NaN where none) or None without a conformal
-            calibration; the radii's unit.
+            known in the thresholds' units) or None without thresholds; ``(V, 4)`` radii (NaN where
+            none) or None without a conformal calibration; the radii's unit.
         """
-        root2 = float(np.sqrt(2.0))
+        from monai_spine.data.prediction import CORNER_SIGMA_P_FACTOR
 
         def sigma_p(units: str) -> np.ndarray:
             s = pred.sigma_px if units == "px" else pred.sigma_mm
-            return np.full(pred.sigma_px.shape, np.nan) if s is None else root2 * np.asarray(s, dtype=np.float64)
+            if s is None:
+                return np.full(pred.sigma_px.shape, np.nan)
+            return CORNER_SIGMA_P_FACTOR * np.asarray(s, dtype=np.float64)
 
         classes = radii = unit = None
         if self.thresholds is not None:
