@@ -105,6 +105,16 @@ def vertebra_centres_px(
     return out
 
 
+def _centre_window(cx: float, cy: float, h: int, w: int, r: int) -> tuple[int, int, tuple[slice, slice]] | None:
+    """The pixel ``(px, py)`` nearest to a centre and the ``(2r + 1)^2`` window around it (clipped to the
+    ``h x w`` frame), or None when the centre lies outside ``[-0.5, w - 0.5] x [-0.5, h - 0.5]``."""
+    if not (-0.5 <= cx <= w - 0.5 and -0.5 <= cy <= h - 0.5):
+        return None
+    px = int(np.clip(np.floor(cx + 0.5), 0, w - 1))
+    py = int(np.clip(np.floor(cy + 0.5), 0, h - 1))
+    return px, py, (slice(max(py - r, 0), py + r + 1), slice(max(px - r, 0), px + r + 1))
+
+
 def encode_centre_heatmaps(
     centres_net_px: Any,
     boxes_net_px: Any = None,
@@ -160,10 +170,10 @@ def encode_centre_heatmaps(
     r = int(box_radius_px)
     for lev in np.nonzero(ok)[0]:
         cx, cy = c[lev]
-        if not (-0.5 <= cx <= w - 0.5 and -0.5 <= cy <= h - 0.5):
+        win = _centre_window(cx, cy, h, w, r)
+        if win is None:
             continue
-        px = int(np.clip(np.floor(cx + 0.5), 0, w - 1))
-        py = int(np.clip(np.floor(cy + 0.5), 0, h - 1))
+        px, py, sl = win
         # separable Gaussian, normalised so the nearest pixel is exactly 1
         gx = np.exp(-((xs - cx) ** 2 - (px - cx) ** 2) / two_s2)
         gy = np.exp(-((ys - cy) ** 2 - (py - cy) ** 2) / two_s2)
@@ -173,7 +183,6 @@ def encode_centre_heatmaps(
             continue
         x0, y0, x1, y1 = boxes[lev]
         ltrb = np.array([(cx - x0) / w, (cy - y0) / h, (x1 - cx) / w, (y1 - cy) / h], dtype=np.float32)
-        sl = (slice(max(py - r, 0), py + r + 1), slice(max(px - r, 0), px + r + 1))
         out[n_lev : n_lev + 4, sl[0], sl[1]] = ltrb[:, None, None]
         out[n_lev + 4, sl[0], sl[1]] = 1.0
     return out
@@ -226,11 +235,10 @@ def encode_chain_target(
     if levels_in_order:
         r = int(box_radius_px)
         for k in np.flatnonzero(pres):
-            cx, cy = c[k]
-            if not (-0.5 <= cx <= wn - 0.5 and -0.5 <= cy <= hn - 0.5):
+            win = _centre_window(*c[k], hn, wn, r)
+            if win is None:
                 continue
-            px, py = int(np.clip(np.floor(cx + 0.5), 0, wn - 1)), int(np.clip(np.floor(cy + 0.5), 0, hn - 1))
-            sl = (slice(max(py - r, 0), py + r + 1), slice(max(px - r, 0), px + r + 1))
+            sl = win[2]
             lvl[0][sl] = k / max(n_lev - 1, 1)
             lvl[1][sl] = 1.0
     return np.concatenate([heat, lvl[:1], t[n_lev:], lvl[1:]], 0).astype(np.float32)
