@@ -449,33 +449,31 @@ def inferred_sigma_px(box_px: Sequence[float]) -> float:
 
 
 def _mark_inferred(v: dict[str, Any], box_px: Sequence[float], spacing_mm: Sequence[float] | None) -> None:
-    """Flag the points of one inferred vertebra: large sigma (:func:`inferred_sigma_px`), class highly_uncertain."""
+    """Flag the points of one inferred vertebra: large sigma (:func:`inferred_sigma_px`), class highly_uncertain,
+    and a conformal radius of at least that sigma (a radius fitted on seen vertebrae does not hold here)."""
     from monai_spine.uncertainty.classes import CLASS_NAMES, HIGHLY_UNCERTAIN
 
     s_px = inferred_sigma_px(box_px)
     s_mm = None if spacing_mm is None or not np.isfinite(s_px) else s_px * float(np.mean(spacing_mm))
-    cls = CLASS_NAMES[HIGHLY_UNCERTAIN]
-    for c in v.get("corners") or []:
-        c["inferred"] = True
-        c["uncertainty_class"] = cls
-        if np.isfinite(s_px):
-            c["sigma_px"] = max(float(c.get("sigma_px") or 0.0), s_px)
-            if s_mm is not None:
-                c["sigma_mm"] = max(float(c.get("sigma_mm") or 0.0), s_mm)
-        for unit, s in (("px", s_px), ("mm", s_mm)):  # a radius fitted on seen vertebrae does not hold here
-            if f"conformal_radius_{unit}" in c and s is not None and np.isfinite(s):
-                c[f"conformal_radius_{unit}"] = max(float(c[f"conformal_radius_{unit}"] or 0.0), s)
-    for p in v.get("points") or []:
-        p["inferred"] = True
-        p["uncertainty_class"] = cls
-        if s_mm is not None:
-            for kind in _KINDS:
-                key = f"sigma_p_{kind}_mm"
-                if key in p:
-                    p[key] = max(float(p[key] or 0.0), s_mm)
-        for unit, s in (("px", s_px), ("mm", s_mm)):  # as the corners': the radius of seen vertebrae does not hold
-            if f"conformal_radius_{unit}" in p and s is not None and np.isfinite(s):
-                p[f"conformal_radius_{unit}"] = max(float(p[f"conformal_radius_{unit}"] or 0.0), s)
+    by_unit = {"px": s_px, "mm": s_mm}
+
+    def at_least(d: dict[str, Any], key: str, unit: str) -> None:
+        s = by_unit[unit]
+        if key in d and s is not None and np.isfinite(s):
+            d[key] = max(float(d[key] or 0.0), s)
+
+    corners, points = v.get("corners") or [], v.get("points") or []
+    for pt in [*corners, *points]:
+        pt["inferred"] = True
+        pt["uncertainty_class"] = CLASS_NAMES[HIGHLY_UNCERTAIN]
+        for unit in by_unit:
+            at_least(pt, f"conformal_radius_{unit}", unit)
+    for c in corners:
+        for unit in by_unit:
+            at_least(c, f"sigma_{unit}", unit)
+    for p in points:
+        for kind in _KINDS:
+            at_least(p, f"sigma_p_{kind}_mm", "mm")
 
 
 def _region_of(levels: Sequence[str], scheme: str) -> str:
