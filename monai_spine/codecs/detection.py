@@ -26,7 +26,7 @@ absent levels have NaN centres and boxes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -397,6 +397,7 @@ def assign_levels_chain(
     level_estimates: Any = None,
     level_weight: Any = 1.0,
     level_cap: float = 3.0,
+    level_cost: Any = None,
 ) -> tuple[np.ndarray, float, float]:
     """Levels for a chain of "any vertebra" peaks: which peak is which level, by spacing along the spine.
 
@@ -416,7 +417,9 @@ def assign_levels_chain(
     * with ``level_estimates`` (``(P,)`` or ``(P, M)``: M guesses of each peak's level, in level units, NaN:
       none; e.g. the network's level channel, the peak's height on the film), the sum over the guesses
       of ``level_weight[m] * min(|estimate - level|, level_cap)`` per assigned peak: the anchor that keeps
-      a chain with a C7 or S1 peak at one end from shifting by a level.
+      a chain with a C7 or S1 peak at one end from shifting by a level;
+    * with ``level_cost`` (``(P, L)``), that cost of giving peak ``p`` level ``k`` (e.g. ``-log`` of a
+      classifier's probability of the level's group at the peak, see :mod:`monai_spine.networks.anchor`).
 
     Dynamic programming over (peak, level) with at most ``max_skip`` levels and peaks skipped per step.
 
@@ -455,6 +458,11 @@ def assign_levels_chain(
         wts = np.broadcast_to(np.asarray(level_weight, dtype=np.float64).reshape(-1), (est.shape[1],))
         diff = np.minimum(np.abs(est[order][:, None, :] - np.arange(n_lev)[None, :, None]), float(level_cap))
         node = (np.where(np.isfinite(diff), diff, 0.0) * wts[None, None, :]).sum(-1)
+    if level_cost is not None:
+        lc = np.asarray(_np(level_cost), dtype=np.float64)
+        if lc.shape != (n_pts, n_lev):
+            raise ValueError(f"assign_levels_chain: level_cost must be ({n_pts}, {n_lev}), got {lc.shape}")
+        node = node + np.where(np.isfinite(lc), lc, 0.0)[order]
     drop = float(drop_penalty) * np.clip(s, 0.0, None)
     drop_cum = np.concatenate([[0.0], np.cumsum(drop)])  # drop of peaks [i, j) = drop_cum[j] - drop_cum[i]
     if n_pts == 1:
@@ -576,7 +584,8 @@ def _level_from_y_frac(y_frac: np.ndarray, level_y_frac: np.ndarray) -> np.ndarr
 
 def _decode_chain(p: np.ndarray, score_threshold: float, apply_sigmoid: bool, refine: bool, nms_radius_px: int,
                   candidate_fraction: float, profile: Any, chain_kwargs: Mapping[str, Any] | None,
-                  level_y_frac: Any = None, y_frac_map: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+                  level_y_frac: Any = None, y_frac_map: Sequence[float] | None = None,
+                  peak_cost: Callable[[np.ndarray, float], np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The ``chain`` method of :func:`decode_detections` (``p``: ``(1 + 4, H, W)`` float64)."""
     if profile is None:
         raise ValueError("decode_detections: method 'chain' needs the spacing profile (L - 1,)")
@@ -609,6 +618,11 @@ def _decode_chain(p: np.ndarray, score_threshold: float, apply_sigmoid: bool, re
     est = np.stack(guesses, -1) if guesses else None
     lev, scale, _ = assign_levels_chain(pts.reshape(-1, 2), sc, prof, level_estimates=est,
                                         level_weight=weights if guesses else 1.0, **kw)
+    if peak_cost is not None and xs.size >= 2 and np.isfinite(scale):
+        # second pass: the level anchor sees each peak at the film's level spacing found by the first
+        cost = peak_cost(pts.reshape(-1, 2), float(scale) * float(np.median(prof)))
+        lev, scale, _ = assign_levels_chain(pts.reshape(-1, 2), sc, prof, level_estimates=est,
+                                            level_weight=weights if guesses else 1.0, level_cost=cost, **kw)
     scores = np.zeros(n_lev)
     centres = np.full((n_lev, 2), np.nan)
     boxes = np.full((n_lev, 4), np.nan)
@@ -637,6 +651,7 @@ def decode_detections(
     chain_kwargs: Mapping[str, Any] | None = None,
     level_y_frac: Any = None,
     y_frac_map: Sequence[float] | None = None,
+    peak_cost: Callable[[np.ndarray, float], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Level centres, boxes and scores from one network output.
 
@@ -652,7 +667,9 @@ def decode_detections(
     the film's height) each peak also gets the level its height on the film suggests (interpolated,
     extrapolated linearly beyond the ends). ``chain_kwargs`` may weigh the two guesses with
     ``channel_weight`` and ``position_weight`` (defaults 1 and 1); the rest goes to
-    :func:`assign_levels_chain`.
+    :func:`assign_levels_chain`. With ``peak_cost`` (``f(points_net_px (P, 2), spacing_net_px) -> (P, L)``,
+    e.g. the level anchor of :mod:`monai_spine.inference.level_anchor`) the chain is assigned twice: the
+    first pass gives the film's level spacing, the second adds ``f``'s costs to every (peak, level).
 
     Two methods:
 
@@ -698,7 +715,7 @@ def decode_detections(
         raise ValueError(f"decode_detections: expected (L + 4, H, W), got shape {p.shape}")
     if method == "chain":
         return _decode_chain(p, score_threshold, apply_sigmoid, refine, nms_radius_px, candidate_fraction, profile,
-                             chain_kwargs, level_y_frac, y_frac_map)
+                             chain_kwargs, level_y_frac, y_frac_map, peak_cost)
     n_lev = p.shape[0] - NUM_BOX_CHANNELS
     h, w = p.shape[1:]
     hm = p[:n_lev]

@@ -30,6 +30,7 @@ from monai_spine.data.annotation import atomic_write_text
 from monai_spine.data.keypoints import get_region, px_to_mm
 from monai_spine.codecs.detection import complete_chain, decode_detections
 from monai_spine.networks.detector import DEFAULT_FEATURES, VertebraDetectorNet
+from monai_spine.inference.level_anchor import LevelAnchor
 from transforms.detection import LetterboxResize, boxes_to_image_px, points_to_image_px
 
 __all__ = ["DetectorSpec", "Detections", "VertebraDetector", "complete_levels", "SPEC_FILE", "CHECKPOINT_FILE", "MODEL_FORMAT"]
@@ -307,13 +308,20 @@ class VertebraDetector:
         network: a :class:`VertebraDetectorNet` with weights loaded (L = ``len(spec.levels)``).
         spec: the :class:`DetectorSpec` it was trained with.
         device: torch device.
+        anchor: a :class:`~monai_spine.inference.level_anchor.LevelAnchor` for the ``chain`` decoding (its
+            levels must be the spec's), or None.
     """
 
-    def __init__(self, network: torch.nn.Module, spec: DetectorSpec, device: str | torch.device = "cpu") -> None:
+    def __init__(self, network: torch.nn.Module, spec: DetectorSpec, device: str | torch.device = "cpu",
+                 anchor: LevelAnchor | None = None) -> None:
         self.spec = spec
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.resizer = LetterboxResize(spec.spatial_size, keep_mm_aspect=spec.keep_mm_aspect)
+        if anchor is not None and tuple(anchor.spec.groups.levels) != tuple(spec.levels):
+            raise ValueError(f"the level anchor's levels {list(anchor.spec.groups.levels)} are not the detector's "
+                             f"{list(spec.levels)}")
+        self.anchor = anchor
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -325,7 +333,8 @@ class VertebraDetector:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, spec: DetectorSpec | None = None, device: str | torch.device = "cpu"
+        cls, path: str | os.PathLike, spec: DetectorSpec | None = None, device: str | torch.device = "cpu",
+        use_anchor: bool = True,
     ) -> VertebraDetector:
         """Load a trained detector.
 
@@ -334,6 +343,8 @@ class VertebraDetector:
                 ``detector_model.json``) or the checkpoint file itself (the spec beside it).
             spec: the spec, if it is not stored beside the checkpoint.
             device: torch device.
+            use_anchor: load the level anchor stored beside the checkpoint
+                (``level_anchor_model.json``), if there is one.
 
         Raises:
             FileNotFoundError: no checkpoint or no spec.
@@ -355,7 +366,8 @@ class VertebraDetector:
             raise ValueError(f"{ckpt}: the weights do not match the detector spec beside them (region "
                              f"{spec.region!r}, {spec.num_heatmaps} heatmap(s), features {list(spec.features)}): "
                              f"{detail[:200]}") from None
-        return cls(net, spec, device)
+        anchor = LevelAnchor.from_dir(ckpt.parent) if use_anchor and LevelAnchor.exists(ckpt.parent) else None
+        return cls(net, spec, device, anchor)
 
     def preprocess(self, image: Any, spacing_mm: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scale intensities and letterbox: ``(net_image (1, H_net, W_net), det_to_image (3, 3))``."""
@@ -392,10 +404,17 @@ class VertebraDetector:
         x = torch.as_tensor(net_img[None], device=self.device)
         pred = self.network(x)[0]
         thr = self.spec.score_threshold if score_threshold is None else float(score_threshold)
+        peak_cost = None
+        if self.anchor is not None and self.spec.decode_method == "chain":
+            px_per_net = float(np.sqrt(abs(np.linalg.det(np.asarray(a, np.float64)[:2, :2]))))
+
+            def peak_cost(points_net_px: np.ndarray, spacing_net_px: float) -> np.ndarray:
+                return self.anchor.level_cost(image, points_to_image_px(points_net_px, a), spacing_net_px * px_per_net)
+
         dec = decode_detections(pred, thr, method=self.spec.decode_method, nms_radius_px=self.spec.nms_radius_px,
                                 gap_penalty=self.spec.gap_penalty, profile=self.spec.spacing_profile,
                                 chain_kwargs=self.spec.chain_kwargs, level_y_frac=self.spec.level_y_frac,
-                                y_frac_map=(a[1, 1] / h_img, a[1, 2] / h_img))
+                                y_frac_map=(a[1, 1] / h_img, a[1, 2] / h_img), peak_cost=peak_cost)
         return {
             "scores": dec["scores"], "detected": dec["detected"], "scale": dec.get("scale", np.nan),
             "centres_px": points_to_image_px(dec["centres_net_px"], a),

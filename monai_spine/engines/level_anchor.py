@@ -1,0 +1,229 @@
+"""Training wiring of the level anchor (:mod:`monai_spine.inference.level_anchor`) on annotated films.
+
+Samples per film, from the annotated vertebra centres (``c_0 .. c_{L-1}``, top to bottom):
+
+* every level's centre, jittered by ``centre_jitter_frac`` of the film's level spacing -> its group;
+* one and two spacings above the first level and below the last (``c_0 - k (c_1 - c_0)``, ...) ->
+  ``above`` / ``below`` (C7 and C6, S1 and the sacrum on an AP T1-L5 film);
+* the disc between two consecutive levels and points beside the spine (``lateral_frac`` spacings
+  left and right of every fourth level) -> ``not a centre``.
+
+Each sample is cut ``variants`` times with random jitter, scale (log-normal), rotation and a left-right
+flip, into a pool of standardised patches held in memory, so a training step costs only the network.
+The classifier trains with MONAI's ``SupervisedTrainer`` (cross-entropy, Adam, cosine schedule); the
+weights of the epoch with the best validation accuracy are kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from monai_spine.codecs.detection import vertebra_centres_px
+from monai_spine.codecs.level_groups import ABOVE, BELOW, NOT_A_CENTRE, LevelGroups, level_groups_for
+from monai_spine.inference.level_anchor import LevelAnchorSpec, anchor_patches
+
+__all__ = ["anchor_training_points", "build_anchor_pool", "train_level_anchor"]
+
+
+def anchor_training_points(centres_px: Any, lateral_frac: float = 0.8) -> tuple[np.ndarray, np.ndarray, float]:
+    """Sample points and their level codes from a film's level centres.
+
+    Args:
+        centres_px: ``(L, 2)`` annotated level centres, top to bottom (NaN: not annotated).
+        lateral_frac: distance of the "beside the spine" points from the centre, in level spacings.
+
+    Returns:
+        ``(points_px (M, 2), codes (M,), spacing_px)``: codes are level indices or
+        :data:`~monai_spine.codecs.level_groups.ABOVE` / ``BELOW`` / ``NOT_A_CENTRE``; ``spacing_px`` is
+        the median distance between consecutive annotated centres (NaN points and codes: none usable).
+
+    Raises:
+        ValueError: ``centres_px`` is not ``(L, 2)``.
+    """
+    c = np.asarray(centres_px, dtype=np.float64)
+    if c.ndim != 2 or c.shape[1] != 2:
+        raise ValueError(f"anchor_training_points: centres must be (L, 2), got shape {c.shape}")
+    ok = np.all(np.isfinite(c), -1)
+    idx = np.flatnonzero(ok)
+    if idx.size < 3:
+        return np.zeros((0, 2)), np.zeros(0, np.int64), float("nan")
+    consecutive = [(a, b) for a, b in zip(idx[:-1], idx[1:]) if b == a + 1]
+    d = np.array([np.hypot(*(c[b] - c[a])) for a, b in consecutive])
+    if d.size == 0:
+        return np.zeros((0, 2)), np.zeros(0, np.int64), float("nan")
+    spacing = float(np.median(d))
+    pts, codes = [c[idx]], [idx.astype(np.int64)]
+    last = c.shape[0] - 1
+    if ok[0] and ok[1]:
+        step = c[0] - c[1]
+        pts.append(np.stack([c[0] + step, c[0] + 2 * step]))
+        codes.append(np.array([ABOVE, ABOVE]))
+    if ok[last] and ok[last - 1]:
+        step = c[last] - c[last - 1]
+        pts.append(np.stack([c[last] + step, c[last] + 2 * step]))
+        codes.append(np.array([BELOW, BELOW]))
+    if consecutive:
+        mids = np.stack([(c[a] + c[b]) / 2 for a, b in consecutive])
+        pts.append(mids)
+        codes.append(np.full(len(mids), NOT_A_CENTRE))
+    side = []
+    for k in idx[::4]:
+        for sgn in (-1.0, 1.0):
+            side.append(c[k] + sgn * np.array([lateral_frac * spacing, 0.0]))
+    if side:
+        pts.append(np.stack(side))
+        codes.append(np.full(len(side), NOT_A_CENTRE))
+    return np.concatenate(pts), np.concatenate(codes).astype(np.int64), spacing
+
+
+def build_anchor_pool(
+    label_paths: Sequence[str],
+    groups: LevelGroups,
+    variants: int = 4,
+    side_spacings: float = 4.0,
+    patch_size: int = 48,
+    centre_jitter_frac: float = 0.06,
+    scale_sigma: float = 0.12,
+    rotation_deg: float = 8.0,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patches and class labels of annotated films: ``(x (N, 1, S, S) float16, y (N,) int64)``.
+
+    ``variants=0`` cuts each sample once with no augmentation (validation).
+    """
+    from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.readers import read_xray
+
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    t0 = time.perf_counter()
+    for n, label in enumerate(label_paths):
+        ann = read_annotation(label)
+        idx = [list(ann.levels).index(lev) if lev in ann.levels else -1 for lev in groups.levels]
+        centres = np.full((len(groups.levels), 2), np.nan)
+        c_ann = vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme, boxes_px=ann.boxes_px)
+        for k, j in enumerate(idx):
+            if j >= 0:
+                centres[k] = c_ann[j]
+        pts, codes, spacing = anchor_training_points(centres)
+        if pts.shape[0] == 0:
+            log(f"[anchor] {label}: fewer than three annotated levels, skipped")
+            continue
+        image = read_xray(ann.image).channel_first()[0]
+        labels = groups.encode(codes)
+        for _ in range(max(1, int(variants))):
+            if variants:
+                jitter = rng.normal(0.0, centre_jitter_frac * spacing, pts.shape)
+                scale = float(np.exp(rng.normal(0.0, scale_sigma)))
+                angle = rng.uniform(-rotation_deg, rotation_deg, pts.shape[0])
+            else:
+                jitter, scale, angle = 0.0, 1.0, 0.0
+            x = anchor_patches(image, pts + jitter, spacing * scale, side_spacings, patch_size, angle)
+            if variants:
+                flip = rng.random(pts.shape[0]) < 0.5
+                x[flip] = x[flip][..., ::-1]
+            xs.append(x.astype(np.float16))
+            ys.append(labels)
+        if (n + 1) % 50 == 0:
+            log(f"[anchor] {n + 1}/{len(label_paths)} films cut ({time.perf_counter() - t0:.0f} s)")
+    if not xs:
+        raise ValueError("build_anchor_pool: no film with three or more annotated levels")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 512) -> float:
+    net.eval()
+    right = 0
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            pred = net(torch.from_numpy(x[i:i + batch].astype(np.float32))).argmax(-1).numpy()
+            right += int((pred == y[i:i + batch]).sum())
+    return right / max(1, len(x))
+
+
+def train_level_anchor(
+    out_dir: str | Path,
+    train_labels: Sequence[str],
+    val_labels: Sequence[str],
+    levels: Sequence[str],
+    epochs: int = 8,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
+    variants: int = 4,
+    spec: LevelAnchorSpec | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    meta: dict[str, Any] | None = None,
+) -> LevelAnchorSpec:
+    """Train a level anchor and save it (spec + weights) into ``out_dir`` (a detector's model folder).
+
+    Returns:
+        The saved spec; ``meta`` records the training and the validation accuracy per epoch.
+    """
+    from monai.engines import SupervisedTrainer
+    from monai.handlers import LrScheduleHandler
+
+    torch.manual_seed(seed)
+    spec = spec or LevelAnchorSpec(groups=level_groups_for(levels))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    x_tr, y_tr = build_anchor_pool(train_labels, spec.groups, variants, spec.side_spacings, spec.patch_size,
+                                   seed=seed, log=log)
+    x_va, y_va = build_anchor_pool(val_labels, spec.groups, 0, spec.side_spacings, spec.patch_size, log=log)
+    t_pool = time.perf_counter() - t0
+    log(f"[anchor] pools: {len(x_tr)} training, {len(x_va)} validation patches in {t_pool:.0f} s")
+    net = spec.build_network()
+    counts = np.bincount(y_tr, minlength=spec.groups.num_classes).astype(np.float64)
+    weights = torch.tensor((counts.sum() / np.maximum(counts, 1.0)) ** 0.5, dtype=torch.float32)
+    weights = weights / weights.mean()
+
+    class _Pool(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(x_tr)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"image": torch.from_numpy(x_tr[i].astype(np.float32)), "label": torch.tensor(y_tr[i])}
+
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(_Pool(), batch_size=batch_size, shuffle=True, generator=gen, num_workers=0)
+    opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=max(1, epochs * len(loader)),
+                                                pct_start=0.1)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=loader, network=net,
+                                optimizer=opt, loss_function=torch.nn.CrossEntropyLoss(weight=weights),
+                                train_handlers=[LrScheduleHandler(sched, print_lr=False, epoch_level=False)],
+                                amp=False)
+    history: list[float] = []
+    best = {"acc": -1.0, "state": None}
+
+    from ignite.engine import Events
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _validate(engine: Any) -> None:
+        acc = _accuracy(net, x_va, y_va)
+        history.append(acc)
+        if acc > best["acc"]:
+            best["acc"], best["state"] = acc, {k: v.detach().clone() for k, v in net.state_dict().items()}
+        log(f"[anchor] epoch {engine.state.epoch}/{epochs}: loss {engine.state.output[0]['loss']:.3f}, "
+            f"validation accuracy {acc:.3f} ({time.perf_counter() - t0:.0f} s)")
+        net.train()
+
+    trainer.run()
+    net.load_state_dict(best["state"])
+    torch.save(net.state_dict(), out / spec.checkpoint_file)
+    spec.meta = {**(meta or {}), "training_films": len(train_labels), "validation_films": len(val_labels),
+                 "training_patches": int(len(x_tr)), "epochs": int(epochs), "batch_size": int(batch_size),
+                 "learning_rate": float(learning_rate), "variants": int(variants), "seed": int(seed),
+                 "validation_accuracy_per_epoch": [round(a, 4) for a in history],
+                 "validation_accuracy": round(float(best["acc"]), 4), "train_s": round(time.perf_counter() - t0, 1),
+                 "class_names": spec.groups.class_names}
+    spec.save(out)
+    return spec

@@ -1,0 +1,62 @@
+"""Training the level anchor: sample points of a film, the patch pool, and a classifier that learns."""
+
+import numpy as np
+import pytest
+import torch
+
+from monai_spine.codecs.level_groups import ABOVE, BELOW, NOT_A_CENTRE, level_groups_for
+from monai_spine.data.datasets import ensure_synthetic, list_cases
+from monai_spine.data.keypoints import get_region
+from monai_spine.engines.level_anchor import anchor_training_points, build_anchor_pool, train_level_anchor
+from monai_spine.inference.level_anchor import LevelAnchor
+
+
+def test_anchor_training_points_hand_computed():
+    c = np.array([[10.0, 0.0], [10.0, 10.0], [10.0, 20.0], [10.0, 32.0], [10.0, 44.0]])  # spacings 10, 10, 12, 12
+    pts, codes, spacing = anchor_training_points(c, lateral_frac=0.5)
+    assert spacing == 11.0  # median of 10, 10, 12, 12
+    assert list(codes[:5]) == [0, 1, 2, 3, 4]
+    assert np.allclose(pts[5:7], [[10, -10], [10, -20]]) and list(codes[5:7]) == [ABOVE, ABOVE]
+    assert np.allclose(pts[7:9], [[10, 56], [10, 68]]) and list(codes[7:9]) == [BELOW, BELOW]
+    assert np.allclose(pts[9:13, 1], [5, 15, 26, 38]) and np.all(codes[9:13] == NOT_A_CENTRE)  # discs
+    # beside the spine at levels 0 and 4, 0.5 spacings = 5.5 px left and right
+    assert np.allclose(pts[13:], [[4.5, 0], [15.5, 0], [4.5, 44], [15.5, 44]]) and np.all(codes[13:] == NOT_A_CENTRE)
+
+
+@pytest.mark.parametrize("centres", [np.full((5, 2), np.nan), np.array([[0.0, 0.0], [0.0, 10.0], [np.nan, np.nan]])])
+def test_anchor_training_points_too_few_levels(centres):
+    pts, codes, spacing = anchor_training_points(centres)
+    assert pts.shape == (0, 2) and codes.shape == (0,) and np.isnan(spacing)
+
+
+def test_anchor_training_points_bad_shape():
+    with pytest.raises(ValueError, match=r"\(L, 2\)"):
+        anchor_training_points(np.zeros((5, 3)))
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory):
+    folder = ensure_synthetic(tmp_path_factory.mktemp("syn"), "cervical", n=3, seed=1, hard_case_rate=0.0, size=(512, 512))
+    return list_cases(folder)["cases"]
+
+
+def test_pool_shapes_and_labels(films):
+    groups = level_groups_for(get_region("cervical").levels)
+    x, y = build_anchor_pool(films[:1], groups, variants=2, patch_size=32, log=lambda m: None)
+    assert x.shape[1:] == (1, 32, 32) and x.dtype == np.float16 and len(x) == len(y)
+    assert len(x) % 2 == 0 and set(np.unique(y)) <= set(range(groups.num_classes))
+    assert np.abs(x.astype(np.float32).mean(axis=(1, 2, 3))).max() < 1e-2  # standardised patches
+
+
+def test_level_anchor_learns_its_training_films(films, tmp_path):
+    """A few hundred CPU steps: the classifier tells the sample classes of its films apart far above chance."""
+    torch.manual_seed(0)
+    levels = get_region("cervical").levels
+    spec = train_level_anchor(tmp_path, films, films, levels, epochs=25, batch_size=32, learning_rate=3e-3,
+                              variants=4, log=lambda m: None)
+    majority = np.bincount(build_anchor_pool(films, spec.groups, 0, log=lambda m: None)[1]).max()
+    total = len(build_anchor_pool(films, spec.groups, 0, log=lambda m: None)[1])
+    assert spec.meta["validation_accuracy"] > max(0.8, majority / total + 0.2)
+    anchor = LevelAnchor.from_dir(tmp_path)
+    assert anchor.spec.groups.levels == tuple(levels)
+    assert anchor.spec.meta["training_patches"] > 0
