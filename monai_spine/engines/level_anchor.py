@@ -86,7 +86,7 @@ def build_anchor_pool(
     label_paths: Sequence[str],
     groups: LevelGroups,
     variants: int = 4,
-    side_spacings: float = 4.0,
+    side_spacings: float | Sequence[float] = 4.0,
     patch_size: int = 48,
     centre_jitter_frac: float = 0.06,
     scale_sigma: float = 0.12,
@@ -227,3 +227,89 @@ def train_level_anchor(
                  "class_names": spec.groups.class_names}
     spec.save(out)
     return spec
+
+
+def right_level_rate(detector: Any, label_paths: Sequence[str]) -> float:
+    """Share of annotated vertebrae whose level the detector puts inside that level's annotated box.
+
+    Seen and inferred levels both count (the rule of ``bench_aasce``'s "right level" column).
+    """
+    from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.readers import read_xray
+
+    right = total = 0
+    for label in label_paths:
+        ann = read_annotation(label)
+        det = detector.detect(read_xray(ann.image).channel_first(), None, "unknown")
+        boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+        where = {str(lev): c for lev, c in zip(det.levels, det.centres_px)}
+        for j, lev in enumerate(ann.levels):
+            if lev not in detector.levels or not ann.visible[j].any():
+                continue
+            total += 1
+            c = where.get(str(lev))
+            b = boxes[j]
+            right += int(c is not None and b[0] <= c[0] <= b[2] and b[1] <= c[1] <= b[3])
+    return right / max(1, total)
+
+
+def choose_anchor_weight(detector_dir: str | Path, val_labels: Sequence[str], weights: Sequence[float],
+                         log: Callable[[str], None] = print) -> tuple[float, dict[str, float]]:
+    """The anchor weight (0: no anchor) with the best :func:`right_level_rate` on validation films.
+
+    Ties go to the smaller weight. Returns ``(weight, {weight: rate})``.
+    """
+    from monai_spine.inference.detector import VertebraDetector
+
+    det = VertebraDetector.from_checkpoint(detector_dir)
+    if det.anchor is None:
+        raise FileNotFoundError(f"{detector_dir}: no level anchor ({det.anchor}) to weigh")
+    anchor, rates = det.anchor, {}
+    for w in sorted({0.0, *map(float, weights)}):
+        det.anchor = anchor if w > 0 else None
+        anchor.spec.weight = w
+        rates[f"{w:g}"] = right_level_rate(det, val_labels)
+        log(f"[anchor] weight {w:g}: right level {100 * rates[f'{w:g}']:.1f} % of {len(val_labels)} validation films")
+    best = max(rates, key=lambda k: (rates[k], -float(k)))
+    return float(best), rates
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/train_level_anchor.py``: train the level anchor into a detector folder and weigh it."""
+    import argparse
+
+    from monai_spine.data.datasets import list_cases
+    from monai_spine.inference.level_anchor import LevelAnchorSpec
+    from monai_spine.inference.detector import DetectorSpec
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True, help="converted dataset folder with a training/validation split "
+                    "(monai-spine convert --format aasce)")
+    ap.add_argument("--detector-dir", required=True, help="the chain detector's model folder (the anchor goes there)")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--patch-size", type=int, default=48)
+    ap.add_argument("--side-spacings", type=float, nargs="+", default=[4.0],
+                    help="patch side(s) in level spacings, one input channel each")
+    ap.add_argument("--variants", type=int, default=4)
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 1.0],
+                    help="anchor weights tried on the validation films (0, no anchor, is always tried)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cases = list_cases(args.dataset)
+    if "training" not in cases or not cases.get("validation"):
+        raise ValueError(f"{args.dataset}: needs a dataset.json with training and validation splits")
+    levels = DetectorSpec.load(args.detector_dir).levels
+    spec = LevelAnchorSpec(level_groups_for(levels), patch_size=args.patch_size, side_spacings=args.side_spacings[0] if len(args.side_spacings) == 1 else tuple(args.side_spacings))
+    command = "python scripts/train_level_anchor.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    spec = train_level_anchor(args.detector_dir, cases["training"], cases["validation"], levels, epochs=args.epochs,
+                              variants=args.variants, spec=spec, seed=args.seed,
+                              meta={"training_command": command, "dataset": str(args.dataset)})
+    weight, rates = choose_anchor_weight(args.detector_dir, cases["validation"], args.weights)
+    spec.weight = weight
+    spec.meta["weight_choice"] = {"right_level_rate_validation": rates, "chosen": weight}
+    spec.save(args.detector_dir)
+    print(f"level anchor saved in {args.detector_dir}: validation accuracy {spec.meta['validation_accuracy']:.3f}, "
+          f"weight {weight:g} (right level on validation: {rates})")
+    return 0

@@ -1,7 +1,8 @@
 """The level anchor: a patch classifier that tells the chain decoding which level group each detector peak shows.
 
-A detector peak is looked at in a square patch of ``side_spacings`` times the film's level spacing
-(about four vertebrae: the ribs beside a thoracic vertebra, the pelvis below L5 are in view),
+A detector peak is looked at in square patches of ``side_spacings`` times the film's level spacing
+(about four vertebrae: the ribs beside a thoracic vertebra; a second, larger patch shows the rib
+cage's lower end or the pelvis), one input channel per patch side,
 resampled to ``patch_size`` pixels and standardised; a small MONAI ``Classifier`` gives the
 probabilities of the level groups of :class:`~monai_spine.codecs.level_groups.LevelGroups` (plus
 "above", "below" and "not a centre"), and :meth:`LevelGroups.level_cost` turns them into the chain
@@ -36,32 +37,41 @@ ANCHOR_SPEC_FILE = "level_anchor_model.json"
 _FORMAT = "monai-spine-level-anchor"
 
 
-def build_anchor_network(patch_size: int, num_classes: int, channels: Sequence[int], strides: Sequence[int]) -> torch.nn.Module:
-    """A MONAI ``Classifier`` on ``(1, patch_size, patch_size)`` patches returning class logits."""
+def build_anchor_network(patch_size: int, num_classes: int, channels: Sequence[int], strides: Sequence[int],
+                         in_channels: int = 1) -> torch.nn.Module:
+    """A MONAI ``Classifier`` on ``(in_channels, patch_size, patch_size)`` patches returning class logits."""
     from monai.networks.nets import Classifier
 
-    return Classifier(in_shape=(1, int(patch_size), int(patch_size)), classes=int(num_classes),
+    return Classifier(in_shape=(int(in_channels), int(patch_size), int(patch_size)), classes=int(num_classes),
                       channels=tuple(int(c) for c in channels), strides=tuple(int(s) for s in strides),
                       num_res_units=1, norm="BATCH")
 
 
-def anchor_patches(image: Any, points_px: Any, spacing_px: float, side_spacings: float = 4.0,
-                   patch_size: int = 48, angle_deg: Any = 0.0) -> np.ndarray:
-    """Standardised square patches around points: ``(P, 1, patch_size, patch_size)`` float32.
+def _side_list(side_spacings: Any) -> tuple[float, ...]:
+    sides = tuple(float(v) for v in np.ravel(side_spacings))
+    if not sides or not all(np.isfinite(sides)) or min(sides) <= 0:
+        raise ValueError(f"side_spacings must be positive, got {side_spacings!r}")
+    return sides
 
-    The film is shrunk once (area averaging) so that a patch pixel is about one film pixel, then each
-    patch is resampled bilinearly.
+
+def anchor_patches(image: Any, points_px: Any, spacing_px: float, side_spacings: float | Sequence[float] = 4.0,
+                   patch_size: int = 48, angle_deg: Any = 0.0) -> np.ndarray:
+    """Standardised square patches around points, one channel per patch side: ``(P, C, S, S)`` float32.
+
+    For each side the film is shrunk once (area averaging) so that a patch pixel is about one film
+    pixel, then each patch is resampled bilinearly; a small side shows the vertebra, a large one the
+    ribs or the pelvis around it.
 
     Args:
         image: ``(H, W)`` or ``(1, H, W)`` film, any intensity range.
         points_px: ``(P, 2)`` ``(x, y)`` patch centres in film pixels.
-        spacing_px: the film's level spacing in film pixels (patch side = ``side_spacings * spacing_px``).
-        side_spacings: patch side in level spacings.
-        patch_size: patch side in patch pixels.
+        spacing_px: the film's level spacing in film pixels (patch side = ``side * spacing_px``).
+        side_spacings: patch side(s) in level spacings, one channel each (``C``).
+        patch_size: patch side in patch pixels (``S``).
         angle_deg: scalar or ``(P,)`` patch rotation (training augmentation; 0 at inference).
 
     Raises:
-        ValueError: a bad image or point shape, or a spacing that is not positive.
+        ValueError: a bad image or point shape, a spacing or side that is not positive.
     """
     img = np.asarray(image, dtype=np.float32)
     if img.ndim == 3 and img.shape[0] == 1:
@@ -72,20 +82,26 @@ def anchor_patches(image: Any, points_px: Any, spacing_px: float, side_spacings:
     if not (np.isfinite(spacing_px) and spacing_px > 0):
         raise ValueError(f"anchor_patches: spacing_px must be positive, got {spacing_px}")
     ang = np.broadcast_to(np.asarray(angle_deg, dtype=np.float64), (pts.shape[0],))
-    side = float(side_spacings) * float(spacing_px)
-    shrink = max(1.0, side / patch_size / 1.5)
-    if shrink > 1.0:
-        small = cv2.resize(img, (max(1, round(img.shape[1] / shrink)), max(1, round(img.shape[0] / shrink))),
-                           interpolation=cv2.INTER_AREA)
-        fx, fy = small.shape[1] / img.shape[1], small.shape[0] / img.shape[0]
-    else:
-        small, fx, fy = img, 1.0, 1.0
-    fill = float(np.median(small))
-    out = np.zeros((pts.shape[0], 1, patch_size, patch_size), np.float32)
-    for i, ((x, y), a) in enumerate(zip(pts, ang)):
-        aff = patch_affine((x + 0.5) * fx - 0.5, (y + 0.5) * fy - 0.5, side * 0.5 * (fx + fy), float(a), patch_size)
-        out[i, 0] = normalize_patch(extract_patch(small, aff, patch_size, antialias=True, fill=fill))
+    sides = _side_list(side_spacings)
+    out = np.zeros((pts.shape[0], len(sides), patch_size, patch_size), np.float32)
+    for ch, side_spacing in enumerate(sides):
+        side = side_spacing * float(spacing_px)
+        shrink = max(1.0, side / patch_size / 1.5)
+        if shrink > 1.0:
+            small = cv2.resize(img, (max(1, round(img.shape[1] / shrink)), max(1, round(img.shape[0] / shrink))),
+                               interpolation=cv2.INTER_AREA)
+            fx, fy = small.shape[1] / img.shape[1], small.shape[0] / img.shape[0]
+        else:
+            small, fx, fy = img, 1.0, 1.0
+        fill = float(np.median(small))
+        for i, ((x, y), a) in enumerate(zip(pts, ang)):
+            aff = patch_affine((x + 0.5) * fx - 0.5, (y + 0.5) * fy - 0.5, side * 0.5 * (fx + fy), float(a), patch_size)
+            out[i, ch] = normalize_patch(extract_patch(small, aff, patch_size, antialias=True, fill=fill))
     return out
+
+
+def _sides_from_json(v: Any) -> float | tuple[float, ...]:
+    return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v)
 
 
 @dataclass
@@ -95,7 +111,7 @@ class LevelAnchorSpec:
     Attributes:
         groups: the level groups the classifier tells apart.
         patch_size: patch side in pixels.
-        side_spacings: patch side in level spacings.
+        side_spacings: patch side(s) in level spacings, one input channel each.
         channels, strides: the ``Classifier``'s layers.
         weight: chain cost per nat of ``-log p`` (chosen on validation films).
         cap: largest cost per peak and level, in nats.
@@ -105,7 +121,7 @@ class LevelAnchorSpec:
 
     groups: LevelGroups
     patch_size: int = 48
-    side_spacings: float = 4.0
+    side_spacings: float | tuple[float, ...] = 4.0
     channels: tuple[int, ...] = (8, 16, 32, 64)
     strides: tuple[int, ...] = (2, 2, 2, 2)
     weight: float = 1.0
@@ -114,11 +130,12 @@ class LevelAnchorSpec:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def build_network(self) -> torch.nn.Module:
-        return build_anchor_network(self.patch_size, self.groups.num_classes, self.channels, self.strides)
+        return build_anchor_network(self.patch_size, self.groups.num_classes, self.channels, self.strides,
+                                    len(_side_list(self.side_spacings)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": _FORMAT, "version": 1, "groups": self.groups.to_dict(), "patch_size": self.patch_size,
-                "side_spacings": self.side_spacings, "channels": list(self.channels), "strides": list(self.strides),
+                "side_spacings": list(self.side_spacings) if isinstance(self.side_spacings, tuple) else self.side_spacings, "channels": list(self.channels), "strides": list(self.strides),
                 "weight": self.weight, "cap": self.cap, "checkpoint_file": self.checkpoint_file, "meta": self.meta}
 
     @classmethod
@@ -127,7 +144,7 @@ class LevelAnchorSpec:
             raise ValueError(f"{source}: not a level anchor spec (format {d.get('format')!r}, expected {_FORMAT!r})")
         try:
             return cls(groups=LevelGroups.from_dict(d["groups"]), patch_size=int(d["patch_size"]),
-                       side_spacings=float(d["side_spacings"]), channels=tuple(d["channels"]),
+                       side_spacings=_sides_from_json(d["side_spacings"]), channels=tuple(d["channels"]),
                        strides=tuple(d["strides"]), weight=float(d["weight"]), cap=float(d["cap"]),
                        checkpoint_file=str(d["checkpoint_file"]), meta=dict(d.get("meta", {})))
         except KeyError as e:

@@ -71,3 +71,19 @@ def test_detector_refuses_an_anchor_of_other_levels(tmp_path):
                          LevelAnchorSpec(AP_LEVEL_GROUPS, patch_size=16, channels=(4,), strides=(2,)))
     with pytest.raises(ValueError, match="level anchor's levels"):
         VertebraDetector(spec.build_network(), spec, anchor=anchor)
+
+
+def test_anchor_patches_one_channel_per_side_and_spec_round_trip(tmp_path):
+    img = np.zeros((200, 100), np.float32)
+    img[95:106, 45:56] = 1.0
+    x = anchor_patches(img, [[50.0, 100.0]], spacing_px=10.0, side_spacings=(2.0, 8.0), patch_size=16)
+    assert x.shape == (1, 2, 16, 16)
+    # the square (1.1 spacings wide) fills more of the small patch than of the large one
+    assert (x[0, 0] > 0).mean() > (x[0, 1] > 0).mean()
+    spec = LevelAnchorSpec(AP_LEVEL_GROUPS, patch_size=16, side_spacings=(2.0, 8.0), channels=(4,), strides=(2,))
+    spec.save(tmp_path)
+    back = LevelAnchorSpec.load(tmp_path)
+    assert back.side_spacings == (2.0, 8.0)
+    assert back.build_network()(torch.zeros(1, 2, 16, 16)).shape == (1, 9)
+    with pytest.raises(ValueError, match="side_spacings"):
+        anchor_patches(img, [[50.0, 100.0]], 10.0, side_spacings=(4.0, 0.0))
