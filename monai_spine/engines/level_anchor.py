@@ -28,7 +28,8 @@ from monai_spine.codecs.detection import vertebra_centres_px
 from monai_spine.codecs.level_groups import ABOVE, BELOW, NOT_A_CENTRE, LevelGroups, level_groups_for
 from monai_spine.inference.level_anchor import LevelAnchorSpec, anchor_patches
 
-__all__ = ["anchor_training_points", "build_anchor_pool", "train_level_anchor"]
+__all__ = ["anchor_training_points", "build_anchor_pool", "train_level_anchor", "right_level_rate", "choose_anchor_weight",
+           "class_recall"]
 
 
 def anchor_training_points(centres_px: Any, lateral_frac: float = 0.8) -> tuple[np.ndarray, np.ndarray, float]:
@@ -274,6 +275,16 @@ def choose_anchor_weight(detector_dir: str | Path, val_labels: Sequence[str], we
     return float(best), rates
 
 
+def class_recall(anchor: Any, label_paths: Sequence[str]) -> dict[str, float]:
+    """Per-class recall of a trained anchor on the un-augmented sample points of annotated films."""
+    x, y = build_anchor_pool(label_paths, anchor.spec.groups, 0, anchor.spec.side_spacings, anchor.spec.patch_size,
+                             log=lambda m: None)
+    pred = np.concatenate([anchor.network(torch.from_numpy(x[i:i + 512].astype(np.float32))).argmax(-1).numpy()
+                           for i in range(0, len(x), 512)]) if len(x) else np.zeros(0, np.int64)
+    names = anchor.spec.groups.class_names
+    return {name: float(np.mean(pred[y == g] == g)) for g, name in enumerate(names) if np.any(y == g)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``scripts/train_level_anchor.py``: train the level anchor into a detector folder and weigh it."""
     import argparse
@@ -295,11 +306,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="anchor weights tried on the validation films (0, no anchor, is always tried)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recall-only", action="store_true",
+                    help="train nothing: print the per-class recall of the detector folder's anchor on the validation films")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cases = list_cases(args.dataset)
     if "training" not in cases or not cases.get("validation"):
         raise ValueError(f"{args.dataset}: needs a dataset.json with training and validation splits")
+    if args.recall_only:
+        from monai_spine.inference.level_anchor import LevelAnchor
+
+        with torch.inference_mode():
+            recall = class_recall(LevelAnchor.from_dir(args.detector_dir), cases["validation"])
+        print("| class | recall on validation points |\n|---|---:|")
+        for name, r in recall.items():
+            print(f"| {name} | {100 * r:.1f} % |")
+        return 0
     levels = DetectorSpec.load(args.detector_dir).levels
     spec = LevelAnchorSpec(level_groups_for(levels), patch_size=args.patch_size, side_spacings=args.side_spacings[0] if len(args.side_spacings) == 1 else tuple(args.side_spacings))
     command = "python scripts/train_level_anchor.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])

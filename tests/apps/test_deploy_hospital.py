@@ -823,3 +823,24 @@ def test_app_refuses_weights_that_do_not_fit_their_spec(tmp_path, app_python):
     assert last.startswith(f"monai-spine deploy: error: models folder {zoo}: ")
     assert "the weights do not match the network described by the spec" in last and len(last) < 600
     assert not out.exists()
+
+
+def test_identities_record_the_detectors_level_anchor(tmp_path):
+    """The SR names every weight file that decided a level: the detector's level anchor too, when it has one."""
+    import hashlib
+
+    import torch
+
+    from monai_spine.apps.deploy.models import locate_models
+    from monai_spine.codecs.level_groups import level_groups_for
+    from monai_spine.inference.level_anchor import LevelAnchorSpec
+
+    root = _layout(tmp_path, sorted(LAYOUT_CASES)[0])
+    found = locate_models(root)
+    assert [m["kind"] for m in found.identities()] == ["detector", "regressor"]
+    spec = LevelAnchorSpec(level_groups_for(["C3", "C4"]), patch_size=16, channels=(4,), strides=(2,))
+    spec.save(found.detector_dir)
+    torch.save(spec.build_network().state_dict(), found.detector_dir / spec.checkpoint_file)
+    ids = found.identities()
+    assert [m["kind"] for m in ids] == ["detector", "regressor", "level_anchor"]
+    assert ids[2]["sha256"] == hashlib.sha256((found.detector_dir / "level_anchor.pt").read_bytes()).hexdigest()

@@ -108,10 +108,14 @@ class ModelFolders:
             return str(folder)
 
     def identities(self) -> list[dict[str, str]]:
-        """``[{"kind", "name", "sha256"}]`` of the detector and regressor weights (name relative to ``root``)."""
+        """``[{"kind", "name", "sha256"}]`` of the detector, its level anchor (if any) and the regressor weights
+        (name relative to ``root``)."""
         from monai_spine.apps.deploy.identity import sha256_file
+        from monai_spine.inference.level_anchor import LevelAnchor, LevelAnchorSpec
 
         ckpts = {"detector": self.detector_dir / "model.pt", "regressor": self.regressor_checkpoint}
+        if LevelAnchor.exists(self.detector_dir):
+            ckpts["level_anchor"] = self.detector_dir / LevelAnchorSpec.load(self.detector_dir).checkpoint_file
         return [{"kind": kind, "name": self._name(p if kind == "regressor" and self.layout.startswith("legacy")
                                                   else p.parent),
                  "sha256": sha256_file(p)} for kind, p in ckpts.items()]
