@@ -635,7 +635,7 @@ def _decode_chain(p: np.ndarray, score_threshold: float, apply_sigmoid: bool, re
         boxes[k] = np.concatenate([pts[i] - ltrb[:2], pts[i] + ltrb[2:]])
     detected = np.all(np.isfinite(centres), -1)
     return {"scores": scores, "centres_net_px": centres, "boxes_net_px": boxes, "detected": detected,
-            "scale": np.asarray(scale)}
+            "scale": np.asarray(scale), "candidates_net_px": pts.reshape(-1, 2), "candidate_scores": sc}
 
 
 def decode_detections(
@@ -661,7 +661,8 @@ def decode_detections(
     (local maxima as for ``sequence``, scores ``>= candidate_fraction * score_threshold``) get levels by
     :func:`assign_levels_chain` from their spacing along the spine against ``profile`` (``(L - 1,)``,
     required; ``chain_kwargs`` go to :func:`assign_levels_chain`) and the level channel's estimates;
-    the result has ``L = len(profile) + 1`` rows and a ``scale`` entry (net pixels per profile unit).
+    the result has ``L = len(profile) + 1`` rows, a ``scale`` entry (net pixels per profile unit) and
+    the peaks that took part (``candidates_net_px`` ``(P, 2)``, ``candidate_scores`` ``(P,)``).
     With ``level_y_frac`` (``(L,)``: the mean height of each level's centre as a fraction of the film's
     height on the training films) and ``y_frac_map`` (``(a, b)``: a net row ``v`` is at ``a * v + b`` of
     the film's height) each peak also gets the level its height on the film suggests (interpolated,

@@ -28,7 +28,7 @@ from monai_spine.codecs.detection import vertebra_centres_px
 from monai_spine.codecs.level_groups import ABOVE, BELOW, NOT_A_CENTRE, LevelGroups, level_groups_for
 from monai_spine.inference.level_anchor import LevelAnchorSpec, anchor_patches
 
-__all__ = ["anchor_training_points", "build_anchor_pool", "train_level_anchor", "right_level_rate", "choose_anchor_weight",
+__all__ = ["anchor_training_points", "label_peaks", "build_anchor_pool", "train_level_anchor", "right_level_rate", "choose_anchor_weight",
            "class_recall"]
 
 
@@ -83,6 +83,33 @@ def anchor_training_points(centres_px: Any, lateral_frac: float = 0.8) -> tuple[
     return np.concatenate(pts), np.concatenate(codes).astype(np.int64), spacing
 
 
+def label_peaks(points_px: Any, boxes_px: Any) -> np.ndarray:
+    """Level codes of detector peaks from the annotated boxes of the region's levels.
+
+    Args:
+        points_px: ``(P, 2)`` peaks ``(x, y)``.
+        boxes_px: ``(L, 4)`` ``(x0, y0, x1, y1)`` annotated box of each level, top to bottom (NaN: none).
+
+    Returns:
+        ``(P,)``: the first level whose box holds the peak; else
+        :data:`~monai_spine.codecs.level_groups.ABOVE` above the first annotated box's top,
+        :data:`~monai_spine.codecs.level_groups.BELOW` below the last one's bottom, and
+        :data:`~monai_spine.codecs.level_groups.NOT_A_CENTRE` otherwise (a double response, a peak
+        beside the spine).
+    """
+    pts = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
+    b = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+    ok = np.flatnonzero(np.all(np.isfinite(b), -1))
+    out = np.full(pts.shape[0], NOT_A_CENTRE, dtype=np.int64)
+    if ok.size == 0:
+        return out
+    top, bottom = b[ok[0], 1], b[ok[-1], 3]
+    for i, (x, y) in enumerate(pts):
+        inside = [k for k in ok if b[k, 0] <= x <= b[k, 2] and b[k, 1] <= y <= b[k, 3]]
+        out[i] = inside[0] if inside else ABOVE if y < top else BELOW if y > bottom else NOT_A_CENTRE
+    return out
+
+
 def build_anchor_pool(
     label_paths: Sequence[str],
     groups: LevelGroups,
@@ -94,10 +121,14 @@ def build_anchor_pool(
     rotation_deg: float = 8.0,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    detector: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Patches and class labels of annotated films: ``(x (N, 1, S, S) float16, y (N,) int64)``.
+    """Patches and class labels of annotated films: ``(x (N, C, S, S) float16, y (N,) int64)``.
 
-    ``variants=0`` cuts each sample once with no augmentation (validation).
+    ``variants=0`` cuts each sample once with no augmentation (validation). With a ``chain``
+    ``detector`` (a :class:`~monai_spine.inference.detector.VertebraDetector`), its peaks on each film
+    join the sample points, labelled by :func:`label_peaks`: the classifier then also learns the
+    detector's real false peaks.
     """
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.readers import read_xray
@@ -118,6 +149,15 @@ def build_anchor_pool(
             log(f"[anchor] {label}: fewer than three annotated levels, skipped")
             continue
         image = read_xray(ann.image).channel_first()[0]
+        if detector is not None:
+            peaks = detector.predict_levels(image).get("candidates_px", np.zeros((0, 2)))
+            boxes = np.full((len(groups.levels), 4), np.nan)
+            b_ann = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+            for k, j in enumerate(idx):
+                if j >= 0:
+                    boxes[k] = b_ann[j]
+            pts = np.concatenate([pts, peaks])
+            codes = np.concatenate([codes, label_peaks(peaks, boxes)])
         labels = groups.encode(codes)
         for _ in range(max(1, int(variants))):
             if variants:
@@ -162,6 +202,7 @@ def train_level_anchor(
     seed: int = 0,
     log: Callable[[str], None] = print,
     meta: dict[str, Any] | None = None,
+    detector: Any = None,
 ) -> LevelAnchorSpec:
     """Train a level anchor and save it (spec + weights) into ``out_dir`` (a detector's model folder).
 
@@ -177,7 +218,7 @@ def train_level_anchor(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     x_tr, y_tr = build_anchor_pool(train_labels, spec.groups, variants, spec.side_spacings, spec.patch_size,
-                                   seed=seed, log=log)
+                                   seed=seed, log=log, detector=detector)
     x_va, y_va = build_anchor_pool(val_labels, spec.groups, 0, spec.side_spacings, spec.patch_size, log=log)
     t_pool = time.perf_counter() - t0
     log(f"[anchor] pools: {len(x_tr)} training, {len(x_va)} validation patches in {t_pool:.0f} s")
@@ -223,6 +264,7 @@ def train_level_anchor(
     spec.meta = {**(meta or {}), "training_films": len(train_labels), "validation_films": len(val_labels),
                  "training_patches": int(len(x_tr)), "epochs": int(epochs), "batch_size": int(batch_size),
                  "learning_rate": float(learning_rate), "variants": int(variants), "seed": int(seed),
+                 "detector_peaks": detector is not None,
                  "validation_accuracy_per_epoch": [round(a, 4) for a in history],
                  "validation_accuracy": round(float(best["acc"]), 4), "train_s": round(time.perf_counter() - t0, 1),
                  "class_names": spec.groups.class_names}
@@ -306,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="anchor weights tried on the validation films (0, no anchor, is always tried)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--detector-peaks", action="store_true",
+                    help="add the detector's own peaks on the training films to the samples (labelled by the annotated boxes)")
     ap.add_argument("--recall-only", action="store_true",
                     help="train nothing: print the per-class recall of the detector folder's anchor on the validation films")
     args = ap.parse_args(argv)
@@ -325,8 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = DetectorSpec.load(args.detector_dir).levels
     spec = LevelAnchorSpec(level_groups_for(levels), patch_size=args.patch_size, side_spacings=args.side_spacings[0] if len(args.side_spacings) == 1 else tuple(args.side_spacings))
     command = "python scripts/train_level_anchor.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    detector = None
+    if args.detector_peaks:
+        from monai_spine.inference.detector import VertebraDetector
+
+        detector = VertebraDetector.from_checkpoint(args.detector_dir, use_anchor=False)
     spec = train_level_anchor(args.detector_dir, cases["training"], cases["validation"], levels, epochs=args.epochs,
-                              variants=args.variants, spec=spec, seed=args.seed,
+                              variants=args.variants, spec=spec, seed=args.seed, detector=detector,
                               meta={"training_command": command, "dataset": str(args.dataset)})
     weight, rates = choose_anchor_weight(args.detector_dir, cases["validation"], args.weights)
     spec.weight = weight

@@ -397,7 +397,9 @@ class VertebraDetector:
 
         Returns:
             dict of ``(L, ...)`` arrays in image pixels: ``scores``, ``centres_px``, ``boxes_px`` (NaN
-            for a level without a vertebra), ``detected``; and ``det_to_image`` ``(3, 3)``.
+            for a level without a vertebra), ``detected``; and ``det_to_image`` ``(3, 3)``; with the
+            ``chain`` decoding also every peak that took part, ``candidates_px`` ``(P, 2)`` and
+            ``candidate_scores`` ``(P,)``.
         """
         net_img, a = self.preprocess(image, spacing_mm)
         h_img = float(tuple(np.shape(image))[-2])
@@ -415,12 +417,16 @@ class VertebraDetector:
                                 gap_penalty=self.spec.gap_penalty, profile=self.spec.spacing_profile,
                                 chain_kwargs=self.spec.chain_kwargs, level_y_frac=self.spec.level_y_frac,
                                 y_frac_map=(a[1, 1] / h_img, a[1, 2] / h_img), peak_cost=peak_cost)
-        return {
+        out = {
             "scores": dec["scores"], "detected": dec["detected"], "scale": dec.get("scale", np.nan),
             "centres_px": points_to_image_px(dec["centres_net_px"], a),
             "boxes_px": boxes_to_image_px(dec["boxes_net_px"], a),
             "det_to_image": a,
         }
+        if "candidates_net_px" in dec:  # chain decoding: every peak that took part, levelled or not
+            out["candidates_px"] = points_to_image_px(dec["candidates_net_px"], a)
+            out["candidate_scores"] = dec["candidate_scores"]
+        return out
 
     def detect(
         self, image: Any, spacing_mm: Sequence[float] | None = None, spacing_source: str | None = None

@@ -213,3 +213,25 @@ def test_decode_chain_uses_the_height_on_the_film():
                             y_frac_map=y_frac_map, chain_kwargs={"position_weight": 1.0})
     assert dec["detected"].tolist() == [True] * 16 + [False]
     np.testing.assert_allclose(dec["centres_net_px"][:16], pts[:16], atol=0.35)
+
+
+def test_decode_chain_peak_cost_second_pass_and_candidates():
+    """``peak_cost`` gets every peak and the film's level spacing; a cost that says each peak is one level
+    higher than the spacing alone finds moves the whole chain up; the peaks come back as candidates."""
+    pts = np.stack([SPINE[:, 0] / 4 + 5, SPINE[:, 1] / 6 + 3], -1)
+    keep = list(range(3, 17))  # T4-L5 seen
+    plain = decode_detections(_peaks_pred(pts[keep]), 0.2, method="chain", profile=PROFILE)
+    assert plain["detected"].tolist() == [k >= 3 for k in ALL]
+    seen = {}
+
+    def cost(points, spacing):
+        seen["n"], seen["spacing"] = len(points), spacing
+        c = np.full((len(points), 17), 100.0)
+        for rank, i in enumerate(np.argsort(points[:, 1])):
+            c[i, rank + 2] = 0.0  # T3 for the top peak, ..., L4 for the bottom one
+        return c
+
+    dec = decode_detections(_peaks_pred(pts[keep]), 0.2, method="chain", profile=PROFILE, peak_cost=cost)
+    assert seen["n"] == len(keep) and seen["spacing"] > 0
+    assert dec["candidates_net_px"].shape == (len(keep), 2) and dec["candidate_scores"].shape == (len(keep),)
+    assert dec["detected"].tolist() == [2 <= k <= 15 for k in ALL]

@@ -97,3 +97,13 @@ def test_right_level_rate_on_a_stub_detector(films, shift, expected):
         cs.append(np.array([c[list(ann.levels).index(lev)] for lev in levels]))
     # one level up: every centre lies in its neighbour's box, not in the named level's
     assert right_level_rate(_StubDetector(cs, levels, shift), films[:2]) == pytest.approx(expected)
+
+
+def test_label_peaks_hand_computed():
+    from monai_spine.engines.level_anchor import label_peaks
+
+    boxes = np.array([[0, 0, 10, 10], [0, 12, 10, 22], [np.nan] * 4, [0, 36, 10, 46]], float)
+    peaks = [[5, 5], [5, 17], [5, 11], [5, -4], [5, 50], [30, 17], [5, 40]]
+    # in level 0, in level 1, the disc between 0 and 1, above, below, beside the spine, in level 3
+    assert list(label_peaks(peaks, boxes)) == [0, 1, NOT_A_CENTRE, ABOVE, BELOW, NOT_A_CENTRE, 3]
+    assert list(label_peaks(peaks[:2], np.full((4, 4), np.nan))) == [NOT_A_CENTRE, NOT_A_CENTRE]
