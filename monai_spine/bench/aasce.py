@@ -552,7 +552,7 @@ def train_chain_folder(
     """
     import torch
 
-    from monai_spine.codecs.detection import level_height_fractions, spacing_profile
+    from monai_spine.codecs.chain import level_height_fractions, spacing_profile
     from monai_spine.engines.detector import detector_cases, load_detector_arrays, train_chain_detector
     from monai_spine.inference.detector import DetectorSpec
 

@@ -6,18 +6,21 @@
   heatmaps (:func:`~monai_spine.codecs.detection.encode_centre_heatmaps` /
   :func:`~monai_spine.codecs.detection.encode_chain_target` <->
   :func:`~monai_spine.codecs.detection.decode_detections`).
+* :mod:`~monai_spine.codecs.chain`: the "any vertebra" peaks' levels along the spine
+  (:func:`~monai_spine.codecs.chain.assign_levels_chain`) and the unseen levels placed between and
+  beyond them (:func:`~monai_spine.codecs.chain.complete_chain`).
+* :class:`~monai_spine.codecs.level_groups.LevelGroups`: a peak's level <-> the level anchor's group
+  class, and group probabilities -> the chain's level costs.
 """
 
+from monai_spine.codecs.chain import assign_levels_chain, complete_chain, level_height_fractions, spacing_profile
 from monai_spine.codecs.detection import (
-    assign_levels_chain,
-    complete_chain,
     decode_detections,
     encode_centre_heatmaps,
     encode_chain_target,
-    level_height_fractions,
-    spacing_profile,
     vertebra_centres_px,
 )
+from monai_spine.codecs.level_groups import LevelGroups
 from monai_spine.codecs.regression import KeypointRegressionCodec, fit_regression_codec
 
 __all__ = [
@@ -31,4 +34,5 @@ __all__ = [
     "assign_levels_chain",
     "complete_chain",
     "vertebra_centres_px",
+    "LevelGroups",
 ]

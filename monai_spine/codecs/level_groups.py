@@ -1,7 +1,7 @@
 """The level anchor's codec: a detector peak's level <-> a group class, and group probabilities -> level costs.
 
 The "any vertebra" detector finds vertebra centres but not which level each is; the chain
-assignment (:func:`~monai_spine.codecs.detection.assign_levels_chain`) names them by spacing and by
+assignment (:func:`~monai_spine.codecs.chain.assign_levels_chain`) names them by spacing and by
 their height on the film, and shifts a whole chain by one level when a C7 or S1 peak sits at one end
 or a double response sits in the middle. A small patch classifier (the *level anchor*,
 :mod:`monai_spine.inference.level_anchor`) looks at each peak and says which *group* of levels it

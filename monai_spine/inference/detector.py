@@ -28,7 +28,8 @@ import torch
 
 from monai_spine.data.annotation import atomic_write_text
 from monai_spine.data.keypoints import get_region, px_to_mm
-from monai_spine.codecs.detection import complete_chain, decode_detections
+from monai_spine.codecs.chain import complete_chain
+from monai_spine.codecs.detection import decode_detections
 from monai_spine.networks.detector import DEFAULT_FEATURES, VertebraDetectorNet
 from monai_spine.inference.level_anchor import LevelAnchor
 from transforms.detection import LetterboxResize, boxes_to_image_px, points_to_image_px
@@ -53,7 +54,7 @@ class DetectorSpec:
         decode_method: ``"sequence"`` (order-preserving level assignment) or ``"argmax"`` (each level
             on its own) for a network with one heatmap per level; ``"chain"`` for a network with one
             "any vertebra" heatmap whose peaks get levels from their spacing along the spine
-            (:func:`~monai_spine.codecs.detection.assign_levels_chain`); see
+            (:func:`~monai_spine.codecs.chain.assign_levels_chain`); see
             :func:`~monai_spine.codecs.detection.decode_detections`.
         nms_radius_px: local-maximum window half-size of the ``sequence`` decoding, net pixels.
         gap_penalty: cost of a level or vertebra skipped inside the sequence (``sequence`` decoding).
@@ -62,10 +63,10 @@ class DetectorSpec:
         spacing_profile: ``(L - 1,)`` mean relative distance between consecutive levels, measured on
             the training split (``chain`` decoding; required there).
         complete: output every level of the region: levels the detector did not see are filled along
-            the spine (:func:`~monai_spine.codecs.detection.complete_chain`) and flagged ``inferred``.
-        chain_kwargs: options of :func:`~monai_spine.codecs.detection.assign_levels_chain`.
+            the spine (:func:`~monai_spine.codecs.chain.complete_chain`) and flagged ``inferred``.
+        chain_kwargs: options of :func:`~monai_spine.codecs.chain.assign_levels_chain`.
         level_y_frac: ``(L,)`` mean height of each level's centre as a fraction of the film height on the
-            training films (``chain``; see :func:`~monai_spine.codecs.detection.level_height_fractions`):
+            training films (``chain``; see :func:`~monai_spine.codecs.chain.level_height_fractions`):
             anchors the levels for films cropped like the training films. None: not used.
         length_frac_range: ``(lo, hi)``: the span from the first to the last level as a fraction of the
             film's height on the training films (``chain``); a film whose detected spine is far outside it
@@ -282,7 +283,7 @@ def complete_levels(
     """Every level of the region from the detected ones: ``(centres (L, 2), boxes (L, 4), inferred (L,))``.
 
     Undetected levels are placed along the spine by
-    :func:`~monai_spine.codecs.detection.complete_chain` (``profile``: the spec's spacing profile; None:
+    :func:`~monai_spine.codecs.chain.complete_chain` (``profile``: the spec's spacing profile; None:
     equal spacing) and get the box size of the nearest detected level, centred on the placed centre.
     """
     n_lev = centres_px.shape[0]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from monai_spine.codecs.chain import complete_chain
 from monai_spine.codecs.detection import (
     TARGET_EXTRA_CHANNELS,
-    complete_chain,
     decode_detections,
     encode_centre_heatmaps,
     encode_chain_target,

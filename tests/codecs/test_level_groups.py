@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from monai_spine.codecs.detection import assign_levels_chain
+from monai_spine.codecs.chain import assign_levels_chain
 from monai_spine.codecs.level_groups import (ABOVE, AP_LEVEL_GROUPS, BELOW, NOT_A_CENTRE, LevelGroups,
                                              level_groups_for)
 

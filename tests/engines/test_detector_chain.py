@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from monai_spine.codecs.detection import (
-    assign_levels_chain,
-    complete_chain,
-    decode_detections,
-    level_height_fractions,
-    spacing_profile,
-)
+from monai_spine.codecs.chain import assign_levels_chain, complete_chain, level_height_fractions, spacing_profile
+from monai_spine.codecs.detection import decode_detections
 from monai_spine.engines.detector import chain_training_sample, evaluate_chain_items, train_chain_detector
 from monai_spine.networks.detector import VertebraDetectorNet
 
@@ -189,7 +184,7 @@ def test_chain_detector_overfits_a_tiny_film():
 
 
 def test_level_height_fractions_and_the_position_guess():
-    from monai_spine.codecs.detection import _level_from_y_frac
+    from monai_spine.codecs.chain import _level_from_y_frac
 
     a = np.stack([np.zeros(3), [10.0, 20.0, 40.0]], -1)  # film of height 100: fractions 0.1, 0.2, 0.4
     b = np.stack([np.zeros(3), [30.0, 50.0, 70.0]], -1)  # film of height 200: 0.15, 0.25, 0.35
