@@ -2,8 +2,8 @@
 
 Examples (the shipped models)::
 
-    python scripts/train_shipped_regressor.py --region cervical
-    python scripts/train_shipped_regressor.py --region lumbar --init bundle/models/cervical/regressor/model.pt
+    python scripts/train_shipped_regressor.py --region cervical --refine-passes 2
+    python scripts/train_shipped_regressor.py --region lumbar --crop 160 320 --refine-passes 1 --init bundle/models/cervical/regressor/model.pt
 
 Logic: :func:`monai_spine.engines.ship.train_shipped_regressor`.
 """
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="crop (network input) height and width (default: the bundle's 112 224)")
     p.add_argument("--init", default="", help="initial checkpoint (lumbar: the cervical model)")
+    p.add_argument("--refine-passes", type=int, default=0,
+                   help="crop re-cuts in a detector's boxes, written into the spec before the calibration "
+                        "(choose with scripts/bench_refine.py; shipped: cervical 2, lumbar 1)")
     p.add_argument("--out", default=None, help="model folder (default bundle/models/<region>/regressor)")
     p.add_argument("--work", default=None, help="MLflow store, predictions, metrics (default runs/ship-<region>)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     command = ["python", "scripts/train_shipped_regressor.py", *(sys.argv[1:] if argv is None else argv)]
     rec = train_shipped_regressor(args.region, out, work, n=args.n, epochs=args.epochs, size=args.size,
                                   init_checkpoint=args.init, command=command, data_seed=args.data_seed,
-                                  flip_prob=args.flip_prob,
+                                  flip_prob=args.flip_prob, refine_passes=args.refine_passes,
                                   extra={"spatial_size": list(args.crop)} if args.crop else None)
     from monai_spine.engines.ship import _METRICS
 

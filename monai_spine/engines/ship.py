@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["train_shipped_regressor", "model_card"]
+__all__ = ["train_shipped_regressor", "model_card", "merge_card"]
 
 _METRICS = ("val_mean_mm", "val_median_mm", "val_scans_below_2.0mm", "val_sdr_2.0mm", "val_fit_failure_3.0mm")
 
@@ -90,11 +90,48 @@ def model_card(spec: dict[str, Any], metrics: dict[str, float], calibration: dic
                 "highly uncertain" if failed else
                 f"tau1 = {th.get('tau1', float('nan')):.4g}, tau2 = {th.get('tau2', float('nan')):.4g} "
                 f"({th.get('units', '')}, total sigma_p) in thresholds.json; conformal radii in conformal.json"),
+        "- Fitted on the validation films as `predict` sees them: the bundle's `inference.json` (boxes from the "
+        "region's shipped detector, the spec's `refine_passes` re-cuts), then the calibration of "
+        "`monai-spine calibrate` (`calibrate_from_predictions`, at least 5 points per class).",
         "",
         "Files: model.pt (weights, codec buffers included), regressor_model.json (spec), thresholds.json, "
         "conformal.json, calibration_report.json.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _sections(card: str) -> list[tuple[str, str]]:
+    """``(heading, text)`` per ``## `` section of a markdown card (heading "" for what precedes the first)."""
+    out: list[tuple[str, list[str]]] = [("", [])]
+    for line in card.splitlines(keepends=True):
+        if line.startswith("## "):
+            out.append((line.strip(), []))
+        out[-1][1].append(line)
+    return [(h, "".join(t)) for h, t in out]
+
+
+def merge_card(generated: str, existing: str | None) -> str:
+    """The generated card with the sections of the ``existing`` one that it does not write itself.
+
+    A shipped card gets sections by hand after training (the fully automatic table, how the calibration
+    was fitted); regenerating the card must not drop them. A kept section goes right after the section it
+    followed in the existing card; a section the generator writes replaces the existing one of the same
+    heading.
+    """
+    if not existing:
+        return generated
+    gen = _sections(generated)
+    headings = {h for h, _ in gen}
+    merged = list(gen)
+    previous = ""
+    for h, text in _sections(existing):
+        if h and h not in headings:
+            at = next((i for i, (g, _) in enumerate(merged) if g == previous), len(merged) - 1)
+            text = text if text.endswith("\n\n") else text.rstrip("\n") + "\n\n"
+            merged.insert(at + 1, (h, text))
+            headings.add(h)
+        previous = h
+    return "".join(t if t.endswith("\n") else t + "\n" for _, t in merged)
 
 
 def train_shipped_regressor(
@@ -109,11 +146,16 @@ def train_shipped_regressor(
     seed: int = 0,
     data_seed: int = 1000,
     flip_prob: float = 0.0,
+    refine_passes: int = 0,
     init_checkpoint: str = "",
     command: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train, calibrate and test one regressor into ``model_dir``; return its record.
+
+    ``refine_passes`` (the re-cuts in a detector's boxes, chosen with ``scripts/bench_refine.py``) is
+    written into the spec before the validation films are predicted for the calibration, so the
+    calibration sees the predictions ``monai-spine predict`` makes.
 
     Raises:
         FileNotFoundError: a step left no output (names the file).
@@ -157,6 +199,9 @@ def train_shipped_regressor(
     train_s = time.time() - t0
     if not (model_dir / "model.pt").is_file():
         raise FileNotFoundError(f"training left no checkpoint at {model_dir / 'model.pt'}")
+    spec = RegressorSpec.load(model_dir)
+    spec.refine_passes = int(refine_passes)
+    spec.save(model_dir)
     val_pred = work / "validation-predictions"
     _run(["train.json", "inference.json"], "run", dict(ov, output_dir=str(val_pred), infer_split="validation"))
     calib = calibrate_from_predictions(sorted(str(p) for p in val_pred.glob("*.keypoints.json")),
@@ -181,6 +226,8 @@ def train_shipped_regressor(
         "validated_on_real_films": False,
     })
     spec.save(model_dir)
-    (model_dir / "README.md").write_text(model_card(spec.to_dict(), metrics, calib, cmd, ref_mm), encoding="utf-8")
+    card = model_dir / "README.md"
+    existing = card.read_text(encoding="utf-8") if card.is_file() else None
+    card.write_text(merge_card(model_card(spec.to_dict(), metrics, calib, cmd, ref_mm), existing), encoding="utf-8")
     (model_dir / "train_state.pt").unlink(missing_ok=True)
     return {"metrics": metrics, "mean_shape_mm": ref_mm, "calibration": calib, "train_seconds": train_s}

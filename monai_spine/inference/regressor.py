@@ -50,6 +50,7 @@ from transforms.keypoints import VertebraCropd, frac_to_image_px
 __all__ = [
     "RegressorSpec",
     "SPEC_FILE",
+    "spec_refine_passes",
     "KeypointPrediction",
     "KeypointPredictor",
     "default_crop_transform",
@@ -253,6 +254,16 @@ def load_conformal(path: str | os.PathLike | None) -> Any:
     if path and Path(path).is_file():
         return ConformalCalibrator.load(path)
     return None
+
+
+def spec_refine_passes(folder: str | os.PathLike | None) -> int:
+    """The crop re-cuts a model folder's spec asks for (:attr:`RegressorSpec.refine_passes`), 0 without a spec.
+
+    The bundle's ``inference.json`` predicts new films with it, as ``monai-spine predict`` does.
+    """
+    if folder and (Path(folder) / SPEC_FILE).is_file():
+        return RegressorSpec.load(folder).refine_passes
+    return 0
 
 
 def flip_back(points: np.ndarray | torch.Tensor, perm: Sequence[int], is_mean: bool = True) -> Any:

@@ -31,3 +31,25 @@ def test_train_shipped_regressor_writes_a_self_describing_folder(tmp_path, monke
     assert "synthetic radiographs only" in card and "train --tiny" in card and "no network" in card
     pred = KeypointPredictor.from_checkpoint(model)
     assert pred.spatial_size == (64, 128) and pred.conformal is not None
+
+
+GENERATED = "# Card\nintro\n\n## Data\ngen data\n\n## Test split\ngen table\n\n## Calibration\ngen calib\n"
+
+
+@pytest.mark.parametrize("existing,expected", [
+    (None, GENERATED),
+    ("", GENERATED),
+    # a hand-written section keeps its place (after "Test split"); the generated ones replace theirs
+    ("# Old\n\n## Data\nold data\n\n## Test split\nold table\n\n## Fully automatic\nhand table\n\n"
+     "## Calibration\nold calib\n",
+     "# Card\nintro\n\n## Data\ngen data\n\n## Test split\ngen table\n\n## Fully automatic\nhand table\n\n"
+     "## Calibration\ngen calib\n"),
+    # hand-written sections right after the title keep following it, in their order
+    ("## Usage\nx\n## Notes\nkept",
+     "# Card\nintro\n\n## Usage\nx\n\n## Notes\nkept\n\n## Data\ngen data\n\n## Test split\ngen table\n\n"
+     "## Calibration\ngen calib\n"),
+])
+def test_merge_card_keeps_hand_written_sections(existing, expected):
+    from monai_spine.engines.ship import merge_card
+
+    assert merge_card(GENERATED, existing) == expected

@@ -98,3 +98,22 @@ def test_predict_films_takes_a_list_of_files(tmp_path):
 def test_predict_films_without_films_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"no film found in {tmp_path}"):
         predict_films(_FakePipeline(), tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("folder,expected", [
+    ("bundle/models/cervical/regressor", 2), ("bundle/models/lumbar/regressor", 1), (None, 0), ("", 0),
+])
+def test_spec_refine_passes_reads_the_model_folder(folder, expected):
+    """inference.json predicts new films with the spec's re-cuts, as `monai-spine predict` does."""
+    from pathlib import Path
+
+    from monai_spine.inference.regressor import spec_refine_passes
+
+    repo = Path(__file__).resolve().parents[2]
+    assert spec_refine_passes(repo / folder if folder else folder) == expected
+
+
+def test_spec_refine_passes_without_a_spec_is_zero(tmp_path):
+    from monai_spine.inference.regressor import spec_refine_passes
+
+    assert spec_refine_passes(tmp_path) == 0
