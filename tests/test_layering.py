@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-#: top-level packages of the project that are scanned
-PACKAGES = ("monai_spine", "transforms")
+#: folders of the project that are scanned, with the package each is installed as (setup.py)
+PACKAGES = {"monai_spine": "monai_spine", "transforms": "monai_spine.transforms"}
 #: packages prediction must not reach
 TRAINING = ("monai_spine.engines", "monai_spine.bench")
 #: packages that predict (the Label app's inference tasks are covered by its own rule below)
@@ -40,6 +40,7 @@ KNOWN_PACKAGE_CYCLES = {
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
+    parts = PACKAGES[parts[0]].split(".") + parts[1:]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -51,7 +52,7 @@ MODULES = _modules()
 
 
 def _package(module: str) -> str:
-    """``monai_spine.<sub>`` for the project package, else the top-level name (``transforms``)."""
+    """``monai_spine.<sub>`` for the project package, else the top-level name."""
     parts = module.split(".")
     return ".".join(parts[:2]) if parts[0] == "monai_spine" and len(parts) > 1 else parts[0]
 

@@ -1,7 +1,9 @@
 """MONAI-style transforms of monai-spine (array transforms plus ``...d`` dictionary wrappers).
 
-Usable from MONAI bundle configs as ``{"_target_": "transforms.VertebraCropd", ...}`` with the
-repository root on ``sys.path``.
+The repository keeps this folder at its top level; it is installed as ``monai_spine.transforms``
+(setup.py maps the package to this folder, for wheels and editable installs), so there is no
+top-level ``transforms`` package. Usable from MONAI bundle configs as
+``{"_target_": "monai_spine.transforms.VertebraCropd", ...}``.
 """
 
 from __future__ import annotations

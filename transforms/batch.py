@@ -140,7 +140,7 @@ class RandZoomFlipKeypointsBatchd(Randomizable, MapTransform):
     """Dictionary wrapper of :class:`RandZoomFlipKeypointsBatch` on a collated batch.
 
     The image ``keys`` (all with one draw) are augmented; ``label_key`` holds ``(B, K, 3)`` targets
-    (fractions and visibility, :class:`transforms.targets.KeypointTargetd`) whose coordinates move and
+    (fractions and visibility, :class:`monai_spine.transforms.targets.KeypointTargetd`) whose coordinates move and
     whose points (visibility included) are permuted by a flip; ``alt_key`` names the precomputed
     alternative of the first image key (e.g. its CLAHE copy), dropped from the output.
 

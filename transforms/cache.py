@@ -1,8 +1,8 @@
-"""Caching loader: :class:`~transforms.io.LoadXrayd` that decodes each radiograph once per process.
+"""Caching loader: :class:`~monai_spine.transforms.io.LoadXrayd` that decodes each radiograph once per process.
 
 Bundle config example (``train.json``'s ``load_transforms``)::
 
-    {"_target_": "transforms.cache.CachedLoadXrayd", "keys": "image", "max_images": 256}
+    {"_target_": "monai_spine.transforms.cache.CachedLoadXrayd", "keys": "image", "max_images": 256}
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from transforms.io import LoadXrayd
+from monai_spine.transforms.io import LoadXrayd
 
 __all__ = ["CachedLoadXrayd"]
 

@@ -9,7 +9,7 @@ and boxes.
 The network input ("net" pixels) is the radiograph resized with its aspect kept and padded
 (letterbox). The geometry is one ``(3, 3)`` affine ``det_to_image`` taking homogeneous net pixels
 ``(u, v, 1)`` to image pixels ``(x, y, 1)``, like the ``crop_to_image`` of
-:class:`transforms.keypoints.VertebraCropd`: with ``a_x, a_y`` image pixels per net pixel (equal
+:class:`monai_spine.transforms.keypoints.VertebraCropd`: with ``a_x, a_y`` image pixels per net pixel (equal
 for square pixels; with a known anisotropic spacing they differ so that a net pixel covers the same
 millimetres in x and y) the image centre sits on the net centre::
 
@@ -44,7 +44,7 @@ from monai.transforms import InvertibleTransform, MapTransform, RandomizableTran
 from monai.utils import convert_to_numpy, ensure_tuple
 
 from monai_spine.codecs.detection import TARGET_EXTRA_CHANNELS, encode_centre_heatmaps
-from transforms.keypoints import _known_spacing, crop_to_image_px, image_to_crop_px
+from monai_spine.transforms.keypoints import _known_spacing, crop_to_image_px, image_to_crop_px
 
 __all__ = [
     "letterbox_affine",

@@ -7,7 +7,7 @@ input minimum and maximum (the intensity range is kept; only the distribution in
 
 Example bundle config entry::
 
-    {"_target_": "transforms.RandCLAHEd", "keys": ["image"], "prob": 0.5,
+    {"_target_": "monai_spine.transforms.RandCLAHEd", "keys": ["image"], "prob": 0.5,
      "clip_limit": [1.0, 4.0], "tile_grid_size": [8, 8]}
 """
 

@@ -5,7 +5,7 @@ NIfTI, NRRD; spacing from the header or a ``<image>.spacing.json`` sidecar, neve
 
 Bundle config example::
 
-    {"_target_": "transforms.io.LoadXrayd", "keys": "image"}
+    {"_target_": "monai_spine.transforms.io.LoadXrayd", "keys": "image"}
 
 After :class:`LoadXrayd` a data dictionary holds (default key names)::
 

@@ -25,7 +25,7 @@ one batch. Each patch dictionary holds, for ``keys="image"`` and the default nam
 
 Bundle config example::
 
-    {"_target_": "transforms.patches.RandCornerPatchesd", "keys": "image",
+    {"_target_": "monai_spine.transforms.patches.RandCornerPatchesd", "keys": "image",
      "size_ratio": "$@heatmap_model.size_ratio", "num_samples": 64}
 """
 
@@ -212,7 +212,7 @@ class CornerPatchesd(MapTransform):
     (e.g. an image and a second channel); the target goes to ``label_key``.
 
     Args:
-        keys: image keys (``(1, H, W)`` arrays, e.g. after :class:`transforms.io.LoadXrayd`).
+        keys: image keys (``(1, H, W)`` arrays, e.g. after :class:`monai_spine.transforms.io.LoadXrayd`).
         size_ratio: see :class:`CornerPatches`.
         keypoints_key, visible_key: the image's ``(N, K, 2)`` keypoints and ``(N, K)`` mask.
         select_key: optional ``(N,)`` bool: vertebrae to cut patches around (absent: all).

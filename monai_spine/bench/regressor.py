@@ -658,7 +658,7 @@ class MeanShapePredictor:
 
     def predict(self, image: Any, boxes_px: Any, spacing_mm: Any, spacing_source: str = "unknown") -> Any:
         from monai_spine.inference.regressor import KeypointPrediction
-        from transforms.keypoints import frac_to_image_px
+        from monai_spine.transforms.keypoints import frac_to_image_px
 
         sp = np.full(2, np.nan, np.float32) if spacing_mm is None else np.asarray(spacing_mm, np.float32)
         boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)

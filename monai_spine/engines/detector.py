@@ -8,7 +8,7 @@
   keypoints and body outline (:meth:`SpineAnnotation.boxes_from_keypoints`), the boxes the keypoint
   regressor crops from; centres are vertebral-body centres
   (:func:`~monai_spine.codecs.detection.vertebra_centres_px`).
-* Training: the targets are made by :class:`transforms.detection.CentreHeatmapTargetd`; the loss is
+* Training: the targets are made by :class:`monai_spine.transforms.detection.CentreHeatmapTargetd`; the loss is
   :class:`DetectionLoss` (CenterNet's penalty-reduced focal loss on the level heatmaps plus L1 on the
   box distances at the centres).
 * Decoding and the centres: :mod:`monai_spine.codecs.detection` (:func:`~monai_spine.codecs.detection.decode_detections`,
@@ -56,7 +56,7 @@ from monai_spine.data.keypoints import get_region
 from monai_spine.handlers.batch_metric import BatchSummaryMetric, batch_field
 from monai_spine.codecs.detection import _np, decode_detections, encode_chain_target, vertebra_centres_px
 from monai_spine.networks.detector import NUM_BOX_CHANNELS
-from transforms.detection import boxes_to_image_px, boxes_to_net_px, points_to_image_px
+from monai_spine.transforms.detection import boxes_to_image_px, boxes_to_net_px, points_to_image_px
 
 __all__ = [
     "detector_cases",
@@ -158,7 +158,7 @@ class DetectionLoss(torch.nn.Module):
     """Heatmap loss plus weighted L1 on the box distances where the target's box mask is set.
 
     ``forward(pred, target)``: ``pred`` ``(B, L + 4, H, W)`` (heatmap logits, box distances),
-    ``target`` ``(B, L + 5, H, W)`` from :class:`transforms.detection.CentreHeatmapTarget`.
+    ``target`` ``(B, L + 5, H, W)`` from :class:`monai_spine.transforms.detection.CentreHeatmapTarget`.
 
     * ``heatmap="focal"``: CenterNet's penalty-reduced focal loss, ``-sum[(1-p)^a log p]`` at the
       positives (target == 1) and ``-sum[(1-y)^b p^a log(1-p)]`` elsewhere, divided by the number of
@@ -627,7 +627,7 @@ def chain_training_sample(
         a mislabelled film teaches no level); then the four box channels and the box mask. Without the
         level channel: ``(1 + 5, H, W)``, with it ``(2 + 5 + 1, H, W)``.
     """
-    from transforms.detection import augment_affine, letterbox_affine, resample_to_net
+    from monai_spine.transforms.detection import augment_affine, letterbox_affine, resample_to_net
 
     hn, wn = (int(v) for v in spatial_size)
     img = item["image"]

@@ -2,7 +2,7 @@
 (Al Arif et al., BMVC 2017; ``bundle/configs/heatmap_train.json`` over ``train.json``).
 
 * Data: :func:`heatmap_cases` / :func:`heatmap_datalists` give **one item per radiograph** (all its
-  annotated vertebrae); :mod:`transforms.patches` turns an item into patches and target maps
+  annotated vertebrae); :mod:`monai_spine.transforms.patches` turns an item into patches and target maps
   (randomly jittered and subsampled for training, the regular test-time grid for validation).
 * Model files: :func:`fit_heatmap_model` fits, on the training annotations, the
   :class:`~monai_spine.inference.corners.CornerPrior` and the ratio of vertebra size to centre
@@ -381,7 +381,7 @@ class CornerErrorHandler(BatchSummaryMetric):
     """Evaluator key metric: corner P2P / P2C errors and patch BC of the validation images.
 
     Reads, every iteration, the network maps ``engine.state.output["pred"]`` ``(P, 1, S, S)`` and from
-    ``engine.state.batch`` the patch geometry of :mod:`transforms.patches` (``patch_affine``,
+    ``engine.state.batch`` the patch geometry of :mod:`monai_spine.transforms.patches` (``patch_affine``,
     ``vertebra``, ``centre_px``, ``orientation_deg``, ``size_px``, ``image_id``, ``spacing_mm``,
     ``image_size``) and the target ``label`` (for BC). Batches may hold patches of several images in
     any order; a batch may be a dict of batched values (``decollate=False``) or per-sample dicts.
@@ -436,7 +436,7 @@ class CornerErrorHandler(BatchSummaryMetric):
         for key in ("patch_affine", "vertebra", "centre_px", "orientation_deg", "size_px", "image_id"):
             v = _field(batch, key)
             if v is None:
-                raise KeyError(f"{self.__class__.__name__}: batch has no {key!r} (use transforms.patches.CornerPatchesd)")
+                raise KeyError(f"{self.__class__.__name__}: batch has no {key!r} (use monai_spine.transforms.patches.CornerPatchesd)")
             part[key] = v
         for key in ("spacing_mm", "image_size"):
             v = _field(batch, key)
@@ -498,7 +498,7 @@ def evaluate_corner_model(
     """Run the semi-automatic predictor on annotated images with the ground-truth centres.
 
     For each case, the "clicked" centres are the means of the four corners of its selected vertebrae
-    (those :func:`transforms.patches` would use); the predictor sees only these centres and their levels.
+    (those :func:`monai_spine.transforms.patches` would use); the predictor sees only these centres and their levels.
 
     Args:
         predictor: a loaded :class:`CornerPredictor`.

@@ -9,7 +9,7 @@ The bundle (``bundle/configs/train.json``) builds MONAI ``SupervisedTrainer`` an
 * :func:`cache_crops`: every training/validation crop prepared once (the deterministic transforms),
   so a training step costs the network, not the data; :class:`AugmentedBatch` (the trainer's
   ``prepare_batch``) augments each batch of cached crops in one call
-  (:class:`transforms.batch.RandZoomFlipKeypointsBatchd`).
+  (:class:`monai_spine.transforms.batch.RandZoomFlipKeypointsBatchd`).
 * :func:`warmup_cosine`: a per-iteration linear warm-up then cosine learning-rate schedule.
 * :class:`RegressorPostprocess`: the evaluator's per-sample post-processing: the network's fractions
   of the crop go back to pixels of the original radiograph through the crop's ``crop_to_image``
@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from transforms.keypoints import frac_to_image_px
+from monai_spine.transforms.keypoints import frac_to_image_px
 
 __all__ = [
     "build_loss",
@@ -175,7 +175,7 @@ class AugmentedBatch:
 
     Args:
         augment: a batch transform of the collated dict (e.g.
-            :class:`transforms.batch.RandZoomFlipKeypointsBatchd`), or None for none.
+            :class:`monai_spine.transforms.batch.RandZoomFlipKeypointsBatchd`), or None for none.
         image_key, label_key: the network input and the target keys.
     """
 

@@ -32,7 +32,7 @@ from monai_spine.codecs.chain import complete_chain
 from monai_spine.codecs.detection import decode_detections
 from monai_spine.networks.detector import DEFAULT_FEATURES, VertebraDetectorNet
 from monai_spine.inference.level_anchor import LevelAnchor
-from transforms.detection import LetterboxResize, boxes_to_image_px, points_to_image_px
+from monai_spine.transforms.detection import LetterboxResize, boxes_to_image_px, points_to_image_px
 
 __all__ = ["DetectorSpec", "Detections", "VertebraDetector", "complete_levels", "SPEC_FILE", "CHECKPOINT_FILE", "MODEL_FORMAT"]
 

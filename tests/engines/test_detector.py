@@ -24,7 +24,7 @@ from monai_spine.engines.detector import (
     experiment_params,
     match_detections,
 )
-from transforms.detection import CentreHeatmapTarget, letterbox_affine, points_to_image_px
+from monai_spine.transforms.detection import CentreHeatmapTarget, letterbox_affine, points_to_image_px
 
 CERVICAL = ["C3", "C4", "C5", "C6", "C7"]
 

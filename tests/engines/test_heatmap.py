@@ -26,8 +26,8 @@ from monai_spine.engines.heatmap import (
 from monai_spine.inference.corners import CornerPrior
 from monai_spine.inference.heatmap import CornerPredictor, HeatmapModelSpec
 from monai_spine.networks.fcn import SpatialNormalization
-from transforms.io import LoadXrayd
-from transforms.patches import CornerPatchesd
+from monai_spine.transforms.io import LoadXrayd
+from monai_spine.transforms.patches import CornerPatchesd
 
 W, H = 40.0, 30.0
 OFFSETS = np.array([[-W / 2, -H / 2], [W / 2, -H / 2], [-W / 2, H / 2], [W / 2, H / 2]])

@@ -54,7 +54,7 @@ def _parser(tmp_path, variant, **extra):
 
 def _crop_errors_px(net, data, spatial_size):
     """Per-point error of the network on prepared crops, in crop pixels."""
-    from transforms.keypoints import frac_to_px_like
+    from monai_spine.transforms.keypoints import frac_to_px_like
 
     h, w = spatial_size
     net.eval()

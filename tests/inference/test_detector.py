@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from monai_spine.inference.detector import CHECKPOINT_FILE, SPEC_FILE, Detections, DetectorSpec, VertebraDetector
-from transforms.detection import CentreHeatmapTarget
+from monai_spine.transforms.detection import CentreHeatmapTarget
 
 TINY = (4, 4, 8, 8, 16, 4)
 
@@ -146,8 +146,8 @@ def test_a_short_training_finds_every_vertebra_with_its_level():
 
     from monai_spine.data.datasets import bundle_splits
     from monai_spine.engines.detector import DetectionLoss, detector_datalists
-    from transforms.detection import CentreHeatmapTargetd, LetterboxResized
-    from transforms.io import LoadXrayd
+    from monai_spine.transforms.detection import CentreHeatmapTargetd, LetterboxResized
+    from monai_spine.transforms.io import LoadXrayd
 
     set_determinism(0)
     threads = torch.get_num_threads()

@@ -19,7 +19,7 @@ from monai_spine.inference.regressor import (
 )
 from monai_spine.uncertainty.calibration import ConformalCalibrator
 from monai_spine.uncertainty.mc_dropout import mc_dropout_predict
-from transforms.keypoints import frac_to_image_px
+from monai_spine.transforms.keypoints import frac_to_image_px
 
 H, W = 8, 16
 SPACING = (0.5, 0.25)

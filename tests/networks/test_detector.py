@@ -8,7 +8,7 @@ import torch
 
 from monai_spine.engines.detector import DetectionLoss
 from monai_spine.networks.detector import NUM_BOX_CHANNELS, VertebraDetectorNet
-from transforms.detection import CentreHeatmapTarget
+from monai_spine.transforms.detection import CentreHeatmapTarget
 
 TINY = (4, 4, 8, 8, 16, 4)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from transforms.batch import RandZoomFlipKeypointsBatch, RandZoomFlipKeypointsBatchd
+from monai_spine.transforms.batch import RandZoomFlipKeypointsBatch, RandZoomFlipKeypointsBatchd
 
 H, W = 64, 128
 

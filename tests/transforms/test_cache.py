@@ -8,8 +8,8 @@ import numpy as np
 def test_cached_loader_returns_equal_independent_copies(tmp_path):
     import cv2
 
-    from transforms.cache import CachedLoadXrayd
-    from transforms.io import LoadXrayd
+    from monai_spine.transforms.cache import CachedLoadXrayd
+    from monai_spine.transforms.io import LoadXrayd
 
     paths = []
     for i in range(3):

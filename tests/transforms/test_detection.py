@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from transforms.detection import (
+from monai_spine.transforms.detection import (
     CentreHeatmapTarget,
     CentreHeatmapTargetd,
     LetterboxResize,

@@ -1,4 +1,4 @@
-"""Tests of transforms.intensity: CLAHE keeps the intensity range, enhances contrast, is random as told."""
+"""Tests of monai_spine.transforms.intensity: CLAHE keeps the intensity range, enhances contrast, is random as told."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
-from transforms import CLAHE, CLAHEd, RandCLAHEd, clahe
+from monai_spine.transforms import CLAHE, CLAHEd, RandCLAHEd, clahe
 
 
 def _two_level_image(h: int = 32, w: int = 32) -> np.ndarray:
@@ -120,7 +120,7 @@ def test_rand_clahe_prob_zero_is_identity_and_prob_one_shares_the_draw():
 
 def test_bundle_config_instantiates():
     parser = ConfigParser(
-        {"t": {"_target_": "transforms.RandCLAHEd", "keys": ["image"], "prob": 1.0, "clip_limit": [2.0, 3.0],
+        {"t": {"_target_": "monai_spine.transforms.RandCLAHEd", "keys": ["image"], "prob": 1.0, "clip_limit": [2.0, 3.0],
                "tile_grid_size": [2, 2]}}
     )
     t = parser.get_parsed_content("t")

@@ -1,4 +1,4 @@
-"""Tests of transforms.io: LoadXray / LoadXrayd on small files written into tmp_path."""
+"""Tests of monai_spine.transforms.io: LoadXray / LoadXrayd on small files written into tmp_path."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from monai_spine.data.readers import XrayReadError
-from transforms.io import LoadXray, LoadXrayd
+from monai_spine.transforms.io import LoadXray, LoadXrayd
 
 
 def _pixels(rows: int = 4, cols: int = 7) -> np.ndarray:
@@ -128,7 +128,7 @@ def test_load_xrayd_missing_and_bad_entries(files, tmp_path):
 
 def test_bundle_target_and_collate(files):
     parser = ConfigParser(
-        {"load": {"_target_": "transforms.io.LoadXrayd", "keys": "image", "image_path_key": "path"}}
+        {"load": {"_target_": "monai_spine.transforms.io.LoadXrayd", "keys": "image", "image_path_key": "path"}}
     )
     load = parser.get_parsed_content("load")
     assert isinstance(load, LoadXrayd)

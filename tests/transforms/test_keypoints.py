@@ -1,4 +1,4 @@
-"""Tests of transforms.keypoints: flip with label swap, vertebra crop geometry, px <-> frac."""
+"""Tests of monai_spine.transforms.keypoints: flip with label swap, vertebra crop geometry, px <-> frac."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 from scipy import ndimage
 
-from transforms import (
+from monai_spine.transforms import (
     DenormalizeKeypoints,
     DenormalizeKeypointsd,
     FlipKeypoints,
@@ -420,11 +420,11 @@ def test_crop_with_box_only_and_missing_image_key():
 
 def test_bundle_config_instantiates_keypoint_transforms():
     parser = ConfigParser({
-        "crop": {"_target_": "transforms.VertebraCropd", "keys": ["image"], "spatial_size": [24, 48],
+        "crop": {"_target_": "monai_spine.transforms.VertebraCropd", "keys": ["image"], "spatial_size": [24, 48],
                  "margin_mm": 2.0, "rand_pad_mm": [0.0, 2.0], "prob": 0.5},
-        "flip": {"_target_": "transforms.RandFlipKeypointsd", "keys": ["image"], "keypoint_keys": ["keypoints_px"],
+        "flip": {"_target_": "monai_spine.transforms.RandFlipKeypointsd", "keys": ["image"], "keypoint_keys": ["keypoints_px"],
                  "visible_keys": ["visible"], "prob": 0.5},
-        "norm": {"_target_": "transforms.NormalizeKeypointsd", "keys": ["keypoints_px"],
+        "norm": {"_target_": "monai_spine.transforms.NormalizeKeypointsd", "keys": ["keypoints_px"],
                  "output_keys": ["kp_frac"]},
     })
     crop, flip, norm = (parser.get_parsed_content(k) for k in ("crop", "flip", "norm"))

@@ -7,7 +7,7 @@ import pytest
 from monai.data import list_data_collate
 
 from monai_spine.data.patches import map_points_to_image
-from transforms.patches import CornerPatches, CornerPatchesd, RandCornerPatches, RandCornerPatchesd
+from monai_spine.transforms.patches import CornerPatches, CornerPatchesd, RandCornerPatches, RandCornerPatchesd
 
 W, H = 40.0, 30.0  # rectangle "vertebrae": size (W + H) / 2 = 35, centres 50 px apart -> size ratio 0.7
 RATIO = 0.7
