@@ -221,6 +221,8 @@ class FlipKeypointsd(MapTransform, InvertibleTransform):
         allow_missing_keys: skip absent keys (of all four groups) instead of raising ``KeyError``.
 
     ``inverse()`` pops the entries recorded for each key and flips back (see module docstring).
+    The keypoints (and the label order of the masks) are flipped by the array transform
+    :class:`FlipKeypoints`, built per sample for its scheme and width.
     """
 
     backend = [np.ndarray, torch.Tensor]
@@ -281,19 +283,20 @@ class FlipKeypointsd(MapTransform, InvertibleTransform):
             return name
         return self.scheme
 
-    def _flip_one(self, value: Any, role: str, width: int, perm: np.ndarray | None, key: Hashable) -> Any:
+    def _flip_one(self, value: Any, role: str, flipper: FlipKeypoints, key: Hashable) -> Any:
+        perm = flipper.perm
         if role == "image":
             return flip_image(value)
         if role == "keypoints":
             _check_points(value, str(key))
             if perm is not None and value.shape[-2] != len(perm):
                 raise ValueError(f"{key!r}: {value.shape[-2]} points per vertebra, the scheme has {len(perm)}")
-            return flip_keypoints_px(value, width, perm)
+            return flipper(value)
         if role == "visible":
             if perm is not None and value.shape[-1] != len(perm):
                 raise ValueError(f"{key!r}: mask has {value.shape[-1]} points, the scheme has {len(perm)}")
             return permute_labels(value, perm, axis=-1)
-        return flip_box_px(value, width)
+        return flip_box_px(value, flipper.width_px)
 
     def _apply(self, data: Mapping, do_flip: bool) -> dict:
         d = dict(data)
@@ -308,13 +311,13 @@ class FlipKeypointsd(MapTransform, InvertibleTransform):
                 f"{type(self).__name__}: keypoint/visible keys need a scheme; "
                 f"pass scheme= or put it in {self.scheme_key!r}"
             )
-        perm = get_scheme(name).flip_permutation if name is not None else None
+        flipper = FlipKeypoints(name, width)
         orig_size = next((tuple(d[k].shape[1:]) for k in self.image_keys if k in d), None)
         extra = {"width_px": width, "scheme": name or ""}
         for key in keys:
             role = self._roles[key]
             if do_flip:
-                d[key] = self._flip_one(d[key], role, width, perm, key)
+                d[key] = self._flip_one(d[key], role, flipper, key)
             is_meta_image = role == "image" and isinstance(d[key], MetaTensor)
             affine = _flip_affine_idx(width) if (do_flip and is_meta_image) else None
             self.push_transform(d, key, extra_info=dict(extra), orig_size=orig_size, affine=affine)
@@ -332,9 +335,8 @@ class FlipKeypointsd(MapTransform, InvertibleTransform):
             extra = xform.get(TraceKeys.EXTRA_INFO, {})
             width = int(extra["width_px"])
             name = extra.get("scheme") or None
-            perm = get_scheme(str(name)).flip_permutation if name else None
             role = self._roles[key]
-            d[key] = self._flip_one(d[key], role, width, perm, key)
+            d[key] = self._flip_one(d[key], role, FlipKeypoints(str(name) if name else None, width), key)
             if role == "image" and isinstance(d[key], MetaTensor):
                 _compose_meta_affine(d[key], _flip_affine_idx(width))
         return d

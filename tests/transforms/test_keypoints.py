@@ -478,3 +478,21 @@ def test_normalize_errors():
         NormalizeKeypointsd(keys=["a", "b"], output_keys=["c"])
     with pytest.raises(ValueError):
         NormalizeKeypoints((10, 10))(np.zeros((5, 3)))
+
+
+def test_flip_keypointsd_flips_points_with_the_array_transform(monkeypatch):
+    # FlipKeypointsd wraps FlipKeypoints (issue 17): the dictionary flip goes through the array class
+    calls = []
+    orig = FlipKeypoints.__call__
+
+    def spy(self, keypoints_px, width_px=None, visible=None):
+        calls.append((self.width_px, None if self.perm is None else list(self.perm)))
+        return orig(self, keypoints_px, width_px, visible)
+
+    monkeypatch.setattr(FlipKeypoints, "__call__", spy)
+    # ap4 TL, TR, BL, BR; W = 10: x' = 9 - x, and TL<->TR, BL<->BR swap places
+    kp = np.array([[2.0, 3.0], [4.0, 3.0], [2.0, 5.0], [4.0, 5.0]], dtype=np.float32)
+    out = FlipKeypointsd(keys="image", keypoint_keys="keypoints_px", visible_keys=(), scheme="ap4")(
+        {"image": np.zeros((1, 8, 10), np.float32), "keypoints_px": kp})
+    assert calls == [(10, [1, 0, 3, 2])]
+    np.testing.assert_allclose(out["keypoints_px"], [[5.0, 3.0], [7.0, 3.0], [5.0, 5.0], [7.0, 5.0]])
