@@ -18,7 +18,7 @@ Inversion:
   updated like MONAI's ``Flip``); a numpy array or plain tensor keeps it in the dictionary under
   ``f"{key}_transforms"`` (MONAI's dictionary fallback). ``inverse()`` pops these entries and flips
   back, so tracing must be on (MONAI's default; ``MONAI_TRACE_TRANSFORM=0`` disables it).
-* :class:`VertebraCropd` pushes nothing: the crop geometry is stored in the sample
+* :class:`VertebraCropd` / :class:`RandVertebraCropd` push nothing: the crop geometry is stored in the sample
   (``crop_to_image``) and ``inverse()`` maps keypoints from the crop back to image pixels. The
   cropped image is not un-cropped.
 """
@@ -54,6 +54,7 @@ __all__ = [
     "RandFlipKeypointsd",
     "VertebraCrop",
     "VertebraCropd",
+    "RandVertebraCropd",
     "NormalizeKeypoints",
     "DenormalizeKeypoints",
     "NormalizeKeypointsd",
@@ -467,7 +468,7 @@ class VertebraCrop(Transform):
        is known, else ``margin_frac`` of the box width (x) and height (y) (``crop_margin_source``
        says which: ``"mm"`` or ``"frac"``);
     3. optional extra padding per side ``(left, top, right, bottom)``: ``pad_mm`` (known spacing) or
-       ``pad_frac`` of the box size (unknown spacing), used by :class:`VertebraCropd` for augmentation;
+       ``pad_frac`` of the box size (unknown spacing), used by :class:`RandVertebraCropd` for augmentation;
     4. with ``keep_aspect`` the box grows about its centre (never shrinks) until one output pixel
        covers the same millimetres in x and y (with unknown spacing: square pixels assumed), so the
        crop is not distorted;
@@ -674,8 +675,10 @@ def frac_to_px_like(points_frac: Any, size_wh: Sequence[float]) -> Any:
     return res if isinstance(pts, torch.Tensor) else res.astype(pts.dtype, copy=False)
 
 
-class VertebraCropd(RandomizableTransform, MapTransform, InvertibleTransform):
+class VertebraCropd(MapTransform, InvertibleTransform):
     """Crop one vertebra out of the full image of a per-vertebra sample (see :class:`VertebraCrop`).
+
+    Deterministic; :class:`RandVertebraCropd` adds random padding for augmentation.
 
     Input sample: ``keys`` images ``(C, H, W)`` (all resampled with the same geometry),
     ``keypoints_key`` ``(K, 2)`` image px (optional when a box is given), ``visible_key`` ``(K,)``,
@@ -692,10 +695,6 @@ class VertebraCropd(RandomizableTransform, MapTransform, InvertibleTransform):
     Args:
         keys: image keys to crop.
         spatial_size, margin_mm, margin_frac, keep_aspect, padding_mode, cval: see :class:`VertebraCrop`.
-        rand_pad_mm: ``(low, high)`` mm: with probability ``prob`` each side gets an extra padding
-            drawn uniformly in this range (known spacing). Default ``(0, 0)``: no augmentation.
-        rand_pad_frac: the same as fractions of the box size, used when the spacing is unknown.
-        prob: probability of the random padding (one :meth:`randomize` per sample).
         keypoints_key, visible_key, box_key, spacing_key: input keys.
         crop_keypoints_key, frac_keypoints_key: output keys for the keypoints.
         allow_missing_keys: skip absent image keys instead of raising ``KeyError``.
@@ -713,9 +712,6 @@ class VertebraCropd(RandomizableTransform, MapTransform, InvertibleTransform):
         spatial_size: Sequence[int] = (224, 448),
         margin_mm: float = 5.0,
         margin_frac: float = 0.15,
-        rand_pad_mm: Sequence[float] = (0.0, 0.0),
-        rand_pad_frac: Sequence[float] = (0.0, 0.0),
-        prob: float = 1.0,
         keep_aspect: bool = True,
         padding_mode: str = "constant",
         cval: float = 0.0,
@@ -728,51 +724,25 @@ class VertebraCropd(RandomizableTransform, MapTransform, InvertibleTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
         self.cropper = VertebraCrop(spatial_size, margin_mm, margin_frac, keep_aspect, padding_mode, cval)
-        self.rand_pad_mm = self._range(rand_pad_mm, "rand_pad_mm")
-        self.rand_pad_frac = self._range(rand_pad_frac, "rand_pad_frac")
         self.keypoints_key = keypoints_key
         self.visible_key = visible_key
         self.box_key = box_key
         self.spacing_key = spacing_key
         self.crop_keypoints_key = crop_keypoints_key
         self.frac_keypoints_key = frac_keypoints_key
-        self._pad_u = np.zeros(4)
-
-    @staticmethod
-    def _range(value: Sequence[float], name: str) -> tuple[float, float]:
-        rng = tuple(float(v) for v in ensure_tuple(value))
-        if len(rng) == 1:
-            rng = (0.0, rng[0])
-        if len(rng) != 2 or rng[0] < 0 or rng[0] > rng[1]:
-            raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {value!r}")
-        return rng  # type: ignore[return-value]
 
     @property
     def spatial_size(self) -> tuple[int, int]:
         """Output ``(H, W)``."""
         return self.cropper.spatial_size
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> VertebraCropd:
-        super().set_random_state(seed, state)
-        return self
-
-    def randomize(self, data: Any = None) -> None:
-        """Draw whether to pad and four uniform numbers (left, top, right, bottom) for all keys."""
-        super().randomize(None)
-        self._pad_u = self.R.uniform(size=4) if self._do_transform else np.zeros(4)
-
     def _pads(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self._do_transform:
-            return np.zeros(4), np.zeros(4)
-        lo, hi = self.rand_pad_mm
-        flo, fhi = self.rand_pad_frac
-        return lo + self._pad_u * (hi - lo), flo + self._pad_u * (fhi - flo)
+        """Extra padding per side ``(left, top, right, bottom)`` in mm and box fractions: none here."""
+        return np.zeros(4), np.zeros(4)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        self.randomize()
         pad_mm, pad_frac = self._pads()
 
         def get(k: str | None) -> Any:
@@ -805,6 +775,78 @@ class VertebraCropd(RandomizableTransform, MapTransform, InvertibleTransform):
                 f"nor {self.crop_keypoints_key!r} in the sample"
             )
         return d
+
+
+class RandVertebraCropd(RandomizableTransform, VertebraCropd):
+    """:class:`VertebraCropd` with random extra padding per side (augmentation), drawn per sample.
+
+    Args:
+        rand_pad_mm: ``(low, high)`` mm: with probability ``prob`` each side gets an extra padding
+            drawn uniformly in this range (known spacing). Default ``(0, 0)``: no augmentation.
+        rand_pad_frac: the same as fractions of the box size, used when the spacing is unknown.
+        prob: probability of the random padding (one :meth:`randomize` per sample, shared by all keys).
+        Other arguments: see :class:`VertebraCropd`.
+
+    Example: ``rand_pad_mm=(0, 3)`` at 0.5 mm/px pads each side by 0 to 6 px (before ``keep_aspect``) more than
+    :class:`VertebraCropd` with the same ``margin_mm``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        spatial_size: Sequence[int] = (224, 448),
+        margin_mm: float = 5.0,
+        margin_frac: float = 0.15,
+        rand_pad_mm: Sequence[float] = (0.0, 0.0),
+        rand_pad_frac: Sequence[float] = (0.0, 0.0),
+        prob: float = 1.0,
+        keep_aspect: bool = True,
+        padding_mode: str = "constant",
+        cval: float = 0.0,
+        keypoints_key: str = "keypoints_px",
+        visible_key: str | None = "visible",
+        box_key: str | None = "box_px",
+        spacing_key: str | None = "spacing_mm",
+        crop_keypoints_key: str = "keypoints_crop_px",
+        frac_keypoints_key: str = "keypoints_frac",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        VertebraCropd.__init__(
+            self, keys, spatial_size, margin_mm, margin_frac, keep_aspect, padding_mode, cval, keypoints_key,
+            visible_key, box_key, spacing_key, crop_keypoints_key, frac_keypoints_key, allow_missing_keys,
+        )
+        RandomizableTransform.__init__(self, prob)
+        self.rand_pad_mm = self._range(rand_pad_mm, "rand_pad_mm")
+        self.rand_pad_frac = self._range(rand_pad_frac, "rand_pad_frac")
+        self._pad_u = np.zeros(4)
+
+    @staticmethod
+    def _range(value: Sequence[float], name: str) -> tuple[float, float]:
+        rng = tuple(float(v) for v in ensure_tuple(value))
+        if len(rng) == 1:
+            rng = (0.0, rng[0])
+        if len(rng) != 2 or rng[0] < 0 or rng[0] > rng[1]:
+            raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {value!r}")
+        return rng  # type: ignore[return-value]
+
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> RandVertebraCropd:
+        super().set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """Draw whether to pad and four uniform numbers (left, top, right, bottom) for all keys."""
+        super().randomize(None)
+        self._pad_u = self.R.uniform(size=4) if self._do_transform else np.zeros(4)
+
+    def _pads(self) -> tuple[np.ndarray, np.ndarray]:
+        self.randomize()
+        if not self._do_transform:
+            return np.zeros(4), np.zeros(4)
+        lo, hi = self.rand_pad_mm
+        flo, fhi = self.rand_pad_frac
+        return lo + self._pad_u * (hi - lo), flo + self._pad_u * (fhi - flo)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from monai_spine.transforms import (
     NormalizeKeypoints,
     NormalizeKeypointsd,
     RandFlipKeypointsd,
+    RandVertebraCropd,
     VertebraCrop,
     VertebraCropd,
     crop_to_image_px,
@@ -335,7 +336,7 @@ def test_crop_blob_lands_on_the_mapped_keypoint():
 @pytest.mark.parametrize("keep_aspect", [True, False])
 def test_crop_frac_image_round_trip(spacing, keep_aspect):
     d = _sample(spacing)
-    t = VertebraCropd(spatial_size=(224, 448), keep_aspect=keep_aspect, rand_pad_mm=(0, 3), rand_pad_frac=(0, 0.2))
+    t = RandVertebraCropd(spatial_size=(224, 448), keep_aspect=keep_aspect, rand_pad_mm=(0, 3), rand_pad_frac=(0, 0.2))
     out = t.set_random_state(7)(d)
     back_frac = frac_to_image_px(out["keypoints_frac"], out["crop_to_image"], (224, 448))
     back_crop = crop_to_image_px(out["keypoints_crop_px"], out["crop_to_image"])
@@ -361,14 +362,14 @@ def test_random_padding_is_shared_and_hand_computed():
     d = _sample((0.2, 0.2))
     d["image2"] = d["image"].copy()
     # fixed 1 mm extra on every side = 5 px at 0.2 mm
-    fixed = VertebraCropd(keys=["image", "image2"], spatial_size=(20, 20), margin_mm=0.0, rand_pad_mm=(1.0, 1.0),
-                          keep_aspect=False)(d)
+    fixed = RandVertebraCropd(keys=["image", "image2"], spatial_size=(20, 20), margin_mm=0.0, rand_pad_mm=(1.0, 1.0),
+                              keep_aspect=False)(d)
     kp = d["keypoints_px"]
     np.testing.assert_allclose(fixed["crop_box_px"], [kp[:, 0].min() - 5, kp[:, 1].min() - 5,
                                                       kp[:, 0].max() + 5, kp[:, 1].max() + 5])
     np.testing.assert_array_equal(fixed["image"], fixed["image2"])
-    t = VertebraCropd(keys=["image", "image2"], spatial_size=(20, 20), margin_mm=0.0, rand_pad_mm=(0.0, 3.0),
-                      keep_aspect=False).set_random_state(1)
+    t = RandVertebraCropd(keys=["image", "image2"], spatial_size=(20, 20), margin_mm=0.0, rand_pad_mm=(0.0, 3.0),
+                          keep_aspect=False).set_random_state(1)
     boxes = []
     for _ in range(5):
         out = t(d)
@@ -378,12 +379,21 @@ def test_random_padding_is_shared_and_hand_computed():
         assert np.all(pad >= 0) and np.all(pad <= 15 + 1e-9)
         boxes.append(out["crop_box_px"])
     assert len({tuple(b) for b in boxes}) == 5
-    again = VertebraCropd(keys=["image", "image2"], spatial_size=(20, 20), margin_mm=0.0, rand_pad_mm=(0.0, 3.0),
-                          keep_aspect=False).set_random_state(1)(d)
+    again = RandVertebraCropd(keys=["image", "image2"], spatial_size=(20, 20), margin_mm=0.0, rand_pad_mm=(0.0, 3.0),
+                              keep_aspect=False).set_random_state(1)(d)
     np.testing.assert_array_equal(again["crop_box_px"], boxes[0])
     # prob = 0: no padding
-    off = VertebraCropd(spatial_size=(20, 20), margin_mm=0.0, rand_pad_mm=(1.0, 1.0), prob=0.0, keep_aspect=False)(d)
+    off = RandVertebraCropd(spatial_size=(20, 20), margin_mm=0.0, rand_pad_mm=(1.0, 1.0), prob=0.0, keep_aspect=False)(d)
     np.testing.assert_allclose(off["crop_box_px"], [kp[:, 0].min(), kp[:, 1].min(), kp[:, 0].max(), kp[:, 1].max()])
+
+
+def test_only_the_rand_crop_is_random():
+    # issue 17: a random crop is named Rand...; VertebraCropd draws nothing and takes no random padding
+    from monai.transforms import Randomizable
+
+    assert isinstance(RandVertebraCropd(), Randomizable) and not isinstance(VertebraCropd(), Randomizable)
+    with pytest.raises(TypeError):
+        VertebraCropd(rand_pad_mm=(0.0, 1.0))
 
 
 def test_crop_types_metatensor_and_inverse_sources():
@@ -420,7 +430,7 @@ def test_crop_with_box_only_and_missing_image_key():
 
 def test_bundle_config_instantiates_keypoint_transforms():
     parser = ConfigParser({
-        "crop": {"_target_": "monai_spine.transforms.VertebraCropd", "keys": ["image"], "spatial_size": [24, 48],
+        "crop": {"_target_": "monai_spine.transforms.RandVertebraCropd", "keys": ["image"], "spatial_size": [24, 48],
                  "margin_mm": 2.0, "rand_pad_mm": [0.0, 2.0], "prob": 0.5},
         "flip": {"_target_": "monai_spine.transforms.RandFlipKeypointsd", "keys": ["image"], "keypoint_keys": ["keypoints_px"],
                  "visible_keys": ["visible"], "prob": 0.5},
