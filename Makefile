@@ -32,7 +32,7 @@ TEST_STAMP := $(VENV)/.monai-spine-test-installed
 
 .PHONY: setup setup-test apps-env demo test test-main test-quick clean-runs
 
-$(BASE_STAMP): setup.cfg pyproject.toml
+$(BASE_STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
