@@ -134,7 +134,7 @@ def shipped_summary(overrides: dict[str, Any], log: Any = print) -> dict[str, fl
     if folder is None:
         log("[monai-spine demo] no shipped cervical regressor in bundle/models: training only")
         return None
-    from monai_spine.bench.regressor import MeanShapePredictor, evaluate_predictor
+    from monai_spine.evaluation.predictor import MeanShapePredictor, evaluate_predictor
     from monai_spine.inference.regressor import KeypointPredictor
     from monai_spine.metrics.keypoint_error import summarize_errors
 

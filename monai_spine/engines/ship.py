@@ -161,7 +161,8 @@ def train_shipped_regressor(
         FileNotFoundError: a step left no output (names the file).
     """
     from monai_spine.engines.demo import _run, _split_labels, bundle_dir
-    from monai_spine.bench.regressor import MeanShapePredictor, evaluate_predictor, bundle_parser
+    from monai_spine.evaluation.bundle import bundle_parser
+    from monai_spine.evaluation.predictor import MeanShapePredictor, evaluate_predictor
     from monai_spine.inference.regressor import KeypointPredictor, RegressorSpec
     from monai_spine.metrics.keypoint_error import summarize_errors
     from monai_spine.uncertainty.calibration import calibrate_from_predictions
