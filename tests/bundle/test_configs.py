@@ -308,19 +308,29 @@ def test_ckpt_export_to_torchscript(trained, tmp_path):
     assert tuple(out.shape) == (2, 5, 4)
 
 
+#: a gloo worker on a loaded 2-core machine sometimes aborts in C++ (SIGABRT, this line on stderr) while
+#: the other rank is still starting; seen in about 2 of 7 runs. One retry on exactly this signature, in a
+#: fresh folder and port; any other failure, or the abort twice, still fails the test.
+GLOO_ABORT = "terminate called without an active exception"
+
+
 def test_multi_gpu_config_trains_with_two_gloo_processes(tmp_path):
-    overrides = {**TINY, **_outputs(tmp_path)}
-    args = []
-    for k, v in overrides.items():
-        args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "monai.bundle", "run", "training", "--meta_file", META,
-           "--config_file", json.dumps(_cfg("train.json", "multi_gpu_train.json")).replace('"', "'"),
-           "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *args]
-    proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    for attempt, port in enumerate(("29517", "29527")):
+        out = tmp_path / f"run{attempt}"
+        overrides = {**TINY, **_outputs(out)}
+        args = []
+        for k, v in overrides.items():
+            args += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+               "-m", "monai.bundle", "run", "training", "--meta_file", META,
+               "--config_file", json.dumps(_cfg("train.json", "multi_gpu_train.json")).replace('"', "'"),
+               "--logging_file", str(BUNDLE / "configs" / "logging.conf"), *args]
+        proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode == 0 or GLOO_ABORT not in proc.stderr:
+            break
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert (tmp_path / "models" / "model.pt").is_file()
+    assert (out / "models" / "model.pt").is_file()
 
 
 def test_dataset_dir_of_the_project_format_and_tracking_mlflow(tmp_path):
