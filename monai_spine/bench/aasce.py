@@ -433,6 +433,7 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
     from monai_spine.data.keypoints import get_region
     from monai_spine.data.readers import read_xray
     from monai_spine.codecs.detection import vertebra_centres_px
+    from monai_spine.evaluation.levels import matched_levels
     from monai_spine.measure.cobb import cobb_angles_deg
 
     levels = list(get_region("ap").levels)
@@ -457,16 +458,8 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
         t_det = time.perf_counter() - t0
         inferred = np.asarray(getattr(det, "inferred", None) if getattr(det, "inferred", None) is not None
                               else np.zeros(len(det.levels), bool), bool)
-        found_det, found_gt = [], []
-        for d, lev in enumerate(det.levels):
-            j = gt_idx.get(str(lev))
-            if j is None:
-                continue
-            cx, cy = det.centres_px[d]
-            b = boxes_gt[j]
-            if b[0] <= cx <= b[2] and b[1] <= cy <= b[3]:
-                found_det.append(d)
-                found_gt.append(j)
+        pairs = matched_levels(det.levels, det.centres_px, ann.levels, boxes_gt, gt_idx.values())
+        found_det, found_gt = [d for d, _ in pairs], [j for _, j in pairs]
 
         seen_found = int(sum(1 for d in found_det if not inferred[d]))
 
@@ -704,22 +697,18 @@ def detector_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathL
         ``out_dir``.
     """
     from monai_spine.data.readers import read_xray
+    from monai_spine.evaluation.levels import matched_levels
 
     count = {"films": 0, "kept": 0, "total": 0}
 
     def rebox(ann: Any) -> Any:
         img = read_xray(ann.image)
         det = detector.detect(img.channel_first().astype(np.float32), img.spacing_mm, img.spacing_source)
-        boxes, keep = ann.boxes_from_keypoints(), []
-        at = {lev: j for j, lev in enumerate(det.levels)}
-        for i, lev in enumerate(ann.levels):
-            j = at.get(lev)
-            if j is None:
-                continue
-            (cx, cy), (x0, y0, x1, y1) = det.centres_px[j], boxes[i]
-            if x0 <= cx <= x1 and y0 <= cy <= y1:
-                boxes[i] = det.boxes_px[j]
-                keep.append(i)
+        boxes = ann.boxes_from_keypoints()
+        keep = []
+        for d, i in sorted(matched_levels(det.levels, det.centres_px, ann.levels, boxes), key=lambda p: p[1]):
+            boxes[i] = det.boxes_px[d]
+            keep.append(i)
         count["total"] += len(ann.levels)
         count["kept"] += len(keep)
         count["films"] += 1

@@ -179,14 +179,17 @@ def build_anchor_pool(
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def _accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 512) -> float:
+def _predict_classes(net: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    """``(N,)`` argmax class of a pool of patches, in eval mode, ``batch`` patches at a time."""
     net.eval()
-    right = 0
     with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            pred = net(torch.from_numpy(x[i:i + batch].astype(np.float32))).argmax(-1).numpy()
-            right += int((pred == y[i:i + batch]).sum())
-    return right / max(1, len(x))
+        out = [net(torch.from_numpy(x[i:i + batch].astype(np.float32))).argmax(-1).numpy()
+               for i in range(0, len(x), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def _accuracy(net: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(_predict_classes(net, x) == y)) if len(x) else 0.0
 
 
 def train_level_anchor(
@@ -279,20 +282,16 @@ def right_level_rate(detector: Any, label_paths: Sequence[str]) -> float:
     """
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.readers import read_xray
+    from monai_spine.evaluation.levels import matched_levels
 
     right = total = 0
     for label in label_paths:
         ann = read_annotation(label)
         det = detector.detect(read_xray(ann.image).channel_first(), None, "unknown")
         boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
-        where = {str(lev): c for lev, c in zip(det.levels, det.centres_px)}
-        for j, lev in enumerate(ann.levels):
-            if lev not in detector.levels or not ann.visible[j].any():
-                continue
-            total += 1
-            c = where.get(str(lev))
-            b = boxes[j]
-            right += int(c is not None and b[0] <= c[0] <= b[2] and b[1] <= c[1] <= b[3])
+        rows = [j for j, lev in enumerate(ann.levels) if lev in detector.levels and ann.visible[j].any()]
+        total += len(rows)
+        right += len(matched_levels(det.levels, det.centres_px, ann.levels, boxes, rows))
     return right / max(1, total)
 
 
@@ -306,7 +305,7 @@ def choose_anchor_weight(detector_dir: str | Path, val_labels: Sequence[str], we
 
     det = VertebraDetector.from_checkpoint(detector_dir)
     if det.anchor is None:
-        raise FileNotFoundError(f"{detector_dir}: no level anchor ({det.anchor}) to weigh")
+        raise FileNotFoundError(f"{detector_dir}: no level anchor (level_anchor_model.json) to weigh")
     anchor, rates = det.anchor, {}
     for w in sorted({0.0, *map(float, weights)}):
         det.anchor = anchor if w > 0 else None
@@ -321,8 +320,7 @@ def class_recall(anchor: Any, label_paths: Sequence[str]) -> dict[str, float]:
     """Per-class recall of a trained anchor on the un-augmented sample points of annotated films."""
     x, y = build_anchor_pool(label_paths, anchor.spec.groups, 0, anchor.spec.side_spacings, anchor.spec.patch_size,
                              log=lambda m: None)
-    pred = np.concatenate([anchor.network(torch.from_numpy(x[i:i + 512].astype(np.float32))).argmax(-1).numpy()
-                           for i in range(0, len(x), 512)]) if len(x) else np.zeros(0, np.int64)
+    pred = _predict_classes(anchor.network, x)
     names = anchor.spec.groups.class_names
     return {name: float(np.mean(pred[y == g] == g)) for g, name in enumerate(names) if np.any(y == g)}
 
@@ -360,8 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.recall_only:
         from monai_spine.inference.level_anchor import LevelAnchor
 
-        with torch.inference_mode():
-            recall = class_recall(LevelAnchor.from_dir(args.detector_dir), cases["validation"])
+        recall = class_recall(LevelAnchor.from_dir(args.detector_dir), cases["validation"])
         print("| class | recall on validation points |\n|---|---:|")
         for name, r in recall.items():
             print(f"| {name} | {100 * r:.1f} % |")

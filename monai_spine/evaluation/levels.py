@@ -1,0 +1,44 @@
+"""Which detected vertebrae are at their right level: the one rule of the "right level" figures.
+
+A detected level is right when its centre lies inside the annotated box of the same level (boxes
+``(x0, y0, x1, y1)`` image pixels, edges included). Used by the AASCE benchmark's tables, the
+detector-box datasets and the level anchor's weight choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["matched_levels"]
+
+
+def matched_levels(det_levels: Sequence[Any], det_centres_px: Any, ann_levels: Sequence[str], ann_boxes_px: Any,
+                   rows: Iterable[int] | None = None) -> list[tuple[int, int]]:
+    """``(detection index, annotation row)`` of every annotated vertebra the detector found at its level.
+
+    Args:
+        det_levels: ``(N,)`` level names of the detections.
+        det_centres_px: ``(N, 2)`` detected centres ``(x, y)``.
+        ann_levels: ``(M,)`` level names of the annotation's rows.
+        ann_boxes_px: ``(M, 4)`` annotated boxes.
+        rows: the annotation rows that count (default: all).
+
+    Returns:
+        The pairs in the order of the detections.
+    """
+    wanted = set(range(len(ann_levels)) if rows is None else rows)
+    row_of = {str(lev): j for j, lev in enumerate(ann_levels) if j in wanted}
+    boxes = np.asarray(ann_boxes_px, dtype=np.float64).reshape(-1, 4)
+    centres = np.asarray(det_centres_px, dtype=np.float64).reshape(-1, 2)
+    out = []
+    for d, lev in enumerate(det_levels):
+        j = row_of.get(str(lev))
+        if j is None:
+            continue
+        (cx, cy), b = centres[d], boxes[j]
+        if b[0] <= cx <= b[2] and b[1] <= cy <= b[3]:
+            out.append((d, j))
+    return out
