@@ -21,7 +21,8 @@ from monai_spine.data.readers import read_xray
 from monai_spine.data.synthetic import generate_dataset
 from monai_spine.inference.detector import Detections
 from monai_spine.inference.heatmap import CornerPredictor, HeatmapModelSpec
-from monai_spine.inference.pipeline import SpinePipeline, predict_cli
+from monai_spine.cli.predict import predict_cli
+from monai_spine.inference.pipeline import SpinePipeline
 from monai_spine.inference.regressor import KeypointPredictor
 from monai_spine.networks.regressor import build_regressor
 

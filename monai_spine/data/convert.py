@@ -1,4 +1,4 @@
-"""``monai-spine convert``: public dataset annotations to ``monai-spine-keypoints`` JSON.
+"""Public dataset annotations to ``monai-spine-keypoints`` JSON (the library of ``monai-spine convert``, :mod:`monai_spine.cli.data`).
 
 One JSON file per image is written under ``out`` (the images are not copied: each file refers to
 its image by a path relative to the JSON's folder). Folders given as input are searched
@@ -24,11 +24,8 @@ one-line summary; the exit status is 1 when any file failed (or nothing was foun
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,14 +45,13 @@ __all__ = [
     "ConvertReport",
     "find_convert_inputs",
     "convert_dataset",
-    "convert_cli",
-    "add_convert_arguments",
-    "convert_from_args",
+    "VIEWS",
 ]
 
 #: dataset formats the converter reads
 CONVERT_FORMATS = ("buu-lspine", "csxa")
-_VIEWS = ("auto", "ap", "lateral")
+#: BUU-LSPINE views (``auto``: from the file name)
+VIEWS = ("auto", "ap", "lateral")
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
 
@@ -85,7 +81,7 @@ class ConvertReport:
         return bool(self.converted) and not self.failed
 
     def summary(self, out: str | os.PathLike) -> str:
-        """The one-line summary printed by :func:`convert_cli`."""
+        """The one-line summary printed by :func:`monai_spine.cli.data.convert_cli`."""
         n = len(self.converted)
         line = (
             f"convert: {n} converted, {len(self.failed)} failed, {len(self.skipped)} skipped -> {out}; "
@@ -203,8 +199,8 @@ def convert_dataset(
     """
     if facing not in FACINGS:
         raise ValueError(f"facing must be one of {FACINGS}, got {facing!r}")
-    if view not in _VIEWS:
-        raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     if spacing_unit not in SPACING_UNITS:
         raise ValueError(f"spacing_unit must be one of {SPACING_UNITS}, got {spacing_unit!r}")
     if spacing is not None:
@@ -247,96 +243,3 @@ def convert_dataset(
             if ev.get("conflict"):
                 report.facing["conflict"] = report.facing.get("conflict", 0) + 1
     return report
-
-
-def convert_cli(
-    paths: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    fmt: str = "buu-lspine",
-    spacing: float | Sequence[float] | None = None,
-    spacing_table: str | os.PathLike | None = None,
-    spacing_sheet: str | None = None,
-    spacing_key_column: str | None = None,
-    spacing_value_column: str | None = None,
-    spacing_unit: str = "mm_per_px",
-    facing: str = "auto",
-    view: str = "auto",
-    overwrite: bool = True,
-) -> int:
-    """``monai-spine convert``: :func:`convert_dataset` plus a printed summary.
-
-    Prints one summary line (stdout), then the failures (stderr), one per line, and a hint when
-    spacing is unknown for some images. Option errors (bad spacing, unreadable spacing table,
-    missing input path) are raised for the CLI to report.
-
-    Returns:
-        0 when every file found was converted, 1 when any failed or none was found.
-    """
-    if isinstance(spacing, (list, tuple)) and len(spacing) == 1:
-        spacing = spacing[0]
-    report = convert_dataset(
-        paths, out, fmt=fmt, spacing=spacing, spacing_table=spacing_table, spacing_sheet=spacing_sheet,
-        spacing_key_column=spacing_key_column, spacing_value_column=spacing_value_column,
-        spacing_unit=spacing_unit, facing=facing, view=view, overwrite=overwrite,
-    )
-    print(report.summary(out))
-    n = len(report.converted)
-    if n and report.spacing_known < n:
-        print(f"  spacing unknown for {n - report.spacing_known} image(s): errors stay in pixels "
-              "(pass --spacing-table or --spacing)")
-    if report.facing.get("default") or report.facing.get("conflict"):
-        print("  some lateral images had weak or conflicting orientation cues: check their overlays, "
-              "or force --facing left/right")
-    if report.failed:
-        print(f"failed ({len(report.failed)}):", file=sys.stderr)
-        for src, msg in report.failed:
-            print(f"  {src}: {msg}", file=sys.stderr)
-    if not report.converted and not report.failed:
-        print(f"convert: no {fmt} annotation found in {', '.join(map(str, paths))}", file=sys.stderr)
-        return 1
-    return 0 if not report.failed else 1
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the options of ``monai-spine convert`` to ``parser`` (names match :func:`convert_cli`)."""
-    parser.add_argument("paths", nargs="+", help="annotation files or dataset folders (searched recursively)")
-    parser.add_argument("--out", required=True, help="output folder for the monai-spine-keypoints JSON files")
-    parser.add_argument("--format", dest="fmt", choices=CONVERT_FORMATS + ("aasce",), required=True,
-                        help="dataset format")
-    parser.add_argument("--split-seed", type=int, default=0, help="aasce: seed of the patient-wise split")
-    parser.add_argument("--spacing", type=float, nargs="+", default=None, metavar="MM",
-                        help="pixel spacing for every image, mm/pixel: one value, or sx sy")
-    parser.add_argument("--spacing-table", default=None,
-                        help="per-image spacing table: BUU-LSPINE report ('Pixel Spacing' sheet as CSV, or .xlsx "
-                             "with openpyxl), CSXA pixel equivalents as CSV")
-    parser.add_argument("--spacing-sheet", default=None, help="sheet of an .xlsx spacing table (default 'Pixel Spacing')")
-    parser.add_argument("--spacing-key-column", default=None, help="header of the table's image/patient column")
-    parser.add_argument("--spacing-value-column", default=None, help="header of the table's spacing column")
-    parser.add_argument("--spacing-unit", choices=SPACING_UNITS, default="mm_per_px", help="unit of table values")
-    parser.add_argument("--facing", choices=FACINGS, default="auto",
-                        help="lateral views: side the patient faces (anterior side); auto decides per image")
-    parser.add_argument("--view", choices=_VIEWS, default="auto", help="BUU-LSPINE view (default: from the file name)")
-    parser.add_argument("--no-overwrite", dest="overwrite", action="store_false",
-                        help="keep existing output files (counted as skipped)")
-    return parser
-
-
-def convert_from_args(args: argparse.Namespace) -> int:
-    """Run :func:`convert_cli` with the options parsed by :func:`add_convert_arguments`.
-
-    Other attributes of ``args`` (``func``, ``command``...) are ignored, so the ``monai-spine`` parser
-    can use ``set_defaults(func=convert_from_args)``.
-    """
-    if args.fmt == "aasce":
-        from monai_spine.data.aasce import write_aasce_dataset
-        from monai_spine.data.datasets import list_cases
-
-        if len(args.paths) != 1:
-            raise ValueError(f"--format aasce takes one dataset folder, got {len(args.paths)} paths")
-        out = write_aasce_dataset(args.out, args.paths[0], seed=int(args.split_seed))
-        index = list_cases(out)
-        sizes = ", ".join(f"{len(index[s])} {s}" for s in ("training", "validation", "test"))
-        print(f"convert: wrote the AASCE set to {out} ({sizes}; split seed {args.split_seed}, by patient)")
-        return 0
-    names = inspect.signature(convert_cli).parameters
-    return convert_cli(**{k: v for k, v in vars(args).items() if k in names})

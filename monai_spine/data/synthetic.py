@@ -41,7 +41,6 @@ import math
 import multiprocessing
 import os
 import re
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +59,8 @@ __all__ = [
     "DX_FOR_PRESENTATION_SOP_CLASS",
     "generate_radiograph",
     "generate_dataset",
-    "synth_cli",
+    "existing_cases",
+    "parse_size",
     "write_dx_dicom",
     "polygon_coverage",
 ]
@@ -570,7 +570,8 @@ def _bilinear(img: np.ndarray, pts_px: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _parse_size(size: int | Sequence[int]) -> tuple[int, int]:
+def parse_size(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(H, W)`` in px from one side or a pair; ValueError below 64 px."""
     if isinstance(size, (int, np.integer)):
         hw = (int(size), int(size))
     else:
@@ -628,7 +629,7 @@ def generate_radiograph(
     if int(seed) < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
     seed = int(seed)
-    h, w = _parse_size(size)
+    h, w = parse_size(size)
     ss = np.random.SeedSequence([seed, GENERATOR_VERSION, SYNTH_REGIONS.index(region)])
     rng_anat, rng_app, rng_hard, rng_noise = (np.random.default_rng(c) for c in ss.spawn(4))
 
@@ -1259,7 +1260,7 @@ def generate_dataset(
         The annotation JSON paths, in case order (each names its DICOM image).
     """
     _check_region(region)
-    hw = _parse_size(size)
+    hw = parse_size(size)
     if int(n) < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if not 0.0 <= float(hard_case_rate) <= 1.0:
@@ -1295,44 +1296,10 @@ def generate_dataset(
     return [out / j for _, j in names]
 
 
-def _existing_cases(out: Path) -> list[Path]:
+def existing_cases(out: Path) -> list[Path]:
     """The synthetic data set files already in ``out``: ``dataset.json`` and ``case_<digits>.dcm/.json``."""
     if not out.is_dir():
         return []
     own = [p for p in out.iterdir() if p.is_file() and re.fullmatch(r"case_\d+\.(dcm|json)", p.name)]
     index = out / "dataset.json"
     return sorted(own) + ([index] if index.is_file() else [])
-
-
-def synth_cli(
-    region: str, n: int, out: str | os.PathLike, seed: int = 0, hard_case_rate: float = 0.0,
-    size: int | Sequence[int] = 1024, workers: int = 1, overwrite: bool = False,
-) -> int:
-    """Body of ``monai-spine synth``: write a data set and print a one-line summary; returns 0.
-
-    A folder that already holds a synthetic data set (``dataset.json`` or ``case_XXXX`` files) is
-    refused, since a smaller new set would leave old cases beside a ``dataset.json`` that no longer
-    lists them; with ``overwrite`` those files (only they) are removed first.
-
-    Raises:
-        FileExistsError: ``out`` holds cases and ``overwrite`` is False (nothing is written).
-    """
-    outp = Path(out)
-    old = _existing_cases(outp)
-    if old and not overwrite:
-        raise FileExistsError(
-            f"{outp} already holds a synthetic data set ({len(old)} file(s): dataset.json / case_XXXX); "
-            "choose another --out, or pass --overwrite to replace those cases"
-        )
-    t0 = time.perf_counter()
-    for p in old:
-        p.unlink()
-    paths = generate_dataset(out, region, n, seed, hard_case_rate=hard_case_rate, size=size, workers=workers)
-    hw = _parse_size(size)
-    dt = time.perf_counter() - t0
-    print(
-        f"synth: wrote {len(paths)} {region} radiographs ({hw[1]}x{hw[0]} px, seed {seed}, "
-        f"hard-case rate {hard_case_rate:g}) to {Path(out) / 'dataset.json'} in {dt:.1f} s"
-        + (f" (replaced {len(old)} old file(s))" if old else "")
-    )
-    return 0

@@ -18,7 +18,7 @@ name, then rename; a radiograph whose outputs cannot all be written leaves none 
   corners in cyan beside the regressor's), their conformal radii, level names (``C4?`` inferred),
   a legend and a scale bar in mm when the spacing is known (:func:`overlay_layers`).
 
-:func:`predict_cli` is the ``monai-spine predict PATH... --out DIR`` command. A film in which nothing
+:func:`monai_spine.cli.predict.predict_cli` is the ``monai-spine predict PATH... --out DIR`` command. A film in which nothing
 can be found (constant image, or no vertebra seen by the detector) gets no outputs there: it is listed
 as ``nothing found in <file>: <why>`` on stderr and the command exits 1.
 """
@@ -26,10 +26,9 @@ as ``nothing found in <file>: <why>`` on stderr and the command exits 1.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -47,7 +46,7 @@ __all__ = [
     "overlay_layers",
     "expand_inputs",
     "output_stem",
-    "predict_cli",
+    "build_pipeline",
     "default_detector_dir",
     "default_regressor_checkpoint",
     "resolve_models",
@@ -513,118 +512,6 @@ def _load_conformal(path: str | os.PathLike | None, checkpoint: Path) -> Any:
     return load_conformal(checkpoint.parent / "conformal.json")
 
 
-def predict_cli(
-    paths: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    model: str | None = None,
-    detector_dir: str | os.PathLike | None = None,
-    regressor_checkpoint: str | os.PathLike | None = None,
-    variant: str = "bayecbam",
-    region: str | None = None,
-    width: float = 1.0,
-    fc_features: int = 1024,
-    spatial_size: Sequence[int] = (224, 448),
-    margin_mm: float = 4.0,
-    mc_samples: int = 10,
-    thresholds: str | os.PathLike | None = None,
-    heatmap_dir: str | os.PathLike | None = None,
-    spacing_mm: Sequence[float] | None = None,
-    overlays: bool = True,
-    device: str = "cpu",
-    progress: bool = True,
-    stream: TextIO | None = None,
-    pipeline: SpinePipeline | None = None,
-    flip_tta: bool = False,
-    conformal: str | os.PathLike | None = None,
-) -> int:
-    """``monai-spine predict PATH... --out DIR``: predict every radiograph and write its outputs.
-
-    Args:
-        paths: image files and/or folders (searched recursively for :data:`IMAGE_EXTENSIONS`).
-        out: output folder.
-        model: ``"regressor"`` (BayeRegX keypoints), ``"heatmap"`` (Al Arif corners from the detected
-            centres), ``"both"``, or None: what the region's shipped models allow (:func:`resolve_models`).
-        detector_dir: detector checkpoint folder (default: the region's shipped detector, see
-            :func:`resolve_models`).
-        regressor_checkpoint: regressor weights (default :func:`default_regressor_checkpoint`).
-        variant, width, fc_features: regressor network (as trained: ``variant``, ``network_width``,
-            ``fc_features`` of the bundle).
-        region: ``ap``, ``cervical`` or ``lumbar``: picks the shipped models (default: the first region
-            with a shipped detector, :data:`DEFAULT_REGION_ORDER`); every model used must describe it.
-        spatial_size: regressor crop ``(H, W)``.
-        margin_mm: crop margin (the bundle's ``margin_mm + rand_pad_mm / 2``).
-        mc_samples: MC-dropout passes T.
-        thresholds: thresholds JSON (default ``thresholds.json`` beside the checkpoint, else the paper's).
-        heatmap_dir: heatmap model folder (default :func:`monai_spine.inference.heatmap.default_ckpt_dir`).
-        spacing_mm: ``(sx, sy)`` overriding every image's spacing.
-        overlays: write overlay PNGs.
-        device: torch device.
-        progress: show a tqdm progress bar (on stderr) when there is more than one file.
-        stream: where to print the summary (default stdout; failures also go there).
-        pipeline: a ready pipeline (tests); the model arguments are then ignored.
-        flip_tta: regressor flip test-time augmentation (average with the horizontally flipped crop).
-        conformal: conformal calibration JSON giving each point an error radius (default
-            ``conformal.json`` beside the checkpoint, else no radius).
-
-    Returns:
-        Exit status: 0 when every file was predicted, 1 when any failed or gave no result (they are
-        listed on stderr, ``nothing found in <file>: <why>`` for a film with no contrast or no
-        vertebra seen; none of their outputs is written), 2 when no input file was found.
-
-    Raises:
-        ValueError: unknown ``model``; FileNotFoundError: a model file is missing.
-    """
-    stream = stream or sys.stdout
-    if model is not None and model not in MODELS:
-        raise ValueError(f"--model must be one of {MODELS}, got {model!r}")
-    if pipeline is None:
-        chosen = resolve_models(region, model, detector_dir, regressor_checkpoint, heatmap_dir)
-        model = chosen["model"]
-        pipeline = _build_pipeline(model, chosen["detector_dir"], regressor_checkpoint, variant, chosen["region"], width,
-                                   fc_features, spatial_size, margin_mm, mc_samples, thresholds, chosen["heatmap_dir"],
-                                   overlays, device, flip_tta=flip_tta, conformal=conformal,
-                                   regressor_dir=chosen["regressor_dir"])
-    out_dir = Path(out)
-    files = expand_inputs(paths, exclude=out_dir)
-    if not files:
-        print(f"monai-spine predict: no image found in {', '.join(map(str, paths)) or '(no paths)'}", file=stream)
-        return 2
-    from monai_spine.outputs import NothingFoundError
-
-    stems: dict[str, int] = {}
-    failures: list[tuple[str, str]] = []
-    nothing: list[str] = []
-    done = 0
-    it: Any = files
-    if progress and len(files) > 1:
-        from tqdm.auto import tqdm
-
-        it = tqdm(files, desc="predict", unit="image", file=sys.stderr)
-    for f in it:
-        stem = output_stem(f)
-        if stem in stems:  # same name from two folders or formats: keep both
-            stems[stem] += 1
-            stem = f"{stem}-{stems[stem]}"
-        else:
-            stems[stem] = 0
-        try:
-            pipeline.predict_file(f, out_dir, stem=stem, spacing_mm=spacing_mm, require_found=True)
-            done += 1
-        except NothingFoundError as e:  # no result, not an error: said plainly, nothing written
-            nothing.append(str(e))
-        except Exception as e:  # go on with the next file; every failure is listed at the end
-            failures.append((str(f), f"{type(e).__name__}: {e}"))
-    print(f"predicted {done} of {len(files)} radiograph(s) into {out_dir}"
-          + (f"; nothing found in {len(nothing)} (listed on stderr)" if nothing else ""), file=stream)
-    for msg in nothing:
-        print(f"monai-spine predict: {msg}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} failed:", file=sys.stderr)  # failures go to stderr, as in measure / convert
-        for f, msg in failures:
-            print(f"  {f}: {msg}", file=sys.stderr)
-    return 1 if failures or nothing else 0
-
-
 #: Region tried first when ``predict`` is given no region and no model: the first with a shipped detector.
 DEFAULT_REGION_ORDER = ("ap", "lumbar", "cervical")
 
@@ -710,10 +597,15 @@ def resolve_models(
             "regressor_dir": found["regressor"]}
 
 
-def _build_pipeline(model: str, detector_dir: Any, regressor_checkpoint: Any, variant: str, region: str | None,
+def build_pipeline(model: str, detector_dir: Any, regressor_checkpoint: Any, variant: str, region: str | None,
                     width: float, fc_features: int, spatial_size: Sequence[int], margin_mm: float, mc_samples: int,
                     thresholds: Any, heatmap_dir: Any, overlays: bool, device: str, flip_tta: bool = False,
                     conformal: Any = None, regressor_dir: Any = None) -> SpinePipeline:
+    """The pipeline ``monai-spine predict`` runs: the detector plus the chosen models, loaded from their folders.
+
+    Args are those of :func:`monai_spine.cli.predict.predict_cli`; a ``regressor_dir`` with a spec
+    overrides ``variant``, ``width``, ``fc_features``, ``spatial_size`` and ``margin_mm``.
+    """
     from monai_spine.inference.detector import VertebraDetector
 
     detector = VertebraDetector.from_checkpoint(detector_dir or default_detector_dir(), device=device)

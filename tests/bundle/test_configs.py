@@ -186,7 +186,7 @@ def test_inference_config_chains_the_detector_on_unannotated_films(trained, dete
 def test_inference_config_writes_what_monai_spine_predict_writes(trained, detector, films, tmp_path):
     """The bundle's chain and the CLI's run the same pipeline: the same points and sigmas per film."""
     from monai_spine.data.prediction import read_prediction
-    from monai_spine.inference.pipeline import predict_cli
+    from monai_spine.cli.predict import predict_cli
 
     _run(_cfg("train.json", "inference.json"), "run", **{**_outputs(trained), "output_dir": str(tmp_path / "bundle"),
                                                          "mc_samples": 4, "films": str(films),

@@ -12,12 +12,10 @@ from PIL import Image
 
 from monai_spine.data.annotation import read_annotation
 from monai_spine.data.convert import (
-    add_convert_arguments,
-    convert_cli,
     convert_dataset,
-    convert_from_args,
     find_convert_inputs,
 )
+from monai_spine.cli.data import add_convert_arguments, convert_cli, convert_from_args
 
 W, H = 300, 420
 
@@ -214,7 +212,7 @@ def test_argparse_wiring(tmp_path, capsys):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_convert_aasce_writes_a_split_dataset_folder(shared_data, tmp_path, capsys, seed):
-    from monai_spine.data.convert import add_convert_arguments, convert_from_args
+    from monai_spine.cli.data import add_convert_arguments, convert_from_args
     from monai_spine.data.datasets import list_cases
 
     args = add_convert_arguments(argparse.ArgumentParser()).parse_args(
@@ -230,7 +228,7 @@ def test_convert_aasce_writes_a_split_dataset_folder(shared_data, tmp_path, caps
 
 
 def test_convert_aasce_takes_one_folder(tmp_path):
-    from monai_spine.data.convert import add_convert_arguments, convert_from_args
+    from monai_spine.cli.data import add_convert_arguments, convert_from_args
 
     args = add_convert_arguments(argparse.ArgumentParser()).parse_args(
         ["a", "b", "--out", str(tmp_path), "--format", "aasce"]

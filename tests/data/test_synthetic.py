@@ -16,7 +16,6 @@ from monai_spine.data.synthetic import (
     generate_dataset,
     generate_radiograph,
     polygon_coverage,
-    synth_cli,
     write_dx_dicom,
 )
 
@@ -360,6 +359,8 @@ def test_dataset_does_not_depend_on_workers(tmp_path):
 
 
 def test_synth_cli_prints_a_summary(tmp_path, capsys):
+    from monai_spine.cli.data import synth_cli
+
     assert synth_cli("lumbar", 1, tmp_path, seed=2, hard_case_rate=0.0, size=128) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "1 lumbar" in out[0] and "dataset.json" in out[0]

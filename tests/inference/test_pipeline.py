@@ -14,7 +14,8 @@ import torch
 from monai_spine.data.readers import write_sidecar
 from monai_spine.data.synthetic import write_dx_dicom
 from monai_spine.inference.detector import Detections, DetectorSpec
-from monai_spine.inference.pipeline import SpinePipeline, expand_inputs, output_stem, predict_cli
+from monai_spine.cli.predict import predict_cli
+from monai_spine.inference.pipeline import SpinePipeline, expand_inputs, output_stem
 from monai_spine.inference.regressor import KeypointPredictor
 
 FRAC = (0.25, 0.75)  # the stub network's answer for every point, crop fractions (x, y)

@@ -48,7 +48,7 @@ def _stub_pipeline():
 def stub_models(monkeypatch):
     import monai_spine.inference.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "_build_pipeline", lambda *a, **k: _stub_pipeline())
+    monkeypatch.setattr(pipeline, "build_pipeline", lambda *a, **k: _stub_pipeline())
     # no shipped models are needed: the stand-in replaces the choice of the zoo's folders too
     monkeypatch.setattr(pipeline, "resolve_models", lambda *a, **k: {
         "model": "regressor", "region": "cervical", "detector_dir": None, "regressor_dir": None, "heatmap_dir": None})
@@ -137,7 +137,7 @@ def test_measure_argument_error_writes_nothing(tmp_path, capsys):
 
 def test_warnings_are_one_line_each(image_corpus, capsys, monkeypatch):
     """A rejected spacing reaches the user as one line, not Python's two-line warning with source code."""
-    import monai_spine.cli as cli
+    import monai_spine.cli.data as cli
 
     def read(args):
         from monai_spine.data.readers import read_xray
@@ -155,7 +155,7 @@ def test_warnings_are_one_line_each(image_corpus, capsys, monkeypatch):
 
 
 def test_unexpected_error_is_one_line_and_exit_3_unless_debugging(capsys, monkeypatch):
-    import monai_spine.cli as cli
+    import monai_spine.cli.data as cli
 
     def boom(args):
         raise RuntimeError("something broke\non two lines")

@@ -95,7 +95,7 @@ def _no_models(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a model was loaded before the paths were checked")
 
-    monkeypatch.setattr(pipeline, "_build_pipeline", boom)
+    monkeypatch.setattr(pipeline, "build_pipeline", boom)
     monkeypatch.setattr(heatmap.CornerPredictor, "from_ckpt_dir", classmethod(boom))
 
 
