@@ -1,7 +1,7 @@
 """Patch sampling and corner-probability targets for the probabilistic spatial regressor (Al Arif et al. 2017).
 
 One radiograph with annotated vertebrae becomes a list of patches, each a ``(1, S, S)`` z-scored image
-patch with its ``(1, S, S)`` target distribution (:func:`monai_spine.data.patches.corner_maps` of every
+patch with its ``(1, S, S)`` target distribution (:func:`monai_spine.codecs.corner_maps.corner_maps` of every
 annotated vertebra of the image). Patches are cut around each vertebra in the frame an operator's
 click would give (:func:`monai_spine.data.frames.annotation_frames`: centre = mean of the
 corners, orientation and size from the neighbouring centres), so training, validation and the
@@ -38,9 +38,10 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 
+from monai_spine.codecs.corner_maps import corner_maps
 from monai_spine.data.frames import annotation_frames
 from monai_spine.data.keypoints import get_scheme
-from monai_spine.data.patches import corner_maps, extract_patch, normalize_patch, patch_params
+from monai_spine.data.patches import extract_patch, normalize_patch, patch_params
 
 __all__ = [
     "PATCH_KEYS",
@@ -66,7 +67,7 @@ class CornerPatches(Transform):
         scheme: keypoint scheme name (gives the corner indices).
         out_size: patch side in px.
         grid, scales, rotations_deg: the patch grid (:func:`monai_spine.data.patches.sample_patch_params`).
-        sigma_along_frac, sigma_across_frac, empty: the targets (:func:`monai_spine.data.patches.corner_maps`).
+        sigma_along_frac, sigma_across_frac, empty: the targets (:func:`monai_spine.codecs.corner_maps.corner_maps`).
         antialias: blur before shrinking (:func:`monai_spine.data.patches.extract_patch`).
 
     ``__call__(image, keypoints_px, visible=None, select=None, levels=None)`` returns a dict of arrays:

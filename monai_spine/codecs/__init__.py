@@ -11,9 +11,14 @@
   beyond them (:func:`~monai_spine.codecs.chain.complete_chain`).
 * :class:`~monai_spine.codecs.level_groups.LevelGroups`: a peak's level <-> the level anchor's group
   class, and group probabilities -> the chain's level costs.
+* :mod:`~monai_spine.codecs.corner_maps`: the corner FCN's vertebra corners <-> patch corner maps
+  (:func:`~monai_spine.codecs.corner_maps.corner_maps` <->
+  :func:`~monai_spine.codecs.corner_maps.accumulate_patches` and
+  :func:`~monai_spine.codecs.corner_maps.localize_corners`).
 """
 
 from monai_spine.codecs.chain import assign_levels_chain, complete_chain, level_height_fractions, spacing_profile
+from monai_spine.codecs.corner_maps import accumulate_patches, corner_maps, localize_corners, quadrant_masks
 from monai_spine.codecs.detection import (
     decode_detections,
     encode_centre_heatmaps,
@@ -35,4 +40,8 @@ __all__ = [
     "complete_chain",
     "vertebra_centres_px",
     "LevelGroups",
+    "corner_maps",
+    "accumulate_patches",
+    "quadrant_masks",
+    "localize_corners",
 ]

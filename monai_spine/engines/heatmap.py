@@ -37,10 +37,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from monai_spine.codecs.corner_maps import corner_maps
 from monai_spine.data.annotation import SpineAnnotation, read_annotation
 from monai_spine.data.frames import annotation_frames
 from monai_spine.data.keypoints import get_region, get_scheme, px_to_mm, validate_keypoints
-from monai_spine.data.patches import corner_maps, vertebra_geometry
+from monai_spine.data.patches import vertebra_geometry
 from monai_spine.handlers.batch_metric import BatchSummaryMetric, batch_field
 from monai_spine.inference.corners import CornerPrior, point_to_curve_distance
 from monai_spine.inference.heatmap import DEFAULT_POSTPROCESS, CornerPredictor, HeatmapModelSpec, localize

@@ -16,7 +16,7 @@ and ``-2 y_i / sqrt(eps)`` (finite) where ``p_i = 0``.
 Inputs are batch-first tensors ``(B, ...)`` (typically ``(B, 1, H, W)``); the sums run over every
 non-batch dimension. Both should already be distributions (>= 0, summing to 1 per sample), e.g. the
 output of :class:`monai_spine.networks.fcn.SpatialNormalization` and the maps of
-:func:`monai_spine.data.patches.corner_maps`; this is not checked (negative values are clamped to 0).
+:func:`monai_spine.codecs.corner_maps.corner_maps`; this is not checked (negative values are clamped to 0).
 """
 
 from __future__ import annotations

@@ -7,12 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
+from monai_spine.codecs.corner_maps import corner_covariances, corner_maps, make_training_patches
 from monai_spine.data.patches import (
     UnknownSpacingWarning,
-    corner_covariances,
-    corner_maps,
     extract_patch,
-    make_training_patches,
     map_points_to_image,
     map_points_to_patch,
     normalize_patch,

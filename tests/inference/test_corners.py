@@ -7,14 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from monai_spine.data.patches import corner_maps, patch_affine, sample_patch_params, vertebra_geometry
+from monai_spine.codecs.corner_maps import accumulate_patches, corner_maps, localize_corners, quadrant_masks
+from monai_spine.data.patches import patch_affine, sample_patch_params, vertebra_geometry
 from monai_spine.inference.corners import (
     CornerPrior,
-    accumulate_patches,
     corners_from_patches,
-    localize_corners,
     point_to_curve_distance,
-    quadrant_masks,
     remove_background,
     sigma_px_to_mm,
 )
@@ -335,15 +333,16 @@ def test_perfect_maps_on_real_aasce_geometry(shared_data):
 
 # ----------------------------------------------------------------------------- equivalence with the references
 # The vectorised steps must give the results of the original one-map / one-patch / whole-canvas
-# implementations kept as private ``_..._reference`` functions (corners within 1e-4 px, maps and
+# implementations kept in ``corner_reference.py`` (corners within 1e-4 px, maps and
 # sigma within 1e-5 relative; in practice they agree to the last bit).
-from monai_spine.inference.corners import (  # noqa: E402
+from corner_reference import (  # noqa: E402
     _accumulate_patches_reference,
     _corners_from_patches_reference,
-    _histograms,
     _localize_corners_reference,
     _remove_background_reference,
 )
+
+from monai_spine.inference.corners import _histograms  # noqa: E402
 
 
 def _map_stack(seed=0, n=6, s=32):
