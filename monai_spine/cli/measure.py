@@ -1,6 +1,6 @@
 """``monai-spine measure``: clinical measurements with uncertainty from keypoint files.
 
-The measuring is :func:`monai_spine.measure.io.measure_cli` (angles, translations, discs, Cobb;
+The measuring is :func:`monai_spine.measure.batch.measure_files` (angles, translations, discs, Cobb;
 ``measurements.json`` and ``.csv``); this module parses the options and prints the warnings, the
 failures (one line each, on stderr) and a summary.
 """
@@ -30,9 +30,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def _cmd_measure(args: argparse.Namespace) -> int:
-    from monai_spine.measure.io import measure_cli
+    from monai_spine.measure.batch import measure_files
 
-    res = measure_cli(
+    res = measure_files(
         args.paths,
         args.out,
         flexion=args.flexion,

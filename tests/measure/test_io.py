@@ -1,4 +1,4 @@
-"""Reading prediction/annotation files, measuring them, and the JSON + CSV outputs of measure_cli."""
+"""Reading prediction/annotation files, measuring them, and the JSON + CSV outputs of measure_files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from monai_spine.data.annotation import AnnotationError, SpineAnnotation, write_annotation
 from monai_spine.measure.cobb import cobb_angles
-from monai_spine.measure.io import CSV_COLUMNS, MEASUREMENTS_FORMAT, measure_cli, read_keypoint_file
+from monai_spine.measure.batch import measure_files
+from monai_spine.measure.io import CSV_COLUMNS, MEASUREMENTS_FORMAT, read_keypoint_file
 
 CERV = ["C3", "C4", "C5", "C6", "C7"]
 
@@ -71,7 +72,7 @@ def cervical_px(lateral_chain):
 
 def test_annotation_with_spacing_in_mm(tmp_path, cervical_px):
     f = write_lateral_annotation(tmp_path / "a.json", cervical_px, CERV, spacing=(0.1, 0.1))
-    res = measure_cli([f], tmp_path / "out", num_samples=0)
+    res = measure_files([f], tmp_path / "out", num_samples=0)
     case = res["cases"][0]
     assert case["kind"] == "annotation" and case["length_unit"] == "mm" and case["uncertainty"] is None
     segs = {s["level"]: s for s in case["segments"]}
@@ -96,7 +97,7 @@ def test_annotation_with_spacing_in_mm(tmp_path, cervical_px):
 
 def test_unknown_spacing_reports_pixels(tmp_path, cervical_px):
     f = write_lateral_annotation(tmp_path / "a.json", cervical_px, CERV, spacing=None)
-    res = measure_cli([f], tmp_path / "out", num_samples=0)
+    res = measure_files([f], tmp_path / "out", num_samples=0)
     case = res["cases"][0]
     seg = case["segments"][0]
     assert case["length_unit"] == "px" and "translation_mm" not in seg
@@ -116,23 +117,23 @@ def test_prediction_sigma_mm_is_propagated(tmp_path, cervical_px):
     rec = read_keypoint_file(f)
     assert rec.kind == "prediction" and rec.region == "cervical" and rec.spacing_mm == sp
     np.testing.assert_allclose(rec.sigma_px[0, 0], [0.3 / np.sqrt(2) / 0.1, 0.3 / np.sqrt(2) / 0.2])
-    res = measure_cli([f], tmp_path / "out", num_samples=200, seed=1)
+    res = measure_files([f], tmp_path / "out", num_samples=200, seed=1)
     case = res["cases"][0]
     assert case["uncertainty"]["num_samples"] == 200 and "sigma_p_total_mm" in case["uncertainty"]["sigma_source"]
     a = case["segments"][0]["angle_deg"]
     assert a["value"] == pytest.approx(10.0) and a["std"] > 0 and a["ci_low"] < a["value"] < a["ci_high"]
     # reproducible with the same seed
-    again = measure_cli([f], tmp_path / "out2", num_samples=200, seed=1)
+    again = measure_files([f], tmp_path / "out2", num_samples=200, seed=1)
     assert again["cases"][0]["segments"] == case["segments"]
 
 
 def test_prediction_without_spacing_needs_sigma_px(tmp_path, cervical_px):
     f = tmp_path / "p.json"
     f.write_text(json.dumps(prediction_dict(cervical_px, CERV, None)))
-    res = measure_cli([f], tmp_path / "out", num_samples=50)
+    res = measure_files([f], tmp_path / "out", num_samples=50)
     case = res["cases"][0]
     assert case["uncertainty"] is None and any("crop fractions" in n for n in case["notes"])
-    res = measure_cli([f], tmp_path / "out", num_samples=50, sigma_px=1.0)
+    res = measure_files([f], tmp_path / "out", num_samples=50, sigma_px=1.0)
     case = res["cases"][0]
     assert case["uncertainty"]["sigma_source"].startswith("constant")
     assert case["segments"][0]["translation_px"]["std"] > 0
@@ -144,7 +145,7 @@ def test_flexion_extension_pair(tmp_path, lateral_chain):
     levels = ["C3", "C4", "C5", "C6"]
     ff = write_lateral_annotation(tmp_path / "flex.json", flex, levels, (0.1, 0.1))
     fe = write_lateral_annotation(tmp_path / "ext.json", ext, levels, (0.1, 0.1))
-    res = measure_cli([], tmp_path / "out", flexion=[ff], extension=[fe], num_samples=100, sigma_px=0.5)
+    res = measure_files([], tmp_path / "out", flexion=[ff], extension=[fe], num_samples=100, sigma_px=0.5)
     assert len(res["cases"]) == 2  # both views are also measured on their own
     mot = res["motion"][0]
     assert mot["region"] == "cervical" and mot["length_unit"] == "mm" and mot["thresholds"]["translation_mm"] == 3.5
@@ -175,7 +176,7 @@ def test_ap_annotation_cobb_and_smape(tmp_path, ap_spine):
         image_size=(1000, 3000), meta={"cobb_angles_deg": [float(a) for a in ref]},
     )
     write_annotation(ann, tmp_path / "ap.json")
-    res = measure_cli([tmp_path], tmp_path / "out", num_samples=20, sigma_px=0.0)
+    res = measure_files([tmp_path], tmp_path / "out", num_samples=20, sigma_px=0.0)
     case = res["cases"][0]
     assert case["view"] == "ap" and case["image_height_source"] == "image_size"
     assert case["cobb"]["case"] == "s_upper" and case["cobb"]["main"]["levels"] == ["T3", "T10"]
@@ -204,9 +205,9 @@ def test_bad_files_name_the_file(tmp_path, content, err):
 def test_argument_errors(tmp_path, cervical_px):
     f = write_lateral_annotation(tmp_path / "a.json", cervical_px, CERV, spacing=(0.1, 0.1))
     with pytest.raises(ValueError, match="pairs"):
-        measure_cli([f], tmp_path / "out", flexion=[f], extension=[])
+        measure_files([f], tmp_path / "out", flexion=[f], extension=[])
     with pytest.raises(FileNotFoundError):
-        measure_cli([tmp_path / "missing.json"], tmp_path / "out")
+        measure_files([tmp_path / "missing.json"], tmp_path / "out")
     with pytest.raises(ValueError, match="sigma_px"):
-        measure_cli([f], tmp_path / "out", sigma_px=-1.0)
+        measure_files([f], tmp_path / "out", sigma_px=-1.0)
     assert not (tmp_path / "out" / "measurements.json").exists()

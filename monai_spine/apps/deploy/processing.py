@@ -95,11 +95,11 @@ def predict_and_measure(
     from monai_spine.measure.io import (
         MEASUREMENTS_FORMAT,
         MEASUREMENTS_VERSION,
-        measure_record,
         read_keypoint_file,
         results_to_rows,
         write_measurements,
     )
+    from monai_spine.measure.measurements import measure_record
 
     out = Path(out_dir)
     if not selected.path or not Path(selected.path).is_file():
