@@ -14,11 +14,12 @@
 * :mod:`~monai_spine.codecs.corner_maps`: the corner FCN's vertebra corners <-> patch corner maps
   (:func:`~monai_spine.codecs.corner_maps.corner_maps` <->
   :func:`~monai_spine.codecs.corner_maps.accumulate_patches` and
-  :func:`~monai_spine.codecs.corner_maps.localize_corners`).
+  :func:`~monai_spine.codecs.corner_maps.localize_corners`). The package exports the module, not its
+  functions: a function ``corner_maps`` here would hide the module ``corner_maps``.
 """
 
+from monai_spine.codecs import corner_maps
 from monai_spine.codecs.chain import assign_levels_chain, complete_chain, level_height_fractions, spacing_profile
-from monai_spine.codecs.corner_maps import accumulate_patches, corner_maps, localize_corners, quadrant_masks
 from monai_spine.codecs.detection import (
     decode_detections,
     encode_centre_heatmaps,
@@ -41,7 +42,4 @@ __all__ = [
     "vertebra_centres_px",
     "LevelGroups",
     "corner_maps",
-    "accumulate_patches",
-    "quadrant_masks",
-    "localize_corners",
 ]
