@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TextIO
+
+import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from monai_spine.inference.pipeline import SpinePipeline
 
-__all__ = ["register", "predict_cli"]
+__all__ = ["register", "predict_cli", "corners_cli"]
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -67,8 +70,6 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def _cmd_corners(args: argparse.Namespace) -> int:
-    from monai_spine.inference.heatmap import corners_cli
-
     corners_cli(
         args.image,
         args.centres,
@@ -222,3 +223,114 @@ def predict_cli(
         for f, msg in failures:
             print(f"  {f}: {msg}", file=sys.stderr)
     return 1 if failures or nothing else 0
+
+
+def _format_table(result: dict[str, Any]) -> str:
+    mm = result["spacing_mm"] is not None
+    head = f"{'vertebra':<9}{'corner':<7}{'x_px':>9}{'y_px':>9}{'sigma_px':>10}"
+    head += f"{'x_mm':>9}{'y_mm':>9}{'sigma_mm':>10}" if mm else ""
+    lines = [head]
+
+    def f(v: Any, w: int, p: int = 1) -> str:
+        return f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"
+
+    for v in result["vertebrae"]:
+        name = v["level"] or f"#{v['index'] + 1}"
+        for c in v["corners"]:
+            row = f"{name:<9}{c['name']:<7}{f(c['x_px'], 9)}{f(c['y_px'], 9)}{f(c['sigma_px'], 10, 2)}"
+            if mm:
+                row += f"{f(c['x_mm'], 9, 2)}{f(c['y_mm'], 9, 2)}{f(c['sigma_mm'], 10, 2)}"
+            if c["from_prior"]:
+                row += "  (prior)"
+            lines.append(row)
+    if not mm:
+        lines.append("pixel spacing unknown: no mm values (give --spacing SX,SY or a spacing sidecar)")
+    return "\n".join(lines)
+
+
+def corners_cli(
+    image: str | os.PathLike,
+    centres: str | np.ndarray | Sequence[Sequence[float]],
+    ckpt_dir: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    prior: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    levels: str | Sequence[str] | None = None,
+    spacing_mm: Sequence[float] | None = None,
+    device: str = "cpu",
+    print_format: str = "table",
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
+    """``monai-spine corners IMAGE --centres "x1,y1;x2,y2;..."``: print and write the corners with sigma.
+
+    Args:
+        image: the radiograph (DICOM, PNG/JPEG/TIFF, NIfTI, NRRD; spacing from its header or
+            ``<image>.spacing.json``, see :func:`monai_spine.data.readers.read_xray`).
+        centres: clicked vertebra centres, ``"x1,y1;x2,y2;..."`` (px) or a ``(V, 2)`` array, ``V >= 2``.
+        ckpt_dir: folder of the trained model (``model.pt``, ``corner_prior.json``,
+            ``heatmap_model.json``); default :func:`~monai_spine.inference.heatmap.default_ckpt_dir`.
+        checkpoint: weights to use instead of ``ckpt_dir/model.pt``.
+        prior: corner prior JSON to use instead of the stored one.
+        out: JSON file to write (default ``<image name>.corners.json`` in the current folder).
+        levels: level names per centre, ``"C3,C4,C5"`` or a list (optional).
+        spacing_mm: ``(sx, sy)`` (or ``"sx,sy"``) overriding the image's spacing (recorded as ``"sidecar"``).
+        device: torch device.
+        print_format: ``"table"`` (human-readable) or ``"json"`` (the written JSON).
+        stream: where to print (default stdout).
+
+    Returns:
+        The JSON result (format ``monai-spine-corners``), which also records the output path under ``"output"``.
+
+    Raises:
+        FileNotFoundError: the image or a model file is missing.
+        ValueError: malformed centres, levels or spacing.
+        monai_spine.outputs.NothingFoundError: a constant image (1 x 1 included): ``nothing found in
+            <image>``, before the model loads; nothing written (``monai-spine corners`` exits 2).
+    """
+    from monai_spine.data.annotation import atomic_write_text
+    from monai_spine.data.keypoints import level_order
+    from monai_spine.data.readers import read_xray
+    from monai_spine.inference.heatmap import CornerPredictor, default_ckpt_dir, parse_centres
+
+    if print_format not in ("table", "json"):
+        raise ValueError(f"print_format must be 'table' or 'json', got {print_format!r}")
+    c = parse_centres(centres) if isinstance(centres, str) else np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    if isinstance(spacing_mm, str):
+        try:
+            spacing_mm = [float(v) for v in spacing_mm.replace(" ", "").split(",")]
+        except ValueError:
+            raise ValueError(f"--spacing: {spacing_mm!r} is not 'sx,sy' (mm per pixel)") from None
+    lv = None
+    if levels is not None:
+        lv = [s.strip() for s in levels.split(",") if s.strip()] if isinstance(levels, str) else [str(s) for s in levels]
+        if len(lv) != len(c):
+            raise ValueError(f"--levels: {len(lv)} levels for {len(c)} centres")
+        for lev in lv:
+            level_order(lev)  # KeyError naming an unknown level
+    path = Path(image)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    from monai_spine.data.readers import XrayWarning
+    from monai_spine.outputs import check_film_has_contrast
+
+    with warnings.catch_warnings():  # the reader's "constant image" warning: said once, as the error below
+        warnings.filterwarnings("ignore", message=r".*constant image", category=XrayWarning)
+        img = read_xray(path, spacing_mm=spacing_mm)
+    check_film_has_contrast(img.array, path)  # a blank film gets no corners (not the prior's, with small sigma)
+    h, w = img.array.shape
+    if np.any(c[:, 0] < 0) or np.any(c[:, 0] > w - 1) or np.any(c[:, 1] < 0) or np.any(c[:, 1] > h - 1):
+        raise ValueError(f"--centres: a centre lies outside the {w}x{h} image {path}")
+    predictor = CornerPredictor.from_ckpt_dir(ckpt_dir or default_ckpt_dir(), checkpoint=checkpoint, prior=prior,
+                                              device=device)
+    pred = predictor.predict(img.array, c, img.spacing_mm, img.spacing_source, levels=lv)
+    result = predictor.to_json(pred, image=str(path))
+    out_path = Path(out) if out else Path.cwd() / f"{path.name}.corners.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_path, predictor.dumps(result))
+    stream = stream or sys.stdout
+    if print_format == "json":
+        print(predictor.dumps(result), file=stream)
+    else:
+        print(_format_table(result), file=stream)
+        print(f"wrote {out_path}", file=stream)
+    return {**result, "output": str(out_path)}

@@ -93,7 +93,7 @@ def test_training_writes_an_mlflow_run_with_corner_metrics(trained):
 def test_trained_model_localises_clicked_centres(trained):
     from monai_spine.data.datasets import bundle_splits
     from monai_spine.engines.heatmap import heatmap_datalists
-    from monai_spine.inference.heatmap import corners_cli
+    from monai_spine.cli.predict import corners_cli
 
     splits = bundle_splits(None, "cervical", 8, 0, 0.25, (256, 256), max_cases=2)
     case = heatmap_datalists(splits, "cervical")["validation"][0]

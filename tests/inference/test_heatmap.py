@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from monai_spine.cli.predict import corners_cli
 from monai_spine.inference.corners import CornerPrior
 from monai_spine.inference.heatmap import (
     HeatmapModelSpec,
     CornerPrediction,
     CornerPredictor,
-    corners_cli,
     make_patches,
     parse_centres,
 )
