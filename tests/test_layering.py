@@ -37,11 +37,8 @@ LABEL_TRAINING_IMPORTS = {
 }
 #: package cycles still there (issue 17); none left
 KNOWN_PACKAGE_CYCLES: set[frozenset[str]] = set()
-#: module cycles still there inside a package (issue 17, item 4): calibration.py and quality.py
-#: import each other (fixing one means deleting its entry)
-KNOWN_MODULE_CYCLES = {
-    frozenset({"monai_spine.uncertainty.calibration", "monai_spine.uncertainty.quality"}),
-}
+#: module cycles still there inside a package (fixing one means deleting its entry); none left
+KNOWN_MODULE_CYCLES: set[frozenset[str]] = set()
 
 
 def _module_name(path: Path) -> str:

@@ -256,9 +256,10 @@ def test_inferred_vertebrae_count_as_missed_in_the_recall(chain, tmp_path):
 def test_the_fcns_own_calibration_classes_its_corners_in_both_files(chain, tmp_path):
     """predict --model both records the FCN's thresholds (mm) beside the regressor's (frac); each point set
     is classed, read back and reported by its own."""
-    from monai_spine.inference.report import resolve_thresholds
-    from monai_spine.uncertainty.calibration import ConformalCalibrator, collect_errors
+    from monai_spine.evaluation.matching import collect_errors
+    from monai_spine.evaluation.report import resolve_thresholds
     from monai_spine.uncertainty.classes import Thresholds
+    from monai_spine.uncertainty.conformal import ConformalCalibrator
 
     hm = CornerPredictor.from_ckpt_dir(chain["hm_dir"], thresholds=Thresholds(1e-6, 1e6, units="mm"),
                                        conformal=ConformalCalibrator(alpha=0.1, q_hat=2.0, sigma_units="mm"))

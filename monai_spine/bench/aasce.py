@@ -857,7 +857,7 @@ def run_aasce_benchmark(
         if cal is not None and k in ("heatmap", "regressor"):
             cal.save(out / f"{k}_conformal.json")
     if "heatmap" in val_sets:
-        from monai_spine.uncertainty.calibration import DEFAULT_CONFIDENCE, fit_thresholds
+        from monai_spine.uncertainty.thresholds import DEFAULT_CONFIDENCE, fit_thresholds
 
         try:
             thr = fit_thresholds(np.asarray(val_sets["heatmap"].errors_px), np.asarray(val_sets["heatmap"].sigma_px),

@@ -7,7 +7,7 @@ seeded 70/15/15 split is identical) the bundle trains, in this process, the vert
 
 * **calibration** on the validation split: the whole pipeline (detector first, as on test) predicts the
   validation radiographs in memory; on the found vertebrae, split-conformal radii
-  (:class:`~monai_spine.uncertainty.calibration.ConformalCalibrator`, normalised score, alpha 0.1,
+  (:class:`~monai_spine.uncertainty.conformal.ConformalCalibrator`, normalised score, alpha 0.1,
   per point type) and uncertainty-class thresholds (``monai-spine calibrate``'s rule) are fitted on the
   regressor's total ``sigma_p`` in mm and on the heatmap corners' ``sigma`` in mm. The same is fitted
   on predictions from ground-truth boxes / centres (an oracle detector) for comparison;
@@ -189,7 +189,7 @@ def model_metrics(ev: ModelEval, conformal: Any = None, unit: str = "mm", thresh
 
     Args:
         ev: the model's points.
-        conformal: a fitted :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator` or None.
+        conformal: a fitted :class:`~monai_spine.uncertainty.conformal.ConformalCalibrator` or None.
         unit: unit of the errors.
         thresholds: uncertainty-class thresholds fitted on the validation split (sigma in mm), or None;
             with them the row also holds ``classes`` (per-class count and mean error).
@@ -403,7 +403,7 @@ def calibrate_conformal(errors: Any, sigma: Any, point_types: Any, alpha: float,
 
     ``unit`` is that of both errors and sigma (``"mm"``, or ``"px"`` for images of unknown spacing).
     """
-    from monai_spine.uncertainty.calibration import ConformalCalibrator
+    from monai_spine.uncertainty.conformal import ConformalCalibrator
 
     try:
         return ConformalCalibrator.fit(np.asarray(errors, np.float64), np.asarray(sigma, np.float64),
@@ -596,7 +596,7 @@ def fit_calibration(errors: Any, sigma: Any, point_types: Any, alpha: float) -> 
         ``{"conformal": ConformalCalibrator | None, "thresholds": Thresholds | None (None: no point with a
         finite sigma), "n": points, "mean": mean finite error (mm)}``.
     """
-    from monai_spine.uncertainty.calibration import DEFAULT_CONFIDENCE, fit_thresholds
+    from monai_spine.uncertainty.thresholds import DEFAULT_CONFIDENCE, fit_thresholds
 
     e = np.asarray(errors, np.float64).reshape(-1)
     s = np.asarray(sigma, np.float64).reshape(-1)

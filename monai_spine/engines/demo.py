@@ -171,7 +171,7 @@ def run_demo(
     Returns:
         0 on success (exceptions propagate to the CLI, which reports them).
     """
-    from monai_spine.uncertainty.calibration import calibrate_from_predictions
+    from monai_spine.evaluation.calibration import calibrate_from_predictions
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ is the command):
 1. ``training`` with ``configs/train.json`` (the CPU recipe) on the embedded synthetic generator,
    the checkpoint and its ``regressor_model.json`` going straight into the model folder;
 2. ``inference.json`` on the validation split, then
-   :func:`~monai_spine.uncertainty.calibration.calibrate_from_predictions`: ``thresholds.json``
+   :func:`~monai_spine.evaluation.calibration.calibrate_from_predictions`: ``thresholds.json``
    (tau1/tau2 by the BayeRegX rule) and ``conformal.json`` beside the weights;
 3. ``evaluate.json`` on the held-out test split (annotation boxes): the metrics go into the spec's
    ``meta`` and the model card (``README.md``), together with the command, the data and the
@@ -165,7 +165,7 @@ def train_shipped_regressor(
     from monai_spine.evaluation.predictor import MeanShapePredictor, evaluate_predictor
     from monai_spine.inference.regressor import KeypointPredictor, RegressorSpec
     from monai_spine.metrics.keypoint_error import summarize_errors
-    from monai_spine.uncertainty.calibration import calibrate_from_predictions
+    from monai_spine.evaluation.calibration import calibrate_from_predictions
 
     model_dir = Path(model_dir).resolve()
     work = Path(work_dir).resolve()

@@ -458,7 +458,7 @@ class CornerPredictor:
             (:class:`~monai_spine.uncertainty.classes.Thresholds`, ``monai-spine calibrate --model heatmap``'s
             ``thresholds.json``), on ``sigma_p = sqrt(2) * sigma`` (the reader's convention, see
             :mod:`monai_spine.data.prediction`) in their units (mm, or px); None: no class.
-        conformal: a fitted :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator` on the same
+        conformal: a fitted :class:`~monai_spine.uncertainty.conformal.ConformalCalibrator` on the same
             ``sigma_p`` (its ``conformal.json``); each corner then gets ``conformal_radius_<unit>``.
 
     Example::
@@ -508,7 +508,7 @@ class CornerPredictor:
 
             kwargs["thresholds"] = Thresholds.load(folder / "thresholds.json")
         if "conformal" not in kwargs and (folder / "conformal.json").is_file():
-            from monai_spine.uncertainty.calibration import ConformalCalibrator
+            from monai_spine.uncertainty.conformal import ConformalCalibrator
 
             kwargs["conformal"] = ConformalCalibrator.load(folder / "conformal.json")
         spec = HeatmapModelSpec.load(ckpt_dir, prior=prior)

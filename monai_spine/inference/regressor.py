@@ -19,7 +19,7 @@ Options:
   disagreement of the two views is model uncertainty), and total = aleatoric + epistemic as always
   (law of total variance over the equally weighted mixture of the two views).
 * **conformal radii** (``conformal=`` a fitted
-  :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator`, see :func:`load_conformal`):
+  :class:`~monai_spine.uncertainty.conformal.ConformalCalibrator`, see :func:`load_conformal`):
   each point gets the split-conformal radius ``r = q_hat(point type) * sigma_p`` (normalized
   score; ``q_hat`` for the absolute score) from the total ``sigma_p`` in the calibrator's
   ``sigma_units``; the radius is in the calibrator's ``error_unit`` (``mm``, or radiograph ``px``
@@ -242,14 +242,14 @@ def load_conformal(path: str | os.PathLike | None) -> Any:
     """Conformal calibration stored with the model (``conformal.json``), or None when absent.
 
     Args:
-        path: a file written by :meth:`~monai_spine.uncertainty.calibration.ConformalCalibrator.save`,
+        path: a file written by :meth:`~monai_spine.uncertainty.conformal.ConformalCalibrator.save`,
             or None.
 
     Returns:
-        the :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator`, or None when ``path``
+        the :class:`~monai_spine.uncertainty.conformal.ConformalCalibrator`, or None when ``path``
         is None/empty or the file does not exist (a malformed file raises ``ValueError`` naming it).
     """
-    from monai_spine.uncertainty.calibration import ConformalCalibrator
+    from monai_spine.uncertainty.conformal import ConformalCalibrator
 
     if path and Path(path).is_file():
         return ConformalCalibrator.load(path)
@@ -376,7 +376,7 @@ class KeypointPredictor:
         device: torch device.
         seed: seed of the dropout masks, so a prediction is reproducible.
         flip_tta: also predict each crop flipped along W and average (module docstring).
-        conformal: a fitted :class:`~monai_spine.uncertainty.calibration.ConformalCalibrator` giving
+        conformal: a fitted :class:`~monai_spine.uncertainty.conformal.ConformalCalibrator` giving
             each point an error radius (from the total ``sigma_p``), or None.
         reference: run the plain reference instead of the batched MC dropout: one crop at a time,
             ``T`` full passes one by one (:func:`~monai_spine.uncertainty.mc_dropout.mc_dropout_reference`;

@@ -17,7 +17,7 @@ unknown) and uncertainties ``sigma_p`` (frac or mm), each returning a dict, plus
   squared error ``RMSE = sqrt(mean e^2)``; ``ENCE = mean |RMV - RMSE| / RMV``. For a 2D point with
   independent Gaussian x/y errors ``E[e^2] = sx^2 + sy^2 = sigma_p^2``, so 0 is perfect calibration.
 * :func:`conformal_coverage`: empirical coverage and size of split-conformal radii
-  (:class:`~monai_spine.uncertainty.calibration.ConformalCalibrator`).
+  (:class:`~monai_spine.uncertainty.conformal.ConformalCalibrator`).
 * :func:`errors_per_class`: error statistics per uncertainty class (BayeRegX section 3.4).
 * :func:`referral_curve`: refer the most uncertain share of points to a human and report the mean
   error and SDR of the points kept.
@@ -38,14 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from monai_spine.uncertainty.calibration import (
-    DEFAULT_QUANTILE,
-    ConformalCalibrator,
-    _point_types_like,
-    coverage,
-    error_quantile,
-)
 from monai_spine.uncertainty.classes import CLASS_NAMES, UNKNOWN, Thresholds, classify
+from monai_spine.uncertainty.conformal import ConformalCalibrator, coverage
+from monai_spine.uncertainty.thresholds import DEFAULT_QUANTILE, _point_types_like, error_quantile
 
 __all__ = [
     "ence",

@@ -9,7 +9,7 @@ import pytest
 
 import monai_spine.bench.pipeline as bp
 from monai_spine.bench.pipeline import ModelEval, PipelineBenchSettings, format_table, model_metrics
-from monai_spine.uncertainty.calibration import ConformalCalibrator
+from monai_spine.uncertainty.conformal import ConformalCalibrator
 
 
 def _eval(errors, sigma, ids, found=3, annotated=4, seconds=(1.0, 3.0)):

@@ -345,7 +345,7 @@ def _one_vertebra(spacing_mm):
     ],
 )
 def test_to_json_classes_and_radii_from_the_models_calibration(spacing_mm, classes, radii_mm):
-    from monai_spine.uncertainty.calibration import ConformalCalibrator
+    from monai_spine.uncertainty.conformal import ConformalCalibrator
     from monai_spine.uncertainty.classes import Thresholds
 
     thr = Thresholds(1.0, 2.5, units="mm")
@@ -365,7 +365,7 @@ def test_to_json_without_calibration_has_no_class():
 
 
 def test_from_ckpt_dir_reads_the_folders_calibration(tmp_path):
-    from monai_spine.uncertainty.calibration import ConformalCalibrator
+    from monai_spine.uncertainty.conformal import ConformalCalibrator
     from monai_spine.uncertainty.classes import Thresholds
 
     s = spec()

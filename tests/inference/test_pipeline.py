@@ -234,7 +234,7 @@ def test_cli_loads_saved_detector_regressor_and_heatmap(inputs, tmp_path):
 
 def test_cli_passes_flip_tta_and_conformal_beside_the_checkpoint(inputs, tmp_path):
     from monai_spine.networks.regressor import build_regressor
-    from monai_spine.uncertainty.calibration import ConformalCalibrator
+    from monai_spine.uncertainty.conformal import ConformalCalibrator
 
     torch.manual_seed(0)
     det_dir = tmp_path / "det"
@@ -506,7 +506,7 @@ def test_overlay_layers_of_the_corner_fcn_alone_without_spacing():
 def test_predict_draws_units_radii_and_legend_on_its_overlay(inputs, tmp_path, monkeypatch, stem, spacing):
     """The overlay predict writes gets the spacing (scale bar), each point's conformal radius and the legend."""
     import monai_spine.inference.overlay as overlay
-    from monai_spine.uncertainty.calibration import ConformalCalibrator
+    from monai_spine.uncertainty.conformal import ConformalCalibrator
 
     calls = []
     real = overlay.write_overlay
@@ -535,7 +535,7 @@ def test_predict_draws_units_radii_and_legend_on_its_overlay(inputs, tmp_path, m
 
 def test_an_inferred_vertebra_gets_no_small_conformal_radius(inputs, tmp_path):
     """The regressor's radius was fitted on seen vertebrae: an inferred one's is at least its sigma (half the box diagonal)."""
-    from monai_spine.uncertainty.calibration import ConformalCalibrator
+    from monai_spine.uncertainty.conformal import ConformalCalibrator
 
     class InfersC4:
         def detect(self, image, spacing_mm=None, spacing_source=None):

@@ -17,7 +17,7 @@ from monai_spine.inference.regressor import (
     flip_back,
     load_conformal,
 )
-from monai_spine.uncertainty.calibration import ConformalCalibrator
+from monai_spine.uncertainty.conformal import ConformalCalibrator
 from monai_spine.uncertainty.mc_dropout import mc_dropout_predict
 from monai_spine.transforms.keypoints import frac_to_image_px
 

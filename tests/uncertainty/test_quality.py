@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from monai_spine.uncertainty.calibration import ConformalCalibrator, fit_thresholds
 from monai_spine.uncertainty.classes import Thresholds
+from monai_spine.uncertainty.conformal import ConformalCalibrator
 from monai_spine.uncertainty.quality import (
     conformal_coverage,
     errors_per_class,
@@ -20,6 +20,7 @@ from monai_spine.uncertainty.quality import (
     sparsification,
     spearman,
 )
+from monai_spine.uncertainty.thresholds import fit_thresholds
 
 E4 = np.array([1.0, 2.0, 3.0, 4.0])
 

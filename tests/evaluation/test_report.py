@@ -1,4 +1,5 @@
-"""Tests of monai_spine.inference.report (HTML report of predictions over a test set)."""
+"""Tests of monai_spine.evaluation.report and report_figures (HTML report of predictions over a test set),
+also through the options of ``monai-spine report`` (:mod:`monai_spine.cli.evaluate`)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,9 @@ import pytest
 from monai_spine.data.annotation import read_annotation
 from monai_spine.data.keypoints import get_scheme
 from monai_spine.data.synthetic import generate_dataset
-from monai_spine.inference.report import (
-    FIGURES,
-    INDEX_FILE,
-    add_report_arguments,
-    level_sort_key,
-    parse_model_dirs,
-    report_cli,
-    report_from_args,
-)
+from monai_spine.cli.evaluate import add_report_arguments, parse_model_dirs, report_from_args
+from monai_spine.evaluation.report import INDEX_FILE, report_cli
+from monai_spine.evaluation.report_figures import FIGURES, level_sort_key
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # model -> (corner offset px of case i = scale * (1 + i), spinous process = scale * (3 + i)); x shift only
@@ -248,8 +243,8 @@ def test_report_classes_and_referral(report_case, tmp_path):
 
 
 def test_report_thresholds_sources(report_case, tmp_path):
-    from monai_spine.inference.report import resolve_thresholds
-    from monai_spine.uncertainty.calibration import collect_errors
+    from monai_spine.evaluation.matching import collect_errors
+    from monai_spine.evaluation.report import resolve_thresholds
     from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
 
     root, ann_paths = report_case
@@ -304,14 +299,14 @@ def test_report_mlflow_uncertainty_metrics(report_case, tmp_path):
     (["a=t.json", "b=u.json"], {"a": "t.json", "b": "u.json"}),
 ])
 def test_parse_thresholds_args(items, expected):
-    from monai_spine.inference.report import parse_thresholds_args
+    from monai_spine.cli.evaluate import parse_thresholds_args
 
     assert parse_thresholds_args(items) == expected
 
 
 @pytest.mark.parametrize("items", [["t.json", "a=u.json"], ["a=t.json", "a=u.json"]])
 def test_parse_thresholds_args_rejects(items):
-    from monai_spine.inference.report import parse_thresholds_args
+    from monai_spine.cli.evaluate import parse_thresholds_args
 
     with pytest.raises(ValueError, match="--thresholds"):
         parse_thresholds_args(items)
@@ -323,7 +318,7 @@ def test_kde_falls_to_zero_at_both_ends():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from monai_spine.inference.report import _kde_line
+    from monai_spine.evaluation.report_figures import _kde_line
 
     fig, ax = plt.subplots()
     _kde_line(ax, np.random.default_rng(0).normal(0.02, 0.005, 200), "corner", "#000000")
@@ -341,7 +336,7 @@ def test_kde_falls_to_zero_at_both_ends():
     ("missed_vertebrae", "mm", "missed vertebrae"),
 ])
 def test_summary_column_titles_carry_the_unit(col, unit, title):
-    from monai_spine.inference.report import _column_title
+    from monai_spine.evaluation.report import _column_title
 
     assert _column_title(col, unit) == title
 
@@ -351,8 +346,8 @@ def test_summary_column_titles_carry_the_unit(col, unit, title):
     (np.full(8, np.nan), np.linspace(0.5, 1.5, 8), "sigma_p (mm)"),  # the corner FCN has no crop fraction
 ])
 def test_sigma_kde_uses_the_units_the_model_has(sigma_frac, sigma_mm, label, tmp_path, monkeypatch):
-    from monai_spine.inference import report
-    from monai_spine.uncertainty.calibration import MatchedPoints
+    from monai_spine.evaluation import report_figures as report
+    from monai_spine.evaluation.matching import MatchedPoints
 
     drawn = []
     monkeypatch.setattr(report, "_kde_line", lambda ax, v, t, c: drawn.append(np.asarray(v)))
