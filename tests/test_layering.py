@@ -11,7 +11,8 @@ that imports training code only when one branch runs still fails here.
 * Benchmarks live in ``monai_spine/bench``, not in ``engines``.
 * No new import cycle between packages: the cycles left are listed in :data:`KNOWN_PACKAGE_CYCLES`
   (fixing one means deleting its entry).
-* No import cycle between the modules of ``monai_spine/uncertainty``.
+* No import cycle between the modules of ``monai_spine/uncertainty``, and they hold statistics only: they
+  never reach prediction files (``monai_spine.data.prediction``), evaluation, the commands or training.
 """
 
 from __future__ import annotations
@@ -133,6 +134,19 @@ def test_prediction_never_reaches_training_code(package):
     assert starts, f"no module under {package}"
     bad = {m: chain for m, chain in _reach(starts).items() if _is_under(m, NOT_FOR_PREDICTION)}
     assert not bad, "prediction code imports training, benchmark or evaluation code:\n" + "\n".join(
+        " -> ".join(chain) for chain in bad.values())
+
+
+#: what the statistics of ``monai_spine/uncertainty`` never reach: prediction files, their matching to
+#: annotations and the runs and reports over them (``monai_spine.evaluation``), training and benchmarks
+NOT_FOR_UNCERTAINTY = NOT_FOR_PREDICTION + ("monai_spine.data.prediction", "monai_spine.cli")
+
+
+def test_uncertainty_holds_statistics_only():
+    starts = [m for m in MODULES if _is_under(m, ("monai_spine.uncertainty",))]
+    assert "monai_spine.uncertainty.thresholds" in starts and "monai_spine.uncertainty.conformal" in starts
+    bad = {m: chain for m, chain in _reach(starts).items() if _is_under(m, NOT_FOR_UNCERTAINTY)}
+    assert not bad, "monai_spine/uncertainty reaches file matching, evaluation or training code:\n" + "\n".join(
         " -> ".join(chain) for chain in bad.values())
 
 
