@@ -342,7 +342,7 @@ def bench_split(models: dict[str, Any], cases: Sequence[tuple[Path, Path]], out:
                 continue
             if fname.endswith(suffix) and func == name:
                 found[label] = max(found.get(label, 0.0), ct)
-        if fname.endswith(("transforms/keypoints.py", "transforms" + os.sep + "keypoints.py")) and func == "__call__":
+        if fname.endswith(("transforms/crop.py", "transforms" + os.sep + "crop.py")) and func == "__call__":
             crop_t = max(crop_t, ct)
     found["regressor crops"] = crop_t
     n = len(cases)

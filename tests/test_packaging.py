@@ -45,13 +45,13 @@ def test_installed_namespace_imports_outside_the_repository(tmp_path):
     # cwd = tmp_path: the repository root is not on sys.path, only what is installed is found
     code = (
         "import importlib.util, monai_spine.transforms as t\n"
-        "from monai_spine.transforms.keypoints import FlipKeypointsd\n"
+        "from monai_spine.transforms.flip import FlipKeypointsd\n"
         "print(FlipKeypointsd.__module__, importlib.util.find_spec('transforms') is None)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["monai_spine.transforms.keypoints", "True"]
+    assert out.stdout.split() == ["monai_spine.transforms.flip", "True"]
 
 
 def _old_name_imports(path: Path) -> list[int]:

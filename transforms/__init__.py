@@ -9,25 +9,17 @@ top-level ``transforms`` package. Usable from MONAI bundle configs as
 from __future__ import annotations
 
 from .intensity import CLAHE, CLAHEd, RandCLAHEd, clahe
+from .crop import RandVertebraCropd, VertebraCrop, VertebraCropd
+from .flip import FlipKeypoints, FlipKeypointsd, RandFlipKeypointsd, flip_box_px, flip_image, flip_keypoints_px, permute_labels
 from .keypoints import (
     DenormalizeKeypoints,
     DenormalizeKeypointsd,
-    FlipKeypoints,
-    FlipKeypointsd,
     NormalizeKeypoints,
     NormalizeKeypointsd,
-    RandFlipKeypointsd,
-    RandVertebraCropd,
-    VertebraCrop,
-    VertebraCropd,
     crop_to_image_px,
-    flip_box_px,
-    flip_image,
-    flip_keypoints_px,
     frac_to_image_px,
     frac_to_px_like,
     image_to_crop_px,
-    permute_labels,
     px_to_frac_like,
 )
 

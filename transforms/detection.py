@@ -9,7 +9,7 @@ and boxes.
 The network input ("net" pixels) is the radiograph resized with its aspect kept and padded
 (letterbox). The geometry is one ``(3, 3)`` affine ``det_to_image`` taking homogeneous net pixels
 ``(u, v, 1)`` to image pixels ``(x, y, 1)``, like the ``crop_to_image`` of
-:class:`monai_spine.transforms.keypoints.VertebraCropd`: with ``a_x, a_y`` image pixels per net pixel (equal
+:class:`monai_spine.transforms.crop.VertebraCropd`: with ``a_x, a_y`` image pixels per net pixel (equal
 for square pixels; with a known anisotropic spacing they differ so that a net pixel covers the same
 millimetres in x and y) the image centre sits on the net centre::
 

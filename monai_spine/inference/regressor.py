@@ -45,7 +45,8 @@ from monai_spine.uncertainty.mc_dropout import (
     mc_dropout_reference,
     sigma_frac_to_mm,
 )
-from monai_spine.transforms.keypoints import VertebraCropd, frac_to_image_px
+from monai_spine.transforms.crop import VertebraCropd
+from monai_spine.transforms.keypoints import frac_to_image_px
 
 __all__ = [
     "RegressorSpec",
@@ -86,7 +87,7 @@ class RegressorSpec:
         batch_norm: batch norm after each convolution.
         cbam_unit_gain: CBAM attention maps scaled to average 1 at initialisation (the recipe's).
         margin_mm: crop margin around a vertebra box, mm (px fraction when the spacing is unknown:
-            see :class:`monai_spine.transforms.keypoints.VertebraCrop`).
+            see :class:`monai_spine.transforms.crop.VertebraCrop`).
         intensity_percentiles: ``(lower, upper)`` percentiles of each crop scaled to 0 and 1.
         refine_passes: after the first prediction in the given boxes, crops re-cut this many times
             around the box of the previous pass's keypoints (the framing the network was trained on:

@@ -869,7 +869,7 @@ def _crop_samples(items: Sequence[tuple[str, Any]], spatial_size: Sequence[int],
 
     from monai_spine.data.readers import read_xray
     from monai_spine.losses.gaussian_nll import pack_targets
-    from monai_spine.transforms.keypoints import VertebraCropd
+    from monai_spine.transforms.crop import VertebraCropd
 
     crop = Compose([
         VertebraCropd(keys="image", spatial_size=tuple(spatial_size), margin_mm=margin_mm),
