@@ -63,7 +63,7 @@ def blank_film(tmp_path):
         import cv2
         import numpy as np
 
-        from monai_spine.data.synthetic import write_dx_dicom
+        from monai_spine.data.synthetic_dicom import write_dx_dicom
 
         path = tmp_path / kind
         if kind == "1x1.png":

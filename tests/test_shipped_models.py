@@ -81,7 +81,8 @@ def test_a_spec_that_does_not_match_the_weights_is_refused_in_one_line(tmp_path)
 
 
 def _films(tmp_path: Path, region: str, seeds: tuple[int, ...]) -> tuple[Path, dict[str, object]]:
-    from monai_spine.data.synthetic import generate_radiograph, write_dx_dicom
+    from monai_spine.data.synthetic import generate_radiograph
+    from monai_spine.data.synthetic_dicom import write_dx_dicom
 
     d = tmp_path / f"films-{region}"
     d.mkdir()

@@ -22,7 +22,8 @@ import pytest
 from pydicom.sr.codedict import codes as sr_codes
 
 from monai_spine.apps.deploy.sr import UNCERTAINTY_CLASS_CODES, measurement_code
-from monai_spine.data.synthetic import generate_radiograph, write_dx_dicom
+from monai_spine.data.synthetic import generate_radiograph
+from monai_spine.data.synthetic_dicom import write_dx_dicom
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPACING_MM = (0.55, 0.6)  # (sx, sy) of the synthetic radiograph

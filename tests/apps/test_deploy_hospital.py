@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_spine.data.synthetic import write_dx_dicom
+from monai_spine.data.synthetic_dicom import write_dx_dicom
 
 
 def _sibling(name: str):

@@ -38,7 +38,8 @@ import torch
 
 from monai_spine.data.annotation import SpineAnnotation, read_annotation, write_annotation
 from monai_spine.data.readers import read_xray, write_sidecar
-from monai_spine.data.synthetic import generate_radiograph, write_dx_dicom
+from monai_spine.data.synthetic import generate_radiograph
+from monai_spine.data.synthetic_dicom import write_dx_dicom
 
 pytestmark = pytest.mark.slow  # one server start (~15-70 s) and a training subprocess
 

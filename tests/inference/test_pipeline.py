@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from monai_spine.data.readers import write_sidecar
-from monai_spine.data.synthetic import write_dx_dicom
+from monai_spine.data.synthetic_dicom import write_dx_dicom
 from monai_spine.inference.detector import Detections, DetectorSpec
 from monai_spine.cli.predict import predict_cli
 from monai_spine.inference.pipeline import SpinePipeline, expand_inputs, output_stem

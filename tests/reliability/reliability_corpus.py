@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from monai_spine.data.annotation import SpineAnnotation
-from monai_spine.data.synthetic import write_dx_dicom
+from monai_spine.data.synthetic_dicom import write_dx_dicom
 
 #: the size the oversized images claim (20000 x 20000 = 400 megapixels: 1.6 GB as float32)
 HUGE = 20000

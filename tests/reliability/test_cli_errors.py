@@ -14,7 +14,7 @@ import torch
 from reliability_corpus import BAD_ANNOTATIONS, good_annotation_dict, write_json_case
 
 from monai_spine.cli import main
-from monai_spine.data.synthetic import write_dx_dicom
+from monai_spine.data.synthetic_dicom import write_dx_dicom
 
 BAD_FOR_PREDICT = ["truncated.dcm", "corrupt.dcm", "nopixels.dcm", "huge.png", "nan.nii.gz", "volume.nii.gz",
                    "empty.png"]
