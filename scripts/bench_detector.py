@@ -11,7 +11,7 @@ plain per-level ``argmax`` of the same network, so the effect of the decoding is
 
 Printed (and written to ``OUT/table.md``, details in ``OUT/results.json``): one markdown table with
 recall (a vertebra is found when the predicted centre of *its level* lies inside its annotated box and
-nearer to its own annotated centre than to any other; :func:`monai_spine.engines.detector.match_detections`),
+nearer to its own annotated centre than to any other; :func:`monai_spine.metrics.detection.match_detections`),
 precision, the share of test images whose every vertebra is found, the mean and largest centre error
 of the found vertebrae in mm, the mean box IoU, the training wall time and the inference time per image.
 
@@ -108,8 +108,8 @@ def _pct(v: Any) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table; each row: ``region``, ``decoding``, ``summary`` (:meth:`DetectionAccumulator.summary`),
-    ``train_s`` and ``s_per_image``."""
+    """Markdown table; each row: ``region``, ``decoding``, ``summary``
+    (:meth:`~monai_spine.metrics.detection.DetectionAccumulator.summary`), ``train_s`` and ``s_per_image``."""
     units = {"mm" if r["summary"].get("spacing_known", 1.0) == 1.0 else "px" for r in rows}
     if len(units) != 1:
         raise ValueError(f"rows mix units {sorted(units)}")
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from monai_spine.data.datasets import bundle_splits
     from monai_spine.engines.demo import bundle_dir
-    from monai_spine.engines.detector import detector_datalists, evaluate_detector
+    from monai_spine.engines.detector import detector_datalists
+    from monai_spine.evaluation.detector import evaluate_detector
     from monai_spine.inference.detector import VertebraDetector
 
     bundle = bundle_dir()

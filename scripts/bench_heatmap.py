@@ -92,8 +92,9 @@ def _num(v: Any, fmt: str = "{:.2f}") -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table; each row: ``model``, ``summary`` (:meth:`CornerErrorAccumulator.summary`),
-    ``train_s`` and ``spearman`` (rho of sigma vs P2P)."""
+    """Markdown table; each row: ``model``, ``summary``
+    (:meth:`~monai_spine.metrics.corners.CornerErrorAccumulator.summary`), ``train_s`` and ``spearman``
+    (rho of sigma vs P2P)."""
     units = {"mm" if r["summary"].get("spacing_known", 1.0) == 1.0 else "px" for r in rows}
     if len(units) != 1:
         raise ValueError(f"rows mix units {sorted(units)}")
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from monai_spine.data.datasets import bundle_splits
     from monai_spine.engines.demo import bundle_dir
-    from monai_spine.engines.heatmap import evaluate_corner_model, heatmap_datalists
+    from monai_spine.engines.heatmap import heatmap_datalists
+    from monai_spine.evaluation.corners import evaluate_corner_model
     from monai_spine.inference.heatmap import CornerPredictor
 
     bundle = bundle_dir()

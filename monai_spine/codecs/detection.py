@@ -389,7 +389,7 @@ def decode_detections(
 
     A third method, ``"chain"``, decodes a network with a single "any vertebra" heatmap channel
     (``pred`` ``(1 + 4, H, W)``, or ``(2 + 4, H, W)`` with a level channel: the logit of
-    ``level / (L - 1)`` read at each peak, :class:`~monai_spine.engines.detector.ChainDetectionLoss`): the peaks of that channel
+    ``level / (L - 1)`` read at each peak, :class:`~monai_spine.losses.detection.ChainDetectionLoss`): the peaks of that channel
     (local maxima as for ``sequence``, scores ``>= candidate_fraction * score_threshold``) get levels by
     :func:`assign_levels_chain` from their spacing along the spine against ``profile`` (``(L - 1,)``,
     required; ``chain_kwargs`` go to :func:`assign_levels_chain`) and the level channel's estimates;

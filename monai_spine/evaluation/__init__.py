@@ -3,6 +3,10 @@
 * :mod:`.predictor`: per-point errors and sigmas of a predictor over annotated images
   (:func:`~.predictor.evaluate_predictor`) and the mean-shape reference (:class:`~.predictor.MeanShapePredictor`).
 * :mod:`.bundle`: the bundle's configs as one parser (:func:`~.bundle.bundle_parser`).
+* :mod:`.detector`: a trained vertebra detector over annotated radiographs
+  (:func:`~.detector.evaluate_detector`; :func:`~.detector.evaluate_chain_items` for a ``chain`` network).
+* :mod:`.corners`: the semi-automatic corner predictor over annotated images with the ground-truth
+  centres (:func:`~.corners.evaluate_corner_model`).
 * :mod:`.matching`: prediction files matched to their annotations, every visible point's error and
   sigma (:func:`~.matching.collect_errors`, :class:`~.matching.MatchedPoints`).
 * :mod:`.calibration`: thresholds and conformal radii fitted on validation predictions and written

@@ -150,7 +150,7 @@ class DetectorSpec:
     @property
     def num_heatmaps(self) -> int:
         """Heatmap-like channels of the network: for ``chain`` 2 ("any vertebra" heatmap and the level
-        position, :class:`~monai_spine.engines.detector.ChainDetectionLoss`), else one heatmap per level."""
+        position, :class:`~monai_spine.losses.detection.ChainDetectionLoss`), else one heatmap per level."""
         return 2 if self.decode_method == "chain" else len(self.levels)
 
     def build_network(self) -> VertebraDetectorNet:

@@ -85,7 +85,8 @@ def test_training_writes_an_mlflow_run_with_detection_metrics(trained):
 
 def test_trained_detector_runs_on_a_radiograph_file(trained):
     from monai_spine.data.datasets import bundle_splits
-    from monai_spine.engines.detector import detector_datalists, evaluate_detector
+    from monai_spine.engines.detector import detector_datalists
+    from monai_spine.evaluation.detector import evaluate_detector
     from monai_spine.inference.detector import VertebraDetector
 
     splits = bundle_splits(None, "cervical", 8, 0, 0.25, (256, 256), max_cases=2)

@@ -1,30 +1,23 @@
-"""Detector engine pieces: centres and per-image items, the loss, decoding, matching, metrics and the handler."""
+"""Detector engine pieces: centres and per-image items, decoding and the run's parameters.
+
+The loss, metrics, handler and evaluation are tested beside their modules: ``tests/losses/test_detection.py``,
+``tests/metrics/test_detection.py``, ``tests/handlers/test_detection.py``, ``tests/evaluation/test_detector.py``.
+"""
 
 from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
 from monai.data import list_data_collate
 
 from monai_spine.data.annotation import SpineAnnotation, write_annotation
 from monai_spine.codecs.detection import decode_detections, vertebra_centres_px
-from monai_spine.engines.detector import (
-    DetectionAccumulator,
-    DetectionErrorHandler,
-    DetectionLoss,
-    box_iou,
-    detector_cases,
-    detector_datalists,
-    evaluate_detector,
-    experiment_params,
-    match_detections,
-)
-from monai_spine.transforms.detection import CentreHeatmapTarget, letterbox_affine, points_to_image_px
+from monai_spine.engines.detector import detector_cases, detector_datalists, experiment_params
+from monai_spine.transforms.detection import letterbox_affine, points_to_image_px
+
 
 CERVICAL = ["C3", "C4", "C5", "C6", "C7"]
 
@@ -105,41 +98,6 @@ def test_detector_datalists_number_images_across_splits(tmp_path):
         detector_datalists({"training": [], "validation": paths}, "cervical")
 
 
-# ---------------------------------------------------------------------------------------------- loss
-
-
-def test_loss_hand_computed_at_zero_logits():
-    # one level channel of 2 x 2 with one positive, all logits 0 (p = 1/2): every pixel costs 1/4 * log 2,
-    # 4 pixels / 1 positive = log 2; box: predicted 0, target 0.1 at one masked pixel: L1 = 0.1, weight 5
-    pred = torch.zeros(1, 5, 2, 2)
-    target = torch.zeros(1, 6, 2, 2)
-    target[0, 0, 0, 1] = 1.0
-    target[0, 1:5, 0, 1] = 0.1
-    target[0, 5, 0, 1] = 1.0
-    assert DetectionLoss(size_weight=5.0)(pred, target).item() == pytest.approx(math.log(2) + 0.5, rel=1e-6)
-    assert DetectionLoss(size_weight=0.0, heatmap="mse")(pred, target).item() == pytest.approx(1.0, rel=1e-6)
-
-
-def test_loss_is_near_zero_for_a_confident_correct_prediction_and_has_gradients():
-    y = torch.as_tensor(CentreHeatmapTarget((16, 16), 1.5)(np.array([[5.0, 6.0], [10.0, 12.0]]),
-                                                            np.array([[2, 3, 8, 9], [7, 9, 13, 15]], float)))[None]
-    logits = torch.where(y[:, :2] >= 1, 20.0, -20.0)
-    good = torch.cat([logits, y[:, 2:6]], 1)
-    loss = DetectionLoss()
-    assert loss(good, y).item() < 1e-3
-    bad = torch.zeros_like(good, requires_grad=True)
-    value = loss(bad, y)
-    value.backward()
-    assert value.item() > 1.0 and torch.isfinite(bad.grad).all() and bad.grad.abs().sum() > 0
-
-
-def test_loss_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="L\\+5"):
-        DetectionLoss()(torch.zeros(1, 7, 4, 4), torch.zeros(1, 7, 4, 4))
-    with pytest.raises(ValueError, match="heatmap"):
-        DetectionLoss(heatmap="l2")
-
-
 # ---------------------------------------------------------------------------------------------- decoding
 
 
@@ -210,167 +168,6 @@ def test_decoded_centres_map_back_through_the_affine_hand_computed():
     dec = decode_detections(_pred(maps), 0.5, apply_sigmoid=False)
     expected = [[33.25, 15.75], [126.0625, 44.8125]]
     np.testing.assert_allclose(points_to_image_px(dec["centres_net_px"], a), expected, atol=1e-5)
-
-
-# ---------------------------------------------------------------------------------------------- matching and metrics
-
-
-def test_box_iou_hand_computed():
-    np.testing.assert_allclose(box_iou(np.array([[0, 0, 2, 2], [0, 0, 1, 1]]), np.array([[1, 1, 3, 3], [2, 2, 3, 3]])),
-                               [1 / 7, 0.0])
-
-
-GT_C = np.array([[11.0, 10.0], [11.0, 30.0], [np.nan, np.nan], [11.0, 70.0]])
-GT_B = np.array([[6.0, 5.0, 16.0, 15.0], [6.0, 25.0, 16.0, 35.0], [np.nan] * 4, [6.0, 65.0, 16.0, 75.0]])
-PRESENT = np.array([True, True, False, True])
-PRED_C = np.array([[10.0, 10.0], [11.0, 37.0], [11.0, 50.0], [11.0, 70.0]])
-SCORES = np.array([0.9, 0.9, 0.8, 0.1])
-
-
-def test_match_detections_hand_computed():
-    # level 0 found (1 px off), level 1 detected outside its box (7 px off), level 2 not annotated but
-    # detected (false positive), level 3 below the threshold (missed)
-    m = match_detections(PRED_C, SCORES, GT_C, GT_B, PRESENT, (0.5, 0.25), score_threshold=0.3, pred_boxes_px=GT_B)
-    np.testing.assert_array_equal(m["found"], [True, False, False, False])
-    np.testing.assert_array_equal(m["mislocated"], [False, True, False, False])
-    np.testing.assert_array_equal(m["false_positive"], [False, False, True, False])
-    assert m["unit"] == "mm"
-    np.testing.assert_allclose(m["error_mm"][:2], [0.5, 7 * 0.25])
-    np.testing.assert_allclose(m["error_px"][:2], [1.0, 7.0])
-    assert np.isnan(m["error_mm"][3])
-    np.testing.assert_allclose(m["diag_mm"][[0, 1, 3]], math.hypot(5.0, 2.5))
-    np.testing.assert_allclose(m["iou"][:2], [1.0, 1.0])
-    # within a radius of 2 mm, level 1 (1.75 mm off) counts as found too
-    r = match_detections(PRED_C, SCORES, GT_C, GT_B, PRESENT, (0.5, 0.25), 0.3, match_radius=2.0)
-    np.testing.assert_array_equal(r["found"], [True, True, False, False])
-    # unknown spacing: pixels
-    u = match_detections(PRED_C, SCORES, GT_C, GT_B, PRESENT, (np.nan, np.nan), 0.3)
-    assert u["unit"] == "px" and np.all(np.isnan(u["error_mm"]))
-
-
-def test_a_neighbours_centre_inside_an_overlapping_box_is_not_a_find():
-    # boxes reach 12 px below their centres (spinous process); level 0 predicted 1 px from level 1's centre
-    gt_c = np.array([[10.0, 10.0], [10.0, 20.0]])
-    gt_b = np.array([[5.0, 5.0, 15.0, 22.0], [5.0, 15.0, 15.0, 32.0]])
-    pred = np.array([[10.0, 19.0], [10.0, 20.0]])
-    m = match_detections(pred, np.ones(2), gt_c, gt_b, np.ones(2, bool), (0.1, 0.1), 0.2, match_radius=5.0)
-    np.testing.assert_array_equal(m["found"], [False, True])
-    np.testing.assert_array_equal(m["mislocated"], [True, False])
-
-
-def test_match_detections_rejects_wrong_shapes():
-    with pytest.raises(ValueError, match="gt_boxes_px"):
-        match_detections(PRED_C, SCORES, GT_C, GT_B[:, :2], PRESENT)
-
-
-def test_accumulator_summary_hand_computed():
-    acc = DetectionAccumulator(["C3", "C4", "C5", "C6"])
-    acc.add(0, match_detections(PRED_C, SCORES, GT_C, GT_B, PRESENT, (0.5, 0.25), 0.3, pred_boxes_px=GT_B))
-    acc.add(1, match_detections(GT_C, np.ones(4), GT_C, GT_B, PRESENT, (0.5, 0.25), 0.3, pred_boxes_px=GT_B))
-    s = acc.summary()
-    diag = math.hypot(5.0, 2.5)
-    assert s["images"] == 2 and s["vertebrae"] == 6 and s["detections"] == 6
-    assert s["recall"] == pytest.approx(4 / 6) and s["precision"] == pytest.approx(4 / 6)
-    assert s["false_positives_per_image"] == pytest.approx(0.5) and s["mislocated"] == 1
-    assert s["centre_error_mean_mm"] == pytest.approx(0.5 / 4) and s["centre_error_max_mm"] == pytest.approx(0.5)
-    assert s["penalised_error_mm"] == pytest.approx((0.5 + 2 * diag) / 6)
-    assert s["images_all_found"] == 0.5 and s["images_exact"] == 0.5 and s["box_iou_mean"] == pytest.approx(1.0)
-    assert s["recall/C3"] == 1.0 and s["recall/C4"] == 0.5 and math.isnan(s["recall/C5"]) and s["recall/C6"] == 0.5
-    assert s["spacing_known"] == 1.0
-    # one image without spacing turns the whole summary into pixels
-    acc.add(2, match_detections(GT_C, np.ones(4), GT_C, GT_B, PRESENT, None, 0.3))
-    s = acc.summary()
-    assert s["spacing_known"] == 0.0 and "penalised_error_px" in s and "penalised_error_mm" not in s
-    assert s["centre_error_max_px"] == pytest.approx(1.0)
-
-
-# ---------------------------------------------------------------------------------------------- the handler
-
-
-def _batch_and_output(swap: bool = False):
-    """Two 64 x 64 samples whose network output is the logit of their own target (levels swapped on request)."""
-    a = letterbox_affine((128, 128), (64, 64))  # 2 image px per net px, centred
-    t = CentreHeatmapTarget((64, 64), 1.5)
-    samples, preds = [], []
-    for k in range(2):
-        c_net = np.array([[20.0 + k, 10.0], [21.0, 22.0], [22.0, 34.0], [23.0, 46.0], [24.0, 58.0]])
-        b_net = np.concatenate([c_net - [4.0, 3.0], c_net + [6.0, 3.0]], 1)
-        y = t(c_net, b_net)
-        hm = np.clip(y[:5], 1e-4, 1 - 1e-4)
-        if swap:
-            hm = hm[[1, 0, 2, 3, 4]]
-        preds.append(np.concatenate([np.log(hm / (1 - hm)), y[5:9]]))
-        samples.append({
-            "det_to_image": a, "centres_px": points_to_image_px(c_net, a).astype(np.float32),
-            "boxes_px": np.concatenate([points_to_image_px(b_net[:, :2], a), points_to_image_px(b_net[:, 2:], a)], 1),
-            "present": np.array([True] * 5), "spacing_mm": np.array([0.2, 0.2], np.float32), "image_id": k,
-        })
-    return list_data_collate(samples), {"pred": torch.as_tensor(np.stack(preds), dtype=torch.float32)}
-
-
-@pytest.mark.parametrize(
-    "method, swap, recall",
-    [("sequence", False, 1.0), ("argmax", False, 1.0), ("argmax", True, 0.6), ("sequence", True, 0.6)],
-)
-def test_handler_decodes_maps_back_and_writes_metrics(method, swap, recall):
-    batch, out = _batch_and_output(swap)
-    engine = Engine(lambda e, b: out)
-    handler = DetectionErrorHandler(CERVICAL, score_threshold=0.2, decode_method=method)
-    handler.attach(engine, "val_detection_error")
-    engine.run([batch], max_epochs=1)
-    m = engine.state.metrics
-    assert m["val_recall"] == pytest.approx(recall)
-    assert m["val_images"] == 2 and m["val_vertebrae"] == 10 and m["val_spacing_known"] == 1.0
-    if recall == 1.0:
-        assert m["val_centre_error_max_mm"] < 0.05  # exact Gaussians: sub-pixel decoding is exact
-        assert m["val_detection_error"] == pytest.approx(m["val_penalised_error_mm"])
-        assert m["val_box_iou_mean"] == pytest.approx(1.0, abs=1e-3)
-    else:
-        # a confidently swapped C3/C4 pair: vertebrae found under each other's label are misses (argmax); the
-        # order-preserving assignment cannot put C4 above C3, so it keeps C3 where the network is sure and drops C4
-        assert m["val_recall/C3"] == 0.0 and m["val_recall/C4"] == 0.0 and m["val_recall/C5"] == 1.0
-        assert m["val_detection_error"] > 1.0
-
-
-def test_handler_reads_decollated_batches_and_names_missing_keys():
-    batch, out = _batch_and_output()
-    handler = DetectionErrorHandler(CERVICAL)
-    handler.reset()
-    per_sample = [{k: v[i] for k, v in batch.items()} for i in range(2)]
-    handler.update((per_sample, [{"pred": out["pred"][i]} for i in range(2)]))
-    assert handler.compute() < 0.05
-    with pytest.raises(KeyError, match="det_to_image"):
-        handler.update(({k: v for k, v in batch.items() if k != "det_to_image"}, out))
-    with pytest.raises(ValueError, match="levels"):
-        DetectionErrorHandler(CERVICAL[:4]).update((batch, out))
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-
-
-class _StubDetector:
-    levels = tuple(CERVICAL)
-    score_threshold = 0.2
-
-    def __init__(self, centres, scores):
-        self.centres, self.scores, self.calls = centres, scores, []
-
-    def predict_levels(self, image, spacing_mm, score_threshold=None):
-        self.calls.append((image.shape, spacing_mm, score_threshold))
-        boxes = np.concatenate([self.centres - 5.0, self.centres + 5.0], 1)
-        return {"centres_px": self.centres, "scores": self.scores, "boxes_px": boxes, "detected": self.scores >= 0.2}
-
-
-def test_evaluate_detector_reads_images_with_their_spacing(tmp_path):
-    cv2.imwrite(str(tmp_path / "img.png"), np.zeros((200, 128), np.uint8))
-    case = detector_cases([_annotation(tmp_path, "a.json", CERVICAL)], "cervical")[0]
-    pred = case["centres_px"].astype(np.float64) + [1.0, 0.0]
-    det = _StubDetector(pred, np.array([0.9, 0.9, 0.9, 0.9, 0.1]))
-    summary, acc, rows = evaluate_detector(det, [case])
-    assert det.calls[0][0] == (1, 200, 128) and det.calls[0][1] == (0.5, 0.5) and det.calls[0][2] == 0.2
-    assert summary["recall"] == pytest.approx(0.8) and summary["centre_error_mean_mm"] == pytest.approx(0.5)
-    assert rows[0]["found"] == CERVICAL[:4] and rows[0]["missed"] == ["C7"] and rows[0]["false_positive"] == []
-    assert acc.unit == "mm"
 
 
 def test_experiment_params_are_flat_strings_and_numbers():

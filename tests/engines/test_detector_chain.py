@@ -1,5 +1,6 @@
 """The ``chain`` detector's level assignment, complete-spine fill, decoding and training pieces
-(monai_spine/codecs/detection.py and monai_spine/engines/detector.py)."""
+(monai_spine/codecs/detection.py, monai_spine/engines/detector.py and, for a trained network,
+monai_spine/evaluation/detector.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 
 from monai_spine.codecs.chain import assign_levels_chain, complete_chain, level_height_fractions, spacing_profile
 from monai_spine.codecs.detection import decode_detections
-from monai_spine.engines.detector import chain_training_sample, evaluate_chain_items, train_chain_detector
+from monai_spine.engines.detector import chain_training_sample, train_chain_detector
+from monai_spine.evaluation.detector import evaluate_chain_items
 from monai_spine.networks.detector import VertebraDetectorNet
 
 # A T1-L5-like profile: vertebrae (and their spacing) grow down the spine, 16 gaps, mean 1.

@@ -145,7 +145,8 @@ def test_a_short_training_finds_every_vertebra_with_its_level():
     from monai.utils import set_determinism
 
     from monai_spine.data.datasets import bundle_splits
-    from monai_spine.engines.detector import DetectionLoss, detector_datalists
+    from monai_spine.engines.detector import detector_datalists
+    from monai_spine.losses.detection import DetectionLoss
     from monai_spine.transforms.detection import CentreHeatmapTargetd, LetterboxResized
     from monai_spine.transforms.io import LoadXrayd
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_spine.engines.detector import DetectionLoss
+from monai_spine.losses.detection import DetectionLoss
 from monai_spine.networks.detector import NUM_BOX_CHANNELS, VertebraDetectorNet
 from monai_spine.transforms.detection import CentreHeatmapTarget
 
