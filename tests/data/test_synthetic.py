@@ -14,9 +14,9 @@ from monai_spine.data.synthetic import (
     HARD_CASES,
     generate_dataset,
     generate_radiograph,
-    polygon_coverage,
 )
 from monai_spine.data.synthetic_dicom import DX_FOR_PRESENTATION_SOP_CLASS
+from monai_spine.data.synthetic_raster import polygon_coverage
 
 REGIONS = ["cervical", "lumbar"]
 
