@@ -141,14 +141,14 @@ def predict_cli(
         paths: image files and/or folders (searched recursively for :data:`IMAGE_EXTENSIONS`).
         out: output folder.
         model: ``"regressor"`` (BayeRegX keypoints), ``"heatmap"`` (Al Arif corners from the detected
-            centres), ``"both"``, or None: what the region's shipped models allow (:func:`~monai_spine.inference.pipeline.resolve_models`).
+            centres), ``"both"``, or None: what the region's shipped models allow (:func:`~monai_spine.inference.model_zoo.resolve_models`).
         detector_dir: detector checkpoint folder (default: the region's shipped detector, see
-            :func:`~monai_spine.inference.pipeline.resolve_models`).
-        regressor_checkpoint: regressor weights (default :func:`default_regressor_checkpoint`).
+            :func:`~monai_spine.inference.model_zoo.resolve_models`).
+        regressor_checkpoint: regressor weights (default :func:`~monai_spine.inference.model_zoo.default_regressor_checkpoint`).
         variant, width, fc_features: regressor network (as trained: ``variant``, ``network_width``,
             ``fc_features`` of the bundle).
         region: ``ap``, ``cervical`` or ``lumbar``: picks the shipped models (default: the first region
-            with a shipped detector, :data:`DEFAULT_REGION_ORDER`); every model used must describe it.
+            with a shipped detector, :data:`~monai_spine.inference.model_zoo.DEFAULT_REGION_ORDER`); every model used must describe it.
         spatial_size: regressor crop ``(H, W)``.
         margin_mm: crop margin (the bundle's ``margin_mm + rand_pad_mm / 2``).
         mc_samples: MC-dropout passes T.
@@ -172,7 +172,8 @@ def predict_cli(
     Raises:
         ValueError: unknown ``model``; FileNotFoundError: a model file is missing.
     """
-    from monai_spine.inference.pipeline import MODELS, build_pipeline, expand_inputs, output_stem, resolve_models
+    from monai_spine.inference.model_zoo import resolve_models
+    from monai_spine.inference.pipeline import MODELS, build_pipeline, expand_inputs, output_stem
 
     stream = stream or sys.stdout
     if model is not None and model not in MODELS:

@@ -14,7 +14,8 @@ centres and boxes), ``heatmap`` (the Al Arif corner FCN) or ``regressor`` (BayeR
 ``<repo>/bundle/models`` unless ``$MONAI_SPINE_MODELS`` names another folder (a packaged app, a
 hospital's own models).
 
-This module only locates folders and reads spec files; each model's loader
+This module locates folders, reads spec files and chooses the models ``monai-spine predict`` runs
+(:func:`resolve_models`); each model's loader
 (:class:`~monai_spine.inference.detector.VertebraDetector`,
 :class:`~monai_spine.inference.heatmap.CornerPredictor`,
 :class:`~monai_spine.inference.regressor.KeypointPredictor`) builds the network from its spec.
@@ -37,6 +38,10 @@ __all__ = [
     "model_dir",
     "find_model",
     "read_spec",
+    "default_detector_dir",
+    "default_regressor_checkpoint",
+    "DEFAULT_REGION_ORDER",
+    "resolve_models",
 ]
 
 #: Environment variable naming another models root (same layout).
@@ -107,3 +112,94 @@ def read_spec(folder: str | os.PathLike, kind: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ValueError(f"{f}: a spec must be a JSON object, got {type(spec).__name__}")
     return spec
+
+
+def default_detector_dir() -> Path:
+    """``<repo>/bundle/models/detector``, where ``detector_train.json`` stores the detector."""
+    return Path(__file__).resolve().parents[2] / "bundle" / "models" / "detector"
+
+
+def default_regressor_checkpoint() -> Path:
+    """``<repo>/bundle/models/model.pt``, where ``train.json`` stores the regressor."""
+    return Path(__file__).resolve().parents[2] / "bundle" / "models" / "model.pt"
+
+
+#: Region tried first when ``predict`` is given no region and no model: the first with a shipped detector.
+DEFAULT_REGION_ORDER = ("ap", "lumbar", "cervical")
+
+
+def _spec_region(folder: Path, kind: str) -> str | None:
+    r = read_spec(folder, kind).get("region")
+    return None if r is None else str(r)
+
+
+def resolve_models(
+    region: str | None = None,
+    model: str | None = None,
+    detector_dir: str | os.PathLike | None = None,
+    regressor_checkpoint: str | os.PathLike | None = None,
+    heatmap_dir: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Which models ``predict`` runs: the options given, the rest from the model zoo.
+
+    With no option at all the region is the first of :data:`DEFAULT_REGION_ORDER` with a shipped
+    detector, and the model is what the region ships: ``both`` with a regressor and a heatmap FCN,
+    else the one there is. A folder given explicitly or found in the zoo must describe the region
+    asked for (its spec's ``region``).
+
+    Returns:
+        dict with ``region``, ``model``, ``detector_dir``, ``heatmap_dir`` and ``regressor_dir`` (Paths or None).
+
+    Raises:
+        FileNotFoundError: no detector (or no model of the kind asked for) for the region.
+        ValueError: a model folder describes another region than the one asked for.
+    """
+    if region is not None and region not in REGIONS:
+        raise ValueError(f"--region must be one of {list(REGIONS)}, got {region!r}")
+    det = Path(detector_dir) if detector_dir else None
+    if det is None:
+        regions = [region] if region else [r for r in DEFAULT_REGION_ORDER if find_model(r, "detector", root)]
+        if not regions or find_model(regions[0], "detector", root) is None:
+            legacy = default_detector_dir()
+            if region is None and (legacy / "model.pt").is_file():
+                det = legacy
+            else:
+                raise FileNotFoundError(
+                    f"no shipped detector for region {region or 'any'} under {models_root(root)} "
+                    f"(expected <region>/detector/model.pt and detector_model.json); pass --detector-dir")
+        else:
+            det = find_model(regions[0], "detector", root)
+            region = regions[0]
+    det_region = _spec_region(det, "detector")
+    if region is None:
+        region = det_region
+    elif det_region is not None and det_region != region:
+        raise ValueError(f"{det}: the detector was trained for region {det_region!r}, not {region!r} (--region)")
+    found: dict[str, Path | None] = {"heatmap": None, "regressor": None}
+    if heatmap_dir:
+        found["heatmap"] = Path(heatmap_dir)
+    elif region in REGIONS:
+        found["heatmap"] = find_model(region, "heatmap", root)
+    if regressor_checkpoint is None and region in REGIONS:
+        found["regressor"] = find_model(region, "regressor", root)
+    for kind in ("heatmap", "regressor"):
+        f = found[kind]
+        if f is not None and f.is_dir():
+            r = _spec_region(f, kind)
+            if r is not None and region is not None and r != region:
+                raise ValueError(f"{f}: the {kind} model was trained for region {r!r}, not {region!r} (--region)")
+    if model is None:
+        have_reg = found["regressor"] is not None or regressor_checkpoint is not None
+        if have_reg and found["heatmap"] is not None:
+            model = "both"
+        elif found["heatmap"] is not None:
+            model = "heatmap"
+        elif have_reg or (default_regressor_checkpoint()).is_file():
+            model = "regressor"
+        else:
+            raise FileNotFoundError(f"no heatmap or regressor model for region {region!r} under {models_root(root)}")
+    if model in ("heatmap", "both") and found["heatmap"] is None:
+        raise FileNotFoundError(f"no heatmap model for region {region!r} under {models_root(root)}; pass --heatmap-dir")
+    return {"region": region, "model": model, "detector_dir": det, "heatmap_dir": found["heatmap"],
+            "regressor_dir": found["regressor"]}

@@ -47,10 +47,6 @@ __all__ = [
     "expand_inputs",
     "output_stem",
     "build_pipeline",
-    "default_detector_dir",
-    "default_regressor_checkpoint",
-    "resolve_models",
-    "DEFAULT_REGION_ORDER",
 ]
 
 #: ``--model`` choices.
@@ -67,16 +63,6 @@ CORNER_COLOUR_RGB = (0, 255, 255)
 INFERRED_COLOUR_RGB = (255, 0, 0)
 
 _KINDS = ("aleatoric", "epistemic", "total")
-
-
-def default_detector_dir() -> Path:
-    """``<repo>/bundle/models/detector``, where ``detector_train.json`` stores the detector."""
-    return Path(__file__).resolve().parents[2] / "bundle" / "models" / "detector"
-
-
-def default_regressor_checkpoint() -> Path:
-    """``<repo>/bundle/models/model.pt``, where ``train.json`` stores the regressor."""
-    return Path(__file__).resolve().parents[2] / "bundle" / "models" / "model.pt"
 
 
 @dataclass
@@ -512,91 +498,6 @@ def _load_conformal(path: str | os.PathLike | None, checkpoint: Path) -> Any:
     return load_conformal(checkpoint.parent / "conformal.json")
 
 
-#: Region tried first when ``predict`` is given no region and no model: the first with a shipped detector.
-DEFAULT_REGION_ORDER = ("ap", "lumbar", "cervical")
-
-
-def _spec_region(folder: Path, kind: str) -> str | None:
-    from monai_spine.inference.model_zoo import read_spec
-
-    r = read_spec(folder, kind).get("region")
-    return None if r is None else str(r)
-
-
-def resolve_models(
-    region: str | None = None,
-    model: str | None = None,
-    detector_dir: str | os.PathLike | None = None,
-    regressor_checkpoint: str | os.PathLike | None = None,
-    heatmap_dir: str | os.PathLike | None = None,
-    root: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Which models ``predict`` runs: the options given, the rest from the model zoo.
-
-    With no option at all the region is the first of :data:`DEFAULT_REGION_ORDER` with a shipped
-    detector, and the model is what the region ships: ``both`` with a regressor and a heatmap FCN,
-    else the one there is. A folder given explicitly or found in the zoo must describe the region
-    asked for (its spec's ``region``).
-
-    Returns:
-        dict with ``region``, ``model``, ``detector_dir``, ``heatmap_dir`` and ``regressor_dir`` (Paths or None).
-
-    Raises:
-        FileNotFoundError: no detector (or no model of the kind asked for) for the region.
-        ValueError: a model folder describes another region than the one asked for.
-    """
-    from monai_spine.inference import model_zoo as zoo
-
-    if region is not None and region not in zoo.REGIONS:
-        raise ValueError(f"--region must be one of {list(zoo.REGIONS)}, got {region!r}")
-    det = Path(detector_dir) if detector_dir else None
-    if det is None:
-        regions = [region] if region else [r for r in DEFAULT_REGION_ORDER if zoo.find_model(r, "detector", root)]
-        if not regions or zoo.find_model(regions[0], "detector", root) is None:
-            legacy = default_detector_dir()
-            if region is None and (legacy / "model.pt").is_file():
-                det = legacy
-            else:
-                raise FileNotFoundError(
-                    f"no shipped detector for region {region or 'any'} under {zoo.models_root(root)} "
-                    f"(expected <region>/detector/model.pt and detector_model.json); pass --detector-dir")
-        else:
-            det = zoo.find_model(regions[0], "detector", root)
-            region = regions[0]
-    det_region = _spec_region(det, "detector")
-    if region is None:
-        region = det_region
-    elif det_region is not None and det_region != region:
-        raise ValueError(f"{det}: the detector was trained for region {det_region!r}, not {region!r} (--region)")
-    found: dict[str, Path | None] = {"heatmap": None, "regressor": None}
-    if heatmap_dir:
-        found["heatmap"] = Path(heatmap_dir)
-    elif region in zoo.REGIONS:
-        found["heatmap"] = zoo.find_model(region, "heatmap", root)
-    if regressor_checkpoint is None and region in zoo.REGIONS:
-        found["regressor"] = zoo.find_model(region, "regressor", root)
-    for kind in ("heatmap", "regressor"):
-        f = found[kind]
-        if f is not None and f.is_dir():
-            r = _spec_region(f, kind)
-            if r is not None and region is not None and r != region:
-                raise ValueError(f"{f}: the {kind} model was trained for region {r!r}, not {region!r} (--region)")
-    if model is None:
-        have_reg = found["regressor"] is not None or regressor_checkpoint is not None
-        if have_reg and found["heatmap"] is not None:
-            model = "both"
-        elif found["heatmap"] is not None:
-            model = "heatmap"
-        elif have_reg or (default_regressor_checkpoint()).is_file():
-            model = "regressor"
-        else:
-            raise FileNotFoundError(f"no heatmap or regressor model for region {region!r} under {zoo.models_root(root)}")
-    if model in ("heatmap", "both") and found["heatmap"] is None:
-        raise FileNotFoundError(f"no heatmap model for region {region!r} under {zoo.models_root(root)}; pass --heatmap-dir")
-    return {"region": region, "model": model, "detector_dir": det, "heatmap_dir": found["heatmap"],
-            "regressor_dir": found["regressor"]}
-
-
 def build_pipeline(model: str, detector_dir: Any, regressor_checkpoint: Any, variant: str, region: str | None,
                     width: float, fc_features: int, spatial_size: Sequence[int], margin_mm: float, mc_samples: int,
                     thresholds: Any, heatmap_dir: Any, overlays: bool, device: str, flip_tta: bool = False,
@@ -607,6 +508,7 @@ def build_pipeline(model: str, detector_dir: Any, regressor_checkpoint: Any, var
     overrides ``variant``, ``width``, ``fc_features``, ``spatial_size`` and ``margin_mm``.
     """
     from monai_spine.inference.detector import VertebraDetector
+    from monai_spine.inference.model_zoo import default_detector_dir, default_regressor_checkpoint
 
     detector = VertebraDetector.from_checkpoint(detector_dir or default_detector_dir(), device=device)
     regressor = corners = None

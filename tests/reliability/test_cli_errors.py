@@ -46,11 +46,12 @@ def _stub_pipeline():
 
 @pytest.fixture()
 def stub_models(monkeypatch):
+    import monai_spine.inference.model_zoo as zoo
     import monai_spine.inference.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "build_pipeline", lambda *a, **k: _stub_pipeline())
     # no shipped models are needed: the stand-in replaces the choice of the zoo's folders too
-    monkeypatch.setattr(pipeline, "resolve_models", lambda *a, **k: {
+    monkeypatch.setattr(zoo, "resolve_models", lambda *a, **k: {
         "model": "regressor", "region": "cervical", "detector_dir": None, "regressor_dir": None, "heatmap_dir": None})
 
 
