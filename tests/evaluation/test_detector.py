@@ -1,14 +1,17 @@
-"""Evaluation of the detector against annotations (monai_spine/evaluation/detector.py)."""
+"""Evaluation of the detector against annotations (monai_spine/evaluation/detector.py): a trained
+detector over annotated films, a ``chain`` network over the shrunk training films."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from monai_spine.codecs.chain import spacing_profile
 from monai_spine.data.annotation import SpineAnnotation, write_annotation
-from monai_spine.engines.detector import detector_cases
-from monai_spine.evaluation.detector import evaluate_detector
+from monai_spine.engines.detector import chain_training_sample, detector_cases
+from monai_spine.evaluation.detector import evaluate_chain_items, evaluate_detector
 
 CERVICAL = ["C3", "C4", "C5", "C6", "C7"]
 SQUARE = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 8.0], [10.0, 8.0], [20.0, 4.0]])  # AS PS AI PI SP
@@ -48,3 +51,51 @@ def test_evaluate_detector_reads_images_with_their_spacing(tmp_path):
     assert summary["recall"] == pytest.approx(0.8) and summary["centre_error_mean_mm"] == pytest.approx(0.5)
     assert rows[0]["found"] == CERVICAL[:4] and rows[0]["missed"] == ["C7"] and rows[0]["false_positive"] == []
     assert acc.unit == "mm"
+
+
+def _item(h=192, w=64):
+    """A tiny film: bright blobs at 5 vertebra centres on a dark background (tests/engines/test_detector_chain.py)."""
+    cum = np.concatenate([[0.0], np.cumsum([1.0, 1.0, 1.1, 1.2])])
+    c = np.stack([np.full(5, w / 2), 30 + 30 * cum], -1)
+    ys, xs = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w), np.float32)
+    for x, y in c:
+        img[(np.abs(xs - x) < 10) & (np.abs(ys - y) < 9)] = 1.0
+    boxes = np.concatenate([c - [10, 9], c + [10, 9]], -1)
+    return {"image": img[None], "centres_px": c, "boxes_px": boxes, "present": np.ones(5, bool), "shrink": (1.0, 1.0),
+            "image_path": "synthetic"}
+
+
+class _Recorder(torch.nn.Module):
+    """A 'network' that returns a fixed output and keeps the inputs it was given."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out, self.inputs = torch.as_tensor(out, dtype=torch.float32), []
+
+    def forward(self, x):
+        self.inputs.append(x.clone())
+        return self.out[None]
+
+
+@pytest.mark.parametrize(
+    "peaks, recall, penalised_px",
+    [
+        (5, 1.0, 0.0),
+        # the bottom vertebra has no peak: missed, it counts as its box diagonal hypot(20, 18) over 5 vertebrae
+        (4, 0.8, np.hypot(20.0, 18.0) / 5),
+    ],
+)
+def test_evaluate_chain_items_sees_the_training_letterbox(peaks, recall, penalised_px):
+    it = _item()
+    shown = dict(it, present=np.arange(5) < peaks)
+    x, t, _ = chain_training_sample(shown, (96, 32), 1.5, None, level_channel=False)
+    heat = np.clip(t[0], 1e-4, 1 - 1e-4)
+    net = _Recorder(np.concatenate([np.log(heat / (1 - heat))[None], t[1:5]]))  # the target's peaks as logits
+    r = evaluate_chain_items(net, [it], (96, 32), spacing_profile([it["centres_px"]]))
+    # the network sees exactly what chain_training_sample shows it without augmentation
+    np.testing.assert_array_equal(net.inputs[0].numpy(), x[None])
+    assert r["images"] == 1 and r["vertebrae"] == 5 and r["detections"] == peaks and r["spacing_known"] == 0.0
+    assert r["recall"] == recall and r["precision"] == 1.0 and r["images_all_found"] == float(peaks == 5)
+    assert r["centre_error_max_px"] < 0.01  # exact Gaussian peaks: sub-pixel decoding is exact
+    assert r["penalised_error_px"] == pytest.approx(penalised_px, abs=0.01)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_spine.losses.detection import DetectionLoss
+from monai_spine.losses.detection import ChainDetectionLoss, DetectionLoss
 from monai_spine.transforms.detection import CentreHeatmapTarget
 
 
@@ -42,3 +42,27 @@ def test_loss_rejects_mismatched_shapes():
         DetectionLoss()(torch.zeros(1, 7, 4, 4), torch.zeros(1, 7, 4, 4))
     with pytest.raises(ValueError, match="heatmap"):
         DetectionLoss(heatmap="l2")
+
+
+def test_chain_loss_adds_the_level_error_in_levels():
+    # the heatmap and box terms of test_loss_hand_computed_at_zero_logits (log 2 + 0.5); the level logit 0
+    # reads sigmoid 0.5 = level 2 of 5 (L - 1 = 4), the target 0.75 = level 3: 1 level off at the one
+    # masked pixel, times level_weight 0.1
+    pred = torch.zeros(1, 6, 2, 2)
+    target = torch.zeros(1, 8, 2, 2)
+    target[0, 0, 0, 1] = 1.0
+    target[0, 1, 0, 1] = 0.75
+    target[0, 2:6, 0, 1] = 0.1
+    target[0, 6, 0, 1] = 1.0
+    target[0, 7, 0, 1] = 1.0
+    loss = ChainDetectionLoss(5, size_weight=5.0, level_weight=0.1)(pred, target)
+    assert loss.item() == pytest.approx(math.log(2) + 0.5 + 0.1, rel=1e-6)
+    target[0, 7] = 0.0  # no level mask: the level term is 0
+    assert ChainDetectionLoss(5)(pred, target).item() == pytest.approx(math.log(2) + 0.5, rel=1e-6)
+
+
+def test_chain_loss_rejects_bad_shapes_and_levels():
+    with pytest.raises(ValueError, match="B, 6, H, W"):
+        ChainDetectionLoss(5)(torch.zeros(1, 5, 2, 2), torch.zeros(1, 8, 2, 2))
+    with pytest.raises(ValueError, match="num_levels"):
+        ChainDetectionLoss(1)
