@@ -2,21 +2,14 @@
 
 The default data of monai-spine: every image is drawn from a seed, in millimetres, and rasterised at a
 recorded pixel spacing, so that the keypoints are known exactly and distances can be checked in mm.
+:func:`generate_radiograph` draws one film, :func:`generate_dataset` writes a seeded data set of DICOM
+DX files and annotations.
 
 Geometry (all in mm, then mapped to pixels with ``x_px = x_mm / sx + ox``, ``y_px = y_mm / sy + oy``):
-
-* The column follows a circular arc (constant curvature) whose tangent turns by the random lordosis
-  angle between the superior endplate of the first annotated vertebra and the inferior endplate of the
-  last one. Lordosis is convex anteriorly; the patient faces image left, so anterior is smaller ``x``.
-* Each vertebral body spans an arc interval (its height); its endplates are perpendicular to the arc
-  there, which wedges bodies and discs naturally (anterior side taller). The four corners are
-  ``AS, PS, AI, PI`` (anterior/posterior, superior/inferior). Each body is turned by a small random
-  angle about its centre. The body outline is a closed polyline through the four corners with slightly
-  concave endplates and walls; the **rendered polygon is that outline**, so the keypoints are the
-  rendered corners.
-* Posterior elements (pedicle, articular pillar / processes, lamina) and a spinous process pointing
-  posteriorly-inferiorly whose tip is the keypoint ``SP`` (a vertex of the rendered polygon).
-* Unannotated neighbours (C2 with the dens and T1; T12 and the sacrum) are drawn too.
+the column follows a circular arc turned by the random lordosis angle; each vertebral body is a bowed
+polygon through its four corners ``AS, PS, AI, PI`` (the rendered polygon is the outline, so the
+keypoints are the rendered corners), with posterior elements and a spinous process whose tip is the
+keypoint ``SP``; unannotated neighbours (C2 with the dens and T1; T12 and the sacrum) are drawn too.
 
 Appearance: soft tissue (neck with airway and shoulders; abdomen with bowel gas, back muscles and the
 iliac crests), trabecular texture, cortical rims, a detector response ``1 - exp(-mu * A)``, Gaussian blur,
@@ -31,13 +24,19 @@ the affected levels, the hidden points and the points near metal.
 
 Random streams are separate (anatomy, appearance, hard case, noise), so the same seed with and without a
 hard case gives the same anatomy and keypoints.
+
+This module holds the recipe (:func:`generate_radiograph`: placement, the steps in order, the
+annotation) and the data set writer; the steps live by job in :mod:`~monai_spine.data.synthetic_anatomy`
+(the spine in mm), :mod:`~monai_spine.data.synthetic_image` (soft tissue, bone, detector, noise),
+:mod:`~monai_spine.data.synthetic_hard_cases` (overlays, implants, hidden points),
+:mod:`~monai_spine.data.synthetic_raster` (polygon coverage, smooth fields) and
+:mod:`~monai_spine.data.synthetic_dicom` (the DICOM DX writer).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -50,20 +49,21 @@ import numpy as np
 
 from monai_spine.data.annotation import SpineAnnotation, atomic_write_text, write_annotation
 from monai_spine.data.keypoints import get_region
-from monai_spine.data.synthetic_anatomy import _ANATOMY, _Arc, _build_spine, _rot, _thick_polyline, _Vertebra
+from monai_spine.data.synthetic_anatomy import _ANATOMY, _build_spine, _Vertebra
 from monai_spine.data.synthetic_dicom import write_dx_dicom
-from monai_spine.data.synthetic_raster import (
-    _add_poly,
-    _bilinear,
-    _body_profile,
-    _coverage_in,
-    _near_mask,
-    _polygon_patch,
-    _smooth_noise,
-    _smoothstep,
-    _soft_ellipse,
-    _window,
+from monai_spine.data.synthetic_hard_cases import _hard_case, _hidden_points, _record_points, _shoulders
+from monai_spine.data.synthetic_image import (
+    _add_metal,
+    _add_noise_and_quantise,
+    _apply_overlay,
+    _coarse_grid,
+    _detector_image,
+    _draw_exposure,
+    _Exposure,
+    _render_bones,
+    _soft_tissue,
 )
+from monai_spine.data.synthetic_raster import _Placement, _smooth_noise
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -148,19 +148,90 @@ def generate_radiograph(
         raise ValueError(f"seed must be non-negative, got {seed}")
     seed = int(seed)
     h, w = parse_size(size)
+    # separate streams, so that a hard case keeps the anatomy of the same seed's normal case
     ss = np.random.SeedSequence([seed, GENERATOR_VERSION, SYNTH_REGIONS.index(region)])
     rng_anat, rng_app, rng_hard, rng_noise = (np.random.default_rng(c) for c in ss.spawn(4))
+    hard_case = _resolve_hard_case(hard_case, rng_hard)
 
-    if hard_case == "auto":
-        hard_case = str(rng_hard.choice(HARD_CASES))
-    elif hard_case is not None and hard_case not in HARD_CASES:
-        raise ValueError(f"hard_case must be None, 'auto' or one of {HARD_CASES}, got {hard_case!r}")
-
-    an = _ANATOMY[region]
+    # the spine in mm, and where it lies in the image
     verts, arc, geo_params = _build_spine(region, rng_anat)
     ann_verts = [v for v in verts if v.annotated]
+    place = _place(region, ann_verts, (h, w), spacing_mm, rng_anat)
 
-    # ---- spacing and placement -------------------------------------------------------------------
+    # layers: soft tissue, bone, texture and exposure, overlays and metal
+    grid = _coarse_grid(arc, place, (h, w))
+    soft, other_bones, meta_soft = _soft_tissue(region, arc, ann_verts, grid, place, rng_anat, rng_app)
+    bone, body_index, posterior_index = _render_bones(verts, other_bones, place, (h, w), rng_app)
+    tex = _smooth_noise(rng_app, (h, w), 0.5 / place.mm_px)  # trabecular texture
+    exposure = _draw_exposure(rng_app)
+    overlay = _shoulders(region, arc, ann_verts, rng_anat)
+    overlay, metal, hard_meta = _hard_case(hard_case, region, arc, ann_verts, overlay, exposure, place, (h, w),
+                                           rng_hard)
+
+    # image formation: detector, metal, overlay, noise, 12 bits
+    img = _detector_image(bone, tex, soft, exposure, rng_app)
+    img = _add_metal(img, metal, exposure.blur_px, place.mm_px, rng_hard)
+    overlay_fn, mode = (overlay.strength_fn(arc), overlay.mode) if overlay is not None else (None, "")
+    strength = _apply_overlay(img, overlay_fn, mode, grid, place.mm_px, rng_hard)
+    image = _add_noise_and_quantise(img, exposure.noise_sigma, _BITS_STORED, rng_noise)
+
+    # annotation: keypoints, what the hard case hides, parameters
+    kp, boxes, outlines = _keypoints_px(ann_verts, place, (h, w))
+    visible, strength_pts = _hidden_points(kp, overlay_fn, metal, place)
+    levels = [v.level for v in ann_verts]
+    if hard_meta is not None:
+        names = get_region(region).scheme.point_names
+        _record_points(hard_meta, kp, visible, strength_pts, metal, levels, names, place.mm_px)
+    meta = _meta(region, seed, hard_meta, geo_params, place, (h, w), exposure, meta_soft)
+    ann = SpineAnnotation(
+        levels=levels,
+        keypoints_px=kp,
+        visible=visible,
+        region=region,
+        scheme="lateral5",
+        image=None,
+        image_size=(w, h),
+        spacing_mm=(place.sx, place.sy),
+        spacing_source="PixelSpacing",
+        boxes_px=boxes,
+        outlines_px=outlines,
+        meta=meta,
+    )
+    if return_layers:
+        layers = {"bone": bone, "body_index": body_index, "posterior_index": posterior_index, "metal": metal,
+                  "occlusion": strength}
+        return image, ann, layers
+    return image, ann
+
+
+def _resolve_hard_case(hard_case: str | None, rng_hard: np.random.Generator) -> str | None:
+    """The hard case to draw: ``"auto"`` picks one of :data:`HARD_CASES` (the hard-case stream's first draw)."""
+    if hard_case == "auto":
+        return str(rng_hard.choice(HARD_CASES))
+    if hard_case is not None and hard_case not in HARD_CASES:
+        raise ValueError(f"hard_case must be None, 'auto' or one of {HARD_CASES}, got {hard_case!r}")
+    return hard_case
+
+
+def _place(
+    region: str,
+    ann_verts: list[_Vertebra],
+    shape: tuple[int, int],
+    spacing_mm: float | Sequence[float] | None,
+    rng_anat: np.random.Generator,
+) -> _Placement:
+    """Choose the pixel spacing (unless given) and the position of the annotated column in the image.
+
+    The drawn spacing makes the column fill a random fraction of the image height (``fill_frac`` of the
+    region), at most 80 % of its width, possibly 4 % anisotropic; the column is placed at random inside a
+    margin of 4 % of the shorter side (at least 4 px). Draws 3-4 numbers and the 2 of the position from
+    the anatomy stream, whether or not the spacing is given.
+
+    Raises:
+        ValueError: a given spacing that is not positive, or at which the column does not fit.
+    """
+    h, w = shape
+    an = _ANATOMY[region]
     pts_ann = np.concatenate([v.all_points() for v in ann_verts], axis=0)
     lo_mm, hi_mm = pts_ann.min(0), pts_ann.max(0)
     ext_mm = hi_mm - lo_mm
@@ -186,225 +257,19 @@ def generate_radiograph(
             f"{(sx, sy)} mm"
         )
     offset = margin + rng_anat.uniform(0.0, 1.0, size=2) * room - lo_mm / spacing  # px of the mm origin
+    return _Placement(spacing, offset)
 
-    def to_px(p_mm: np.ndarray) -> np.ndarray:
-        return np.asarray(p_mm) / spacing + offset
 
-    # smooth layers (soft tissue, overlays) are computed on a coarse grid of f x f pixel blocks and
-    # upsampled; coarse pixel j has its centre at full-resolution x = (j + 0.5) f - 0.5
-    f = max(1, int(round(min(h, w) / 256)))
-    lh, lw = -(-h // f), -(-w // f)
-    xs_mm = (((np.arange(lw) + 0.5) * f - 0.5 - offset[0]) * sx).astype(np.float32)
-    ys_mm = (((np.arange(lh) + 0.5) * f - 0.5 - offset[1]) * sy).astype(np.float32)
-    u_map, s_map = arc.to_us(xs_mm[None, :], ys_mm[:, None])
-    # skin lines follow a flatter curve than the column
-    skin_arc = _Arc(kappa=0.35 * arc.kappa, alpha_m=arc.alpha_m, s_mid=arc.s_mid)
-    u_skin, _ = skin_arc.to_us(xs_mm[None, :], ys_mm[:, None])
+def _keypoints_px(
+    ann_verts: list[_Vertebra], place: _Placement, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The annotation's geometry in px: ``(keypoints (N, 5, 2), boxes (N, 4) x0 y0 x1 y1, outlines)``.
 
-    def upsample(a: np.ndarray) -> np.ndarray:
-        if f == 1:
-            return np.ascontiguousarray(a, dtype=np.float32)
-        big = cv2.resize(a.astype(np.float32), (lw * f, lh * f), interpolation=cv2.INTER_LINEAR)
-        return np.ascontiguousarray(big[:h, :w])
-
-    # ---- soft tissue ---------------------------------------------------------------------------------
-    mm_px = float(np.mean(spacing))
-    soft = np.zeros((lh, lw), dtype=np.float32)
-    d_mean = float(np.mean([v.depth for v in ann_verts]))
-    sp_u = max(float(arc.to_us(*v.sp_tip)[0]) for v in ann_verts)
-    s_first = float(arc.to_us(*ann_verts[0].corners[0])[1])
-    s_last = float(arc.to_us(*ann_verts[-1].corners[2])[1])
-    meta_soft: dict[str, Any] = {}
-    other_bones: list[np.ndarray] = []  # unannotated bones (mm polygons)
-    if region == "cervical":
-        if rng_anat.random() < 0.7:  # angle of the mandible, in front of C2, above C3
-            s_ang = s_first - float(rng_anat.uniform(3.0, 20.0))
-            u_ang = -(d_mean / 2) - float(rng_anat.uniform(10.0, 22.0))
-            us = [(u_ang + 6.0, s_ang - 40.0), (u_ang + 3.0, s_ang - 15.0), (u_ang, s_ang),
-                  (u_ang - 15.0, s_ang + 4.0), (u_ang - 60.0, s_ang + 6.0)]
-            line = np.array([arc.point(sv) + uv * arc.normal(sv) for uv, sv in us])
-            other_bones.append(_thick_polyline(line, float(rng_anat.uniform(3.0, 4.5))))
-        u_ant = -(d_mean / 2 + float(rng_anat.uniform(40.0, 60.0)))
-        u_post = sp_u + float(rng_anat.uniform(15.0, 40.0))
-        tau = float(rng_anat.uniform(0.45, 0.6))
-        uc, a = (u_ant + u_post) / 2, (u_post - u_ant) / 2
-        soft += tau * _body_profile(u_skin, uc, a)
-        # prevertebral soft tissue thickens at C5-C7 (oesophagus); airway in front of it
-        pv = 4.0 + 9.0 * _smoothstep((s_map - (s_first + 0.3 * (s_last - s_first))) / (0.5 * (s_last - s_first)))
-        u_air1 = -(d_mean / 2) - pv
-        aw = float(rng_anat.uniform(11.0, 17.0))
-        band = _smoothstep((u_air1 - u_map) / 2.5) * _smoothstep((u_map - (u_air1 - aw)) / 2.5)
-        soft -= float(rng_anat.uniform(0.45, 0.6)) * tau * band
-        meta_soft = {"neck_mm": [round(u_ant, 3), round(u_post, 3)], "airway_width_mm": round(aw, 3)}
-    else:
-        u_ant = -(d_mean / 2 + float(rng_anat.uniform(130.0, 190.0)))
-        u_post = sp_u + float(rng_anat.uniform(20.0, 70.0))
-        tau = float(rng_anat.uniform(0.85, 1.1))
-        uc, a = (u_ant + u_post) / 2, (u_post - u_ant) / 2
-        soft += tau * _body_profile(u_skin, uc, a)
-        # paraspinal muscles
-        soft += 0.08 * _smoothstep((u_map - d_mean / 2 - 5.0) / 10.0) * _smoothstep((sp_u + 10.0 - u_map) / 10.0)
-        # iliac crests (two overlapping ilia) over L5 / S1, with a faint cortical rim
-        l5 = ann_verts[-1]
-        s_l5 = float(arc.to_us(*l5.outline.mean(0))[1])
-        ic_s = s_l5 + float(rng_anat.uniform(35.0, 55.0))
-        ic_u = float(rng_anat.uniform(0.0, 25.0))
-        for _ in range(2):
-            da, ds_ = float(rng_anat.uniform(-6, 6)), float(rng_anat.uniform(-5, 5))
-            q = np.sqrt(((u_map - ic_u - da) / 62.0) ** 2 + ((s_map - ic_s - ds_) / 50.0) ** 2)
-            soft += 0.07 * (1.0 - _smoothstep((q - 0.97) / 0.05))
-            soft += 0.05 * np.exp(-(((q - 1.0) * 50.0 / 1.5) ** 2)) * (s_map < ic_s)
-        # bowel gas anterior to the spine
-        for _ in range(int(rng_anat.integers(3, 9))):
-            gu = float(rng_anat.uniform(u_ant + 20.0, -d_mean / 2 - 5.0))
-            gs = float(rng_anat.uniform(s_first - 30.0, s_last + 30.0))
-            cpx = (to_px(arc.point(gs) + gu * arc.normal(gs)) + 0.5) / f - 0.5
-            ax_mm, ay_mm = float(rng_anat.uniform(6, 25)), float(rng_anat.uniform(5, 15))
-            _soft_ellipse(soft, cpx[0], cpx[1], ax_mm / mm_px / f, ay_mm / mm_px / f,
-                          float(rng_anat.uniform(0, math.pi)), -float(rng_anat.uniform(0.1, 0.3)))
-        meta_soft = {"body_mm": [round(u_ant, 3), round(u_post, 3)], "iliac_crest_s_mm": round(ic_s, 3)}
-    soft *= 1.0 + 0.07 * _smooth_noise(rng_app, (lh, lw), 25.0 / mm_px / f)
-    np.maximum(soft, 0.0, out=soft)
-    soft = upsample(soft)
-
-    # ---- bones ------------------------------------------------------------------------------------
-    bone = np.zeros((h, w), dtype=np.float32)
-    body_index = np.full((h, w), -1, dtype=np.int16)
-    posterior_index = np.full((h, w), -1, dtype=np.int16)
-    rho_cort = float(rng_app.uniform(0.8, 1.0))
-    rho_canc = rho_cort * float(rng_app.uniform(0.5, 0.65))
-    rho_post = rho_cort * float(rng_app.uniform(0.6, 0.8))
-    ann_i = 0
-    for vert in verts:
-        outline_px = to_px(vert.outline)
-        win = _window(to_px(vert.all_points()), (h, w))
-        if win is None:
-            ann_i += int(vert.annotated)
-            continue
-        sl = (slice(win[0], win[1]), slice(win[2], win[3]))
-        body = _coverage_in(outline_px, win)
-        for extra in vert.extra_bone:
-            body = np.maximum(body, _coverage_in(to_px(extra), win))
-        inner = _coverage_in(to_px(vert.inner), win)
-        post = np.zeros_like(body)
-        for poly in vert.posterior:  # one bone: union of its parts, outside the body
-            np.maximum(post, _coverage_in(to_px(poly), win), out=post)
-        post *= 1.0 - body
-        bone[sl] += rho_cort * body + (rho_canc - rho_cort) * inner + rho_post * post
-        if vert.annotated:
-            body_index[sl][_coverage_in(outline_px, win) >= 0.5] = ann_i
-            pi_win = posterior_index[sl]
-            pi_win[(post >= 0.5) & (pi_win < 0)] = ann_i  # overlaps keep the upper vertebra
-            ann_i += 1
-    for poly in other_bones:
-        _add_poly(bone, to_px(poly), 0.8 * rho_cort)
-    tex = _smooth_noise(rng_app, (h, w), 0.5 / mm_px)
-    bone_contrast = float(rng_app.uniform(0.85, 1.15))
-    noise_sigma = float(rng_app.uniform(0.012, 0.03))
-    blur_px = float(rng_app.uniform(0.4, 1.1))
-    gamma = float(rng_app.uniform(0.8, 1.3))
-    mu = float(rng_app.uniform(1.0, 1.4))
-    heel = float(rng_app.uniform(-0.08, 0.08))
-
-    # ---- hard case parameters -------------------------------------------------------------------------
-    hard_meta: dict[str, Any] | None = None
-    metal = np.zeros((h, w), dtype=np.float32)
-    overlay_fn = None
-    if region == "cervical":
-        # shoulders: a mild dense overlay below C7 in a normal case
-        sh_alpha = float(rng_anat.uniform(0.2, 0.45))
-        sh_top = s_last + float(rng_anat.uniform(6.0, 25.0))
-        sh_curv = float(rng_anat.uniform(0.002, 0.008))
-        sh_u0 = float(rng_anat.uniform(-10.0, 30.0))
-        overlay = ("bright", sh_alpha, sh_top, sh_curv, sh_u0, +1)
-    else:
-        overlay = None
-    if hard_case == "low_contrast":
-        factor = float(rng_hard.uniform(0.3, 0.45))
-        bone_contrast *= factor
-        noise_sigma *= float(rng_hard.uniform(1.5, 2.2))
-        blur_px += float(rng_hard.uniform(0.2, 0.6))
-        hard_meta = {"type": "low_contrast", "bone_contrast_factor": round(factor, 4),
-                     "levels": list(an.levels)}
-    elif hard_case == "occlusion":
-        if region == "cervical":
-            c7 = ann_verts[-1]
-            cs = [float(arc.to_us(*c)[1]) for c in c7.corners]
-            top = min(cs[0], cs[1]) + float(rng_hard.uniform(-0.3, 0.45)) * (max(cs[2], cs[3]) - min(cs[0], cs[1]))
-            overlay = ("bright", float(rng_hard.uniform(0.9, 0.97)), top, float(rng_hard.uniform(0.0005, 0.003)),
-                       float(rng_hard.uniform(-10.0, 10.0)), +1)
-            sub = "shoulder"
-        else:
-            if rng_hard.random() < 0.5:
-                tv, sign, sub, mode, alpha = ann_verts[-1], +1, "pelvis", "bright", float(rng_hard.uniform(0.9, 0.96))
-            else:
-                tv, sign, sub, mode, alpha = ann_verts[0], -1, "collimation", "dark", 1.0
-            cs = [float(arc.to_us(*c)[1]) for c in tv.corners]
-            s_sup, s_inf = min(cs[0], cs[1]), max(cs[2], cs[3])
-            frac = float(rng_hard.uniform(0.1, 0.6)) if sign > 0 else float(rng_hard.uniform(0.4, 0.9))
-            overlay = (mode, alpha, s_sup + frac * (s_inf - s_sup), 0.0, 0.0, sign)
-        hard_meta = {"type": "occlusion", "subtype": sub}
-    elif hard_case == "implant":
-        hard_meta = {"type": "implant"}
-        _implant(region, ann_verts, rng_hard, metal, to_px, hard_meta)
-
-    # ---- image formation --------------------------------------------------------------------------
-    tex *= 0.18 * bone_contrast
-    tex += bone_contrast
-    att = bone * tex  # bone attenuation with trabecular texture
-    att += soft
-    att *= -mu
-    img = cv2.exp(att)
-    np.subtract(1.0, img, out=img)  # detector response 1 - exp(-mu A), bone bright
-    img = cv2.GaussianBlur(img, (0, 0), sigmaX=blur_px, borderType=cv2.BORDER_REFLECT)
-    p_lo, p_hi = np.percentile(img[:: max(1, h // 128), :: max(1, w // 128)], [1.0, 99.7])
-    lo = p_lo - float(rng_app.uniform(0.0, 0.05))
-    hi = p_hi + float(rng_app.uniform(0.0, 0.05))
-    img -= lo
-    img *= 1.0 / max(hi - lo, 1e-3)
-    np.maximum(img, 0.0, out=img)
-    np.minimum(img, 1.0, out=img)
-    img = cv2.pow(img, gamma)
-    img *= (1.0 + heel * (np.arange(w, dtype=np.float32) / w - 0.5))[None, :]
-    if metal.any():
-        m = cv2.GaussianBlur(metal, (0, 0), sigmaX=max(0.5, blur_px))
-        halo = np.maximum(cv2.GaussianBlur(metal, (0, 0), sigmaX=3.0 / mm_px) - m, 0.0)
-        img = img * (1.0 - m) + m * float(rng_hard.uniform(0.96, 1.0)) - 0.15 * halo
-    strength = np.zeros((h, w), dtype=np.float32)
-    if overlay is not None:
-        mode, alpha, s_edge, curv, u0, sign = overlay
-        # the edge crosses the column at arc length s_edge, perpendicular to it there (a parabola when
-        # curv > 0); its straight frame keeps the 4 mm ramp the same width everywhere in the image
-        e_pt, e_t, e_n = arc.point(s_edge), arc.tangent(s_edge), arc.normal(s_edge)
-
-        def overlay_fn(x, y):  # noqa: E306 - strength of the overlay at (x, y) mm
-            dx, dy = x - e_pt[0], y - e_pt[1]
-            along = dx * e_t[0] + dy * e_t[1]
-            across = dx * e_n[0] + dy * e_n[1]
-            return alpha * _smoothstep(sign * (along - curv * (across - u0) ** 2) / 4.0 + 0.5)
-
-        strength = upsample(overlay_fn(xs_mm[None, :], ys_mm[:, None]))
-        level = float(rng_hard.uniform(0.82, 0.92)) if mode == "bright" else float(rng_hard.uniform(0.0, 0.04))
-        level = level + 0.03 * upsample(_smooth_noise(rng_hard, (lh, lw), 15.0 / mm_px / f))
-        img -= level
-        img *= 1.0 - strength
-        img += level
-    # signal-dependent noise: sigma * sqrt(0.15 + 0.85 I)
-    sig = np.maximum(img, 0.0)
-    np.minimum(sig, 1.0, out=sig)
-    sig *= 0.85 * noise_sigma**2
-    sig += 0.15 * noise_sigma**2
-    np.sqrt(sig, out=sig)
-    sig *= rng_noise.standard_normal((h, w), dtype=np.float32)
-    img += sig
-    maxv = (1 << _BITS_STORED) - 1
-    img *= maxv
-    img += 0.5
-    np.maximum(img, 0.0, out=img)
-    np.minimum(img, maxv, out=img)
-    image = img.astype(np.uint16)  # round half up
-
-    # ---- annotation -----------------------------------------------------------------------------------
+    Keypoints are the body corners AS, PS, AI, PI and the spinous-process tip; a box holds all of a
+    vertebra's polygons, clipped to the image (pixel edges at -0.5 and W - 0.5).
+    """
+    h, w = shape
+    to_px = place.to_px
     kp = np.zeros((len(ann_verts), 5, 2))
     outlines, boxes = [], np.zeros((len(ann_verts), 4))
     for i, v in enumerate(ann_verts):
@@ -414,27 +279,23 @@ def generate_radiograph(
         pts = to_px(v.all_points())
         boxes[i] = [max(pts[:, 0].min(), -0.5), max(pts[:, 1].min(), -0.5),
                     min(pts[:, 0].max(), w - 0.5), min(pts[:, 1].max(), h - 0.5)]
-    visible = np.ones(kp.shape[:2], dtype=bool)
-    flat = kp.reshape(-1, 2)
-    hidden = np.zeros(len(flat), dtype=bool)
-    if overlay_fn is not None:
-        strength_pts = overlay_fn((flat[:, 0] - offset[0]) * sx, (flat[:, 1] - offset[1]) * sy)
-        hidden |= strength_pts >= 0.5
-    if metal.any():
-        hidden |= _bilinear(metal, flat) >= 0.5
-    visible = ~hidden.reshape(visible.shape)
-    names = get_region(region).scheme.point_names
-    levels = list(an.levels)
-    if hard_meta is not None:
-        hard_meta["hidden_points"] = [[levels[i], names[j]] for i, j in zip(*np.nonzero(~visible))]
-        if hard_meta["type"] == "occlusion":
-            hard_meta["levels"] = sorted({p[0] for p in hard_meta["hidden_points"]}, key=levels.index)
-            hard_meta["overlay_strength_at_points"] = np.round(strength_pts.reshape(visible.shape), 4).tolist()
-        if hard_meta["type"] == "implant":
-            near = _near_mask(metal, 3.0 / mm_px)
-            nz = _bilinear(near, flat).reshape(visible.shape) > 0.5
-            hard_meta["affected_points"] = [[levels[i], names[j]] for i, j in zip(*np.nonzero(nz))]
-    meta = {
+    return kp, boxes, outlines
+
+
+def _meta(
+    region: str,
+    seed: int,
+    hard_meta: dict[str, Any] | None,
+    geo_params: dict[str, Any],
+    place: _Placement,
+    shape: tuple[int, int],
+    exposure: _Exposure,
+    meta_soft: dict[str, Any],
+) -> dict[str, Any]:
+    """The annotation's ``meta``: generator, seed, region, hard case and the drawn parameters."""
+    h, w = shape
+    sx, sy, offset = place.sx, place.sy, place.offset
+    return {
         "generator": "monai_spine.data.synthetic",
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
@@ -445,87 +306,16 @@ def generate_radiograph(
             "spacing_mm": [sx, sy],
             "fov_mm": [round(w * sx, 3), round(h * sy, 3)],
             "origin_px": [round(float(offset[0]), 4), round(float(offset[1]), 4)],
-            "bone_contrast": round(bone_contrast, 4),
-            "noise_sigma": round(noise_sigma, 5),
-            "blur_sigma_px": round(blur_px, 4),
-            "gamma": round(gamma, 4),
-            "mu": round(mu, 4),
-            "heel": round(heel, 4),
+            "bone_contrast": round(exposure.bone_contrast, 4),
+            "noise_sigma": round(exposure.noise_sigma, 5),
+            "blur_sigma_px": round(exposure.blur_px, 4),
+            "gamma": round(exposure.gamma, 4),
+            "mu": round(exposure.mu, 4),
+            "heel": round(exposure.heel, 4),
             "view_position": "LL" if (seed % 2 == 0) else "RL",
             **meta_soft,
         },
     }
-    ann = SpineAnnotation(
-        levels=levels,
-        keypoints_px=kp,
-        visible=visible,
-        region=region,
-        scheme="lateral5",
-        image=None,
-        image_size=(w, h),
-        spacing_mm=(sx, sy),
-        spacing_source="PixelSpacing",
-        boxes_px=boxes,
-        outlines_px=outlines,
-        meta=meta,
-    )
-    if return_layers:
-        layers = {"bone": bone, "body_index": body_index, "posterior_index": posterior_index, "metal": metal,
-                  "occlusion": strength}
-        return image, ann, layers
-    return image, ann
-
-
-def _implant(region: str, verts: list[_Vertebra], rng: np.random.Generator, metal: np.ndarray, to_px,
-             meta: dict[str, Any]) -> None:
-    """Draw a fusion construct into ``metal`` (coverage) over 2-3 adjacent vertebrae."""
-    k = int(rng.integers(2, 4))
-    i0 = int(rng.integers(0, len(verts) - k + 1))
-    group = verts[i0:i0 + k]
-    meta["levels"] = [v.level for v in group]
-    polys: list[np.ndarray] = []
-    if region == "cervical":
-        meta["construct"] = "anterior plate and screws"
-        line = []
-        for j, v in enumerate(group):
-            a_s, _, a_i, _ = v.corners
-            ant = -v.frame[1]  # anterior direction
-            f_top = 0.3 if j == 0 else 0.0
-            f_bot = 0.75 if j == k - 1 else 1.0
-            for f in np.linspace(f_top, f_bot, 4):
-                line.append(a_s + f * (a_i - a_s) + 1.0 * ant)
-        polys.append(_thick_polyline(np.array(line), 1.3))
-        for j, v in enumerate(group):
-            if 0 < j < k - 1 and rng.random() < 0.5:
-                continue
-            a_s, p_s, a_i, p_i = v.corners
-            start = (a_s + a_i) / 2 + (0.1 if j == 0 else -0.1) * (a_i - a_s)
-            ang = math.radians(float(rng.uniform(-12, 12)))
-            d = _rot(v.frame[1], ang)
-            end = start + 0.8 * v.depth * d
-            polys.append(_thick_polyline(np.array([start - 1.5 * d, end]), 1.75))
-    else:
-        meta["construct"] = "pedicle screws and rod"
-        heads = []
-        for v in group:
-            o, u, vv = v.frame
-            head = o + 24.0 * u - 0.12 * v.wall_height * vv
-            ang = math.radians(float(rng.uniform(-6, 6)))
-            d = _rot(-u, ang)
-            end = head + (24.0 + 0.75 * v.depth) * d
-            polys.append(_thick_polyline(np.array([head, end]), 3.25))
-            polys.append(_thick_polyline(np.array([head - 4.0 * d, head + 6.0 * d]), 6.0))
-            heads.append(head)
-        heads = np.array(heads)
-        dv = heads[-1] - heads[0]
-        dv /= np.hypot(*dv)
-        rod = np.concatenate([[heads[0] - 8.0 * dv], heads, [heads[-1] + 8.0 * dv]])
-        polys.append(_thick_polyline(rod, 2.75))
-    for p in polys:
-        res = _polygon_patch(to_px(p), metal.shape)
-        if res is not None:
-            sl, cov = res
-            np.maximum(metal[sl], cov, out=metal[sl])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 
 Part of the generator :mod:`monai_spine.data.synthetic`: area coverage of polygons by supersampling
 (:func:`polygon_coverage`, pixel centres at integers), smooth Gaussian random fields, soft-edged
-shapes for the soft-tissue layers, bilinear sampling of a layer at points and the "near metal" mask.
+shapes for the soft-tissue layers, bilinear sampling of a layer at points and the "near metal" mask;
+:class:`_Placement` maps the generator's millimetre frame to pixels.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -16,6 +18,36 @@ __all__ = ["polygon_coverage"]
 
 _SUPERSAMPLE = 4
 _SHIFT = 8  # fixed-point bits for cv2.fillPoly
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where the millimetre frame lies in the image: ``x_px = x_mm / sx + ox``, ``y_px = y_mm / sy + oy``.
+
+    Attributes:
+        spacing: (2,) float64 ``(sx, sy)``, mm per pixel along x (columns) and y (rows).
+        offset: (2,) float64 ``(ox, oy)``, the pixel position of the mm origin.
+    """
+
+    spacing: np.ndarray
+    offset: np.ndarray
+
+    @property
+    def sx(self) -> float:
+        return float(self.spacing[0])
+
+    @property
+    def sy(self) -> float:
+        return float(self.spacing[1])
+
+    @property
+    def mm_px(self) -> float:
+        """Mean pixel spacing (mm per px), the scale of the smooth layers."""
+        return float(np.mean(self.spacing))
+
+    def to_px(self, p_mm: np.ndarray) -> np.ndarray:
+        """Points (..., 2) from (x, y) mm to (x, y) px."""
+        return np.asarray(p_mm) / self.spacing + self.offset
 
 # ----------------------------------------------------------------------------------------------------
 # rasterisation
