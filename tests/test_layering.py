@@ -34,7 +34,7 @@ NOT_FOR_PREDICTION = TRAINING + ("monai_spine.evaluation",)
 PREDICTION = ("monai_spine.inference", "monai_spine.codecs", "monai_spine.apps.deploy")
 #: (file, enclosing function, imported module): the Label app's trainer builds the regressor's loss
 LABEL_TRAINING_IMPORTS = {
-    ("monai_spine/apps/label/lib/core.py", "finetune_regressor", "monai_spine.engines.regressor"),
+    ("monai_spine/apps/label/lib/training.py", "finetune_regressor", "monai_spine.engines.regressor"),
 }
 #: package cycles still there (issue 17); none left
 KNOWN_PACKAGE_CYCLES: set[frozenset[str]] = set()
@@ -122,7 +122,7 @@ def _reach(starts: list[str], skip: set[tuple[str, str]] = frozenset()) -> dict[
 def test_the_scan_sees_the_project():
     # the scan reads real files and sees a known lazy import: else every check below passes vacuously
     assert "monai_spine.inference.detector" in MODULES and "monai_spine.engines.regressor" in MODULES
-    lazy = [(m, f) for m, f, _ in _imports("monai_spine.apps.label.lib.core")]
+    lazy = [(m, f) for m, f, _ in _imports("monai_spine.apps.label.lib.training")]
     assert ("monai_spine.engines.regressor", "finetune_regressor") in lazy
     # a from-import names the module it imports from
     assert ("monai_spine.codecs.detection", None) in [(m, f) for m, f, _ in _imports("monai_spine.inference.detector")]

@@ -1,7 +1,7 @@
 """The MONAI Label app's MONAI-Label-free parts, in the main venv: client names, click levels, view check, training.
 
-``monai_spine.apps.label.lib.core`` and ``uploads`` import no ``monailabel``; the server-level behaviour
-is in ``test_label_server.py``.
+``monai_spine.apps.label.lib.core``, ``clicks``, ``models``, ``training`` and ``uploads`` import no ``monailabel``;
+the server-level behaviour is in ``test_label_server.py``.
 """
 
 from __future__ import annotations
@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from monai_spine.apps.label.lib.core import (
-    LabelAppConfig,
-    LabelAppError,
-    check_inside,
-    click_levels,
-    finetune_regressor,
-    parse_centres,
-    view_check,
-)
+from monai_spine.apps.label.lib.clicks import check_inside, click_levels, parse_centres
+from monai_spine.apps.label.lib.core import LabelAppConfig, LabelAppError
+from monai_spine.apps.label.lib.models import view_check
+from monai_spine.apps.label.lib.training import finetune_regressor
 from monai_spine.apps.label.lib.uploads import client_basename, traversal_name
 from monai_spine.data.annotation import SpineAnnotation, write_annotation
 from monai_spine.data.synthetic import generate_radiograph

@@ -552,7 +552,7 @@ def test_scoring_stores_uncertainty_and_active_learning_serves_the_most_uncertai
     unlabelled = {"a", "b", "d", "fresh"}  # c has a final label; d only a draft
     assert set(scored) == unlabelled
     for key in ("a", "b", "d"):  # stored in the datastore and equal to the in-process uncertainty
-        from monai_spine.apps.label.lib.core import uncertainty_score
+        from monai_spine.apps.label.lib.models import uncertainty_score
 
         info = server.get("/datastore/image/info", params={"image": key}).json()
         stored = info["monai_spine_uncertainty"]["mean_sigma_p_total_frac"]

@@ -31,10 +31,11 @@ from monailabel.interfaces.app import MONAILabelApp
 
 from monai_spine.apps.label.lib import compat
 from monai_spine.apps.label.lib.activelearning import MostUncertain
-from monai_spine.apps.label.lib.core import LabelAppConfig, ModelStore
+from monai_spine.apps.label.lib.core import LabelAppConfig
 from monai_spine.apps.label.lib.datastore import SpineDatastore
 from monai_spine.apps.label.lib.guard import install_guard
 from monai_spine.apps.label.lib.infers import CornersInfer, KeypointsInfer
+from monai_spine.apps.label.lib.models import ModelStore
 from monai_spine.apps.label.lib.routes import install_routes
 from monai_spine.apps.label.lib.scoring import SigmaUncertaintyScoring
 from monai_spine.apps.label.lib.trainers import RegressorFinetune

@@ -1,4 +1,5 @@
-"""Tasks of the monai-spine MONAI Label app (``core`` needs no MONAI Label; the rest wrap it for the server)."""
+"""Tasks of the monai-spine MONAI Label app (``core``, ``models``, ``clicks``, ``labels``, ``training`` and ``uploads``
+need no MONAI Label; the rest wrap them for the server)."""
 
 from __future__ import annotations
 

@@ -4,13 +4,13 @@
 (DICOM ``.dcm``/``.dicom``, PNG and JPEG images; keypoint labels as ``labels/<tag>/<image id>.json``
 in the ``monai-spine-keypoints`` format) that adds:
 
-* **confinement**: image ids and label tags must be plain names (:func:`~.core.safe_image_id`:
+* **confinement**: image ids and label tags must be plain names (:func:`~.labels.safe_image_id`:
   no ``/``, ``\\``, ``..``, absolute path or leading dot) and every destination is checked to lie
   inside the studies folder; an existing image is not overwritten (``409``);
 * **size limits**: an image or label file over ``max_upload_bytes`` is refused (``413``) (the
   server's :class:`~.guard.UploadGuard` refuses the request body before it reaches the disk);
 * **label validation**: an uploaded label must be a ``monai-spine-keypoints`` JSON or a 3D Slicer
-  markups JSON of the image (:func:`~.core.label_from_upload`) whose keypoint scheme is the one of
+  markups JSON of the image (:func:`~.labels.label_from_upload`) whose keypoint scheme is the one of
   the app's regressor (a 5-point lateral label for a 4-point AP model is refused: it would stop
   every training); it is stored canonically, written atomically;
 * **no temporary copy left behind**: a refused image or label upload's temporary file (MONAI Label
@@ -38,7 +38,8 @@ from typing import Any, Callable, Dict, Optional
 from filelock import FileLock
 from monailabel.datastore.local import LocalDatastore, LocalDatastoreModel
 
-from monai_spine.apps.label.lib.core import IMAGE_EXTENSIONS, LabelAppError, label_from_upload, safe_image_id, write_label
+from monai_spine.apps.label.lib.core import IMAGE_EXTENSIONS, LabelAppError
+from monai_spine.apps.label.lib.labels import label_from_upload, safe_image_id, write_label
 
 __all__ = ["SpineDatastore", "IMAGE_PATTERNS", "LABEL_PATTERNS", "http_error"]
 

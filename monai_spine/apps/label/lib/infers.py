@@ -16,8 +16,10 @@ from typing import Any, Dict, Tuple, Union
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from monai_spine.apps.label.lib.core import LEVEL_AUTO, LabelAppError, ModelStore
+from monai_spine.apps.label.lib.clicks import LEVEL_AUTO
+from monai_spine.apps.label.lib.core import LabelAppError
 from monai_spine.apps.label.lib.datastore import http_error
+from monai_spine.apps.label.lib.models import ModelStore
 from monai_spine.apps.label.lib.uploads import is_request_upload
 
 __all__ = ["KeypointsInfer", "CornersInfer", "resolve_image", "RESULT_FORMAT", "SLICER_SEGMENT"]
@@ -91,7 +93,7 @@ class KeypointsInfer(_Base):
     Result JSON: ``{"format": "monai-spine-label-result", "task": "keypoints", "image": id,
     "prediction": <monai-spine-prediction>, "markups": <Slicer markups>, "corners_markups": ...,
     "uncertainty": mean total sigma_p (crop fractions) or null, "view": {"in_domain": ..., "reason": ...},
-    "warnings": [texts]}`` (``view``: does the film look like the model's view, :func:`~.core.view_check`).
+    "warnings": [texts]}`` (``view``: does the film look like the model's view, :func:`~.models.view_check`).
     """
 
     def __init__(self, store: ModelStore, studies: str) -> None:

@@ -67,7 +67,8 @@ def _check_name(instance: Any, kind: str, name: Optional[str], what: str) -> Non
 
 
 def _check_image_id(instance: Any, image: str) -> None:
-    from monai_spine.apps.label.lib.core import LabelAppError, safe_image_id
+    from monai_spine.apps.label.lib.core import LabelAppError
+    from monai_spine.apps.label.lib.labels import safe_image_id
 
     try:
         safe_image_id(image)

@@ -12,7 +12,7 @@ in its image info (``GET /datastore/image/info?image=ID``)::
 ``mean_sigma_p_total_frac`` is the mean total sigma_p (aleatoric + epistemic, crop fractions, so
 images with and without a known spacing compare) over every predicted point; null when nothing
 was detected. ``in_domain`` false (with ``view_reason``) marks a film that does not look like the
-model's view (:func:`~.core.view_check`: too few of the detector's levels found): its sigma_p
+model's view (:func:`~.models.view_check`: too few of the detector's levels found): its sigma_p
 means little, and the strategy serves it first, like a film where nothing was detected. Images already scored with the same model files are skipped (``force: true`` in the
 request scores them again).
 """
@@ -27,7 +27,8 @@ from typing import Any, Dict
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from monai_spine.apps.label.lib.core import UNCERTAINTY_KEY, ModelStore
+from monai_spine.apps.label.lib.core import UNCERTAINTY_KEY
+from monai_spine.apps.label.lib.models import ModelStore
 
 __all__ = ["SigmaUncertaintyScoring", "model_stamp"]
 
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 def model_stamp(store: ModelStore) -> str:
     """A short digest of the model files' names, sizes and modification times."""
-    from monai_spine.apps.label.lib.core import _stamp
+    from monai_spine.apps.label.lib.models import _stamp
 
     cfg = store.config
     text = repr(_stamp([cfg.detector_dir, cfg.regressor_checkpoint]))

@@ -20,7 +20,8 @@ from typing import Any, Dict
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
-from monai_spine.apps.label.lib.core import LabelAppConfig, LabelAppError, finetune_regressor
+from monai_spine.apps.label.lib.core import LabelAppConfig, LabelAppError
+from monai_spine.apps.label.lib.training import finetune_regressor
 
 __all__ = ["RegressorFinetune", "STATS_FILE"]
 
