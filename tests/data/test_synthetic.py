@@ -123,14 +123,6 @@ def test_outlines_pass_through_corners_and_are_what_was_rendered(region):
         assert np.mean(rendered != expected) < 1e-4
 
 
-def test_polygon_coverage_of_a_square_is_its_area():
-    # square from x, y = 10.0 to 20.0 in pixel-edge coordinates: 100 px area, edges at half pixels
-    sq = np.array([[9.5, 9.5], [19.5, 9.5], [19.5, 19.5], [9.5, 19.5]])
-    cov = polygon_coverage(sq, (32, 32))
-    assert cov.sum() == pytest.approx(100.0, abs=6.0)
-    assert cov[15, 15] == 1.0 and cov[5, 5] == 0.0 and cov[15, 25] == 0.0
-
-
 def _sizes_mm(ann):
     mm = px_to_mm(ann.keypoints_px, ann.spacing_mm)
     depth = (np.linalg.norm(mm[:, 1] - mm[:, 0], axis=-1) + np.linalg.norm(mm[:, 3] - mm[:, 2], axis=-1)) / 2
