@@ -747,7 +747,7 @@ def run_aasce_benchmark(
 
     from monai_spine.data.aasce import ensure_aasce_dataset
     from monai_spine.data.datasets import default_cache_dir, list_cases
-    from monai_spine.engines.regressor import load_weights
+    from monai_spine.inference.model_zoo import load_weights
     from monai_spine.inference.detector import VertebraDetector
     from monai_spine.inference.heatmap import CornerPredictor
 

@@ -207,7 +207,7 @@ def bundle_predictor(settings: BenchSettings, variant: str, run_dir: str | os.Pa
     crop margin (``margin_mm + rand_pad_mm / 2``, the validation crop) cannot drift from training.
     Uses ``settings.mc_samples`` passes and ``settings.seed`` for the dropout masks.
     """
-    from monai_spine.engines.regressor import load_weights
+    from monai_spine.inference.model_zoo import load_weights
 
     overrides = settings.bundle_overrides(variant, run_dir, bundle_root)
     overrides["mc_samples"] = int(settings.mc_samples)

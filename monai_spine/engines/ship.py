@@ -19,7 +19,6 @@ shipped). The models are trained on synthetic films only: the card says so.
 from __future__ import annotations
 
 import csv
-import json
 import shlex
 import time
 from pathlib import Path
@@ -161,7 +160,6 @@ def train_shipped_regressor(
         FileNotFoundError: a step left no output (names the file).
     """
     from monai_spine.engines.demo import _run, _split_labels, bundle_dir
-    from monai_spine.evaluation.bundle import bundle_parser
     from monai_spine.evaluation.predictor import MeanShapePredictor, evaluate_predictor
     from monai_spine.inference.regressor import KeypointPredictor, RegressorSpec
     from monai_spine.metrics.keypoint_error import summarize_errors

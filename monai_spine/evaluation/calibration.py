@@ -6,7 +6,7 @@ thresholds (:func:`monai_spine.uncertainty.thresholds.fit_thresholds`) and the s
 (:class:`monai_spine.uncertainty.conformal.ConformalCalibrator`), and writes them beside the model.
 
 Files: :data:`THRESHOLDS_FILE` (``thresholds.json``, read by
-:func:`monai_spine.engines.regressor.load_thresholds`) and :data:`CONFORMAL_FILE`
+:func:`monai_spine.inference.model_zoo.load_thresholds`) and :data:`CONFORMAL_FILE`
 (``conformal.json``) are written beside the model in the bundle's ``models`` folder, with
 :data:`REPORT_FILE` (``calibration_report.json``: the selections and in-sample quality measures).
 """
@@ -85,7 +85,7 @@ def calibrate_from_predictions(
     Steps: :func:`collect_errors` (match files, errors in mm or px), :func:`fit_thresholds`
     (BayeRegX rule with quantile ``quantile``, per point type), :meth:`ConformalCalibrator.fit`, then
     ``models_dir/thresholds.json`` (:class:`~monai_spine.uncertainty.classes.Thresholds` JSON, read
-    by :func:`monai_spine.engines.regressor.load_thresholds` at inference), ``models_dir/conformal.json``
+    by :func:`monai_spine.inference.model_zoo.load_thresholds` at inference), ``models_dir/conformal.json``
     and, with ``write_report``, ``models_dir/calibration_report.json`` (selections per point type and
     :func:`monai_spine.uncertainty.quality.quality_report` on the same points -- in-sample, so
     coverage there is optimistic; evaluate on held-out data).

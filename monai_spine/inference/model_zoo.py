@@ -26,7 +26,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = [
     "MODELS_ENV",
@@ -42,6 +45,8 @@ __all__ = [
     "default_regressor_checkpoint",
     "DEFAULT_REGION_ORDER",
     "resolve_models",
+    "load_weights",
+    "load_thresholds",
 ]
 
 #: Environment variable naming another models root (same layout).
@@ -203,3 +208,31 @@ def resolve_models(
         raise FileNotFoundError(f"no heatmap model for region {region!r} under {models_root(root)}; pass --heatmap-dir")
     return {"region": region, "model": model, "detector_dir": det, "heatmap_dir": found["heatmap"],
             "regressor_dir": found["regressor"]}
+
+
+def load_weights(network: "torch.nn.Module", checkpoint: str | os.PathLike) -> "torch.nn.Module":
+    """Load a bundle checkpoint (``{"model": state_dict}`` or a bare state dict) strictly, weights only.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``checkpoint`` (train first, or pass ``--checkpoint``).
+    """
+    import torch
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train the bundle first or pass --checkpoint")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    target = network.module if hasattr(network, "module") else network
+    target.load_state_dict(state)
+    return network
+
+
+def load_thresholds(path: str | os.PathLike | None):
+    """Uncertainty thresholds stored with the model (``thresholds.json``), else the paper's."""
+    from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
+
+    if path and Path(path).is_file():
+        return Thresholds.load(path)
+    return PAPER_THRESHOLDS

@@ -73,7 +73,7 @@ SPEC_FORMAT = "monai-spine-regressor"
 class RegressorSpec:
     """Everything besides the weights that a trained regressor needs at inference time.
 
-    The bundle's :class:`~monai_spine.engines.regressor.BestModelSaver` writes it as
+    The bundle's :class:`~monai_spine.engines.checkpoints.BestModelSaver` writes it as
     ``regressor_model.json`` beside ``model.pt``; :meth:`KeypointPredictor.from_checkpoint` builds
     the network from it. The target codec lives in the weights (its buffers), so it is not repeated.
 

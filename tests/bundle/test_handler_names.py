@@ -78,7 +78,7 @@ def test_every_handler_override_names_an_existing_handler(override, names):
 
 def test_multi_gpu_disables_logging_and_saving_on_secondary_ranks_by_name():
     parser = _parser(["train.json", "multi_gpu_train.json"])
-    off = "$spine_engine.is_secondary_rank()"
+    off = "$spine_dist.is_secondary_rank()"
     for hid in ("train#handler#stats", "train#handler#mlflow", "validate#handler#stats",
                 "validate#handler#best_model", "validate#handler#mlflow"):
         assert parser[f"{hid}#_disabled_"] == off, hid

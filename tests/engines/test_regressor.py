@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from monai_spine.engines.regressor import (
-    RegressorPostprocess,
-    build_loss,
-    init_from_checkpoint,
-    load_weights,
-    lower_is_better,
-    sqlite_tracking_uri,
-)
+from monai_spine.engines.checkpoints import init_from_checkpoint
+from monai_spine.engines.regressor import RegressorPostprocess, build_loss, lower_is_better, sqlite_tracking_uri
+from monai_spine.inference.model_zoo import load_weights
 from monai_spine.losses.gaussian_nll import GaussianNLLLoss, MaskedMSELoss
 
 
@@ -84,7 +79,7 @@ def test_sqlite_tracking_uri_is_absolute_and_creates_the_folder(tmp_path):
 
 
 def test_atomic_torch_save_replaces_whole_files_and_leaves_no_temporary(tmp_path):
-    from monai_spine.engines.regressor import atomic_torch_save
+    from monai_spine.engines.checkpoints import atomic_torch_save
 
     path = tmp_path / "m" / "state.pt"
     atomic_torch_save({"w": torch.ones(3)}, path)
@@ -97,7 +92,7 @@ def test_atomic_torch_save_replaces_whole_files_and_leaves_no_temporary(tmp_path
 def test_train_state_checkpoint_round_trip_restores_epoch_optimizer_and_scheduler(tmp_path):
     from ignite.engine import Engine, Events
 
-    from monai_spine.engines.regressor import TrainStateCheckpoint
+    from monai_spine.engines.checkpoints import TrainStateCheckpoint
 
     def make():
         torch.manual_seed(0)

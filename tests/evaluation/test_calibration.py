@@ -23,7 +23,7 @@ from monai_spine.uncertainty.thresholds import DEFAULT_CONFIDENCE, fit_threshold
 
 
 def test_calibrate_from_predictions_writes_files(tmp_path, calibration_set):
-    from monai_spine.engines.regressor import load_thresholds
+    from monai_spine.inference.model_zoo import load_thresholds
 
     ann_dir, pred_dir = calibration_set(tmp_path)
     models = tmp_path / "models"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai_spine.engines.regressor import TRAIN_STATE_FORMAT
+from monai_spine.engines.checkpoints import TRAIN_STATE_FORMAT
 
 pytestmark = pytest.mark.slow
 

@@ -191,7 +191,7 @@ def test_fit_thresholds_units_px_and_small_types():
 
 
 def test_thresholds_file_round_trip(tmp_path):
-    from monai_spine.engines.regressor import load_thresholds
+    from monai_spine.inference.model_zoo import load_thresholds
 
     err, sig, types = _typed_data()
     thr = fit_thresholds(err, sig, types)
