@@ -26,6 +26,10 @@ the vertebrae it found (in level order), which is what a fully automatic tool wo
 
 Pieces: :class:`AasceBenchSettings`, :func:`vertebra_heights_px`, :func:`sdr`, :func:`points_metrics`,
 :func:`format_aasce_table`, :func:`run_aasce_benchmark`.
+
+Why one module: it is one benchmark (scripts/bench_aasce.py) on the real AASCE films: its settings,
+the models it trains, the per-point and Cobb metrics, the mean-shape reference and the table; the
+table formats exactly the numbers computed here, so they change together.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ Pieces: :class:`PipelineBenchSettings`, :func:`predict_split` / :func:`collect_p
 and :func:`calibration_row` (pure: numbers -> row), :func:`format_table`,
 :func:`format_uncertainty_table`, :func:`format_calibration_table`, :func:`format_header`,
 :func:`run_pipeline_benchmark`.
+
+Why one module: it is one benchmark (scripts/bench_pipeline.py): its settings, the predictions on
+one split, their matching by level, the calibration fitted on validation and the three tables that
+print them; the tables and the numbers change together.
 """
 
 from __future__ import annotations

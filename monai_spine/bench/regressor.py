@@ -25,6 +25,10 @@ Pieces:
   :func:`monai_spine.uncertainty.quality.spearman`).
 * :func:`format_table`, :func:`format_header`: the markdown report.
 * :func:`run_benchmark`: all of it, for ``scripts/bench_regressor.py``.
+
+Why one module: it is one benchmark (scripts/bench_regressor.py): its settings, its training runs,
+the statistics of each variant and the tables that print them. The tables format exactly the numbers
+computed here, so they change together.
 """
 
 from __future__ import annotations

@@ -69,6 +69,12 @@ broken file. In particular:
 * NaN or infinite pixel values (float DICOM, NIfTI, NRRD, TIFF) are refused;
 * a constant image (every pixel equal) is read, with an :class:`XrayWarning`: it has no contrast,
   so nothing can be found in it.
+
+Why one module: every format here (DICOM, PNG/JPEG/TIFF, NIfTI, NRRD, spacing sidecars) keeps one
+contract: an :class:`XrayImage` with a spacing and its recorded source, the same override and
+rejection rules for a missing or zero spacing, and one error type naming the file. The fuzz tests
+(``tests/reliability``) check that contract as one; split by format, each module would import the
+spacing rules back and the contract would have no single home.
 """
 
 from __future__ import annotations

@@ -26,6 +26,11 @@ A trained model is a folder (the bundle's ``ckpt_dir``) holding three files side
 Units: points are ``(x, y)`` pixels of the radiograph (see :mod:`monai_spine.data.keypoints`); mm values
 are given only when the spacing is known (never a silent 1.0 mm/px); ``sigma`` is the per-axis RMS
 spread of a corner's accumulated map (see :mod:`monai_spine.inference.corners`).
+
+Why one module: it is one predictor, :class:`CornerPredictor`, with the model spec it is built from
+and the patch grid it samples; the grid's settings live in the spec and are used only here. The
+codec that turns patch maps into corners is :mod:`monai_spine.codecs.corner_maps`, the prior
+:mod:`monai_spine.inference.corners`.
 """
 
 from __future__ import annotations

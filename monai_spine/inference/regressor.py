@@ -24,6 +24,11 @@ Options:
   score; ``q_hat`` for the absolute score) from the total ``sigma_p`` in the calibrator's
   ``sigma_units``; the radius is in the calibrator's ``error_unit`` (``mm``, or radiograph ``px``
   when it was fitted without spacing) and covers the error with probability ``>= 1 - alpha``.
+
+Why one module: it is one predictor, :class:`KeypointPredictor`, with the spec and weights it loads.
+Its test-time steps (MC dropout, flip TTA, crop re-cuts in the detector's boxes, conformal radii,
+uncertainty classes) act in order on one prediction and share its crop geometry; spread over
+modules, each step would need the others' intermediate arrays.
 """
 
 from __future__ import annotations
