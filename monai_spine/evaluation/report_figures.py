@@ -275,13 +275,18 @@ def _has_tick_labels() -> bool:
 # most / least certain vertebrae
 # ----------------------------------------------------------------------------------------------
 def _vertebra_points(pred_json: str, level: str) -> np.ndarray | None:
-    import json
+    """``(K, 2)`` points of ``level`` in a prediction file (the regressor's, else the corner FCN's), or None."""
+    from monai_spine.data.prediction import read_prediction
 
     try:
-        with open(pred_json, encoding="utf-8") as f:
-            d = json.load(f)
+        pred = read_prediction(pred_json)
+        points = pred.point_set().keypoints_px
     except (OSError, ValueError):
         return None
+    for i, lev in enumerate(pred.levels):
+        if lev == level:
+            return np.asarray(points[i], float) if points[i].size else None
+    return None
     for v in d.get("vertebrae", []):
         if v.get("level") == level:
             xy = [(p.get("x_px"), p.get("y_px")) for p in (v.get("points") or v.get("corners") or [])]

@@ -368,3 +368,24 @@ def test_sigma_kde_uses_the_units_the_model_has(sigma_frac, sigma_mm, label, tmp
     report._figures({"m": pts}, tmp_path, "mm", None, {"m": Thresholds(0.5, 1.0, units="mm")})
     assert label in labels
     assert len(drawn) == 2 and all(np.isfinite(d).all() and d.size for d in drawn)
+
+
+def test_sample_crops_read_points_through_the_one_prediction_parser(report_case):
+    """The crops around the most / least certain vertebrae take their points from read_prediction:
+    the fixture's modelA points of case 0 are the annotation shifted right by scale * (1 + 0) = 1 px."""
+    from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.prediction import read_prediction
+    from monai_spine.evaluation.report_figures import _vertebra_points
+
+    root, ann_paths = report_case
+    pred_file = sorted((root / "pred" / "modelA").glob("*.keypoints.json"))[0]
+    pred = read_prediction(pred_file)
+    ann = read_annotation(ann_paths[0])
+    assert pred_file.name.removesuffix(".keypoints.json") == ann_paths[0].name.removesuffix(".json")
+    lev = pred.levels[1]
+    pts = _vertebra_points(str(pred_file), lev)
+    assert pts.shape == (5, 2)
+    np.testing.assert_allclose(pts[:, 1], ann.keypoints_px[1, :, 1])
+    np.testing.assert_allclose(pts[:, 0] - ann.keypoints_px[1, :, 0], [1.0, 1.0, 1.0, 1.0, 3.0])  # spinous: (3 + 0)
+    assert _vertebra_points(str(pred_file), "T9") is None  # a level the file does not hold
+    assert _vertebra_points(str(pred_file.with_name("missing.keypoints.json")), lev) is None
