@@ -435,7 +435,7 @@ def _read(label: str) -> tuple[Any, Any, Any]:
     from monai_spine.data.readers import read_xray
 
     ann = read_annotation(label)
-    override = None if str(ann.image).lower().endswith((".dcm", ".dicom")) else ann.spacing_mm
+    override = ann.spacing_override_mm
     return ann, override, read_xray(ann.image, spacing_mm=override)
 
 

@@ -156,6 +156,18 @@ class SpineAnnotation:
         """Names of the K points per vertebra."""
         return get_scheme(self.scheme).point_names
 
+    @property
+    def spacing_override_mm(self) -> tuple[float, float] | None:
+        """The spacing to read the image with: the annotation's, except for a DICOM image.
+
+        A DICOM header is the spacing's source of truth (its tags, magnification and calibration
+        rules in :mod:`monai_spine.data.readers`); for other images (PNG, JPEG, ...) the annotation's
+        spacing is the only one there is. None when the image is DICOM, unnamed, or the spacing unknown.
+        """
+        if self.image is None or str(self.image).lower().endswith((".dcm", ".dicom")):
+            return None
+        return self.spacing_mm
+
     def boxes_from_keypoints(self, margin_frac: float = 0.0) -> np.ndarray:
         """(N, 4) boxes ``x0, y0, x1, y1`` around each vertebra's visible points (and outline).
 

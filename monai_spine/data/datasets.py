@@ -195,8 +195,8 @@ def vertebra_items(label_paths: Sequence[str], region: str | None = None, image_
                 "scheme": ann.scheme,
                 "label_path": str(path),
             }
-            if ann.spacing_mm is not None and not str(ann.image).lower().endswith((".dcm", ".dicom")):
-                item["sidecar_spacing_mm"] = np.asarray(ann.spacing_mm, dtype=np.float32)
+            if ann.spacing_override_mm is not None:
+                item["sidecar_spacing_mm"] = np.asarray(ann.spacing_override_mm, dtype=np.float32)
             items.append(item)
     return items
 

@@ -101,8 +101,8 @@ def detector_cases(label_paths: Sequence[str], region: str, image_id_offset: int
         if ann.image is None:
             raise ValueError(f"{path}: annotation names no image")
         item = {"image": ann.image, **case, "image_id": image_id_offset + i, "label_path": str(path)}
-        if ann.spacing_mm is not None and not str(ann.image).lower().endswith((".dcm", ".dicom")):
-            item["sidecar_spacing_mm"] = np.asarray(ann.spacing_mm, dtype=np.float32)
+        if ann.spacing_override_mm is not None:
+            item["sidecar_spacing_mm"] = np.asarray(ann.spacing_override_mm, dtype=np.float32)
         items.append(item)
     return items
 

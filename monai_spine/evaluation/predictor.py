@@ -100,7 +100,7 @@ def evaluate_predictor(
             continue
         is_hard = bool((ann.meta or {}).get("hard_case"))
         num_hard += int(is_hard)
-        override = None if str(ann.image).lower().endswith((".dcm", ".dicom")) else ann.spacing_mm
+        override = ann.spacing_override_mm
         img = read_xray(ann.image, spacing_mm=override)
         boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
         num_annotated += len(keep)

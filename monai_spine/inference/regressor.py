@@ -665,7 +665,7 @@ def predict_cases(
         ann = read_annotation(label)
         levels = get_region(ann.region).levels
         keep = [i for i, lev in enumerate(ann.levels) if lev in levels]
-        override = None if ann.image is None or str(ann.image).lower().endswith((".dcm", ".dicom")) else ann.spacing_mm
+        override = ann.spacing_override_mm
         img = read_xray(ann.image, spacing_mm=override)
         boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
         # annotation boxes already frame the vertebra as in training: no re-cut (it is for a detector's boxes)

@@ -328,3 +328,15 @@ def test_malformed_box_or_outline_raises_annotation_error(key, value):
 def test_duplicate_levels_rejected():
     with pytest.raises(AnnotationError, match="C3"):
         _ann(levels=["C3", "C3"])
+
+
+@pytest.mark.parametrize("image, spacing, expected", [
+    ("film.png", (0.2, 0.3), (0.2, 0.3)),  # a PNG has no spacing of its own: the annotation's is read with it
+    ("film.dcm", (0.2, 0.3), None),  # the DICOM header is the source of truth
+    ("FILM.DICOM", (0.2, 0.3), None),
+    ("film.png", None, None),  # unknown stays unknown
+    (None, (0.2, 0.3), None),  # no image to read
+])
+def test_spacing_override_is_the_annotations_spacing_except_for_dicom(image, spacing, expected):
+    kw = {"spacing_mm": spacing, "spacing_source": "sidecar" if spacing else "unknown"}
+    assert _ann(image=image, **kw).spacing_override_mm == expected
