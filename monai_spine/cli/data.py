@@ -160,7 +160,9 @@ def convert_cli(
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of ``monai-spine convert`` to ``parser`` (names match :func:`convert_cli`)."""
-    from monai_spine.data.convert import CONVERT_FORMATS, FACINGS, SPACING_UNITS, VIEWS
+    from monai_spine.data.convert import CONVERT_FORMATS, VIEWS
+    from monai_spine.data.lateral_corners import FACINGS
+    from monai_spine.data.spacing_table import SPACING_UNITS
 
     parser.add_argument("paths", nargs="+", help="annotation files or dataset folders (searched recursively)")
     parser.add_argument("--out", required=True, help="output folder for the monai-spine-keypoints JSON files")

@@ -54,8 +54,9 @@ Mapping onto the project's schemes:
   endplate lower than its posterior corner. The S1 endplate is outside the ``lumbar`` levels: it is
   kept as ``meta["extra_points_px"]["S1"] = {"AS": [x, y], "PS": [x, y]}`` (null when missing).
 
-This module also holds the spacing-table reader (:func:`read_spacing_table`) and the
-lateral-corner helpers shared with :mod:`monai_spine.data.csxa`.
+The spacing table is read by :func:`monai_spine.data.spacing_table.read_spacing_table`; the
+lateral-corner helpers shared with :mod:`monai_spine.data.csxa` (left/right order, facing decision,
+``lateral5`` mapping, points outside the image) are in :mod:`monai_spine.data.lateral_corners`.
 """
 
 from __future__ import annotations
@@ -71,29 +72,30 @@ import numpy as np
 
 from monai_spine.data.aasce import read_image_size
 from monai_spine.data.annotation import AnnotationError, SpineAnnotation
+from monai_spine.data.lateral_corners import (
+    decide_facing,
+    hide_outside,
+    lateral5_from_endplates,
+    lordosis_cue,
+    mean_width,
+    nan_outside,
+    point_or_none,
+    sort_left_right,
+)
+from monai_spine.data.spacing_table import resolve_spacing
 
 __all__ = [
     "BUU_VIEWS",
     "BUU_NUM_ROWS",
     "BUU_LEVELS",
     "BUU_NAME_PATTERN",
-    "FACINGS",
-    "SPACING_UNITS",
     "BuuLspineError",
-    "SpacingTableError",
     "parse_buu_name",
     "buu_view_of",
     "read_buu_csv",
     "read_buu_lspine",
     "find_buu_image",
-    "read_spacing_table",
-    "lookup_spacing",
-    "parse_spacing_value",
-    "explicit_spacing",
-    "sort_left_right",
-    "decide_facing",
     "decide_lumbar_facing",
-    "lateral5_from_endplates",
 ]
 
 #: the two views of the dataset: folder name / view digit 0 = AP, 1 = LA (lateral)
@@ -104,31 +106,13 @@ BUU_NUM_ROWS = {"AP": 10, "LA": 11}
 BUU_LEVELS = ("L1", "L2", "L3", "L4", "L5")
 #: file stem: patient id, sex, age in years, view digit
 BUU_NAME_PATTERN = re.compile(r"^(?P<patient>\d{4})-(?P<sex>[FM])-(?P<age>\d{3})Y(?P<view>[01])$", re.IGNORECASE)
-#: ``left``: the patient faces image left (anterior on the left, the project's standard display)
-FACINGS = ("auto", "left", "right")
-#: units of a spacing table's values
-SPACING_UNITS = ("mm_per_px", "px_per_mm")
 
 _HEADER = ("x1", "y1", "x2", "y2", "label")
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
-_SPACING_RANGE_MM = (0.005, 5.0)
-#: normalised header names accepted for a spacing table's key / value columns
-_KEY_COLUMNS = ("filename", "file", "filenames", "image", "imagename", "imagefile", "name", "id", "imageid")
-_VALUE_COLUMNS = (
-    "pixelspacing", "pixelspacingmm", "spacing", "spacingmm", "pixelequivalent", "pixelequivalentmm",
-    "mmperpixel", "mmpx", "pixelsize", "pixelsizemm",
-)
-_STRIP_EXTS = (".jpg", ".jpeg", ".png", ".csv", ".json", ".dcm", ".tif", ".tiff", ".bmp")
-#: smallest |score| of the summed orientation cues that decides the facing
-_MIN_FACING_SCORE = 0.15
 
 
 class BuuLspineError(AnnotationError):
     """A BUU-LSPINE file is malformed; the message names the file, row and problem."""
-
-
-class SpacingTableError(AnnotationError):
-    """A spacing table (report spreadsheet or its CSV export) is malformed or unreadable."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,89 +256,8 @@ def read_buu_csv(path: str | os.PathLike, num_rows: int | None = None) -> tuple[
 
 
 # ----------------------------------------------------------------------------------------------
-# left/right, facing, lateral mapping (shared with csxa)
+# facing of a lateral lumbar view
 # ----------------------------------------------------------------------------------------------
-def sort_left_right(pairs_px: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """Order each pair of points so the first has the smaller x (image left).
-
-    Args:
-        pairs_px: (R, 2, 2) float array ``[row, corner, (x, y)]``; NaN rows are left alone.
-
-    Returns:
-        ``(sorted_pairs, swapped_rows)``: a copy with left first, and the indices of rows that
-        were swapped.
-    """
-    out = np.array(pairs_px, dtype=np.float64, copy=True)
-    swapped = []
-    for i in range(out.shape[0]):
-        if np.all(np.isfinite(out[i])) and out[i, 0, 0] > out[i, 1, 0]:
-            out[i] = out[i, ::-1]
-            swapped.append(i)
-    return out, swapped
-
-
-def _finite(v: float) -> float | None:
-    return float(v) if v is not None and math.isfinite(v) else None
-
-
-def decide_facing(cues: Mapping[str, float | None], facing: str = "auto", default: str = "left",
-                  min_score: float = _MIN_FACING_SCORE) -> tuple[str, dict[str, Any]]:
-    """Decide the side the patient faces from signed orientation cues.
-
-    Each cue is a number that is positive when the anatomy says "anterior on the image left" and
-    negative for "anterior on the right" (None or NaN: not available). The cues are summed.
-
-    Args:
-        cues: name -> signed score (dimensionless, about tan of an angle or a fraction of a
-            vertebra's depth).
-        facing: ``"auto"`` to decide from the cues, or ``"left"`` / ``"right"`` to force it.
-        default: the answer when the cues are missing or sum to less than ``min_score``.
-        min_score: smallest absolute sum that decides.
-
-    Returns:
-        ``(facing, evidence)``: ``"left"`` or ``"right"``, and a JSON-ready dictionary with
-        ``decided_by`` (``"user"``, ``"cues"`` or ``"default"``), ``score``, ``cues`` and
-        ``conflict`` (two cues of opposite sign, each beyond ``min_score``).
-
-    Raises:
-        ValueError: ``facing`` or ``default`` is not one of the known values.
-    """
-    if facing not in FACINGS:
-        raise ValueError(f"facing must be one of {FACINGS}, got {facing!r}")
-    if default not in ("left", "right"):
-        raise ValueError(f"default facing must be 'left' or 'right', got {default!r}")
-    clean = {k: _finite(v) for k, v in cues.items()}
-    vals = [v for v in clean.values() if v is not None]
-    score = float(sum(vals)) if vals else None
-    conflict = any(v > min_score for v in vals) and any(v < -min_score for v in vals)
-    evidence: dict[str, Any] = {"cues": clean, "score": score, "conflict": conflict}
-    if facing != "auto":
-        evidence["decided_by"] = "user"
-        return facing, evidence
-    if score is None or abs(score) < min_score:
-        evidence["decided_by"] = "default"
-        return default, evidence
-    evidence["decided_by"] = "cues"
-    return ("left" if score > 0 else "right"), evidence
-
-
-def _mean_width(pairs_lr: np.ndarray) -> float:
-    w = np.abs(pairs_lr[:, 1, 0] - pairs_lr[:, 0, 0])
-    w = w[np.isfinite(w) & (w > 0)]
-    return float(np.mean(w)) if len(w) else float("nan")
-
-
-def _lordosis_cue(upper_lr: np.ndarray | None, lower_lr: np.ndarray | None, width: float) -> float | None:
-    """(left column height - right column height) / width between two endplates (left-first pairs)."""
-    if upper_lr is None or lower_lr is None or not (np.all(np.isfinite(upper_lr)) and np.all(np.isfinite(lower_lr))):
-        return None
-    if not math.isfinite(width) or width <= 0:
-        return None
-    left_h = lower_lr[0, 1] - upper_lr[0, 1]
-    right_h = lower_lr[1, 1] - upper_lr[1, 1]
-    return float((left_h - right_h) / width)
-
-
 def decide_lumbar_facing(endplates_lr: np.ndarray, facing: str = "auto", default: str = "left") -> tuple[str, dict[str, Any]]:
     """Side a lateral lumbar radiograph's patient faces, from its endplate corners.
 
@@ -374,302 +277,17 @@ def decide_lumbar_facing(endplates_lr: np.ndarray, facing: str = "auto", default
         default: answer when the cues do not decide.
     """
     ep = np.asarray(endplates_lr, dtype=np.float64)
-    width = _mean_width(ep)
+    width = mean_width(ep)
     ok = [i for i in range(ep.shape[0]) if np.all(np.isfinite(ep[i]))]
     upper = next((ep[i] for i in ok if i % 2 == 0 and i < 10), None)
     lower = ep[10] if ep.shape[0] > 10 and 10 in ok else next((ep[i] for i in reversed(ok) if i % 2 == 1), None)
-    cues: dict[str, float | None] = {"lordosis": _lordosis_cue(upper, lower, width), "sacral_slope": None}
+    cues: dict[str, float | None] = {"lordosis": lordosis_cue(upper, lower, width), "sacral_slope": None}
     if ep.shape[0] > 10 and 10 in ok:
         s1 = ep[10]
         w = s1[1, 0] - s1[0, 0]
         if w > 0:
             cues["sacral_slope"] = float((s1[0, 1] - s1[1, 1]) / w)
     return decide_facing(cues, facing=facing, default=default)
-
-
-def lateral5_from_endplates(top_lr: np.ndarray, bottom_lr: np.ndarray, facing: str) -> np.ndarray:
-    """Lateral5 keypoints (AS, PS, AI, PI, SP) from left-first superior / inferior endplates.
-
-    Args:
-        top_lr: (N, 2, 2) superior endplates, left corner first.
-        bottom_lr: (N, 2, 2) inferior endplates, left corner first.
-        facing: ``"left"`` (anterior = image left) or ``"right"``.
-
-    Returns:
-        (N, 5, 2) float64; ``SP`` is NaN (not annotated), missing corners stay NaN.
-    """
-    if facing not in ("left", "right"):
-        raise ValueError(f"facing must be 'left' or 'right', got {facing!r}")
-    a, p = (0, 1) if facing == "left" else (1, 0)
-    top = np.asarray(top_lr, dtype=np.float64)
-    bot = np.asarray(bottom_lr, dtype=np.float64)
-    kp = np.full((top.shape[0], 5, 2), np.nan)
-    kp[:, 0], kp[:, 1] = top[:, a], top[:, p]
-    kp[:, 2], kp[:, 3] = bot[:, a], bot[:, p]
-    return kp
-
-
-def _point_or_none(p: np.ndarray) -> list[float] | None:
-    return [float(p[0]), float(p[1])] if np.all(np.isfinite(p)) else None
-
-
-def _outside_image(kp: np.ndarray, vis: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
-    """(N, K) mask of visible points outside ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``."""
-    w, h = size_wh
-    with np.errstate(invalid="ignore"):
-        out = (kp[..., 0] < -0.5) | (kp[..., 0] > w - 0.5) | (kp[..., 1] < -0.5) | (kp[..., 1] > h - 0.5)
-    return out & vis
-
-
-def _nan_outside(pairs_px: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
-    """Copy of (..., 2) points with those outside the image set to NaN (orientation cues skip them)."""
-    pts = np.array(pairs_px, dtype=np.float64, copy=True)
-    out = _outside_image(pts, np.ones(pts.shape[:-1], dtype=bool), size_wh)
-    pts[out] = np.nan
-    return pts
-
-
-def _hide_outside(kp: np.ndarray, vis: np.ndarray, size_wh: tuple[int, int], source: str,
-                  names: Sequence[str], levels: Sequence[str], notes: list[str]) -> np.ndarray:
-    out = _outside_image(kp, vis, size_wh)
-    if out.sum() > max(1, vis.sum()) / 2:
-        raise AnnotationError(
-            f"{source}: {int(out.sum())} of {int(vis.sum())} points lie outside the {size_wh[0]}x{size_wh[1]} image "
-            "(wrong image or coordinates in other units?)"
-        )
-    for i, j in zip(*np.nonzero(out)):
-        notes.append(f"point_outside_image: {levels[i]} {names[j]} at ({kp[i, j, 0]:.1f}, {kp[i, j, 1]:.1f}) made invisible")
-    return vis & ~out
-
-
-# ----------------------------------------------------------------------------------------------
-# spacing tables
-# ----------------------------------------------------------------------------------------------
-def _norm_header(s: Any) -> str:
-    return re.sub(r"[\s_\-\.()\[\]/]", "", str(s or "")).lower()
-
-
-def _norm_key(s: Any) -> str:
-    k = str(s).strip().replace("\\", "/").rsplit("/", 1)[-1]
-    low = k.lower()
-    for ext in _STRIP_EXTS:
-        if low.endswith(ext):
-            k = k[: -len(ext)]
-            break
-    return k.lower()
-
-
-def parse_spacing_value(value: Any, unit: str = "mm_per_px", where: str = "spacing") -> tuple[float, float] | None:
-    """Parse one spacing cell into ``(sx, sy)`` mm per pixel.
-
-    Accepts a number (isotropic), or two numbers as ``"[a, b]"``, ``"a, b"``, ``"a\\b"`` or a
-    2-sequence, read in DICOM order ``[row, column]`` = ``(sy, sx)``.
-
-    Args:
-        value: the cell.
-        unit: ``"mm_per_px"`` or ``"px_per_mm"`` (values are inverted).
-        where: name used in error messages (file and row).
-
-    Returns:
-        ``(sx, sy)``, or None for an empty cell.
-
-    Raises:
-        SpacingTableError: not one or two numbers, not positive and finite, or implausible
-        (outside 0.005-5 mm per pixel).
-    """
-    if unit not in SPACING_UNITS:
-        raise ValueError(f"unit must be one of {SPACING_UNITS}, got {unit!r}")
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        nums = [float(value)]
-    elif isinstance(value, (list, tuple)):
-        nums = list(value)
-    else:
-        text = str(value).strip()
-        if not text:
-            return None
-        parts = [t for t in re.split(r"[\s,;\\\[\]()]+", text) if t]
-        nums = parts
-    try:
-        vals = [float(v) for v in nums]
-    except (TypeError, ValueError):
-        raise SpacingTableError(f"{where}: spacing {value!r} is not one or two numbers") from None
-    if len(vals) not in (1, 2):
-        raise SpacingTableError(f"{where}: spacing {value!r} is not one or two numbers")
-    if not all(math.isfinite(v) and v > 0 for v in vals):
-        raise SpacingTableError(f"{where}: spacing {value!r} must be positive and finite")
-    if unit == "px_per_mm":
-        vals = [1.0 / v for v in vals]
-    lo, hi = _SPACING_RANGE_MM
-    if not all(lo <= v <= hi for v in vals):
-        hint = " (pixels per mm? use unit px_per_mm)" if unit == "mm_per_px" else ""
-        raise SpacingTableError(f"{where}: spacing {value!r} is outside {lo}-{hi} mm per pixel{hint}")
-    sy, sx = (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
-    return (sx, sy)
-
-
-def _table_rows(path: Path, sheet: str | None) -> list[list[Any]]:
-    suffix = path.suffix.lower()
-    if suffix in (".xlsx", ".xlsm"):
-        try:
-            import openpyxl  # optional
-        except ImportError:
-            raise SpacingTableError(
-                f"{path}: reading .xlsx needs the 'openpyxl' package, which is not installed; export the "
-                f"'{sheet or 'Pixel Spacing'}' sheet as CSV (File > Save As > CSV) and pass that file instead"
-            ) from None
-        try:
-            wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-        except Exception as e:  # openpyxl raises many kinds for a bad file
-            raise SpacingTableError(f"{path}: not a readable .xlsx workbook ({e})") from None
-        try:
-            names = wb.sheetnames
-            if sheet is None:
-                sheet_name = "Pixel Spacing" if "Pixel Spacing" in names else (names[0] if len(names) == 1 else None)
-                if sheet_name is None:
-                    raise SpacingTableError(f"{path}: several sheets {names} and none is 'Pixel Spacing'; name one")
-            elif sheet in names:
-                sheet_name = sheet
-            else:
-                raise SpacingTableError(f"{path}: no sheet {sheet!r}; sheets are {names}")
-            return [list(r) for r in wb[sheet_name].iter_rows(values_only=True)]
-        finally:
-            wb.close()
-    if suffix == ".xls":
-        raise SpacingTableError(f"{path}: old .xls workbooks are not read; export the sheet as CSV")
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise SpacingTableError(f"{path}: not a UTF-8 text table (export the sheet as CSV UTF-8)") from None
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    delim = max((",", ";", "\t"), key=first.count)
-    try:
-        return [row for row in csv.reader(text.splitlines(), delimiter=delim)]
-    except csv.Error as e:
-        raise SpacingTableError(f"{path}: not a readable CSV ({e})") from None
-
-
-def read_spacing_table(
-    path: str | os.PathLike,
-    sheet: str | None = None,
-    key_column: str | None = None,
-    value_column: str | None = None,
-    unit: str = "mm_per_px",
-) -> dict[str, tuple[float, float]]:
-    """Read a per-image (or per-patient) pixel spacing table.
-
-    Works for the BUU-LSPINE report's ``Pixel Spacing`` sheet (columns ``filename``,
-    ``pixel_spacing``), its CSV export, and similar tables (e.g. CSXA's per-image pixel equivalent):
-    the first non-empty row is the header; the key column is the first whose name is one of
-    ``filename, file, image, name, id, ...`` and the value column the first named like
-    ``pixel_spacing, spacing_mm, pixel_equivalent, mm_per_pixel, ...`` (case, spaces and
-    underscores ignored), unless named explicitly.
-
-    Args:
-        path: ``.csv`` / ``.tsv`` / ``.txt`` (comma, semicolon or tab separated), or ``.xlsx`` (needs
-            ``openpyxl``).
-        sheet: workbook sheet (default ``Pixel Spacing``, or the only sheet).
-        key_column: header of the key column, to override the guess.
-        value_column: header of the spacing column, to override the guess.
-        unit: ``"mm_per_px"`` or ``"px_per_mm"``.
-
-    Returns:
-        key -> ``(sx, sy)`` mm per pixel; keys are lower-cased file stems (directory and image /
-        annotation extension removed). Rows with an empty key or value are skipped.
-
-    Raises:
-        SpacingTableError: unreadable file, missing columns, bad or conflicting values (naming the
-        file and row).
-        FileNotFoundError: the file does not exist.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"spacing table {p} does not exist")
-    rows = _table_rows(p, sheet)
-    rows = [r for r in rows if r and any(c is not None and str(c).strip() for c in r)]
-    if not rows:
-        raise SpacingTableError(f"{p}: the table is empty")
-    header = [_norm_header(c) for c in rows[0]]
-
-    def _pick(wanted: str | None, candidates: Sequence[str], what: str) -> int:
-        if wanted is not None:
-            w = _norm_header(wanted)
-            if w not in header:
-                raise SpacingTableError(f"{p}: no {what} column {wanted!r}; header is {list(rows[0])}")
-            return header.index(w)
-        for c in candidates:
-            if c in header:
-                return header.index(c)
-        raise SpacingTableError(
-            f"{p}: no {what} column (looked for {list(candidates)}); header is {list(rows[0])}; name it explicitly"
-        )
-
-    ki = _pick(key_column, _KEY_COLUMNS, "key")
-    vi = _pick(value_column, _VALUE_COLUMNS, "spacing")
-    table: dict[str, tuple[float, float]] = {}
-    for n, row in enumerate(rows[1:], start=2):
-        key = row[ki] if ki < len(row) else None
-        if key is None or not str(key).strip():
-            continue
-        where = f"{p}: row {n} ({str(key).strip()})"
-        sp = parse_spacing_value(row[vi] if vi < len(row) else None, unit=unit, where=where)
-        if sp is None:
-            continue
-        k = _norm_key(key)
-        if k in table and not np.allclose(table[k], sp):
-            raise SpacingTableError(f"{where}: spacing {sp} conflicts with an earlier row's {table[k]}")
-        table[k] = sp
-    return table
-
-
-def lookup_spacing(table: Mapping[str, tuple[float, float]], stem: str) -> tuple[float, float] | None:
-    """Spacing of an image from a table of :func:`read_spacing_table`: by its stem, then (for a
-    BUU-LSPINE name) by its patient key without the view digit; None when absent."""
-    k = _norm_key(stem)
-    if k in table:
-        return table[k]
-    info = parse_buu_name(Path(stem).stem)
-    if info is not None and info["patient_key"].lower() in table:
-        return table[info["patient_key"].lower()]
-    return None
-
-
-def explicit_spacing(spacing_mm: float | Sequence[float]) -> tuple[float, float]:
-    """Validate a user-given spacing: one number (isotropic) or ``(sx, sy)``, mm per pixel.
-
-    Raises:
-        SpacingTableError: not one or two positive numbers in 0.005-5 mm per pixel.
-    """
-    if isinstance(spacing_mm, (int, float)) and not isinstance(spacing_mm, bool):
-        vals = [spacing_mm]
-    else:
-        try:
-            vals = list(spacing_mm)
-        except TypeError:
-            raise SpacingTableError(f"spacing {spacing_mm!r} is not one or two numbers") from None
-    if len(vals) == 2:
-        vals = vals[::-1]  # parse_spacing_value reads two numbers as (sy, sx)
-    sp = parse_spacing_value(vals, where="spacing")
-    if sp is None:
-        raise SpacingTableError(f"spacing {spacing_mm!r} is empty")
-    return sp
-
-
-def _resolve_spacing(
-    spacing_mm: float | Sequence[float] | None, table: Mapping[str, tuple[float, float]] | None, stem: str,
-    table_name: str | None,
-) -> tuple[tuple[float, float] | None, str, str | None]:
-    """(spacing, source, where-from) with the precedence explicit > table > unknown."""
-    if spacing_mm is not None:
-        sp = explicit_spacing(spacing_mm)
-        return sp, "sidecar", "given by the user"
-    if table is not None:
-        sp = lookup_spacing(table, stem)
-        if sp is not None:
-            return sp, "sidecar", f"spacing table {table_name}" if table_name else "spacing table"
-    return None, "unknown", None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -733,23 +351,24 @@ def read_buu_lspine(
         kp = np.concatenate([top, bot], axis=1)  # TL, TR, BL, BR
         region, scheme, names = "ap", "ap4", ("TL", "TR", "BL", "BR")
     else:
-        fac, evidence = decide_lumbar_facing(_nan_outside(ep, size), facing=facing, default=default_facing)
+        fac, evidence = decide_lumbar_facing(nan_outside(ep, size), facing=facing, default=default_facing)
         kp = lateral5_from_endplates(top, bot, fac)
         region, scheme, names = "lumbar", "lateral5", ("AS", "PS", "AI", "PI", "SP")
         meta["facing"] = fac
         meta["facing_evidence"] = evidence
         a, p = (0, 1) if fac == "left" else (1, 0)
         s1 = ep[10]
-        meta["extra_points_px"] = {"S1": {"AS": _point_or_none(s1[a]), "PS": _point_or_none(s1[p])}}
+        meta["extra_points_px"] = {"S1": {"AS": point_or_none(s1[a]), "PS": point_or_none(s1[p])}}
     vis = np.all(np.isfinite(kp), axis=-1)
-    vis = _hide_outside(kp, vis, size, str(csv_path), names, BUU_LEVELS, notes)
+    vis = hide_outside(kp, vis, size, str(csv_path), names, BUU_LEVELS, notes)
     missing = [f"{BUU_LEVELS[j // 2]} {'superior' if j % 2 == 0 else 'inferior'}" for j in range(10) if not present[j]]
     if missing:
         notes.append(f"missing_endplates: {', '.join(missing)}")
     if not vis.any():
         raise BuuLspineError(f"{csv_path}: no visible point")
     meta["label_notes"] = notes
-    sp, source, where = _resolve_spacing(spacing_mm, spacing_table, csv_path.stem, spacing_table_name)
+    patient_keys = (info["patient_key"],) if info is not None else ()  # the report is keyed by patient
+    sp, source, where = resolve_spacing(spacing_mm, spacing_table, csv_path.stem, spacing_table_name, patient_keys)
     if where is not None:
         meta["spacing_from"] = where
     return SpineAnnotation(

@@ -31,14 +31,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from monai_spine.data.annotation import SpineAnnotation, write_annotation
-from monai_spine.data.buu_lspine import (
-    FACINGS,
-    SPACING_UNITS,
-    explicit_spacing,
-    read_buu_lspine,
-    read_spacing_table,
-)
+from monai_spine.data.buu_lspine import read_buu_lspine
 from monai_spine.data.csxa import read_csxa
+from monai_spine.data.lateral_corners import FACINGS
+from monai_spine.data.spacing_table import SPACING_UNITS, explicit_spacing, read_spacing_table
 
 __all__ = [
     "CONVERT_FORMATS",
@@ -180,7 +176,7 @@ def convert_dataset(
         spacing: one spacing for every image: one number or ``(sx, sy)``, mm per pixel.
         spacing_table: per-image / per-patient spacing table (BUU-LSPINE report sheet
             ``Pixel Spacing`` as CSV or ``.xlsx``; CSXA pixel equivalents), see
-            :func:`~monai_spine.data.buu_lspine.read_spacing_table`.
+            :func:`~monai_spine.data.spacing_table.read_spacing_table`.
         spacing_sheet: workbook sheet of an ``.xlsx`` table.
         spacing_key_column: header of the table's image / patient column (default: guessed).
         spacing_value_column: header of the table's spacing column (default: guessed).

@@ -26,7 +26,7 @@ Uncertain points and how the reader handles them (strict, errors name the file):
 * "left" / "right" in the published order are taken as displayed; each pair is re-ordered by x
   (a swapped pair is noted in ``meta["label_notes"]``).
 * Spacing: the pixel equivalent is per image, from the ruler. It is taken (in this precedence) from
-  an explicit ``spacing_mm``, a spacing table (:func:`~monai_spine.data.buu_lspine.read_spacing_table`,
+  an explicit ``spacing_mm``, a spacing table (:func:`~monai_spine.data.spacing_table.read_spacing_table`,
   e.g. a CSV export of the release's spreadsheet with an image-name column and a pixel-equivalent
   column, in mm per pixel unless ``unit="px_per_mm"``), or a top-level key of the JSON named
   ``pixel_equivalent`` / ``pixelEquivalent`` / ``pixel_spacing`` / ``spacing_mm``; otherwise it is
@@ -52,18 +52,17 @@ import numpy as np
 
 from monai_spine.data.aasce import read_image_size
 from monai_spine.data.annotation import AnnotationError, SpineAnnotation
-from monai_spine.data.buu_lspine import (
-    _hide_outside,
-    _lordosis_cue,
-    _mean_width,
-    _nan_outside,
-    _point_or_none,
-    _resolve_spacing,
+from monai_spine.data.lateral_corners import (
     decide_facing,
+    hide_outside,
     lateral5_from_endplates,
-    parse_spacing_value,
+    lordosis_cue,
+    mean_width,
+    nan_outside,
+    point_or_none,
     sort_left_right,
 )
+from monai_spine.data.spacing_table import parse_spacing_value, resolve_spacing
 
 __all__ = [
     "CSXA_NUM_POINTS",
@@ -245,16 +244,16 @@ def decide_cervical_facing(c2_centroid: np.ndarray, c2_bottom_lr: np.ndarray, to
         tops_lr: (5, 2, 2) C3-C7 superior endplates, left first.
         bottoms_lr: (5, 2, 2) C3-C7 inferior endplates, left first.
         facing: ``"auto"``, ``"left"`` or ``"right"`` (see
-            :func:`~monai_spine.data.buu_lspine.decide_facing`).
+            :func:`~monai_spine.data.lateral_corners.decide_facing`).
         default: answer when the cues do not decide.
     """
     endplates = np.concatenate([np.asarray(c2_bottom_lr, dtype=np.float64)[None],
                                 np.stack([tops_lr, bottoms_lr], axis=1).reshape(-1, 2, 2)], axis=0)
-    width = _mean_width(endplates)
+    width = mean_width(endplates)
     ok = [i for i in range(endplates.shape[0]) if np.all(np.isfinite(endplates[i]))]
     cues: dict[str, float | None] = {"lordosis": None, "c2_c7_sva": None}
     if len(ok) >= 2:
-        cues["lordosis"] = _lordosis_cue(endplates[ok[0]], endplates[ok[-1]], width)
+        cues["lordosis"] = lordosis_cue(endplates[ok[0]], endplates[ok[-1]], width)
     c7_top = np.asarray(tops_lr, dtype=np.float64)[-1]
     c2 = np.asarray(c2_centroid, dtype=np.float64)
     if np.all(np.isfinite(c7_top)) and np.all(np.isfinite(c2)) and math.isfinite(width) and width > 0:
@@ -304,7 +303,7 @@ def read_csxa(
         json_path: the labelme JSON.
         image: the radiograph; default from ``imagePath`` / the JSON's stem (:func:`find_csxa_image`).
         spacing_mm: explicit spacing (one number or ``(sx, sy)`` mm per pixel); overrides the rest.
-        spacing_table: table of :func:`~monai_spine.data.buu_lspine.read_spacing_table`, keyed by
+        spacing_table: table of :func:`~monai_spine.data.spacing_table.read_spacing_table`, keyed by
             image stem.
         spacing_table_name: where the table came from (recorded in ``meta["spacing_from"]``).
         spacing_unit: unit of a spacing key inside the JSON (``"mm_per_px"`` or ``"px_per_mm"``).
@@ -337,11 +336,11 @@ def read_csxa(
         both = np.all(np.isfinite(tops[j])) and np.all(np.isfinite(bottoms[j]))
         if both and tops[j][:, 1].mean() >= bottoms[j][:, 1].mean():
             raise CsxaError(f"{json_path}: {lev} top corners are not above its bottom corners")
-    fac, evidence = decide_cervical_facing(_nan_outside(c2, size), _nan_outside(c2_bottom, size), _nan_outside(tops, size),
-                                           _nan_outside(bottoms, size), facing=facing, default=default_facing)
+    fac, evidence = decide_cervical_facing(nan_outside(c2, size), nan_outside(c2_bottom, size), nan_outside(tops, size),
+                                           nan_outside(bottoms, size), facing=facing, default=default_facing)
     kp = lateral5_from_endplates(tops, bottoms, fac)
     vis = np.all(np.isfinite(kp), axis=-1)
-    vis = _hide_outside(kp, vis, size, str(json_path), ("AS", "PS", "AI", "PI", "SP"), CSXA_LEVELS, notes)
+    vis = hide_outside(kp, vis, size, str(json_path), ("AS", "PS", "AI", "PI", "SP"), CSXA_LEVELS, notes)
     if not vis.any():
         raise CsxaError(f"{json_path}: no visible C3-C7 corner")
     missing = [CSXA_POINT_NAMES[i] for i in range(CSXA_NUM_POINTS) if not np.all(np.isfinite(pts[i]))]
@@ -356,13 +355,13 @@ def read_csxa(
         "facing": fac,
         "facing_evidence": evidence,
         "extra_points_px": {
-            "C2": {"centroid": _point_or_none(c2), "AI": _point_or_none(c2_bottom[a]), "PI": _point_or_none(c2_bottom[p])}
+            "C2": {"centroid": point_or_none(c2), "AI": point_or_none(c2_bottom[a]), "PI": point_or_none(c2_bottom[p])}
         },
         "label_notes": notes,
     }
-    sp, source, where = _resolve_spacing(spacing_mm, spacing_table, json_path.stem, spacing_table_name)
+    sp, source, where = resolve_spacing(spacing_mm, spacing_table, json_path.stem, spacing_table_name)
     if sp is None and spacing_table is not None:
-        sp, source, where = _resolve_spacing(None, spacing_table, img.stem, spacing_table_name)
+        sp, source, where = resolve_spacing(None, spacing_table, img.stem, spacing_table_name)
     if sp is None and info["spacing"] is not None:
         value, key = info["spacing"]
         sp = parse_spacing_value(value, unit=spacing_unit, where=f"{json_path}: {key}")

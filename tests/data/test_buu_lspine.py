@@ -1,4 +1,7 @@
-"""Tests of the BUU-LSPINE reader on hand-made fixtures that follow the published format."""
+"""Tests of the BUU-LSPINE reader on hand-made fixtures that follow the published format.
+
+The shared helpers have their own tests: tests/data/test_lateral_corners.py, tests/data/test_spacing_table.py.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +12,11 @@ from PIL import Image
 from monai_spine.data.annotation import AnnotationError, read_annotation, write_annotation
 from monai_spine.data.buu_lspine import (
     BuuLspineError,
-    SpacingTableError,
     buu_view_of,
-    decide_facing,
     decide_lumbar_facing,
-    explicit_spacing,
-    lateral5_from_endplates,
-    lookup_spacing,
     parse_buu_name,
-    parse_spacing_value,
     read_buu_csv,
     read_buu_lspine,
-    read_spacing_table,
-    sort_left_right,
 )
 
 W, H = 300, 420
@@ -247,24 +242,8 @@ def test_json_round_trip(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# orientation cues
+# facing of a lateral lumbar view
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "cues, facing, expected, decided_by, conflict",
-    [
-        ({"a": 0.5, "b": -0.1}, "auto", "left", "cues", False),
-        ({"a": -0.3, "b": None}, "auto", "right", "cues", False),
-        ({"a": 0.05}, "auto", "left", "default", False),
-        ({"a": None, "b": float("nan")}, "auto", "left", "default", False),
-        ({"a": 0.5, "b": -0.3}, "auto", "left", "cues", True),
-        ({"a": 0.5}, "right", "right", "user", False),
-    ],
-)
-def test_decide_facing(cues, facing, expected, decided_by, conflict):
-    got, ev = decide_facing(cues, facing=facing)
-    assert got == expected and ev["decided_by"] == decided_by and ev["conflict"] == conflict
-
-
 def test_decide_lumbar_facing_hand_computed():
     ep = np.full((11, 2, 2), np.nan)
     ep[0] = [[0, 0], [40, 0]]  # L1 superior, level
@@ -276,102 +255,9 @@ def test_decide_lumbar_facing_hand_computed():
     assert ev["score"] == pytest.approx(1.0)
 
 
-def test_lateral5_from_endplates_and_sort():
-    pairs, swapped = sort_left_right(np.array([[[5.0, 1.0], [1.0, 2.0]], [[1.0, 3.0], [5.0, 4.0]]]))
-    assert swapped == [0]
-    kp = lateral5_from_endplates(pairs[:1], pairs[1:], "right")
-    np.testing.assert_allclose(kp[0, :4], [[5, 1], [1, 2], [5, 4], [1, 3]])
-    assert np.isnan(kp[0, 4]).all()
-    with pytest.raises(ValueError, match="facing"):
-        lateral5_from_endplates(pairs[:1], pairs[1:], "auto")
-
-
 # ----------------------------------------------------------------------------------------------
-# spacing
+# spacing (the tables: tests/data/test_spacing_table.py)
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "value, unit, expected",
-    [
-        ("0.14", "mm_per_px", (0.14, 0.14)),
-        (0.175, "mm_per_px", (0.175, 0.175)),
-        ("[0.15, 0.16]", "mm_per_px", (0.16, 0.15)),  # DICOM order: row, column
-        ("0.15\\0.16", "mm_per_px", (0.16, 0.15)),
-        ("10", "px_per_mm", (0.1, 0.1)),
-        ("", "mm_per_px", None),
-    ],
-)
-def test_parse_spacing_value(value, unit, expected):
-    got = parse_spacing_value(value, unit=unit)
-    assert got == (pytest.approx(expected) if expected else None)
-
-
-@pytest.mark.parametrize("value, match", [("7.0", "pixels per mm"), ("0", "positive"), ("a b", "not one or two"),
-                                          ("1 2 3", "not one or two"), ("-0.1", "positive")])
-def test_parse_spacing_value_errors(value, match):
-    with pytest.raises(SpacingTableError, match=match):
-        parse_spacing_value(value, where="t.csv: row 2")
-
-
-def test_explicit_spacing_is_sx_sy():
-    assert explicit_spacing((0.1, 0.2)) == (0.1, 0.2)
-    assert explicit_spacing(0.3) == (0.3, 0.3)
-    with pytest.raises(SpacingTableError):
-        explicit_spacing(0.0)
-
-
-def test_read_spacing_table_csv_export(tmp_path):
-    p = tmp_path / "Pixel Spacing.csv"
-    p.write_text("filename,pixel_spacing\n0001-F-037Y,0.14\n0002-M-050Y,\"[0.15, 0.16]\"\n,0.2\n0003-F-010Y,\n",
-                 encoding="utf-8-sig")
-    table = read_spacing_table(p)
-    assert table == {"0001-f-037y": (0.14, 0.14), "0002-m-050y": (0.16, 0.15)}
-    assert lookup_spacing(table, "0001-F-037Y1") == (0.14, 0.14)  # patient key without the view digit
-    assert lookup_spacing(table, "0001-F-037Y0") == (0.14, 0.14)
-    assert lookup_spacing(table, "0003-F-010Y1") is None
-
-
-def test_read_spacing_table_named_columns_and_semicolons(tmp_path):
-    p = tmp_path / "meta.csv"
-    p.write_text("No;Pixel equivalent (mm);Age\nimg_001.png;0.1;40\n", encoding="utf-8")
-    with pytest.raises(SpacingTableError, match="no key column"):
-        read_spacing_table(p)
-    assert read_spacing_table(p, key_column="No") == {"img_001": (0.1, 0.1)}
-
-
-@pytest.mark.parametrize(
-    "text, match",
-    [
-        ("filename,age\na,3\n", "no spacing column"),
-        ("filename,pixel_spacing\na,0.1\na,0.2\n", "conflicts"),
-        ("filename,pixel_spacing\na,12\n", "row 2"),
-        ("", "empty"),
-    ],
-)
-def test_read_spacing_table_errors(tmp_path, text, match):
-    p = tmp_path / "t.csv"
-    p.write_text(text)
-    with pytest.raises(SpacingTableError, match=match):
-        read_spacing_table(p)
-
-
-def test_read_spacing_table_xlsx(tmp_path):
-    p = tmp_path / "KIOM2022_dataset_report.xlsx"
-    try:
-        import openpyxl
-    except ImportError:
-        p.write_bytes(b"PK\x03\x04 not really a workbook")
-        with pytest.raises(SpacingTableError, match="export the 'Pixel Spacing' sheet as CSV"):
-            read_spacing_table(p)
-        return
-    wb = openpyxl.Workbook()
-    wb.active.title = "Pos_LA"
-    ws = wb.create_sheet("Pixel Spacing")
-    ws.append(["filename", "pixel_spacing"])
-    ws.append(["0001-F-037Y", 0.14])
-    wb.save(p)
-    assert read_spacing_table(p) == {"0001-f-037y": (0.14, 0.14)}
-
-
 def test_spacing_in_annotation(tmp_path):
     p = write_case(tmp_path / "LA", "0001-F-037Y1", lateral_rows_facing_left())
     unknown = read_buu_lspine(p)
@@ -405,16 +291,3 @@ def test_random_csv_gives_only_documented_errors(tmp_path, data, num_rows):
         return
     assert pts.shape == (len(labels), 2, 2) and present.shape == (len(labels),)
     assert np.isfinite(pts[present]).all()
-
-
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.binary(max_size=200) | _csv_text.map(lambda t: ("filename,pixel_spacing\n" + t).encode("utf-8")))
-def test_random_spacing_table_gives_only_documented_errors(tmp_path, data):
-    p = tmp_path / "t.csv"
-    p.write_bytes(data)
-    try:
-        table = read_spacing_table(p)
-    except AnnotationError:
-        return
-    for sx, sy in table.values():
-        assert 0.005 <= sx <= 5 and 0.005 <= sy <= 5
