@@ -26,9 +26,10 @@ import torch
 
 from monai_spine.codecs.detection import vertebra_centres_px
 from monai_spine.codecs.level_groups import ABOVE, BELOW, NOT_A_CENTRE, LevelGroups, level_groups_for
+from monai_spine.evaluation.levels import right_level_rate
 from monai_spine.inference.level_anchor import LevelAnchorSpec, anchor_patches
 
-__all__ = ["anchor_training_points", "label_peaks", "build_anchor_pool", "train_level_anchor", "right_level_rate", "choose_anchor_weight",
+__all__ = ["anchor_training_points", "label_peaks", "build_anchor_pool", "train_level_anchor", "choose_anchor_weight",
            "class_recall"]
 
 
@@ -275,29 +276,9 @@ def train_level_anchor(
     return spec
 
 
-def right_level_rate(detector: Any, label_paths: Sequence[str]) -> float:
-    """Share of annotated vertebrae whose level the detector puts inside that level's annotated box.
-
-    Seen and inferred levels both count (the rule of ``bench_aasce``'s "right level" column).
-    """
-    from monai_spine.data.annotation import read_annotation
-    from monai_spine.data.readers import read_xray
-    from monai_spine.evaluation.levels import matched_levels
-
-    right = total = 0
-    for label in label_paths:
-        ann = read_annotation(label)
-        det = detector.detect(read_xray(ann.image).channel_first(), None, "unknown")
-        boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
-        rows = [j for j, lev in enumerate(ann.levels) if lev in detector.levels and ann.visible[j].any()]
-        total += len(rows)
-        right += len(matched_levels(det.levels, det.centres_px, ann.levels, boxes, rows))
-    return right / max(1, total)
-
-
 def choose_anchor_weight(detector_dir: str | Path, val_labels: Sequence[str], weights: Sequence[float],
                          log: Callable[[str], None] = print) -> tuple[float, dict[str, float]]:
-    """The anchor weight (0: no anchor) with the best :func:`right_level_rate` on validation films.
+    """The anchor weight (0: no anchor) with the best :func:`~monai_spine.evaluation.levels.right_level_rate` on validation films.
 
     Ties go to the smaller weight. Returns ``(weight, {weight: rate})``.
     """

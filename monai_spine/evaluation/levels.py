@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["matched_levels"]
+__all__ = ["matched_levels", "right_level_rate"]
 
 
 def matched_levels(det_levels: Sequence[Any], det_centres_px: Any, ann_levels: Sequence[str], ann_boxes_px: Any,
@@ -42,3 +42,22 @@ def matched_levels(det_levels: Sequence[Any], det_centres_px: Any, ann_levels: S
         if b[0] <= cx <= b[2] and b[1] <= cy <= b[3]:
             out.append((d, j))
     return out
+
+
+def right_level_rate(detector: Any, label_paths: Sequence[str]) -> float:
+    """Share of annotated vertebrae whose level the detector puts inside that level's annotated box.
+
+    Seen and inferred levels both count (the rule of ``bench_aasce``'s "right level" column).
+    """
+    from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.readers import read_xray
+
+    right = total = 0
+    for label in label_paths:
+        ann = read_annotation(label)
+        det = detector.detect(read_xray(ann.image).channel_first(), None, "unknown")
+        boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+        rows = [j for j, lev in enumerate(ann.levels) if lev in detector.levels and ann.visible[j].any()]
+        total += len(rows)
+        right += len(matched_levels(det.levels, det.centres_px, ann.levels, boxes, rows))
+    return right / max(1, total)

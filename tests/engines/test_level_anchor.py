@@ -86,7 +86,7 @@ class _StubDetector:
 def test_right_level_rate_on_a_stub_detector(films, shift, expected):
     from monai_spine.codecs.detection import vertebra_centres_px
     from monai_spine.data.annotation import read_annotation
-    from monai_spine.engines.level_anchor import right_level_rate
+    from monai_spine.evaluation.levels import right_level_rate
 
     levels = get_region("cervical").levels
     cs = []
