@@ -12,7 +12,9 @@ from monai_spine.codecs.detection import (
     decode_detections,
     encode_centre_heatmaps,
     encode_chain_target,
+    vertebra_centres_px,
 )
+from monai_spine.transforms.detection import letterbox_affine, points_to_image_px
 
 #: how close a decoded centre or box edge must come to the encoded one (net pixels): the parabola fit
 #: on the log of the encoder's Gaussian is exact, so only float32 rounding is left
@@ -142,3 +144,113 @@ def test_torch_input_and_shape_errors():
         encode_centre_heatmaps(c, None, None, (8, 8), sigma_px=0.0)
     with pytest.raises(ValueError, match=r"expected \(L \+ 4, H, W\)"):
         decode_detections(np.zeros((4, 8, 8)))
+
+
+# ---------------------------------------------------------------------------------------------- decoding hand-made maps
+
+
+def _gauss_map(h: int, w: int, peaks: list[tuple[float, float, float]], sigma: float = 1.5) -> np.ndarray:
+    """A heatmap with Gaussian peaks ``(x, y, height)`` (maximum where they overlap)."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    out = np.zeros((h, w))
+    for x, y, a in peaks:
+        out = np.maximum(out, a * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2)))
+    return out
+
+
+def _pred(maps: list[np.ndarray], ltrb: tuple[float, float, float, float] = (0.1, 0.05, 0.2, 0.1)) -> np.ndarray:
+    h, w = maps[0].shape
+    box = np.broadcast_to(np.asarray(ltrb, dtype=np.float64)[:, None, None], (4, h, w))
+    return np.concatenate([np.stack(maps), box])
+
+
+@pytest.mark.parametrize("method", ["argmax", "sequence"])
+def test_decode_recovers_known_subpixel_peaks(method):
+    h, w = 40, 32
+    centres = [(10.3, 6.6), (12.8, 15.2), (14.5, 24.9)]
+    maps = [_gauss_map(h, w, [(x, y, a)]) for (x, y), a in zip(centres, (0.9, 0.8, 0.7))]
+    dec = decode_detections(_pred(maps), score_threshold=0.5, apply_sigmoid=False, method=method)
+    np.testing.assert_allclose(dec["centres_net_px"], centres, atol=1e-6)
+    # the score is the map at the peak pixel: a * exp(-d^2 / (2 sigma^2)), d from the nearest pixel
+    d2 = [(x - round(x)) ** 2 + (y - round(y)) ** 2 for x, y in centres]
+    np.testing.assert_allclose(dec["scores"], np.array([0.9, 0.8, 0.7]) * np.exp(-np.array(d2) / 4.5), rtol=1e-9)
+    assert dec["detected"].all()
+    # box: distances (0.1, 0.05, 0.2, 0.1) of (W, H, W, H) = (3.2, 2, 6.4, 4) px around the centre
+    np.testing.assert_allclose(dec["boxes_net_px"][0], [10.3 - 3.2, 6.6 - 2.0, 10.3 + 6.4, 6.6 + 4.0], atol=1e-6)
+
+
+def test_decode_logits_thresholds_and_border_peaks():
+    h, w = 20, 20
+    maps = [_gauss_map(h, w, [(0.0, 5.0, 0.9)]), _gauss_map(h, w, [(10.0, 15.0, 0.1)])]
+    logits = np.log(np.clip(np.stack(maps), 1e-6, 1 - 1e-6) / (1 - np.clip(np.stack(maps), 1e-6, 1 - 1e-6)))
+    pred = np.concatenate([logits, np.zeros((4, h, w))])
+    dec = decode_detections(torch.as_tensor(pred), score_threshold=0.2, method="argmax")
+    np.testing.assert_allclose(dec["centres_net_px"], [[0.0, 5.0], [10.0, 15.0]], atol=1e-6)  # border: no x refinement
+    np.testing.assert_array_equal(dec["detected"], [True, False])
+    seq = decode_detections(torch.as_tensor(pred), score_threshold=0.2)
+    np.testing.assert_array_equal(seq["detected"], [True, False])
+    assert np.all(np.isnan(seq["centres_net_px"][1])) and seq["scores"][1] == 0.0
+    with pytest.raises(ValueError, match="L \\+ 4"):
+        decode_detections(np.zeros((4, 8, 8)))
+    with pytest.raises(ValueError, match="method"):
+        decode_detections(pred, method="nms")
+
+
+def test_sequence_decoding_separates_levels_that_share_a_vertebra():
+    # three vertebrae at y = 10, 20, 30 and an unannotated one above (y = 2): levels 0 and 1 both peak on
+    # the first vertebra; level 1 is only second-best on the second one; level 0 is weak on the neighbour above
+    h, w = 40, 32
+    v = [(16.0, 2.0), (16.0, 10.0), (16.0, 20.0), (16.0, 30.0)]
+    maps = [
+        _gauss_map(h, w, [(*v[0], 0.4), (*v[1], 0.9), (*v[2], 0.5)]),
+        _gauss_map(h, w, [(*v[1], 0.8), (*v[2], 0.6)]),
+        _gauss_map(h, w, [(*v[3], 0.7)]),
+    ]
+    argmax = decode_detections(_pred(maps), 0.2, apply_sigmoid=False, method="argmax")
+    np.testing.assert_allclose(argmax["centres_net_px"][:2], [v[1], v[1]], atol=1e-6)  # both on one vertebra
+    seq = decode_detections(_pred(maps), 0.2, apply_sigmoid=False)
+    np.testing.assert_allclose(seq["centres_net_px"], [v[1], v[2], v[3]], atol=1e-6)
+    np.testing.assert_allclose(seq["scores"], [0.9, 0.6, 0.7], atol=1e-6)  # the vertebra's peak (max over levels)
+
+
+def test_sequence_decoding_keeps_contiguous_levels_when_a_level_prefers_the_neighbour():
+    # level 0 fires more on the unannotated vertebra above (0.5) than on its own (0.3): free pairing would skip
+    # the own vertebra, the gap penalty keeps the levels contiguous; with gap_penalty 0 the skip wins
+    h, w = 40, 32
+    v = [(16.0, 2.0), (16.0, 12.0), (16.0, 24.0)]
+    maps = [_gauss_map(h, w, [(*v[0], 0.5), (*v[1], 0.3)]), _gauss_map(h, w, [(*v[2], 0.8)])]
+    seq = decode_detections(_pred(maps), 0.2, apply_sigmoid=False)
+    np.testing.assert_allclose(seq["centres_net_px"], [v[1], v[2]], atol=1e-6)
+    free = decode_detections(_pred(maps), 0.2, apply_sigmoid=False, gap_penalty=0.0)
+    np.testing.assert_allclose(free["centres_net_px"], [v[0], v[2]], atol=1e-6)
+
+
+def test_decoded_centres_map_back_through_the_affine_hand_computed():
+    a = letterbox_affine((200, 100), (64, 64))  # x = 3.125 u + 1.0625, y = 3.125 v - 48.9375
+    maps = [_gauss_map(64, 64, [(10.3, 20.7, 0.9)]), _gauss_map(64, 64, [(40.0, 30.0, 0.8)])]
+    dec = decode_detections(_pred(maps), 0.5, apply_sigmoid=False)
+    expected = [[33.25, 15.75], [126.0625, 44.8125]]
+    np.testing.assert_allclose(points_to_image_px(dec["centres_net_px"], a), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- vertebra centres
+
+SQUARE = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 8.0], [10.0, 8.0], [20.0, 4.0]])  # AS PS AI PI SP
+
+
+@pytest.mark.parametrize(
+    "visible, outline, box, expected",
+    [
+        ([1, 1, 1, 1, 1], None, None, (5.0, 4.0)),  # mean of the four corners (SP not used)
+        ([1, 1, 1, 0, 1], [[2.0, 1.0], [12.0, 1.0], [12.0, 9.0]], None, (7.0, 5.0)),  # outline box centre
+        ([1, 1, 1, 0, 1], None, None, (10.0 / 3, 8.0 / 3)),  # mean of the three visible corners
+        ([1, 0, 0, 0, 1], None, [0.0, 0.0, 30.0, 10.0], (15.0, 5.0)),  # box centre
+        ([0, 0, 0, 0, 0], None, None, (math.nan, math.nan)),
+    ],
+)
+def test_vertebra_centres_fallback_chain(visible, outline, box, expected):
+    out = vertebra_centres_px(
+        SQUARE[None], np.array([visible], dtype=bool), "lateral5",
+        None if outline is None else [np.array(outline)], None if box is None else np.array([box]),
+    )
+    np.testing.assert_allclose(out[0], expected)
