@@ -169,6 +169,19 @@ def test_label_app_inference_does_not_reach_training_code_outside_the_trainer():
     assert not bad, "\n".join(" -> ".join(c) for c in bad.values())
 
 
+#: the one command module that trains (``monai-spine demo``); every other command predicts or evaluates
+CLI_TRAINING = "monai_spine.cli.demo"
+
+
+def test_only_the_demo_command_reaches_training_code():
+    commands = [m for m in MODULES if _is_under(m, ("monai_spine.cli",)) and m != CLI_TRAINING]
+    assert "monai_spine.cli.predict" in commands and CLI_TRAINING in MODULES
+    skip = {("monai_spine.cli", CLI_TRAINING)}  # the parser registers the demo without importing engines
+    bad = {m: c for m, c in _reach(commands, skip).items() if _is_under(m, TRAINING)}
+    assert not bad, "a command other than demo imports training code:\n" + "\n".join(" -> ".join(c) for c in bad.values())
+    assert any(_is_under(d, TRAINING) for d, _, _ in _imports(CLI_TRAINING)), "the demo no longer trains: update CLI_TRAINING"
+
+
 def test_engines_holds_no_benchmark():
     names = sorted(p.name for p in (REPO / "monai_spine" / "engines").glob("bench*"))
     assert names == [], f"benchmarks belong in monai_spine/bench/, found in engines/: {names}"
