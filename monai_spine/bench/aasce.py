@@ -45,6 +45,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from monai_spine.bench.tables import num, pct
+
 __all__ = [
     "AasceBenchSettings",
     "PointSet",
@@ -292,14 +294,6 @@ def points_metrics(ps: PointSet, conformal: Any = None) -> dict[str, Any]:
     return row
 
 
-def _num(v: Any, fmt: str = "{:.2f}") -> str:
-    return "—" if v is None or not math.isfinite(float(v)) else fmt.format(float(v))
-
-
-def _pct(v: Any) -> str:
-    return "—" if v is None or not math.isfinite(float(v)) else f"{100.0 * float(v):.1f} %"
-
-
 def format_aasce_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table, one row per model (rows from :func:`points_metrics`)."""
     if not rows:
@@ -310,20 +304,20 @@ def format_aasce_table(rows: Sequence[dict[str, Any]]) -> str:
               "Cobb SMAPE", "s / radiograph"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for r in rows:
-        cov = _pct(r.get("coverage"))
+        cov = pct(r.get("coverage"))
         if cov != "—":
             cov += f" (nominal {100 * float(r['nominal']):.0f} %)"
-        cells = [str(r["model"]), f"{_pct(r.get('recall'))} ({r.get('found', 0)}/{r.get('annotated', 0)})",
-                 _pct(r.get("seen_recall")),
-                 f"{_pct(r['images_all_found'] / r['images'] if r.get('images') else float('nan'))} "
+        cells = [str(r["model"]), f"{pct(r.get('recall'))} ({r.get('found', 0)}/{r.get('annotated', 0)})",
+                 pct(r.get("seen_recall")),
+                 f"{pct(r['images_all_found'] / r['images'] if r.get('images') else float('nan'))} "
                  f"({r.get('images_all_found', 0)}/{r.get('images', 0)})",
-                 _num(r["mean_px"], "{:.1f}"), _num(r["median_px"], "{:.1f}"), _num(r.get("p95_px"), "{:.1f}"),
-                 _num(r.get("max_px"), "{:.1f}"), _num(r["mean_pct_height"], "{:.1f}"),
-                 _num(r["median_pct_height"], "{:.1f}"),
-                 *[_pct(r[f"sdr_{100 * f:g}pct"]) for f in SDR_LEVELS],
-                 _num(r["spearman"], "{:+.3f}"), _num(r["ause"], "{:.2f}"), cov, _num(r["mean_radius_px"], "{:.1f}"),
-                 f"{_num(r['smape'], '{:.1f}')} % ({r['cobb_images']} images)" if math.isfinite(r["smape"]) else "—",
-                 _num(r["s_per_image"], "{:.2f}")]
+                 num(r["mean_px"], "{:.1f}"), num(r["median_px"], "{:.1f}"), num(r.get("p95_px"), "{:.1f}"),
+                 num(r.get("max_px"), "{:.1f}"), num(r["mean_pct_height"], "{:.1f}"),
+                 num(r["median_pct_height"], "{:.1f}"),
+                 *[pct(r[f"sdr_{100 * f:g}pct"]) for f in SDR_LEVELS],
+                 num(r["spearman"], "{:+.3f}"), num(r["ause"], "{:.2f}"), cov, num(r["mean_radius_px"], "{:.1f}"),
+                 f"{num(r['smape'], '{:.1f}')} % ({r['cobb_images']} images)" if math.isfinite(r["smape"]) else "—",
+                 num(r["s_per_image"], "{:.2f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

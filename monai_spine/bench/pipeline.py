@@ -51,6 +51,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from monai_spine.bench.tables import num as _num_cell, pct
+
 __all__ = [
     "PipelineBenchSettings",
     "ModelEval",
@@ -69,6 +71,11 @@ __all__ = [
     "format_calibration_table",
     "run_pipeline_benchmark",
 ]
+
+
+def _num(v: Any, fmt: str = "{:.2f}") -> str:
+    """A table cell; +inf shows as ``∞`` (a conformal radius with too few calibration points for alpha)."""
+    return _num_cell(v, fmt, show_inf=True)
 
 
 #: where the validation predictions used for calibration come from
@@ -263,16 +270,6 @@ def format_uncertainty_table(rows: Sequence[dict[str, Any]], unit: str = "mm") -
     return "\n".join(lines)
 
 
-def _num(v: Any, fmt: str = "{:.2f}") -> str:
-    if v is not None and float(v) == float("inf"):
-        return "∞"  # e.g. a conformal radius with too few calibration points for alpha
-    return "—" if v is None or not math.isfinite(float(v)) else fmt.format(float(v))
-
-
-def _pct(v: Any) -> str:
-    return "—" if v is None or not math.isfinite(float(v)) else f"{100.0 * float(v):.1f} %"
-
-
 UNCERTAINTY_NOTES = (
     "Uncertainty classes: tau1/tau2 fitted on the validation split ({source}; sigma in mm, the calibrate rule: "
     "90 % of a class within 1.5 / 2.0 mm, with 95 % one-sided confidence), then applied to the test split; "
@@ -328,7 +325,7 @@ def format_calibration_table(rows: Sequence[dict[str, Any]], unit: str = "mm") -
     header += [f"test {c} n / mean {unit}" for c in CLASS_NAMES] + ["test conformal coverage", f"mean radius {unit}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(header) - 2)) + "|"]
     for r in rows:
-        cov = _pct(r.get("coverage"))
+        cov = pct(r.get("coverage"))
         if cov != "—" and r.get("nominal") is not None and math.isfinite(float(r["nominal"])):
             cov += f" (nominal {100 * float(r['nominal']):.0f} %)"
         cells = [str(r["model"]), SOURCE_TEXT.get(r["source"], str(r["source"])).split(",")[0],
@@ -359,13 +356,13 @@ def format_table(rows: Sequence[dict[str, Any]], unit: str = "mm") -> str:
               "s / radiograph"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for r in rows:
-        cov = _pct(r.get("coverage"))
+        cov = pct(r.get("coverage"))
         if cov != "—" and r.get("nominal") is not None and math.isfinite(float(r["nominal"])):
             cov += f" (nominal {100 * float(r['nominal']):.0f} %)"
         cells = [
-            str(r["model"]), f"{_pct(r.get('recall'))} ({r.get('found', 0)}/{r.get('annotated', 0)})",
-            _num(r.get("mean")), _num(r.get("median")), _pct(r.get("scans_below_2")), _pct(r.get("sdr_2")),
-            _pct(r.get("fit_failure_3")), _num(r.get("spearman"), "{:+.3f}"), _num(r.get("ause"), "{:.3f}"),
+            str(r["model"]), f"{pct(r.get('recall'))} ({r.get('found', 0)}/{r.get('annotated', 0)})",
+            _num(r.get("mean")), _num(r.get("median")), pct(r.get("scans_below_2")), pct(r.get("sdr_2")),
+            pct(r.get("fit_failure_3")), _num(r.get("spearman"), "{:+.3f}"), _num(r.get("ause"), "{:.3f}"),
             cov, _num(r.get("mean_radius")), _num(r.get("s_per_image"), "{:.2f}"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -636,7 +633,6 @@ def run_pipeline_benchmark(
     import torch
     from monai.bundle import run
 
-    from monai_spine.data.keypoints import get_region
     from monai_spine.bench.regressor import bundle_predictor, evaluate_predictor, split_labels, train_variant
     from monai_spine.inference.detector import VertebraDetector
     from monai_spine.inference.heatmap import CornerPredictor

@@ -44,6 +44,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from monai_spine.bench.tables import num, pct
 from monai_spine.evaluation.bundle import _bundle_files, bundle_parser
 from monai_spine.evaluation.predictor import SIGMA_KINDS, EvalArrays, MeanShapePredictor, evaluate_predictor
 
@@ -255,8 +256,8 @@ def uncertainty_table(arrays: EvalArrays, bins: int = 10) -> str:
         if c == -1 and not m.any():
             continue
         ev = e[m]
-        lines.append(f"| {names[c]} | {int(m.sum())} | {_num(float(ev.mean()) if ev.size else float('nan'))} | "
-                     f"{_num(float(np.percentile(ev, 90)) if ev.size else float('nan'))} |")
+        lines.append(f"| {names[c]} | {int(m.sum())} | {num(float(ev.mean()) if ev.size else float('nan'))} | "
+                     f"{num(float(np.percentile(ev, 90)) if ev.size else float('nan'))} |")
     sig = arrays.sigma.get("total")
     rho = _spearman_result(e, sig) if sig is not None else SpearmanResult(float("nan"), float("nan"), 0)
     en = ence(e[vis], sig[vis], bins)["ence"] if sig is not None else float("nan")
@@ -265,9 +266,9 @@ def uncertainty_table(arrays: EvalArrays, bins: int = 10) -> str:
         r = arrays.conformal_radius
         m = vis & np.isfinite(r)
         if m.any():
-            cov = f"{100.0 * float(np.mean(e[m] <= r[m])):.1f} % of {int(m.sum())} points (mean radius {_num(float(r[m].mean()))} {u})"
-    lines += ["", f"Spearman(σp total, error) = {_num(rho.rho, '{:+.3f}')} over {rho.n} points; "
-              f"ENCE of σp total ({bins} equal-count bins) = {_num(en, '{:.3f}')}; conformal coverage: {cov}"]
+            cov = f"{100.0 * float(np.mean(e[m] <= r[m])):.1f} % of {int(m.sum())} points (mean radius {num(float(r[m].mean()))} {u})"
+    lines += ["", f"Spearman(σp total, error) = {num(rho.rho, '{:+.3f}')} over {rho.n} points; "
+              f"ENCE of σp total ({bins} equal-count bins) = {num(en, '{:.3f}')}; conformal coverage: {cov}"]
     return "\n".join(lines)
 
 
@@ -374,14 +375,6 @@ def variant_result(
 # ----------------------------------------------------------------------------------------------
 # report
 # ----------------------------------------------------------------------------------------------
-def _num(v: float, fmt: str = "{:.2f}") -> str:
-    return "—" if v is None or not math.isfinite(v) else fmt.format(v)
-
-
-def _pct(v: float) -> str:
-    return "—" if v is None or not math.isfinite(v) else f"{100.0 * v:.1f} %"
-
-
 def format_table(results: Sequence[VariantResult]) -> str:
     """The benchmark's markdown table, one row per variant.
 
@@ -414,15 +407,15 @@ def format_table(results: Sequence[VariantResult]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for r in results:
         s = r.summary
-        rho = [_num(r.spearman[k].rho if k in r.spearman else float("nan"), "{:+.3f}") for k in SIGMA_KINDS]
+        rho = [num(r.spearman[k].rho if k in r.spearman else float("nan"), "{:+.3f}") for k in SIGMA_KINDS]
         cells = [
             r.variant,
-            _num(s.get(f"mean_{u}", float("nan"))),
-            _num(s.get(f"median_{u}", float("nan"))),
-            _pct(s.get(f"scans_below_2.0{u}", float("nan"))),
-            _pct(s.get(f"sdr_2.0{u}", float("nan"))),
-            _pct(s.get(f"fit_failure_3.0{u}", float("nan"))),
-            _num(r.train_seconds, "{:.0f}"),
+            num(s.get(f"mean_{u}", float("nan"))),
+            num(s.get(f"median_{u}", float("nan"))),
+            pct(s.get(f"scans_below_2.0{u}", float("nan"))),
+            pct(s.get(f"sdr_2.0{u}", float("nan"))),
+            pct(s.get(f"fit_failure_3.0{u}", float("nan"))),
+            num(r.train_seconds, "{:.0f}"),
             *rho,
         ]
         if detected:
