@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["RefineRow", "refine_errors", "refine_table", "export_split"]
+__all__ = ["RefineRow", "refine_errors", "refine_table", "export_split", "recut_shift_signal", "recut_shift_table"]
 
 
 class RefineRow:
@@ -119,3 +119,72 @@ def export_split(labels: Sequence[str], out: str | os.PathLike) -> Path:
         for f in (Path(lab), image):
             (out / f.name).symlink_to(f.resolve())
     return out
+
+
+def recut_shift_signal(labels: Sequence[str], regressor_dir: str | os.PathLike, detector_dir: str | os.PathLike,
+                       mc_samples: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    """Errors, sigmas and re-cut shifts of the regressor's points in a detector's boxes (issue 14's Spearman).
+
+    The regressor predicts with its spec's pass count ``P`` (as ``predict`` does) and with ``P - 1`` and
+    ``P + 1``; a point's *shift* is how far it moves between two consecutive passes, a test-time signal
+    of how settled the crop is.
+
+    Returns:
+        dict of (M,) arrays over the visible annotated points of the vertebrae the detector put at a
+        level: ``error_mm`` (pass ``P``), ``sigma_<kind>_mm`` for aleatoric / epistemic / total (pass
+        ``P``), ``shift_prev_mm`` (``P - 1`` -> ``P``; 0 when ``P = 0``) and ``shift_next_mm`` (``P`` -> ``P + 1``).
+
+    Raises:
+        ValueError: a film has no pixel spacing (errors must be in mm).
+    """
+    from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.readers import read_xray
+    from monai_spine.inference.detector import VertebraDetector
+    from monai_spine.inference.regressor import KeypointPredictor
+
+    detector = VertebraDetector.from_checkpoint(detector_dir)
+    p = KeypointPredictor.from_checkpoint(regressor_dir).refine_passes
+    preds = [KeypointPredictor.from_checkpoint(regressor_dir, refine_passes=r, num_samples=mc_samples, seed=seed)
+             for r in (max(p - 1, 0), p, p + 1)]
+    out: dict[str, list] = {k: [] for k in ("error_mm", "sigma_aleatoric_mm", "sigma_epistemic_mm", "sigma_total_mm",
+                                            "shift_prev_mm", "shift_next_mm")}
+    for lab in labels:
+        ann = read_annotation(lab)
+        if ann.spacing_mm is None:
+            raise ValueError(f"{lab}: no pixel spacing; recut_shift_signal reports mm")
+        sp = np.asarray(ann.spacing_mm, np.float64)
+        img = read_xray(ann.image).channel_first().astype(np.float32)
+        det = detector.detect(img, ann.spacing_mm)
+        prev, now, nxt = (q.predict(img, det.boxes_px, ann.spacing_mm) for q in preds)
+        at = {lev: i for i, lev in enumerate(ann.levels)}
+        for j, lev in enumerate(det.levels):
+            i = at.get(lev)
+            if i is None:
+                continue
+            vis = np.asarray(ann.visible[i], bool)
+            dist = lambda a, b: np.linalg.norm((a - b) * sp, axis=-1)[vis]  # noqa: E731
+            out["error_mm"] += dist(now.keypoints_px[j], ann.keypoints_px[i]).tolist()
+            for kind in ("aleatoric", "epistemic", "total"):
+                out[f"sigma_{kind}_mm"] += np.asarray(now.sigma_mm[kind][j])[vis].tolist()
+            out["shift_prev_mm"] += (dist(now.keypoints_px[j], prev.keypoints_px[j]) if p > 0
+                                     else np.zeros(int(vis.sum()))).tolist()
+            out["shift_next_mm"] += dist(nxt.keypoints_px[j], now.keypoints_px[j]).tolist()
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def recut_shift_table(signal: dict[str, np.ndarray], weights: Sequence[float] = (0.5, 1.0, 2.0, 4.0)) -> str:
+    """Markdown table: Spearman(signal, error) for each sigma kind, each shift, and ``sqrt(sigma_total^2 + c shift^2)``."""
+    from monai_spine.uncertainty.quality import spearman
+
+    err = signal["error_mm"]
+    rows = [(f"σp {k}", signal[f"sigma_{k}_mm"]) for k in ("total", "aleatoric", "epistemic")]
+    rows += [("shift, previous re-cut", signal["shift_prev_mm"]), ("shift, next re-cut", signal["shift_next_mm"])]
+    for c in weights:
+        for name, key in (("previous", "shift_prev_mm"), ("next", "shift_next_mm")):
+            rows.append((f"sqrt(σp total² + {c:g} shift {name}²)",
+                         np.sqrt(signal["sigma_total_mm"] ** 2 + c * signal[key] ** 2)))
+    lines = [f"{err.size} points, mean error {float(np.mean(err)):.3f} mm" if err.size else "no points", "",
+             "| signal | Spearman with the error |", "|---|---:|"]
+    lines += [f"| {name} | {spearman(err, s)['rho']:+.3f} |" for name, s in rows]
+    return "\n".join(lines)
+

@@ -51,3 +51,19 @@ def test_refine_errors_on_the_shipped_models(films):
     assert [r.passes for r in rows] == [0, 2]
     assert rows[0].errors_mm.size == rows[1].errors_mm.size > 0  # the same matched points for every count
     assert np.all(np.isfinite(rows[1].errors_mm)) and rows[1].errors_mm.mean() < 2.0  # mm, shipped model
+
+
+def test_recut_shift_table_ranks_each_signal_against_the_error():
+    from monai_spine.bench.refine import recut_shift_table
+
+    err = np.array([0.1, 0.2, 0.4, 0.8, 1.6])
+    sig = {"error_mm": err, "sigma_total_mm": err * 2, "sigma_aleatoric_mm": err[::-1].copy(),
+           "sigma_epistemic_mm": np.array([1.0, 3.0, 2.0, 5.0, 4.0]), "shift_prev_mm": np.zeros(5),
+           "shift_next_mm": err[::-1].copy()}
+    table = recut_shift_table(sig, weights=(1.0,))
+    assert table.splitlines()[0] == "5 points, mean error 0.620 mm"
+    cells = dict([c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()[4:])
+    assert cells["σp total"] == "+1.000" and cells["σp aleatoric"] == "-1.000"
+    assert cells["σp epistemic"] == "+0.800"  # ranks 1 3 2 5 4 against 1 2 3 4 5: 1 - 6 * 4 / 120
+    assert cells["shift, previous re-cut"] == "+nan"  # a constant signal ranks nothing
+    assert cells["sqrt(σp total² + 1 shift previous²)"] == "+1.000"
