@@ -19,10 +19,37 @@ from typing import Any
 import numpy as np
 
 from monai_spine.data.keypoints import px_to_mm
-from monai_spine.inference.corners import point_to_curve_distance
 from monai_spine.metrics.keypoint_error import DEFAULT_THRESHOLDS_MM, summarize_errors
 
-__all__ = ["corner_errors", "CornerErrorAccumulator"]
+__all__ = ["point_to_curve_distance", "corner_errors", "CornerErrorAccumulator"]
+
+
+def point_to_curve_distance(points: np.ndarray, curve: np.ndarray, closed: bool = True) -> np.ndarray:
+    """Distance of each point to a polyline (the paper's P2C metric against a vertebra outline).
+
+    Args:
+        points: ``(M, 2)`` points.
+        curve: ``(C, 2)`` polyline vertices (``C >= 1``), same units as ``points``.
+        closed: also use the segment from the last vertex back to the first.
+
+    Returns:
+        ``(M,)`` distance to the nearest segment (to the vertex when ``C == 1``).
+    """
+    p = np.asarray(points, dtype=np.float64)
+    cv = np.asarray(curve, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 2 or cv.ndim != 2 or cv.shape[1] != 2 or len(cv) < 1:
+        raise ValueError(f"points must be (M, 2) and curve (C >= 1, 2), got {p.shape}, {cv.shape}")
+    a = cv if closed else cv[:-1]
+    b = np.roll(cv, -1, axis=0) if closed else cv[1:]
+    if len(a) == 0:  # one vertex, open curve
+        a, b = cv, cv
+    ab = b - a  # (S, 2)
+    ap = p[:, None, :] - a[None]  # (M, S, 2)
+    denom = np.sum(ab * ab, axis=-1)
+    t = np.where(denom > 0, np.sum(ap * ab, axis=-1) / np.where(denom > 0, denom, 1.0), 0.0)
+    t = np.clip(t, 0.0, 1.0)
+    nearest = a[None] + t[..., None] * ab[None]
+    return np.min(np.linalg.norm(p[:, None, :] - nearest, axis=-1), axis=1)
 
 
 def corner_errors(

@@ -12,7 +12,6 @@ from monai_spine.data.patches import patch_affine, sample_patch_params, vertebra
 from monai_spine.inference.corners import (
     CornerPrior,
     corners_from_patches,
-    point_to_curve_distance,
     remove_background,
     sigma_px_to_mm,
 )
@@ -37,34 +36,6 @@ def prior():
     kps = [rect_corners(rng.uniform(50, 150), rng.uniform(50, 150), 40 + rng.normal(0, 2), 20 + rng.normal(0, 1), rng.normal(0, 10))
            for _ in range(40)]
     return CornerPrior.fit(np.asarray(kps)[:, :, :])
-
-
-# ----------------------------------------------------------------------------- point to curve
-SQUARE = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
-
-
-@pytest.mark.parametrize(
-    "point, closed, expected",
-    [
-        ((0.5, 0.5), True, 0.5),
-        ((2.0, 0.5), True, 1.0),
-        ((2.0, 2.0), True, np.sqrt(2)),
-        ((0.5, 0.0), True, 0.0),
-        ((-1.0, 0.5), True, 1.0),  # closing segment (0, 1) -> (0, 0)
-        ((-1.0, 0.5), False, np.sqrt(1.25)),  # open: nearest is the vertex (0, 0) or (0, 1)
-        ((0.25, -3.0), False, 3.0),
-    ],
-)
-def test_point_to_curve_distance(point, closed, expected):
-    d = point_to_curve_distance(np.array([point]), SQUARE, closed=closed)
-    assert d.shape == (1,) and d[0] == pytest.approx(expected)
-
-
-def test_point_to_curve_degenerate_and_errors():
-    assert point_to_curve_distance(np.array([[3.0, 4.0]]), np.zeros((1, 2)))[0] == pytest.approx(5.0)
-    assert point_to_curve_distance(np.array([[3.0, 4.0]]), np.zeros((1, 2)), closed=False)[0] == pytest.approx(5.0)
-    with pytest.raises(ValueError):
-        point_to_curve_distance(np.zeros((2, 3)), SQUARE)
 
 
 # ----------------------------------------------------------------------------- background removal

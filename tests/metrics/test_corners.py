@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from monai_spine.metrics.corners import CornerErrorAccumulator, corner_errors
+from monai_spine.metrics.corners import CornerErrorAccumulator, corner_errors, point_to_curve_distance
 
 W, H = 40.0, 30.0
 OFFSETS = np.array([[-W / 2, -H / 2], [W / 2, -H / 2], [-W / 2, H / 2], [W / 2, H / 2]])
@@ -62,3 +62,31 @@ def test_accumulator_units_and_summary():
     s = acc.summary()
     assert acc.unit == "px" and s["spacing_known"] == 0.0 and "p2p_mean_px" in s and "p2p_mean_mm" not in s
     assert s["p2p_num_scans"] == 2
+
+
+# ----------------------------------------------------------------------------- point to curve
+SQUARE = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "point, closed, expected",
+    [
+        ((0.5, 0.5), True, 0.5),
+        ((2.0, 0.5), True, 1.0),
+        ((2.0, 2.0), True, np.sqrt(2)),
+        ((0.5, 0.0), True, 0.0),
+        ((-1.0, 0.5), True, 1.0),  # closing segment (0, 1) -> (0, 0)
+        ((-1.0, 0.5), False, np.sqrt(1.25)),  # open: nearest is the vertex (0, 0) or (0, 1)
+        ((0.25, -3.0), False, 3.0),
+    ],
+)
+def test_point_to_curve_distance(point, closed, expected):
+    d = point_to_curve_distance(np.array([point]), SQUARE, closed=closed)
+    assert d.shape == (1,) and d[0] == pytest.approx(expected)
+
+
+def test_point_to_curve_degenerate_and_errors():
+    assert point_to_curve_distance(np.array([[3.0, 4.0]]), np.zeros((1, 2)))[0] == pytest.approx(5.0)
+    assert point_to_curve_distance(np.array([[3.0, 4.0]]), np.zeros((1, 2)), closed=False)[0] == pytest.approx(5.0)
+    with pytest.raises(ValueError):
+        point_to_curve_distance(np.zeros((2, 3)), SQUARE)
