@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from monai_spine.evaluation.levels import matched_levels
+from monai_spine.data.datasets import ensure_synthetic, list_cases
+from monai_spine.data.keypoints import get_region
+from monai_spine.evaluation.levels import matched_levels, right_level_rate
 
 BOXES = np.array([[0, 0, 10, 10], [0, 12, 10, 22], [0, 24, 10, 34]], float)
 LEVELS = ["L1", "L2", "L3"]
@@ -21,3 +23,40 @@ LEVELS = ["L1", "L2", "L3"]
 ])
 def test_matched_levels(det_levels, centres, rows, expected):
     assert matched_levels(det_levels, centres, LEVELS, BOXES, rows) == expected
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory):
+    folder = ensure_synthetic(tmp_path_factory.mktemp("syn"), "cervical", n=2, seed=1, hard_case_rate=0.0, size=(512, 512))
+    return list_cases(folder)["cases"]
+
+
+class _StubDetector:
+    """detect() returns the annotated centres with the levels shifted by ``shift``."""
+
+    def __init__(self, centres_by_film, levels, shift):
+        self.levels, self._c, self._shift, self._n = tuple(levels), centres_by_film, shift, 0
+
+    def detect(self, image, spacing, source):
+        from types import SimpleNamespace
+
+        c = self._c[self._n]
+        self._n += 1
+        levs = list(self.levels)
+        named = [(levs[k + self._shift], c[k]) for k in range(len(levs)) if 0 <= k + self._shift < len(levs)]
+        return SimpleNamespace(levels=[n for n, _ in named], centres_px=np.array([p for _, p in named]))
+
+
+@pytest.mark.parametrize("shift,expected", [(0, 1.0), (1, 0.0)])
+def test_right_level_rate_on_a_stub_detector(films, shift, expected):
+    from monai_spine.codecs.detection import vertebra_centres_px
+    from monai_spine.data.annotation import read_annotation
+
+    levels = get_region("cervical").levels
+    cs = []
+    for f in films[:2]:
+        ann = read_annotation(f)
+        c = vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme, boxes_px=ann.boxes_px)
+        cs.append(np.array([c[list(ann.levels).index(lev)] for lev in levels]))
+    # one level up: every centre lies in its neighbour's box, not in the named level's
+    assert right_level_rate(_StubDetector(cs, levels, shift), films[:2]) == pytest.approx(expected)
