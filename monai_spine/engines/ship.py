@@ -19,12 +19,13 @@ shipped). The models are trained on synthetic films only: the card says so.
 from __future__ import annotations
 
 import csv
+import json
 import shlex
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["train_shipped_regressor", "model_card", "merge_card"]
+__all__ = ["train_shipped_regressor", "extra_films_dataset", "model_card", "merge_card"]
 
 _METRICS = ("val_mean_mm", "val_median_mm", "val_scans_below_2.0mm", "val_sdr_2.0mm", "val_fit_failure_3.0mm")
 
@@ -149,12 +150,15 @@ def train_shipped_regressor(
     init_checkpoint: str = "",
     command: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
+    extra_films: int = 0,
+    extra_seed: int = 2000,
 ) -> dict[str, Any]:
     """Train, calibrate and test one regressor into ``model_dir``; return its record.
 
     ``refine_passes`` (the re-cuts in a detector's boxes, chosen with ``scripts/bench_refine.py``) is
     written into the spec before the validation films are predicted for the calibration, so the
-    calibration sees the predictions ``monai-spine predict`` makes.
+    calibration sees the predictions ``monai-spine predict`` makes. ``extra_films`` > 0 adds that many
+    films of generator seed ``extra_seed`` to the training split only (:func:`extra_films_dataset`).
 
     Raises:
         FileNotFoundError: a step left no output (names the file).
@@ -168,11 +172,20 @@ def train_shipped_regressor(
     model_dir = Path(model_dir).resolve()
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    data_text = (f"{n} synthetic lateral {region} radiographs of {size} x {size} px "
+                 f"(generator seed {data_seed}, hard-case rate {hard_case_rate}; the demo and the "
+                 f"benchmarks use seed 0, so their films are not this model's), split 70/15/15 by image; "
+                 f"flip augmentation p = {flip_prob:g}")
+    dataset_dir = ""
+    if extra_films:
+        dataset_dir = str(extra_films_dataset(work / "dataset-extra", region, n, data_seed, size, hard_case_rate,
+                                              extra_films, extra_seed))
+        data_text += f"; plus {extra_films} films of seed {extra_seed} in the training split only"
     ov: dict[str, Any] = {
         "region": region,
         "variant": variant,
         "seed": int(seed),
-        "dataset_dir": "",
+        "dataset_dir": dataset_dir,
         "synthetic#n": int(n),
         "synthetic#seed": int(data_seed),
         "flip_prob": float(flip_prob),
@@ -187,10 +200,7 @@ def train_shipped_regressor(
         "output_dir": str(work / "eval"),
         "show_progress": False,
         "train#handler#stats#iteration_log": False,
-        "model_spec#meta#data": f"{n} synthetic lateral {region} radiographs of {size} x {size} px "
-                                f"(generator seed {data_seed}, hard-case rate {hard_case_rate}; the demo and the "
-                                f"benchmarks use seed 0, so their films are not this model's), split 70/15/15 by image; "
-                                f"flip augmentation p = {flip_prob:g}",
+        "model_spec#meta#data": data_text,
         **(extra or {}),
     }
     t0 = time.time()
@@ -230,3 +240,29 @@ def train_shipped_regressor(
     card.write_text(merge_card(model_card(spec.to_dict(), metrics, calib, cmd, ref_mm), existing), encoding="utf-8")
     (model_dir / "train_state.pt").unlink(missing_ok=True)
     return {"metrics": metrics, "mean_shape_mm": ref_mm, "calibration": calib, "train_seconds": train_s}
+
+
+def extra_films_dataset(folder: str | Path, region: str, n: int, data_seed: int, size: int, hard_case_rate: float,
+                        extra_n: int, extra_seed: int) -> Path:
+    """A dataset folder whose training split adds ``extra_n`` synthetic films to the shipped split's.
+
+    The validation and test splits are those of the ``n`` films of ``data_seed`` (the bundle's seeded
+    split), so a model trained on the larger set is compared on the same held-out films; the extra films
+    (generator seed ``extra_seed``, same size and hard-case rate) join the training split only.
+
+    Returns:
+        ``folder``, holding only ``dataset.json`` (absolute label paths into the synthetic cache).
+    """
+    from monai_spine.data.datasets import bundle_splits, default_cache_dir, ensure_synthetic, list_cases
+
+    if int(extra_seed) == int(data_seed):
+        raise ValueError(f"extra_seed {extra_seed} equals data_seed: the extra films would repeat the held-out ones")
+    base = bundle_splits(None, region, int(n), int(data_seed), float(hard_case_rate), (int(size), int(size)))
+    extra = list_cases(ensure_synthetic(default_cache_dir(), region, int(extra_n), int(extra_seed),
+                                        float(hard_case_rate), (int(size), int(size))))["cases"]
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    index = {"region": region, "training": list(base["training"]) + list(extra), "validation": list(base["validation"]),
+             "test": list(base["test"])}
+    (out / "dataset.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+    return out

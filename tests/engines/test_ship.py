@@ -53,3 +53,19 @@ def test_merge_card_keeps_hand_written_sections(existing, expected):
     from monai_spine.engines.ship import merge_card
 
     assert merge_card(GENERATED, existing) == expected
+
+
+def test_extra_films_join_the_training_split_only(tmp_path, monkeypatch):
+    from monai_spine.data.datasets import bundle_splits, list_cases
+    from monai_spine.engines.ship import extra_films_dataset
+
+    monkeypatch.setenv("MONAI_SPINE_CACHE", str(tmp_path / "cache"))
+    base = bundle_splits(None, "lumbar", 10, 5, 0.0, (128, 128))
+    folder = extra_films_dataset(tmp_path / "ds", "lumbar", 10, 5, 128, 0.0, 4, 6)
+    got = list_cases(folder)
+    assert got["validation"] == base["validation"] and got["test"] == base["test"]  # the same held-out films
+    assert got["training"][: len(base["training"])] == base["training"]
+    extra = got["training"][len(base["training"]):]
+    assert len(extra) == 4 and not set(extra) & set(base["validation"] + base["test"] + base["training"])
+    with pytest.raises(ValueError, match="extra_seed"):
+        extra_films_dataset(tmp_path / "ds2", "lumbar", 10, 5, 128, 0.0, 4, 5)
