@@ -19,6 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def _network_overrides(args: argparse.Namespace) -> dict:
+    """Bundle overrides of the crop and network size given on the command line."""
+    ov: dict = {}
+    if args.crop:
+        ov["spatial_size"] = list(args.crop)
+    if args.width is not None:
+        ov["network_width"] = float(args.width)
+    if args.fc_features is not None:
+        ov["fc_features"] = int(args.fc_features)
+    return ov
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--region", choices=("cervical", "lumbar"), required=True)
@@ -31,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="flip augmentation with label swap (default 0: every synthetic patient faces left)")
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="crop (network input) height and width (default: the bundle's 112 224)")
+    p.add_argument("--width", type=float, default=None,
+                   help="network width multiplier (default: the bundle's 0.25; the paper's network is 1.0)")
+    p.add_argument("--fc-features", type=int, default=None, help="width of the head (default: the bundle's 256)")
     p.add_argument("--init", default="", help="initial checkpoint (lumbar: the cervical model)")
     p.add_argument("--refine-passes", type=int, default=0,
                    help="crop re-cuts in a detector's boxes, written into the spec before the calibration "
@@ -55,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                   init_checkpoint=args.init, command=command, data_seed=args.data_seed,
                                   flip_prob=args.flip_prob, refine_passes=args.refine_passes,
                                   extra_films=args.extra_films, extra_seed=args.extra_seed,
-                                  extra={"spatial_size": list(args.crop)} if args.crop else None)
+                                  extra=_network_overrides(args) or None)
     from monai_spine.engines.ship import _METRICS
 
     print(json.dumps({"metrics": {k: rec["metrics"].get(k) for k in _METRICS}, "mean_shape_mm": rec["mean_shape_mm"],
