@@ -25,6 +25,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "runs" / "both-framings"))
     p.add_argument("--epochs", type=int, default=75)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--width", type=float, default=None, help="network width (default: the bundle's 0.25)")
+    p.add_argument("--fc-features", type=int, default=None, help="head width (default: the bundle's 256)")
     args = p.parse_args(argv)
     import torch
 
@@ -53,7 +55,9 @@ def main(argv=None) -> int:
     rec = train_shipped_regressor("lumbar", model, out / "work", epochs=args.epochs,
                                   init_checkpoint=str(REPO / "bundle/models/cervical/regressor/model.pt"),
                                   command=["python", "scripts/bench_both_framings.py", *(argv or sys.argv[1:])],
-                                  extra={"spatial_size": [160, 320], "dataset_dir": str(out / "mix")})
+                                  extra={"spatial_size": [160, 320], "dataset_dir": str(out / "mix"),
+                                         **({"network_width": args.width} if args.width is not None else {}),
+                                         **({"fc_features": args.fc_features} if args.fc_features is not None else {})})
     print(f"trained in {rec['train_seconds']:.0f} s; test (annotation boxes) mean "
           f"{rec['metrics'].get('val_mean_mm', float('nan')):.2f} mm")
     link = out / "models" / "lumbar" / "detector"
