@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -42,6 +42,34 @@ class RefineRow:
                 f"{self.seconds_per_film:.2f}"]
 
 
+def _detected_films(labels: Sequence[str], detector_dir: str | os.PathLike, caller: str) -> Iterator[tuple[Any, np.ndarray, Any]]:
+    """``(annotation, (1, H, W) image, detection)`` of each film, the detector's boxes at the film's spacing.
+
+    Raises:
+        ValueError: a film has no pixel spacing (``caller`` reports mm).
+    """
+    from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.readers import read_xray
+    from monai_spine.inference.detector import VertebraDetector
+
+    detector = VertebraDetector.from_checkpoint(detector_dir)
+    for lab in labels:
+        ann = read_annotation(lab)
+        if ann.spacing_mm is None:
+            raise ValueError(f"{lab}: no pixel spacing; {caller} reports mm")
+        img = read_xray(ann.image).channel_first().astype(np.float32)
+        yield ann, img, detector.detect(img, ann.spacing_mm)
+
+
+def _same_levels(ann: Any, det: Any) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(detected row j, annotated row i, (K,) visible mask)`` of every level the detector output and the film annotates."""
+    at = {lev: i for i, lev in enumerate(ann.levels)}
+    for j, lev in enumerate(det.levels):
+        i = at.get(lev)
+        if i is not None:
+            yield j, i, np.asarray(ann.visible[i], bool)
+
+
 def refine_errors(labels: Sequence[str], regressor_dir: str | os.PathLike, detector_dir: str | os.PathLike,
                   passes: Sequence[int] = (0, 1, 2, 3), mc_samples: int = 10, seed: int = 0) -> list[RefineRow]:
     """Point errors of the regressor in the detector's boxes for each pass count.
@@ -61,20 +89,9 @@ def refine_errors(labels: Sequence[str], regressor_dir: str | os.PathLike, detec
     Raises:
         ValueError: a film has no pixel spacing (errors must be in mm).
     """
-    from monai_spine.data.annotation import read_annotation
-    from monai_spine.data.readers import read_xray
-    from monai_spine.inference.detector import VertebraDetector
     from monai_spine.inference.regressor import KeypointPredictor
 
-    detector = VertebraDetector.from_checkpoint(detector_dir)
-    films = []
-    for lab in labels:
-        ann = read_annotation(lab)
-        if ann.spacing_mm is None:
-            raise ValueError(f"{lab}: no pixel spacing; refine_errors reports mm")
-        img = read_xray(ann.image).channel_first().astype(np.float32)
-        det = detector.detect(img, ann.spacing_mm)
-        films.append((ann, img, det))
+    films = list(_detected_films(labels, detector_dir, "refine_errors"))
     rows = []
     for r in passes:
         predictor = KeypointPredictor.from_checkpoint(regressor_dir, refine_passes=int(r), num_samples=mc_samples,
@@ -84,12 +101,7 @@ def refine_errors(labels: Sequence[str], regressor_dir: str | os.PathLike, detec
             t0 = time.perf_counter()
             pred = predictor.predict(img, det.boxes_px, ann.spacing_mm)
             t += time.perf_counter() - t0
-            at = {lev: i for i, lev in enumerate(ann.levels)}
-            for j, lev in enumerate(det.levels):
-                i = at.get(lev)
-                if i is None:
-                    continue
-                vis = np.asarray(ann.visible[i], bool)
+            for j, i, vis in _same_levels(ann, det):
                 d = (pred.keypoints_px[j] - ann.keypoints_px[i]) * np.asarray(ann.spacing_mm, np.float64)
                 errs.extend(np.linalg.norm(d, axis=-1)[vis].tolist())
         rows.append(RefineRow(int(r), np.asarray(errs), t / max(len(films), 1)))
@@ -137,31 +149,17 @@ def recut_shift_signal(labels: Sequence[str], regressor_dir: str | os.PathLike, 
     Raises:
         ValueError: a film has no pixel spacing (errors must be in mm).
     """
-    from monai_spine.data.annotation import read_annotation
-    from monai_spine.data.readers import read_xray
-    from monai_spine.inference.detector import VertebraDetector
     from monai_spine.inference.regressor import KeypointPredictor
 
-    detector = VertebraDetector.from_checkpoint(detector_dir)
     p = KeypointPredictor.from_checkpoint(regressor_dir).refine_passes
     preds = [KeypointPredictor.from_checkpoint(regressor_dir, refine_passes=r, num_samples=mc_samples, seed=seed)
              for r in (max(p - 1, 0), p, p + 1)]
     out: dict[str, list] = {k: [] for k in ("error_mm", "sigma_aleatoric_mm", "sigma_epistemic_mm", "sigma_total_mm",
                                             "shift_prev_mm", "shift_next_mm")}
-    for lab in labels:
-        ann = read_annotation(lab)
-        if ann.spacing_mm is None:
-            raise ValueError(f"{lab}: no pixel spacing; recut_shift_signal reports mm")
+    for ann, img, det in _detected_films(labels, detector_dir, "recut_shift_signal"):
         sp = np.asarray(ann.spacing_mm, np.float64)
-        img = read_xray(ann.image).channel_first().astype(np.float32)
-        det = detector.detect(img, ann.spacing_mm)
         prev, now, nxt = (q.predict(img, det.boxes_px, ann.spacing_mm) for q in preds)
-        at = {lev: i for i, lev in enumerate(ann.levels)}
-        for j, lev in enumerate(det.levels):
-            i = at.get(lev)
-            if i is None:
-                continue
-            vis = np.asarray(ann.visible[i], bool)
+        for j, i, vis in _same_levels(ann, det):
             dist = lambda a, b: np.linalg.norm((a - b) * sp, axis=-1)[vis]  # noqa: E731
             out["error_mm"] += dist(now.keypoints_px[j], ann.keypoints_px[i]).tolist()
             for kind in ("aleatoric", "epistemic", "total"):
