@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_REGION_ORDER",
     "resolve_models",
     "load_weights",
+    "read_state_dict",
     "load_thresholds",
 ]
 
@@ -216,17 +217,29 @@ def load_weights(network: "torch.nn.Module", checkpoint: str | os.PathLike) -> "
     Raises:
         FileNotFoundError: no checkpoint at ``checkpoint`` (train first, or pass ``--checkpoint``).
     """
+    state = read_state_dict(checkpoint, "train the bundle first or pass --checkpoint")
+    target = network.module if hasattr(network, "module") else network
+    target.load_state_dict(state)
+    return network
+
+
+def read_state_dict(checkpoint: str | os.PathLike, hint: str = "") -> Any:
+    """The weights in ``checkpoint``: a bare state dict, or the ``"model"`` entry of a bundle checkpoint.
+
+    Loaded with ``torch.load(weights_only=True)`` on the CPU: a checkpoint file cannot run code.
+
+    Raises:
+        FileNotFoundError: no file at ``checkpoint`` (``hint`` is appended to the message).
+    """
     import torch
 
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train the bundle first or pass --checkpoint")
+        raise FileNotFoundError(f"checkpoint {path} does not exist" + (f": {hint}" if hint else ""))
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    target = network.module if hasattr(network, "module") else network
-    target.load_state_dict(state)
-    return network
+    return state
 
 
 def load_thresholds(path: str | os.PathLike | None):

@@ -477,14 +477,11 @@ def _region_of(levels: Sequence[str], scheme: str) -> str:
 
 def _load_thresholds(path: str | os.PathLike | None, checkpoint: Path) -> Any:
     """Thresholds from ``path`` (must exist), else ``thresholds.json`` beside the checkpoint, else the paper's."""
-    from monai_spine.uncertainty.classes import PAPER_THRESHOLDS, Thresholds
+    from monai_spine.inference.model_zoo import load_thresholds
 
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"thresholds file {path} does not exist")
-        return Thresholds.load(path)
-    beside = checkpoint.parent / "thresholds.json"
-    return Thresholds.load(beside) if beside.is_file() else PAPER_THRESHOLDS
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"thresholds file {path} does not exist")
+    return load_thresholds(checkpoint.parent / "thresholds.json" if path is None else path)
 
 
 def _load_conformal(path: str | os.PathLike | None, checkpoint: Path) -> Any:

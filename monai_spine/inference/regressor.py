@@ -222,12 +222,10 @@ def load_regressor_weights(network: torch.nn.Module, checkpoint: str | os.PathLi
         ValueError: the weights do not fit the network, in one line naming the file and the first
             mismatching tensors (not PyTorch's page-long message).
     """
+    from monai_spine.inference.model_zoo import read_state_dict
+
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
+    state = read_state_dict(path)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a state dict")
     own = network.state_dict()
