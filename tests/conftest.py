@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# helper modules shared by test files (e.g. corner_cases.py): the tests run with --import-mode=importlib,
+# which puts no test folder on sys.path; appended, so no installed package is shadowed by a test folder
+sys.path.append(str(Path(__file__).resolve().parent))
 
 
 def shared_data_dir() -> Path:

@@ -19,29 +19,14 @@ from monai_spine.engines.heatmap import (
     heatmap_cases,
     heatmap_datalists,
 )
-from monai_spine.inference.corners import CornerPrior
-from monai_spine.inference.heatmap import HeatmapModelSpec
-
-W, H = 40.0, 30.0
-OFFSETS = np.array([[-W / 2, -H / 2], [W / 2, -H / 2], [-W / 2, H / 2], [W / 2, H / 2]])
-LEVELS = ["C3", "C4", "C5", "C6"]
-
-
-def rect_keypoints(n=4, x=100.0, y0=60.0, step=50.0, jitter=None):
-    kp = np.zeros((n, 5, 2))
-    for i in range(n):
-        c = np.array([x, y0 + step * i])
-        kp[i, :4] = OFFSETS * (1.0 if jitter is None else jitter[i]) + c
-        kp[i, 4] = c + [W, 0.0]
-    return kp
-
-
-def dot_image(points, shape=(300, 200), sigma=1.5):
-    ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]]
-    img = np.zeros(shape)
-    for x, y in np.asarray(points).reshape(-1, 2):
-        img += np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma**2))
-    return img
+from corner_cases import (
+    corner_prior as _prior,
+    dot_image,
+    heatmap_spec as _spec,
+    LEVELS,
+    OFFSETS,
+    rect_keypoints,
+)
 
 
 def case(kp, image_id=0, select=None, outlines=True):
@@ -114,15 +99,6 @@ def test_size_ratio_prior_and_spec_from_rectangles():
     assert fit_heatmap_model(cases, "cervical", use_prior=False).prior is None
     with pytest.raises(ValueError, match="two usable"):
         fit_size_ratio([case(rect_keypoints(n=1))])
-
-
-def _spec(prior):
-    return HeatmapModelSpec(size_ratio=0.7, out_size=64, grid=(2, 0.1), scales=(2.0,), rotations_deg=(0.0,),
-                            network={"width": 2}, prior=prior)
-
-
-def _prior():
-    return CornerPrior(OFFSETS / 35.0, np.stack([np.eye(2) * 0.05**2] * 4), count=10)
 
 
 def test_experiment_params_are_flat():

@@ -7,25 +7,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from monai.data import list_data_collate
 
 from monai_spine.handlers.corners import CornerErrorHandler
-from monai_spine.inference.corners import CornerPrior
-from monai_spine.inference.heatmap import HeatmapModelSpec
 from monai_spine.transforms.patches import CornerPatchesd
-
-W, H = 40.0, 30.0
-OFFSETS = np.array([[-W / 2, -H / 2], [W / 2, -H / 2], [-W / 2, H / 2], [W / 2, H / 2]])
-LEVELS = ["C3", "C4", "C5", "C6"]
-
-
-def rect_keypoints(n=4, x=100.0, y0=60.0, step=50.0, jitter=None):
-    kp = np.zeros((n, 5, 2))
-    for i in range(n):
-        c = np.array([x, y0 + step * i])
-        kp[i, :4] = OFFSETS * (1.0 if jitter is None else jitter[i]) + c
-        kp[i, 4] = c + [W, 0.0]
-    return kp
+from corner_cases import (
+    corner_prior as _prior,
+    heatmap_spec as _spec,
+    LEVELS,
+    rect_keypoints,
+    run_handler as _run_handler,
+)
 
 
 def case(kp, image_id=0, select=None, outlines=True):
@@ -36,27 +27,6 @@ def case(kp, image_id=0, select=None, outlines=True):
         "outlines_px": [k[[0, 1, 3, 2]] for k in kp[:, :4]] if outlines else [np.zeros((0, 2))] * n,
         "image_id": image_id, "scheme": "lateral5",
     }
-
-
-def _spec(prior):
-    return HeatmapModelSpec(size_ratio=0.7, out_size=64, grid=(2, 0.1), scales=(2.0,), rotations_deg=(0.0,),
-                            network={"width": 2}, prior=prior)
-
-
-def _prior():
-    return CornerPrior(OFFSETS / 35.0, np.stack([np.eye(2) * 0.05**2] * 4), count=10)
-
-
-def _run_handler(handler, patches, maps, batch_size):
-    engine = SimpleNamespace(state=SimpleNamespace(metrics={}, batch=None, output=None))
-    handler._engine = engine
-    handler.reset()
-    for i in range(0, len(patches), batch_size):
-        batch = list_data_collate(patches[i : i + batch_size])
-        engine.state.batch = batch
-        engine.state.output = {"pred": torch.as_tensor(maps[i : i + batch_size])}
-        handler.iteration_completed(engine)
-    return handler.compute(), engine.state.metrics
 
 
 def test_handler_with_perfect_maps_recovers_corners_and_bc_one():

@@ -6,18 +6,7 @@ import numpy as np
 import pytest
 
 from monai_spine.metrics.corners import CornerErrorAccumulator, corner_errors, point_to_curve_distance
-
-W, H = 40.0, 30.0
-OFFSETS = np.array([[-W / 2, -H / 2], [W / 2, -H / 2], [-W / 2, H / 2], [W / 2, H / 2]])
-
-
-def rect_keypoints(n=4, x=100.0, y0=60.0, step=50.0, jitter=None):
-    kp = np.zeros((n, 5, 2))
-    for i in range(n):
-        c = np.array([x, y0 + step * i])
-        kp[i, :4] = OFFSETS * (1.0 if jitter is None else jitter[i]) + c
-        kp[i, 4] = c + [W, 0.0]
-    return kp
+from corner_cases import rect_keypoints
 
 
 @pytest.mark.parametrize(
