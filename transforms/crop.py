@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+import math
+
 import cv2
 import numpy as np
 import torch
@@ -40,6 +42,19 @@ __all__ = [
 ]
 
 
+def _angle(angle_rad: Any) -> float:
+    """A box's turn in radians as a float: 0.0 for None or NaN; ``ValueError`` for anything not one number."""
+    if angle_rad is None:
+        return 0.0
+    try:
+        a = np.asarray(convert_to_numpy(angle_rad), dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"angle_rad: expected one number (radians), got {angle_rad!r}") from None
+    if a.shape != (1,):
+        raise ValueError(f"angle_rad: expected one number (radians), got shape {a.shape}")
+    return float(a[0]) if np.isfinite(a[0]) else 0.0
+
+
 _BORDER = {"constant": cv2.BORDER_CONSTANT, "zeros": cv2.BORDER_CONSTANT, "replicate": cv2.BORDER_REPLICATE,
            "border": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT_101}
 
@@ -50,7 +65,10 @@ class VertebraCrop(Transform):
     Geometry (all in image pixels, pixel centres at integers, box edges as continuous coordinates):
 
     1. box ``(x0, y0, x1, y1)``: ``box_px`` if given and finite, else the min/max of the visible
-       finite keypoints (at least 1 px wide and high, about its centre);
+       finite keypoints (at least 1 px wide and high, about its centre); with an ``angle_rad`` the box
+       is turned by that angle about its centre (its width along ``(cos a, sin a)``), and a box built
+       from keypoints is their min/max along the turned axes, so the crop shows the vertebra in that
+       frame (for example the spine's own frame, rotated with the line of the vertebra centres);
     2. a margin on every side: ``margin_mm / sx`` (x) and ``margin_mm / sy`` (y) px when the spacing
        is known, else ``margin_frac`` of the box width (x) and height (y) (``crop_margin_source``
        says which: ``"mm"`` or ``"frac"``);
@@ -63,7 +81,9 @@ class VertebraCrop(Transform):
 
     The ``crop_to_image`` affine maps crop pixel ``(u, v)`` to ``x = x0 + (u + 0.5) * bw / W``,
     ``y = y0 + (v + 0.5) * bh / H`` (``bw = x1 - x0``), so fractions ``(u + 0.5) / W`` are positions
-    inside the box.
+    inside the box (with an angle, these positions are then turned about the box centre). With a known
+    spacing and an angle, the millimetres per pixel along the turned axes are
+    ``hypot(cos a * sx, sin a * sy)`` (width) and ``hypot(sin a * sx, cos a * sy)`` (height).
 
     Args:
         spatial_size: output ``(H, W)``: height first. The default ``(224, 448)`` is 224 rows by 448
@@ -105,6 +125,7 @@ class VertebraCrop(Transform):
         spacing_mm: Any = None,
         pad_mm: Sequence[float] | None = None,
         pad_frac: Sequence[float] | None = None,
+        angle_rad: Any = None,
     ) -> dict[str, Any]:
         """Compute the crop box and affines.
 
@@ -116,9 +137,12 @@ class VertebraCrop(Transform):
             spacing_mm: ``(sx, sy)``; None/NaN/zero means unknown.
             pad_mm: extra ``(left, top, right, bottom)`` mm (known spacing only).
             pad_frac: extra ``(left, top, right, bottom)`` fractions of the box size (unknown spacing).
+            angle_rad: the box's turn about its centre, radians (positive turns the box's width axis
+                from +x towards +y); None, NaN or 0: an axis-aligned box.
 
         Returns:
-            dict with ``crop_box_px`` (4,) final box, ``crop_to_image`` (3, 3) float64,
+            dict with ``crop_box_px`` (4,) final box (before its turn about its centre),
+            ``crop_angle_rad`` (float), ``crop_to_image`` (3, 3) float64,
             ``crop_spacing_mm`` (2,) (NaN if unknown), ``crop_margin_px`` (2,) margin (x, y) px,
             ``crop_margin_source`` ``"mm"``/``"frac"``; and when keypoints are given
             ``keypoints_crop_px`` and ``keypoints_frac`` (same shape and type as the keypoints).
@@ -128,6 +152,11 @@ class VertebraCrop(Transform):
         """
         h_out, w_out = self.spatial_size
         sp = _known_spacing(spacing_mm)
+        angle = _angle(angle_rad)
+        cos_a, sin_a = math.cos(angle), math.sin(angle)
+        rot = np.array([[cos_a, -sin_a], [sin_a, cos_a]])  # frame -> image directions
+        if sp is not None and angle != 0.0:  # mm per pixel along the turned axes
+            sp = np.array([math.hypot(cos_a * sp[0], sin_a * sp[1]), math.hypot(sin_a * sp[0], cos_a * sp[1])])
         box = None
         if box_px is not None:
             b = np.asarray(convert_to_numpy(box_px), dtype=np.float64).reshape(-1)
@@ -154,9 +183,16 @@ class VertebraCrop(Transform):
             if not np.any(ok):
                 raise ValueError("VertebraCrop: no visible finite keypoint and no box_px: cannot place the crop")
             p = pts[ok]
-            box = np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])
+            if angle == 0.0:
+                box = np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])
+            else:  # min/max along the turned axes, the centre back in image pixels
+                q = p @ rot
+                q0, q1 = q.min(axis=0), q.max(axis=0)
+                c_img, half = rot @ (0.5 * (q0 + q1)), 0.5 * (q1 - q0)
+                box = np.concatenate([c_img - half, c_img + half])
         x0, y0, x1, y1 = (float(v) for v in box)
-        cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)
+        cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)  # the box centre in image pixels
+        centre = np.array([cx, cy])  # the turn's pivot: padding then moves the crop along the turned axes
         bw, bh = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
         x0, x1, y0, y1 = cx - bw / 2, cx + bw / 2, cy - bh / 2, cy + bh / 2
 
@@ -189,8 +225,14 @@ class VertebraCrop(Transform):
         a = np.array(
             [[bw / w_out, 0.0, x0 + 0.5 * bw / w_out], [0.0, bh / h_out, y0 + 0.5 * bh / h_out], [0.0, 0.0, 1.0]]
         )
+        if angle != 0.0:  # turn the crop about the box centre
+            turn = np.eye(3)
+            turn[:2, :2] = rot
+            turn[:2, 2] = centre - rot @ centre
+            a = turn @ a
         out: dict[str, Any] = {
             "crop_box_px": np.array([x0, y0, x1, y1], dtype=np.float64),
+            "crop_angle_rad": angle,
             "crop_to_image": a,
             "crop_spacing_mm": (
                 np.array([sp[0] * bw / w_out, sp[1] * bh / h_out]) if sp is not None else np.full(2, np.nan)
@@ -242,9 +284,10 @@ class VertebraCrop(Transform):
         spacing_mm: Any = None,
         pad_mm: Sequence[float] | None = None,
         pad_frac: Sequence[float] | None = None,
+        angle_rad: Any = None,
     ) -> tuple[Any, dict[str, Any]]:
         """Return ``(crop, geometry)``; see :meth:`geometry` and :meth:`resample`."""
-        geom = self.geometry(keypoints_px, visible, box_px, spacing_mm, pad_mm, pad_frac)
+        geom = self.geometry(keypoints_px, visible, box_px, spacing_mm, pad_mm, pad_frac, angle_rad)
         return self.resample(image, geom["crop_to_image"]), geom
 
 
@@ -256,19 +299,20 @@ class VertebraCropd(MapTransform, InvertibleTransform):
     Input sample: ``keys`` images ``(C, H, W)`` (all resampled with the same geometry),
     ``keypoints_key`` ``(K, 2)`` image px (optional when a box is given), ``visible_key`` ``(K,)``,
     ``box_key`` ``(4,)`` detected box (optional; NaN = absent), ``spacing_key`` ``(sx, sy)`` (NaN
-    when unknown). Missing keypoint/visible/box/spacing entries are treated as absent.
+    when unknown), ``angle_key`` the box's turn about its centre in radians (optional; absent, NaN
+    or 0: axis-aligned). Missing keypoint/visible/box/spacing/angle entries are treated as absent.
 
     Output: the images replaced by the ``(C, *spatial_size)`` crops; ``crop_keypoints_key``
     (default ``"keypoints_crop_px"``) and ``frac_keypoints_key`` (``"keypoints_frac"``, fractions
     ``(x_crop + 0.5) / W``) when keypoints are present; ``"crop_to_image"`` (3, 3) float64 affine
     from homogeneous crop pixels to image pixels; ``"crop_box_px"`` (4,); ``"crop_spacing_mm"``
-    (2,) (NaN if unknown); ``"crop_margin_px"`` (2,) and ``"crop_margin_source"`` (``"mm"`` or
+    (2,) (NaN if unknown); ``"crop_angle_rad"``; ``"crop_margin_px"`` (2,) and ``"crop_margin_source"`` (``"mm"`` or
     ``"frac"``, the latter when the spacing is unknown). ``keypoints_key`` is left in image pixels.
 
     Args:
         keys: image keys to crop.
         spatial_size, margin_mm, margin_frac, keep_aspect, padding_mode, cval: see :class:`VertebraCrop`.
-        keypoints_key, visible_key, box_key, spacing_key: input keys.
+        keypoints_key, visible_key, box_key, spacing_key, angle_key: input keys.
         crop_keypoints_key, frac_keypoints_key: output keys for the keypoints.
         allow_missing_keys: skip absent image keys instead of raising ``KeyError``.
 
@@ -295,6 +339,7 @@ class VertebraCropd(MapTransform, InvertibleTransform):
         crop_keypoints_key: str = "keypoints_crop_px",
         frac_keypoints_key: str = "keypoints_frac",
         allow_missing_keys: bool = False,
+        angle_key: str | None = "box_angle_rad",
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         self.cropper = VertebraCrop(spatial_size, margin_mm, margin_frac, keep_aspect, padding_mode, cval)
@@ -304,6 +349,7 @@ class VertebraCropd(MapTransform, InvertibleTransform):
         self.spacing_key = spacing_key
         self.crop_keypoints_key = crop_keypoints_key
         self.frac_keypoints_key = frac_keypoints_key
+        self.angle_key = angle_key
 
     @property
     def spatial_size(self) -> tuple[int, int]:
@@ -323,7 +369,8 @@ class VertebraCropd(MapTransform, InvertibleTransform):
 
         keypoints = get(self.keypoints_key)
         geom = self.cropper.geometry(
-            keypoints, get(self.visible_key), get(self.box_key), get(self.spacing_key), pad_mm, pad_frac
+            keypoints, get(self.visible_key), get(self.box_key), get(self.spacing_key), pad_mm, pad_frac,
+            get(self.angle_key),
         )
         for key in self.key_iterator(d):
             d[key] = self.cropper.resample(d[key], geom["crop_to_image"])
@@ -383,10 +430,12 @@ class RandVertebraCropd(RandomizableTransform, VertebraCropd):
         crop_keypoints_key: str = "keypoints_crop_px",
         frac_keypoints_key: str = "keypoints_frac",
         allow_missing_keys: bool = False,
+        angle_key: str | None = "box_angle_rad",
     ) -> None:
         VertebraCropd.__init__(
             self, keys, spatial_size, margin_mm, margin_frac, keep_aspect, padding_mode, cval, keypoints_key,
             visible_key, box_key, spacing_key, crop_keypoints_key, frac_keypoints_key, allow_missing_keys,
+            angle_key,
         )
         RandomizableTransform.__init__(self, prob)
         self.rand_pad_mm = self._range(rand_pad_mm, "rand_pad_mm")

@@ -15,6 +15,7 @@ One JSON file describes the vertebra keypoints of one image; see ``docs/formats.
          "keypoints_px": [[x, y], ...],         # K points, (x, y), null for a missing point
          "visible": [true, ...],
          "box_px": [x0, y0, x1, y1],            # optional
+         "box_angle_rad": 0.0,                  # optional: box_px turned about its centre (radians)
          "outline_px": [[x, y], ...]},          # optional: vertebral-body outline (closed curve)
         ...
       ],
@@ -84,6 +85,8 @@ class SpineAnnotation:
         spacing_mm: (sx, sy) mm per pixel, or None when unknown.
         spacing_source: one of :data:`SPACING_SOURCES`.
         boxes_px: (N, 4) float array ``x0, y0, x1, y1`` or None.
+        box_angles_rad: (N,) turn of each box about its centre in radians (its width axis along
+            ``(cos a, sin a)``; a crop in the vertebra's own frame), or None: axis-aligned boxes.
         outlines_px: N arrays of shape (M_i, 2) (vertebral-body outlines) or None.
         meta: free-form dictionary (JSON-serialisable).
     """
@@ -98,6 +101,7 @@ class SpineAnnotation:
     spacing_mm: tuple[float, float] | None = None
     spacing_source: str = "unknown"
     boxes_px: np.ndarray | None = None
+    box_angles_rad: np.ndarray | None = None
     outlines_px: list[np.ndarray] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -140,6 +144,13 @@ class SpineAnnotation:
             self.boxes_px = np.asarray(self.boxes_px, dtype=np.float64)
             if self.boxes_px.shape != (len(self.levels), 4):
                 raise AnnotationError(f"{name}: boxes_px shape {self.boxes_px.shape}, expected ({len(self.levels)}, 4)")
+        if self.box_angles_rad is not None:
+            if self.boxes_px is None:
+                raise AnnotationError(f"{name}: box_angles_rad given without boxes_px")
+            self.box_angles_rad = np.asarray(self.box_angles_rad, dtype=np.float64)
+            if self.box_angles_rad.shape != (len(self.levels),) or not np.all(np.isfinite(self.box_angles_rad)):
+                raise AnnotationError(f"{name}: box_angles_rad must be {len(self.levels)} finite numbers (radians), "
+                                      f"got shape {self.box_angles_rad.shape}")
         if self.outlines_px is not None:
             outlines = [np.asarray(o, dtype=np.float64) for o in self.outlines_px]
             if len(outlines) != len(self.levels) or any(o.ndim != 2 or o.shape[1] != 2 for o in outlines):
@@ -202,6 +213,8 @@ class SpineAnnotation:
             v: dict[str, Any] = {"level": lev, "keypoints_px": pts, "visible": [bool(b) for b in self.visible[i]]}
             if self.boxes_px is not None:
                 v["box_px"] = [float(b) if np.isfinite(b) else None for b in self.boxes_px[i]]
+            if self.box_angles_rad is not None:
+                v["box_angle_rad"] = float(self.box_angles_rad[i])
             if self.outlines_px is not None:
                 v["outline_px"] = np.asarray(self.outlines_px[i], dtype=float).round(3).tolist()
             verts.append(v)
@@ -253,7 +266,7 @@ class SpineAnnotation:
         k = sch.num_points
         kp = np.full((len(verts), k, 2), np.nan)
         vis = np.zeros((len(verts), k), dtype=bool)
-        levels, boxes, outlines = [], [], []
+        levels, boxes, angles, outlines = [], [], [], []
         for i, v in enumerate(verts):
             where = f"{source}: vertebrae[{i}]"
             if not isinstance(v, dict) or "level" not in v or "keypoints_px" not in v:
@@ -285,6 +298,7 @@ class SpineAnnotation:
                 raise AnnotationError(f"{where}: 'level' must be a string, got {v['level']!r}")
             levels.append(v["level"])
             boxes.append(v.get("box_px"))
+            angles.append(v.get("box_angle_rad"))
             outlines.append(v.get("outline_px"))
         boxes_arr = None
         if verts and all(b is not None for b in boxes):
@@ -294,6 +308,12 @@ class SpineAnnotation:
                 raise AnnotationError(f"{source}: every 'box_px' must be [x0, y0, x1, y1]") from None
             if boxes_arr.shape != (len(verts), 4):
                 raise AnnotationError(f"{source}: every 'box_px' must be [x0, y0, x1, y1]")
+        angles_arr = None
+        if any(a is not None for a in angles):
+            if boxes_arr is None or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in angles):
+                raise AnnotationError(f"{source}: 'box_angle_rad' must be a number (radians) on every vertebra, "
+                                      "each with a 'box_px'")
+            angles_arr = np.asarray(angles, dtype=np.float64)
         outlines_list = None
         if verts and all(o is not None for o in outlines):
             try:
@@ -328,6 +348,7 @@ class SpineAnnotation:
                 spacing_mm=tuple(d["spacing_mm"]) if d.get("spacing_mm") is not None else None,
                 spacing_source=d.get("spacing_source", "unknown" if d.get("spacing_mm") is None else "sidecar"),
                 boxes_px=boxes_arr,
+                box_angles_rad=angles_arr,
                 outlines_px=outlines_list,
                 meta=meta,
             )

@@ -165,7 +165,8 @@ def vertebra_items(label_paths: Sequence[str], region: str | None = None, image_
 
     Returns:
         dicts with ``image`` (path), ``keypoints_px`` (K, 2) float32, ``visible`` (K,) bool,
-        ``box_px`` (4,) float32, ``level``, ``level_index`` (index in the region's levels),
+        ``box_px`` (4,) float32, ``box_angle_rad`` (the box's turn about its centre, 0.0 for an
+        axis-aligned box), ``level``, ``level_index`` (index in the region's levels),
         ``image_id``, ``scheme``, ``label_path`` and, where the annotation records one and the image
         file cannot (PNG/JPEG), ``sidecar_spacing_mm``.
 
@@ -189,6 +190,7 @@ def vertebra_items(label_paths: Sequence[str], region: str | None = None, image_
                 "keypoints_px": ann.keypoints_px[j].astype(np.float32),
                 "visible": ann.visible[j].copy(),
                 "box_px": boxes[j].astype(np.float32),
+                "box_angle_rad": float(ann.box_angles_rad[j]) if ann.box_angles_rad is not None else 0.0,
                 "level": level,
                 "level_index": levels.index(level),
                 "image_id": image_id_offset + i,

@@ -55,6 +55,10 @@ def _assert_same(a, b):
         assert b.boxes_px is None
     else:
         np.testing.assert_array_equal(a.boxes_px, b.boxes_px)
+    if a.box_angles_rad is None:
+        assert b.box_angles_rad is None
+    else:
+        np.testing.assert_array_equal(a.box_angles_rad, b.box_angles_rad)
     if a.outlines_px is None:
         assert b.outlines_px is None
     else:
@@ -71,6 +75,7 @@ def _assert_same(a, b):
         {"spacing_mm": None, "spacing_source": "unknown"},
         {"boxes_px": None, "outlines_px": None, "meta": {}},
         {"image_size": None},
+        {"box_angles_rad": np.array([0.125, -0.3])},
     ],
 )
 def test_write_read_round_trip(tmp_path, kw):
@@ -213,6 +218,9 @@ def test_non_object_and_invalid_json(tmp_path):
         ({"keypoints_px": np.zeros((2, 4, 2))}, "expected 5 points per vertebra"),
         ({"visible": np.ones((2, 4), bool)}, "visibility mask shape"),
         ({"boxes_px": np.zeros((2, 3))}, r"boxes_px shape \(2, 3\)"),
+        ({"box_angles_rad": [0.1]}, r"box_angles_rad must be 2 finite numbers"),
+        ({"box_angles_rad": [0.1, float("nan")]}, r"box_angles_rad must be 2 finite numbers"),
+        ({"boxes_px": None, "box_angles_rad": [0.1, 0.2]}, "box_angles_rad given without boxes_px"),
         ({"spacing_mm": (0.1, float("nan"))}, "two positive numbers"),
         ({"spacing_mm": None, "spacing_source": "PixelSpacing"}, "spacing_mm is missing"),
     ],
@@ -340,3 +348,31 @@ def test_duplicate_levels_rejected():
 def test_spacing_override_is_the_annotations_spacing_except_for_dicom(image, spacing, expected):
     kw = {"spacing_mm": spacing, "spacing_source": "sidecar" if spacing else "unknown"}
     assert _ann(image=image, **kw).spacing_override_mm == expected
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d["vertebrae"][0].__setitem__("box_angle_rad", 0.2),  # only one vertebra has an angle
+        lambda d: [v.__setitem__("box_angle_rad", "0.2") for v in d["vertebrae"]],  # not a number
+        lambda d: [v.__setitem__("box_angle_rad", True) for v in d["vertebrae"]],
+        lambda d: [(v.__setitem__("box_angle_rad", 0.1), v.pop("box_px")) for v in d["vertebrae"]],  # no box
+    ],
+)
+def test_box_angles_need_a_number_and_a_box_on_every_vertebra(edit):
+    d = _ann().to_dict()
+    edit(d)
+    with pytest.raises(AnnotationError, match="f.json: 'box_angle_rad'"):
+        SpineAnnotation.from_dict(d, source="f.json")
+
+
+def test_box_angle_is_written_per_vertebra_and_reaches_the_datalist(tmp_path):
+    from monai_spine.data.datasets import vertebra_items
+
+    ann = _ann(image=str(tmp_path / "a.png"), box_angles_rad=np.array([0.25, -0.5]))
+    write_annotation(ann, tmp_path / "a.json")
+    assert [v["box_angle_rad"] for v in json.loads((tmp_path / "a.json").read_text())["vertebrae"]] == [0.25, -0.5]
+    assert [it["box_angle_rad"] for it in vertebra_items([tmp_path / "a.json"])] == [0.25, -0.5]
+    write_annotation(_ann(image=str(tmp_path / "a.png")), tmp_path / "b.json")
+    assert "box_angle_rad" not in json.loads((tmp_path / "b.json").read_text())["vertebrae"][0]
+    assert [it["box_angle_rad"] for it in vertebra_items([tmp_path / "b.json"])] == [0.0, 0.0]
