@@ -54,6 +54,7 @@ from monai_spine.evaluation.report_figures import (
     _class_groups,
     _figures,
     _finite,
+    figure_html,
     _rank_units,
     _samples,
 )
@@ -337,15 +338,12 @@ def report_cli(
         + "</tr>"
         for m, s in summaries.items()
     )
-    fig_html = "".join(
-        f'<section><h3>{html.escape(t)}</h3><img src="{html.escape(f)}" alt="{html.escape(t)}"></section>'
-        for t, f in figs
-    )
+    fig_html = "".join(figure_html(t, f, out_dir) for t, f in figs)  # shown at their saved size, never stretched
     samples = "".join(_samples(m, p, out_dir, n_samples) for m, p in pts.items())
     text = (
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>monai-spine report</title>"
         "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #999;"
-        "padding:2px 6px}img{max-width:100%}section img{max-width:min(100%,70em)}.crops figure{display:inline-block;margin:4px}"
+        "padding:2px 6px}img{max-width:100%;height:auto}section img{max-width:min(100%,70em)}.crops figure{display:inline-block;margin:4px}"
         ".crops img{max-height:200px}</style></head><body>\n"
         f"<h1>monai-spine report</h1>\n<p>Errors in <b>{unit}</b>"
         + (" (pixel spacing unknown for some case)" if unit == "px" else "")

@@ -97,11 +97,12 @@ def test_report_html_figures_and_numbers(report_case):
         path = root / "out" / f
         assert path.is_file(), f
         assert path.read_bytes()[:8] == PNG_MAGIC, f
-    # most / least certain vertebrae: crops for modelA (overlay for every case)
-    assert any(f.startswith("crop_modelA_certain_") for f in imgs)
-    assert any(f.startswith("crop_modelA_uncertain_") for f in imgs)
-    # modelB has no overlay for case 0 (its most certain vertebrae): listed as such
-    assert "(no overlay)" in text
+    # most / least certain vertebrae: crops cut from the films (which the predictions name), with or without
+    # an overlay (modelB has none for case 0, its most certain vertebrae)
+    for m in MODELS:
+        assert any(f.startswith(f"crop_{m}_certain_") for f in imgs), m
+        assert any(f.startswith(f"crop_{m}_uncertain_") for f in imgs), m
+    assert "(no film or overlay)" not in text
     for m, scale in MODELS.items():
         for col, val in _expected(ann_paths, scale).items():
             assert _cell(text, m, col) == f"{val:.3f}", (m, col)
@@ -341,21 +342,23 @@ def test_summary_column_titles_carry_the_unit(col, unit, title):
     assert _column_title(col, unit) == title
 
 
-@pytest.mark.parametrize("sigma_frac, sigma_mm, label", [
-    (np.full(8, 0.02), np.full(8, 0.5), "sigma_p (crop fraction)"),  # the regressor: the paper's units
-    (np.full(8, np.nan), np.linspace(0.5, 1.5, 8), "sigma_p (mm)"),  # the corner FCN has no crop fraction
+@pytest.mark.parametrize("sigma_frac, sigma_mm, thr_units, label", [
+    (np.full(8, 0.02), np.full(8, 0.5), "frac", "sigma_p (crop fraction)"),  # the regressor: the paper's units
+    (np.full(8, 0.02), np.full(8, 0.5), "mm", "sigma_p (mm)"),  # ... calibrated in mm: as the 2D histogram
+    (np.full(8, np.nan), np.linspace(0.5, 1.5, 8), "mm", "sigma_p (mm)"),  # the corner FCN has no crop fraction
+    (np.full(8, np.nan), np.linspace(0.5, 1.5, 8), "frac", "sigma_p (mm)"),  # ... even under the paper's thresholds
 ])
-def test_sigma_kde_uses_the_units_the_model_has(sigma_frac, sigma_mm, label, tmp_path, monkeypatch):
+def test_sigma_kde_uses_the_units_the_model_has(sigma_frac, sigma_mm, thr_units, label, tmp_path, monkeypatch):
     from monai_spine.evaluation import report_figures as report
     from monai_spine.evaluation.matching import MatchedPoints
 
     drawn = []
     monkeypatch.setattr(report, "_kde_line", lambda ax, v, t, c: drawn.append(np.asarray(v)))
-    labels = []
+    labels = {}
     real = report._save
 
     def save(fig, path):
-        labels.extend(ax.get_xlabel() for ax in fig.axes)
+        labels[path.name] = [(ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes]
         return real(fig, path)
 
     monkeypatch.setattr(report, "_save", save)
@@ -365,8 +368,10 @@ def test_sigma_kde_uses_the_units_the_model_has(sigma_frac, sigma_mm, label, tmp
                         error_unit="mm")
     from monai_spine.uncertainty.classes import Thresholds
 
-    report._figures({"m": pts}, tmp_path, "mm", None, {"m": Thresholds(0.5, 1.0, units="mm")})
-    assert label in labels
+    tau = (0.5, 1.0) if thr_units == "mm" else (0.0087, 0.0097)
+    report._figures({"m": pts}, tmp_path, "mm", None, {"m": Thresholds(*tau, units=thr_units)})
+    assert labels["kde_sigma.png"][0][0] == label
+    assert labels["error_vs_sigma.png"][0][1] == label  # the 2D histogram beside it: the same sigma_p
     assert len(drawn) == 2 and all(np.isfinite(d).all() and d.size for d in drawn)
 
 
