@@ -35,7 +35,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    from monai_spine.bench.aasce import AasceBenchSettings
+    from monai_spine.bench.aasce import REGRESSOR_BOXES, AasceBenchSettings
 
     d = AasceBenchSettings()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regressor-width", type=float, default=d.regressor_width)
     p.add_argument("--crop", type=int, nargs=2, default=list(d.crop), metavar=("H", "W"))
     p.add_argument("--init-regressor", default="", help="warm-start checkpoint of the regressor")
-    p.add_argument("--regressor-boxes", choices=("annotation", "detector", "spacing"), default=d.regressor_boxes,
+    p.add_argument("--regressor-boxes", choices=REGRESSOR_BOXES, default=d.regressor_boxes,
                    help="boxes the regressor's training crops are cut from (default: the annotation's); spacing: "
-                        "from the centre and the local centre distance, at prediction too")
+                        "from the centre and the local centre distance, at prediction too; frame: the same turned "
+                        "into the spine's frame")
     p.add_argument("--models", nargs="+", default=list(d.models), choices=("detector", "heatmap", "regressor"))
     p.add_argument("--mc-samples", type=int, default=d.mc_samples)
     p.add_argument("--alpha", type=float, default=d.alpha)

@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from monai_spine.bench.tables import num, pct
+from monai_spine.data.frames import FrameBoxes, annotation_frames
 
 __all__ = [
     "AasceBenchSettings",
@@ -59,7 +60,12 @@ __all__ = [
     "MeanShapeReference",
     "train_chain_folder",
     "CHAIN_DECODING",
+    "REGRESSOR_BOXES",
+    "frame_box_dataset",
 ]
+
+#: Where the AP regressor's crops come from (:attr:`AasceBenchSettings.regressor_boxes`).
+REGRESSOR_BOXES = ("annotation", "detector", "spacing", "frame")
 
 #: Options of the chain decoding, chosen on the 73 validation films of the seed-0 split (grid over spacing
 #: sigma, gap and drop penalties, the weights of the height guess and of the level channel).
@@ -97,7 +103,10 @@ class AasceBenchSettings:
             ``"annotation"`` boxes (the corners' bounding box) or from the ``"detector"``'s boxes of
             those films (:func:`detector_box_dataset`), the framing the regressor meets at prediction,
             or from ``"spacing"`` boxes: the vertebra centre and the local distance between centres
-            (:class:`SpacingBoxes`: annotated centres in training, detected ones at prediction).
+            (:class:`SpacingBoxes`: annotated centres in training, detected ones at prediction), or
+            from ``"frame"`` boxes: the same turned into the spine's frame (orientation from the
+            neighbouring centres, :class:`~monai_spine.data.frames.FrameBoxes`), so the crop shows
+            the vertebra upright, as the mean-shape reference and the corner FCN's patches place it.
         mc_samples: MC-dropout passes; alpha: conformal miscoverage; seed: training seed.
         models: which models to train and evaluate (subset of ``detector``, ``heatmap``, ``regressor``).
         reuse: skip the training of a model whose ``model.pt`` is already in the output folder (e.g. to
@@ -141,8 +150,8 @@ class AasceBenchSettings:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
         if not 0.0 < self.alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.regressor_boxes not in ("annotation", "detector", "spacing"):
-            raise ValueError(f"regressor_boxes must be 'annotation', 'detector' or 'spacing', got {self.regressor_boxes!r}")
+        if self.regressor_boxes not in REGRESSOR_BOXES:
+            raise ValueError(f"regressor_boxes must be one of {REGRESSOR_BOXES}, got {self.regressor_boxes!r}")
         if self.detector_method not in ("chain", "levels"):
             raise ValueError(f"detector_method must be 'chain' or 'levels', got {self.detector_method!r}")
         unknown = set(self.models) - {"detector", "heatmap", "regressor"}
@@ -421,7 +430,7 @@ class MeanShapeReference:
 
 def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, regressor: Any = None,
                    log: Callable[[str], None] = print, reference: MeanShapeReference | None = None,
-                   box_rule: "SpacingBoxes | None" = None) -> dict[str, PointSet]:
+                   box_rule: "SpacingBoxes | FrameBoxes | None" = None) -> dict[str, PointSet]:
     """Run the models on every radiograph of ``labels``; returns the :class:`PointSet` of each model row.
 
     ``box_rule``: the regressor's boxes come from the detected centres by this rule instead of the
@@ -507,11 +516,14 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
         if regressor is not None and len(det.levels):
             t0 = time.perf_counter()
             boxes = np.array(det.boxes_px[det_order], np.float64)
-            if box_rule is not None:  # a lone vertebra has no spacing: it keeps the detector's box
-                rule_boxes = box_rule.boxes(det.centres_px[det_order])
+            angles = None
+            if isinstance(box_rule, FrameBoxes) and len(det.levels) >= 2:  # a lone vertebra has no frame
+                boxes, angles = box_rule.boxes(det.centres_px[det_order], [str(det.levels[d]) for d in det_order])
+            elif box_rule is not None and not isinstance(box_rule, FrameBoxes):
+                rule_boxes = box_rule.boxes(det.centres_px[det_order])  # a lone vertebra keeps the detector's box
                 ok = np.all(np.isfinite(rule_boxes), axis=1)
                 boxes[ok] = rule_boxes[ok]
-            rp = regressor.predict(image, boxes, None, "unknown")
+            rp = regressor.predict(image, boxes, None, "unknown", angles_rad=angles)
             sig = _regressor_sigma_px(rp, regressor.spatial_size)
             _record(sets["regressor"], np.asarray(rp.keypoints_px, np.float64), sig, t_det + time.perf_counter() - t0,
                     [pos[d] for d in found_det], found_gt, len(found_det), seen_found)
@@ -676,6 +688,29 @@ def spacing_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLi
     return _reboxed_dataset(dataset_dir, out_dir, rebox)
 
 
+def frame_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, rule: FrameBoxes) -> Path:
+    """A copy of a dataset folder whose training and validation labels carry :class:`FrameBoxes` boxes
+    and angles around their annotated centres (test labels unchanged); a vertebra without four corners,
+    or a film with fewer than two such vertebrae, keeps its keypoints' axis-aligned box.
+
+    Returns:
+        ``out_dir``.
+    """
+    from monai_spine.data.keypoints import get_scheme
+
+    def rebox(ann: Any) -> Any:
+        boxes = ann.boxes_from_keypoints()
+        angles = np.zeros(len(ann.levels))
+        rows, centres, _, _ = annotation_frames(ann.keypoints_px, ann.visible, get_scheme(ann.scheme).corner_indices,
+                                                1.0, levels=ann.levels)
+        if len(rows) >= 2:
+            boxes[rows], angles[rows] = rule.boxes(centres, [ann.levels[r] for r in rows])
+        ann.boxes_px, ann.box_angles_rad = boxes, angles
+        return ann
+
+    return _reboxed_dataset(dataset_dir, out_dir, rebox)
+
+
 def detector_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, detector: Any,
                          log: Callable[[str], None] = print) -> Path:
     """A copy of a dataset folder whose training and validation labels carry the detector's boxes.
@@ -744,6 +779,7 @@ def run_aasce_benchmark(
     from monai.bundle import run
 
     from monai_spine.data.aasce import ensure_aasce_dataset
+    from monai_spine.data.annotation import read_annotation
     from monai_spine.data.datasets import default_cache_dir, list_cases
     from monai_spine.inference.model_zoo import load_weights
     from monai_spine.inference.detector import VertebraDetector
@@ -831,6 +867,12 @@ def run_aasce_benchmark(
             log(f"[aasce] spacing boxes: width {box_rule.width_frac:.3f}, height {box_rule.height_frac:.3f} "
                 "x the local centre distance")
             reg_ov["dataset_dir"] = str(spacing_box_dataset(ds, out / "regressor-spacing-boxes", box_rule))
+        elif settings.regressor_boxes == "frame":
+            train_labels = index["training"][: settings.max_train] if settings.max_train else index["training"]
+            box_rule = FrameBoxes.fit([read_annotation(lab) for lab in train_labels])
+            log(f"[aasce] frame boxes: width {box_rule.width_ratio:.3f}, height {box_rule.height_ratio:.3f} "
+                "x the local centre distance, turned into the spine's frame")
+            reg_ov["dataset_dir"] = str(frame_box_dataset(ds, out / "regressor-frame-boxes", box_rule))
         reg_dir = _train("regressor", ["train.json"], settings.epochs_regressor, **reg_ov)
         from monai_spine.bench.regressor import bundle_parser
 

@@ -10,14 +10,15 @@ distance to them); training and validation make the same frames from annotated c
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
 from monai_spine.data.keypoints import level_order, validate_keypoints
 from monai_spine.data.patches import orientation_from_centres, vertebra_geometry
 
-__all__ = ["centre_frames", "annotation_frames"]
+__all__ = ["centre_frames", "annotation_frames", "FrameBoxes"]
 
 
 def _level_gaps(levels: Sequence[str] | None, n: int) -> np.ndarray:
@@ -104,3 +105,72 @@ def annotation_frames(
     lv = None if levels is None else [levels[r] for r in rows]
     ang, size = centre_frames(g.centre, size_ratio, lv)
     return rows, g.centre, ang, size
+
+
+@dataclass
+class FrameBoxes:
+    """Vertebra crop boxes from centres alone, turned into each vertebra's frame (:func:`centre_frames`).
+
+    A box is the centre with a width (along the endplates) and a height (along the spine) proportional
+    to the local centre spacing, turned by the frame's orientation: the ``box_px`` / ``box_angle_rad``
+    pair of :class:`~monai_spine.transforms.crop.VertebraCrop`. A regressor trained in these boxes
+    around annotated centres and fed the same boxes around detected centres sees a vertebra upright
+    and at one scale, whatever the spine's tilt, and only has to learn the residual.
+
+    Attributes:
+        width_ratio, height_ratio: box width and height over the local centre spacing (:meth:`fit`:
+            the median extent of the annotated keypoints along the frame's axes on training films).
+    """
+
+    width_ratio: float
+    height_ratio: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.width_ratio) and np.isfinite(self.height_ratio)
+                and self.width_ratio > 0 and self.height_ratio > 0):
+            raise ValueError(f"FrameBoxes: ratios must be positive, got {self.width_ratio}, {self.height_ratio}")
+
+    def boxes(self, centres_px: np.ndarray, levels: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes around ``(V, 2)`` centres given top to bottom (``V >= 2``).
+
+        Returns:
+            ``(boxes_px (V, 4), angles_rad (V,))``: each box ``x0, y0, x1, y1`` before its turn by
+            ``angle_rad`` about the centre.
+        """
+        c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+        ang, dist = centre_frames(c, 1.0, levels)
+        half = 0.5 * np.stack([dist * self.width_ratio, dist * self.height_ratio], -1)
+        return np.concatenate([c - half, c + half], axis=1), np.radians(ang)
+
+    @staticmethod
+    def extents(keypoints_px: np.ndarray, visible: np.ndarray | None, corner_indices: Sequence[int],
+                levels: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One film's ``(rows (V,), extents (V, 2))``: the width and height of each vertebra's visible
+        keypoints along its frame's axes over the local centre spacing (frames of :func:`annotation_frames`)."""
+        kp, vis = validate_keypoints(keypoints_px, visible)
+        rows, centres, ang, dist = annotation_frames(kp, vis, corner_indices, 1.0, levels=levels)
+        if len(rows) < 2:
+            return rows[:0], np.zeros((0, 2))
+        a = np.radians(ang)[:, None]
+        pts = np.where(vis[rows][..., None], kp[rows], np.nan)
+        u = pts[..., 0] * np.cos(a) + pts[..., 1] * np.sin(a)
+        v = -pts[..., 0] * np.sin(a) + pts[..., 1] * np.cos(a)
+        ext = np.stack([np.nanmax(u, 1) - np.nanmin(u, 1), np.nanmax(v, 1) - np.nanmin(v, 1)], -1)
+        return rows, ext / dist[:, None]
+
+    @classmethod
+    def fit(cls, annotations: Sequence[Any]) -> "FrameBoxes":
+        """Median ratios over annotated films (:class:`~monai_spine.data.annotation.SpineAnnotation`).
+
+        Raises:
+            ValueError: no film has two vertebrae with four corners.
+        """
+        from monai_spine.data.keypoints import get_scheme
+
+        ext = [cls.extents(a.keypoints_px, a.visible, get_scheme(a.scheme).corner_indices, a.levels)[1]
+               for a in annotations]
+        ext = np.concatenate(ext) if ext else np.zeros((0, 2))
+        if not len(ext):
+            raise ValueError(f"FrameBoxes.fit: no film with two vertebrae with four corners among {len(annotations)}")
+        w, h = np.median(ext, axis=0)
+        return cls(float(w), float(h))

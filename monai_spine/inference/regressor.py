@@ -207,11 +207,24 @@ class RegressorSpec:
             raise ValueError(f"{f}: {e}") from None
 
 
-def _keypoint_boxes(keypoints_px: np.ndarray) -> np.ndarray:
+def _keypoint_boxes(keypoints_px: np.ndarray, angles_rad: np.ndarray | None = None) -> np.ndarray:
     """(N, 4) ``x0, y0, x1, y1`` boxes around each vertebra's (N, K, 2) keypoints (px), as the
-    annotation boxes the regressor was trained on frame a vertebra (without its body outline)."""
+    annotation boxes the regressor was trained on frame a vertebra (without its body outline).
+
+    With (N,) ``angles_rad`` each box is the keypoints' min/max along its vertebra's turned axes,
+    written as the box before its turn about its centre (the ``box_angle_rad`` convention)."""
     kp = np.asarray(keypoints_px, np.float64)
-    return np.concatenate([np.nanmin(kp, axis=1), np.nanmax(kp, axis=1)], axis=-1)
+    if angles_rad is None:
+        return np.concatenate([np.nanmin(kp, axis=1), np.nanmax(kp, axis=1)], axis=-1)
+    c, s = np.cos(angles_rad)[:, None], np.sin(angles_rad)[:, None]
+    u = kp[..., 0] * c + kp[..., 1] * s  # coordinates along the turned axes
+    v = -kp[..., 0] * s + kp[..., 1] * c
+    lo = np.stack([np.nanmin(u, 1), np.nanmin(v, 1)], -1)
+    hi = np.stack([np.nanmax(u, 1), np.nanmax(v, 1)], -1)
+    mu, mv = 0.5 * (lo + hi).T
+    centre = np.stack([mu * c[:, 0] - mv * s[:, 0], mu * s[:, 0] + mv * c[:, 0]], -1)
+    half = 0.5 * (hi - lo)
+    return np.concatenate([centre - half, centre + half], axis=-1)
 
 
 def load_regressor_weights(network: torch.nn.Module, checkpoint: str | os.PathLike) -> torch.nn.Module:
@@ -487,7 +500,7 @@ class KeypointPredictor:
     @torch.inference_mode()
     def predict(
         self, image: np.ndarray, boxes_px: np.ndarray, spacing_mm: Sequence[float] | None, spacing_source: str = "unknown",
-        refine_passes: int | None = None,
+        refine_passes: int | None = None, angles_rad: np.ndarray | None = None,
     ) -> KeypointPrediction:
         """Keypoints of every boxed vertebra.
 
@@ -499,6 +512,9 @@ class KeypointPredictor:
             refine_passes: crop re-cuts for these boxes (None: :attr:`refine_passes`); 0 for boxes that
                 already have the annotation framing the model learnt (annotation boxes), where re-cutting
                 around imperfect points only drifts.
+            angles_rad: (N,) turn of each box about its centre, radians (crops in the vertebra's own
+                frame, for a model trained on such crops; re-cuts keep each vertebra's angle); None:
+                axis-aligned boxes.
         """
         passes = self.refine_passes if refine_passes is None else int(refine_passes)
         if passes < 0:
@@ -509,18 +525,28 @@ class KeypointPredictor:
         if img.ndim != 3 or img.shape[0] != 1:
             raise ValueError(f"image must be (1, H, W) or (H, W), got shape {img.shape}")
         boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+        angles = None
+        if angles_rad is not None:
+            angles = np.asarray(angles_rad, dtype=np.float64).reshape(-1)
+            if angles.shape != (len(boxes),):
+                raise ValueError(f"angles_rad: expected {len(boxes)} angles (one per box), got shape {angles.shape}")
         sp = np.full(2, np.nan, np.float32) if spacing_mm is None else np.asarray(spacing_mm, np.float32)
-        res, aff, crop_sp = self._run(img, boxes, sp)
+        res, aff, crop_sp = self._run(img, boxes, sp, angles)
         for _ in range(passes if len(boxes) else 0):
             kp = frac_to_image_px(res.mean_frac.cpu().numpy().astype(np.float64), aff, self.spatial_size)
-            res, aff, crop_sp = self._run(img, _keypoint_boxes(kp), sp)
+            res, aff, crop_sp = self._run(img, _keypoint_boxes(kp, angles), sp, angles)
         return self._result(res, aff, crop_sp, len(boxes), spacing_mm, spacing_source, passes)
 
-    def _run(self, img: np.ndarray, boxes: np.ndarray, sp: np.ndarray) -> tuple[Any, np.ndarray, list[np.ndarray]]:
-        """Crops of ``boxes`` (N, 4) through the network: (MC result, (N, 3, 3) crop->image affines, crop spacings)."""
+    def _run(self, img: np.ndarray, boxes: np.ndarray, sp: np.ndarray,
+             angles: np.ndarray | None = None) -> tuple[Any, np.ndarray, list[np.ndarray]]:
+        """Crops of ``boxes`` (N, 4) (turned by ``angles`` (N,) radians, if given) through the network:
+        (MC result, (N, 3, 3) crop->image affines, crop spacings)."""
         crops, affines, crop_sp = [], [], []
-        for box in boxes:
-            d = self.crop_transform({"image": img, "box_px": box.astype(np.float32), "spacing_mm": sp})
+        for i, box in enumerate(boxes):
+            item = {"image": img, "box_px": box.astype(np.float32), "spacing_mm": sp}
+            if angles is not None:
+                item["box_angle_rad"] = float(angles[i])
+            d = self.crop_transform(item)
             crops.append(torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32))
             affines.append(np.asarray(d["crop_to_image"], dtype=np.float64))
             crop_sp.append(np.asarray(d["crop_spacing_mm"], dtype=np.float64))

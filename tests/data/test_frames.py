@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from monai_spine.data.frames import annotation_frames, centre_frames
+from monai_spine.data.frames import FrameBoxes, annotation_frames, centre_frames
 
 W, H = 40.0, 30.0  # rectangles: size 35, centres 50 px apart -> size ratio 0.7
 OFFSETS = np.array([[-W / 2, -H / 2], [W / 2, -H / 2], [-W / 2, H / 2], [W / 2, H / 2]])
@@ -44,3 +44,52 @@ def test_annotation_frames_use_corner_means_and_select():
     _, _, _, size = annotation_frames(kp, None, (0, 1, 2, 3), 0.7, select=np.array([1, 1, 0, 1], bool),
                                       levels=["C3", "C4", "C5", "C6"])
     np.testing.assert_allclose(size, 35.0)
+
+
+# --- FrameBoxes: turned crop boxes from centres -------------------------------------------------
+
+def _rect_spine(angle_deg: float, n: int = 4, spacing: float = 20.0, w: float = 30.0, h: float = 18.0):
+    """``n`` w x h rectangles (ap4 corners TL, TR, BL, BR) centred on a straight spine whose endplates
+    run at ``angle_deg``; returns (centres (n, 2), corners (n, 4, 2))."""
+    a = np.radians(angle_deg)
+    e = np.array([np.cos(a), np.sin(a)])  # along the endplates
+    t = np.array([-np.sin(a), np.cos(a)])  # along the spine, downwards
+    centres = np.array([100.0, 50.0]) + np.arange(n)[:, None] * spacing * t
+    local = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [-w / 2, h / 2], [w / 2, h / 2]])
+    corners = centres[:, None] + local[..., :1] * e + local[..., 1:] * t
+    return centres, corners
+
+
+def test_frame_boxes_upright_spine_hand_computed():
+    # centres 20 px apart on x = 50: width 1.5 x 20 = 30, height 0.9 x 20 = 18, no turn
+    boxes, angles = FrameBoxes(1.5, 0.9).boxes(np.array([[50.0, 10.0], [50.0, 30.0], [50.0, 50.0]]))
+    np.testing.assert_allclose(boxes, [[35, 1, 65, 19], [35, 21, 65, 39], [35, 41, 65, 59]])
+    np.testing.assert_allclose(angles, 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("angle_deg", [0.0, 17.0, -40.0])
+def test_frame_boxes_fit_then_box_frames_the_corners_exactly(angle_deg):
+    from monai_spine.data.annotation import SpineAnnotation
+    from monai_spine.transforms import VertebraCrop
+
+    centres, corners = _rect_spine(angle_deg)
+    ann = SpineAnnotation(["T1", "T2", "T3", "T4"], corners, np.ones((4, 4), bool), "ap", "ap4")
+    rule = FrameBoxes.fit([ann, ann])
+    assert (rule.width_ratio, rule.height_ratio) == pytest.approx((1.5, 0.9))
+    boxes, angles = rule.boxes(centres)
+    np.testing.assert_allclose(np.degrees(angles), angle_deg, atol=1e-9)
+    # the rule's box is the corners' own box in their frame: the same crop either way
+    crop = VertebraCrop(spatial_size=(16, 32), margin_frac=0.1)
+    for i in range(4):
+        from_box = crop.geometry(box_px=boxes[i], angle_rad=angles[i])["crop_to_image"]
+        from_points = crop.geometry(corners[i], angle_rad=angles[i])["crop_to_image"]
+        np.testing.assert_allclose(from_box, from_points, atol=1e-9)
+
+
+def test_frame_boxes_errors():
+    with pytest.raises(ValueError, match="ratios must be positive"):
+        FrameBoxes(0.0, 1.0)
+    with pytest.raises(ValueError, match="at least two vertebra centres"):
+        FrameBoxes(1.0, 1.0).boxes(np.array([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="no film with two vertebrae"):
+        FrameBoxes.fit([])

@@ -332,9 +332,11 @@ class RecordingCrop:
 
     def __init__(self):
         self.boxes: list[list[float]] = []
+        self.angles: list[float | None] = []
 
     def __call__(self, d: dict) -> dict:
         self.boxes.append([float(v) for v in d["box_px"]])
+        self.angles.append(d.get("box_angle_rad"))
         return identity_crop(d)
 
 
@@ -351,6 +353,27 @@ def test_refine_passes_recut_around_the_previous_keypoints(passes, calls):
     np.testing.assert_allclose(crop.boxes[:2], BOXES.astype(np.float32))
     assert res.meta["refine_passes"] == passes
     np.testing.assert_allclose(res.keypoints_px[0, 0], [2.7, 1.9], atol=1e-5)
+
+
+def test_recut_with_angles_keeps_each_angle_and_frames_the_points_in_it():
+    crop = RecordingCrop()
+    p = KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), num_samples=2, crop_transform=crop,
+                          refine_passes=1)
+    p.predict(make_image(), BOXES, SPACING, angles_rad=np.array([0.0, math.pi / 2]))
+    assert crop.angles == [0.0, math.pi / 2, 0.0, math.pi / 2]
+    # the same points (x 2.7..13.9, y 1.9..5.9, centre (8.3, 3.9)); at a quarter turn the box's width
+    # runs along y: half sizes (2.0, 5.6) about the same centre
+    np.testing.assert_allclose(crop.boxes[2], [2.7, 1.9, 13.9, 5.9], atol=1e-5)
+    np.testing.assert_allclose(crop.boxes[3], [6.3, -1.7, 10.3, 9.5], atol=1e-5)
+    with pytest.raises(ValueError, match="angles_rad: expected 2 angles"):
+        p.predict(make_image(), BOXES, SPACING, angles_rad=[0.1])
+
+
+def test_without_angles_no_angle_reaches_the_crop():
+    crop = RecordingCrop()
+    KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), num_samples=1,
+                      crop_transform=crop).predict(make_image(), BOXES, SPACING)
+    assert crop.angles == [None, None]
 
 
 @pytest.mark.parametrize("override,calls", [(0, 2), (1, 4), (None, 6)])
