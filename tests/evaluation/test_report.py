@@ -394,3 +394,89 @@ def test_sample_crops_read_points_through_the_one_prediction_parser(report_case)
     np.testing.assert_allclose(pts[:, 0] - ann.keypoints_px[1, :, 0], [1.0, 1.0, 1.0, 1.0, 3.0])  # spinous: (3 + 0)
     assert _vertebra_points(str(pred_file), "T9") is None  # a level the file does not hold
     assert _vertebra_points(str(pred_file.with_name("missing.keypoints.json")), lev) is None
+
+
+def test_report_figures_are_not_stretched(report_case, tmp_path):
+    """Every figure's <img> carries the size it is shown at, half the PNG's pixels (sharp on 2x screens), and
+    the page's CSS never forces a width (it only caps it at the page's, the height following)."""
+    from monai_spine.evaluation.report_figures import DISPLAY_PX_PER_INCH, SAVE_DPI
+
+    root, _ = report_case
+    index = report_cli({m: root / "pred" / m for m in MODELS}, root / "ann", tmp_path / "out")
+    text = index.read_text()
+    css = re.search(r"<style>(.*?)</style>", text).group(1)
+    assert not re.search(r"(?<![-\w])width:\s*100%", css), css  # max-width only
+    assert "height:auto" in css
+    assert set(FIGURES) <= set(re.findall(r'<img src="([^"]+)" width="\d+" height="\d+"', text))
+    for f in FIGURES:
+        w, h = (int(v) for v in re.search(rf'<img src="{re.escape(f)}" width="(\d+)" height="(\d+)"', text).groups())
+        png_h, png_w = cv2.imread(str(tmp_path / "out" / f)).shape[:2]
+        assert png_w >= w and png_h >= h, f
+        assert (w, h) == (round(png_w * DISPLAY_PX_PER_INCH / SAVE_DPI), round(png_h * DISPLAY_PX_PER_INCH / SAVE_DPI))
+    # a single-panel figure (5 x 3.5 inches) is shown at 500 x 350 CSS px, not widened to the page
+    assert re.search(r'<img src="cumulative_errors.png" width="500" height="350"', text)
+
+
+LEGEND_RGB = (0, 0, 255)  # the stand-in legend box: a colour no point, ring or level name is drawn in
+
+
+def test_sample_crops_show_no_legend(report_case, tmp_path):
+    """The overlay has its legend over the most certain vertebra (the top one of case 0, near the film's corner);
+    the crop of that vertebra is cut from the film with the points drawn, so it shows none of the legend,
+    and it equals that part of the overlay drawn without legend (write_overlay, legend=False, no scale bar)."""
+    from monai_spine.evaluation.report_figures import _vertebra_points, crop_box, film_picture
+    from monai_spine.inference.overlay import write_overlay
+    from monai_spine.inference.pipeline import overlay_layers
+
+    root, ann_paths = report_case
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    src = root / "pred" / "modelA" / "case_0000.keypoints.json"
+    pred = pred_dir / src.name
+    pred.write_text(src.read_text())
+    record = json.loads(pred.read_text())
+    film = read_annotation(ann_paths[0])
+    lev = record["vertebrae"][0]["level"]  # sigma 0.01 * (1 + 0) * (1 + 0): the most certain
+    # the overlay as predict writes it (points, rings, names), without legend: the reference picture
+    clean = tmp_path / "clean.png"
+    from monai_spine.data.readers import read_xray
+
+    write_overlay(clean, read_xray(film.image).array, overlay_layers(record)[0], spacing_mm=None, legend=False)
+    clean_rgb = cv2.cvtColor(cv2.imread(str(clean)), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(film_picture(pred), clean_rgb)
+    # the overlay beside the prediction: its legend box over the vertebra's crop
+    x0, y0, x1, y1 = crop_box(_vertebra_points(str(pred), lev), clean_rgb.shape[:2])
+    assert y0 < 0.25 * clean_rgb.shape[0]  # the top vertebra, its crop near the film's top edge
+    overlay = clean_rgb.copy()
+    overlay[: y1, : x1] = LEGEND_RGB
+    cv2.imwrite(str(pred_dir / "case_0000.overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+
+    text = report_cli({"m": pred_dir}, root / "ann", tmp_path / "out", n_samples=1).read_text()
+    assert f"case_0000.keypoints.json {lev}: mean sigma_p" in text
+    crop = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "crop_m_certain_0.png")), cv2.COLOR_BGR2RGB)
+    assert crop.shape == (y1 - y0, x1 - x0, 3)
+    assert not np.all(crop == LEGEND_RGB, axis=-1).any()  # no legend pixel
+    np.testing.assert_array_equal(crop, clean_rgb[y0:y1, x0:x1])
+
+
+def test_sample_crops_without_a_film(report_case, tmp_path):
+    """A prediction whose film cannot be found: a link to its overlay when there is one, else said so."""
+    from pathlib import Path
+
+    root, _ = report_case
+    for with_overlay in (True, False):
+        pred_dir = tmp_path / f"pred{with_overlay}"
+        pred_dir.mkdir()
+        src = root / "pred" / "modelA" / "case_0001.keypoints.json"
+        record = json.loads(src.read_text())
+        record["image"] = f"elsewhere/{Path(record['image']).name}"  # predicted on another machine
+        (pred_dir / src.name).write_text(json.dumps(record))
+        if with_overlay:
+            cv2.imwrite(str(pred_dir / "case_0001.overlay.png"), np.full((128, 128, 3), 80, np.uint8))
+        out = tmp_path / f"out{with_overlay}"
+        text = report_cli({"m": pred_dir}, root / "ann", out, n_samples=1).read_text()
+        assert not list(out.glob("crop_*.png"))
+        if with_overlay:
+            assert re.search(r'<a href="[^"]*case_0001\.overlay\.png">', text) and "(film not readable: overlay)" in text
+        else:
+            assert "(no film or overlay)" in text
