@@ -111,24 +111,48 @@ def annotation_frames(
 class FrameBoxes:
     """Vertebra crop boxes from centres alone, turned into each vertebra's frame (:func:`centre_frames`).
 
-    A box is the centre with a width (along the endplates) and a height (along the spine) proportional
-    to the local centre spacing, turned by the frame's orientation: the ``box_px`` / ``box_angle_rad``
-    pair of :class:`~monai_spine.transforms.crop.VertebraCrop`. A regressor trained in these boxes
+    A box is the centre (moved by ``offset_ratio``) with a width (along the endplates) and a height
+    (along the spine) proportional to the local centre spacing, turned by the frame's orientation: the
+    ``box_px`` / ``box_angle_rad`` pair of :class:`~monai_spine.transforms.crop.VertebraCrop`. (A
+    lateral vertebra's spinous process lies behind its body, so its box's centre is not the body's.) A regressor trained in these boxes
     around annotated centres and fed the same boxes around detected centres sees a vertebra upright
     and at one scale, whatever the spine's tilt, and only has to learn the residual.
 
     Attributes:
         width_ratio, height_ratio: box width and height over the local centre spacing (:meth:`fit`:
             the median extent of the annotated keypoints along the frame's axes on training films).
+        offset_ratio: ``(along the endplates, along the spine)`` shift of the box centre from the
+            vertebra centre over the local spacing (:meth:`fit`: the median on training films).
     """
 
     width_ratio: float
     height_ratio: float
+    offset_ratio: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.width_ratio) and np.isfinite(self.height_ratio)
                 and self.width_ratio > 0 and self.height_ratio > 0):
             raise ValueError(f"FrameBoxes: ratios must be positive, got {self.width_ratio}, {self.height_ratio}")
+        off = tuple(float(v) for v in np.asarray(self.offset_ratio, dtype=np.float64).reshape(-1))
+        if len(off) != 2 or not all(np.isfinite(off)):
+            raise ValueError(f"FrameBoxes: offset_ratio must be two finite numbers, got {self.offset_ratio!r}")
+        self.offset_ratio = off  # type: ignore[assignment]
+        self.width_ratio, self.height_ratio = float(self.width_ratio), float(self.height_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"kind": "frame", ...}`` (a model spec's ``box_rule``)."""
+        return {"kind": "frame", "width_ratio": self.width_ratio, "height_ratio": self.height_ratio,
+                "offset_ratio": list(self.offset_ratio)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FrameBoxes":
+        """Inverse of :meth:`to_dict`; ``ValueError`` naming the problem for anything else."""
+        if not isinstance(d, dict) or d.get("kind") != "frame":
+            raise ValueError(f"box_rule: expected {{'kind': 'frame', ...}}, got {d!r}")
+        try:
+            return cls(d["width_ratio"], d["height_ratio"], tuple(d.get("offset_ratio", (0.0, 0.0))))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"box_rule: {e!r} in {d!r}") from None
 
     def boxes(self, centres_px: np.ndarray, levels: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Boxes around ``(V, 2)`` centres given top to bottom (``V >= 2``).
@@ -139,23 +163,32 @@ class FrameBoxes:
         """
         c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
         ang, dist = centre_frames(c, 1.0, levels)
+        a = np.radians(ang)
+        e = np.stack([np.cos(a), np.sin(a)], -1)  # along the endplates
+        t = np.stack([-np.sin(a), np.cos(a)], -1)  # along the spine
+        c = c + dist[:, None] * (self.offset_ratio[0] * e + self.offset_ratio[1] * t)
         half = 0.5 * np.stack([dist * self.width_ratio, dist * self.height_ratio], -1)
-        return np.concatenate([c - half, c + half], axis=1), np.radians(ang)
+        return np.concatenate([c - half, c + half], axis=1), a
 
     @staticmethod
     def extents(keypoints_px: np.ndarray, visible: np.ndarray | None, corner_indices: Sequence[int],
                 levels: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """One film's ``(rows (V,), extents (V, 2))``: the width and height of each vertebra's visible
-        keypoints along its frame's axes over the local centre spacing (frames of :func:`annotation_frames`)."""
+        """One film's ``(rows (V,), extents (V, 4))``: the width and height of each vertebra's visible
+        keypoints along its frame's axes, then the offset of their box's centre from the vertebra centre
+        along the same axes, over the local centre spacing (frames of :func:`annotation_frames`)."""
         kp, vis = validate_keypoints(keypoints_px, visible)
         rows, centres, ang, dist = annotation_frames(kp, vis, corner_indices, 1.0, levels=levels)
         if len(rows) < 2:
-            return rows[:0], np.zeros((0, 2))
+            return rows[:0], np.zeros((0, 4))
         a = np.radians(ang)[:, None]
         pts = np.where(vis[rows][..., None], kp[rows], np.nan)
         u = pts[..., 0] * np.cos(a) + pts[..., 1] * np.sin(a)
         v = -pts[..., 0] * np.sin(a) + pts[..., 1] * np.cos(a)
-        ext = np.stack([np.nanmax(u, 1) - np.nanmin(u, 1), np.nanmax(v, 1) - np.nanmin(v, 1)], -1)
+        cu = centres[:, 0] * np.cos(a[:, 0]) + centres[:, 1] * np.sin(a[:, 0])
+        cv = -centres[:, 0] * np.sin(a[:, 0]) + centres[:, 1] * np.cos(a[:, 0])
+        ext = np.stack([np.nanmax(u, 1) - np.nanmin(u, 1), np.nanmax(v, 1) - np.nanmin(v, 1),
+                        0.5 * (np.nanmax(u, 1) + np.nanmin(u, 1)) - cu, 0.5 * (np.nanmax(v, 1) + np.nanmin(v, 1)) - cv],
+                       -1)
         return rows, ext / dist[:, None]
 
     @classmethod
@@ -169,8 +202,8 @@ class FrameBoxes:
 
         ext = [cls.extents(a.keypoints_px, a.visible, get_scheme(a.scheme).corner_indices, a.levels)[1]
                for a in annotations]
-        ext = np.concatenate(ext) if ext else np.zeros((0, 2))
+        ext = np.concatenate(ext) if ext else np.zeros((0, 4))
         if not len(ext):
             raise ValueError(f"FrameBoxes.fit: no film with two vertebrae with four corners among {len(annotations)}")
-        w, h = np.median(ext, axis=0)
-        return cls(float(w), float(h))
+        w, h, du, dv = np.median(ext, axis=0)
+        return cls(float(w), float(h), (float(du), float(dv)))

@@ -93,3 +93,25 @@ def test_frame_boxes_errors():
         FrameBoxes(1.0, 1.0).boxes(np.array([[1.0, 2.0]]))
     with pytest.raises(ValueError, match="no film with two vertebrae"):
         FrameBoxes.fit([])
+
+
+def test_frame_boxes_offset_follows_a_point_behind_the_body():
+    # a fifth point 25 px behind each body's centre along the endplates (a lateral spinous process):
+    # keypoints span -15..25 along e -> width 40 (ratio 2.0), box centre 5 px along e (offset 0.25)
+    from monai_spine.data.annotation import SpineAnnotation
+
+    centres, corners = _rect_spine(25.0)
+    a = np.radians(25.0)
+    sp = centres + 25.0 * np.array([np.cos(a), np.sin(a)])
+    kp = np.concatenate([corners, sp[:, None]], 1)  # lateral5: AS, PS, AI, PI, SP
+    ann = SpineAnnotation(["L1", "L2", "L3", "L4"], kp, np.ones((4, 5), bool), "lumbar", "lateral5")
+    rule = FrameBoxes.fit([ann])
+    assert rule.width_ratio == pytest.approx(2.0) and rule.height_ratio == pytest.approx(0.9)
+    assert rule.offset_ratio == pytest.approx((0.25, 0.0))
+    boxes, angles = rule.boxes(centres)
+    np.testing.assert_allclose(0.5 * (boxes[:, :2] + boxes[:, 2:]), centres + 5.0 * np.array([np.cos(a), np.sin(a)]))
+    assert FrameBoxes.from_dict(rule.to_dict()) == rule
+    with pytest.raises(ValueError, match="box_rule"):
+        FrameBoxes.from_dict({"kind": "spacing", "width_ratio": 1.0})
+    with pytest.raises(ValueError, match="offset_ratio"):
+        FrameBoxes(1.0, 1.0, (0.1,))
