@@ -5,7 +5,8 @@
 with :func:`monai_spine.evaluation.matching.collect_errors`, and writes to ``out``:
 
 * ``violin_errors.png``: point errors per model, corners vs spinous process (BayeRegX figure 12);
-* ``kde_sigma.png``: KDE (``scipy.stats.gaussian_kde``) of ``sigma_p`` for corners vs spinous process;
+* ``kde_sigma.png``: KDE (``scipy.stats.gaussian_kde``) of ``sigma_p`` for corners vs spinous process,
+  in the ``sigma_p`` and unit of ``error_vs_sigma.png`` (:func:`~monai_spine.evaluation.report_figures.plotted_sigma`);
 * ``error_vs_sigma.png``: 2D histogram (hexbin) of (error, ``sigma_p``) per model;
 * ``cumulative_errors.png``: share of points with error <= x, per model;
 * ``box_point_name.png`` / ``box_level.png``: box plots of the error per point name / vertebra level;
@@ -14,10 +15,11 @@ with :func:`monai_spine.evaluation.matching.collect_errors`, and writes to ``out
 * ``referral.png``: mean error of the points kept against the share of the most uncertain points
   referred to a human, per model;
 * ``bc_hist.png``: histogram of patch Bhattacharyya coefficients (only when given);
-* ``crop_<model>_<certain|uncertain>_<i>.png``: crops of the prediction overlays around the most and
-  least certain vertebrae (mean ``sigma_p`` of their points), or a list with links to the overlay
-  PNGs when they cannot be read;
-* ``index.html`` (written atomically) linking all of them, with a table of summary numbers, a table of
+* ``crop_<model>_<certain|uncertain>_<i>.png``: crops around the most and least certain vertebrae
+  (mean ``sigma_p`` of their points), cut from the film with the overlay's points drawn but not its
+  legend or scale bar, or a list with links to the overlay PNGs when the film cannot be read;
+* ``index.html`` (written atomically) linking all of them (each figure shown at its saved size,
+  :func:`~monai_spine.evaluation.report_figures.figure_html`), with a table of summary numbers, a table of
   the error per uncertainty class and one of the accuracy after referral (with Spearman and AUSE).
 
 Uncertainty classes use, per model, the thresholds given (``thresholds=``, e.g. the ``thresholds.json``

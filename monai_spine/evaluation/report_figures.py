@@ -300,9 +300,8 @@ def _figures(
         empty = [t for t, v in by_type.items() if not v.size]
         if len(empty) == len(by_type):
             _no_data(ax, "no data: no finite sigma_p")
-        elif empty:
-            ax.text(0.02, 0.97, "\n".join(f"{t}: no data" for t in empty), transform=ax.transAxes, ha="left",
-                    va="top", fontsize=7, color="#555555")
+        for t in empty if len(empty) < len(by_type) else ():  # said in the legend, beside the other type's curve
+            ax.plot([], [], color=_TYPE_COLOURS[t], ls="none", marker="|", label=f"{t}: no data")
         ax.set_xlabel(sigma_axis_label(su))
         ax.set_ylabel("density")
         ax.set_title(m)
@@ -321,8 +320,8 @@ def _figures(
         else:
             _no_data(ax, "no data: no finite (error, sigma_p)")
         if thr is not None and thr.units != su:  # e.g. the paper's thresholds (frac) over the corner FCN (mm)
-            ax.text(0.02, 0.97, f"thresholds in {thr.units}: not drawn", transform=ax.transAxes, ha="left",
-                    va="top", fontsize=7, color="#555555")
+            ax.plot([], [], ls="none", label=f"thresholds in {thr.units}: not drawn")
+            _legend(ax, fontsize=7, loc="upper right")
         elif thr is not None:
             from monai_spine.uncertainty.thresholds import vouched_classes
 
