@@ -99,7 +99,8 @@ def refine_errors(labels: Sequence[str], regressor_dir: str | os.PathLike, detec
         errs, t = [], 0.0
         for ann, img, det in films:
             t0 = time.perf_counter()
-            pred = predictor.predict(img, det.boxes_px, ann.spacing_mm)
+            boxes, angles = predictor.vertebra_boxes(det.boxes_px, det.centres_px, det.levels)
+            pred = predictor.predict(img, boxes, ann.spacing_mm, angles_rad=angles)
             t += time.perf_counter() - t0
             for j, i, vis in _same_levels(ann, det):
                 d = (pred.keypoints_px[j] - ann.keypoints_px[i]) * np.asarray(ann.spacing_mm, np.float64)

@@ -78,6 +78,7 @@ def evaluate_predictor(
     Raises:
         ValueError: no vertebra of ``region`` in ``label_paths``.
     """
+    from monai_spine.codecs.detection import vertebra_centres_px
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.keypoints import get_region
     from monai_spine.data.readers import read_xray
@@ -103,19 +104,34 @@ def evaluate_predictor(
         override = ann.spacing_override_mm
         img = read_xray(ann.image, spacing_mm=override)
         boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+        # a model trained in boxes made from centres (a box rule) gets them around these centres
+        framed = getattr(predictor, "box_rule", None) is not None
+        angles = np.zeros(len(ann.levels)) if framed else None
+        if framed and detector is None:
+            boxes, angles = predictor.vertebra_boxes(
+                boxes, vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme), ann.levels)
         num_annotated += len(keep)
         if detector is not None:
             det = detector.detect(img.channel_first(), img.spacing_mm, img.spacing_source)
             inferred = np.zeros(len(det.levels), bool) if det.inferred is None else np.asarray(det.inferred, bool)
-            seen = {lev: np.asarray(det.boxes_px[k]) for k, lev in enumerate(det.levels) if not inferred[k]}
+            det_boxes, det_angles = np.asarray(det.boxes_px, np.float64), np.zeros(len(det.levels))
+            if framed:
+                det_boxes, det_angles = predictor.vertebra_boxes(det.boxes_px, det.centres_px, det.levels)
+            seen = {lev: k for k, lev in enumerate(det.levels) if not inferred[k]}
             keep = [j for j in keep if ann.levels[j] in seen]
             if not keep:
                 continue
             boxes = np.asarray(boxes, np.float64).copy()
             for j in keep:
-                boxes[j] = seen[ann.levels[j]]
+                boxes[j] = det_boxes[seen[ann.levels[j]]]
+                if framed:
+                    angles[j] = det_angles[seen[ann.levels[j]]]
         num_found += len(keep)
-        pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source)
+        if framed:
+            pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source,
+                                     angles_rad=angles[keep])
+        else:
+            pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source)
         n = len(keep)
         pred_px = np.asarray(pred.keypoints_px, np.float64).reshape(n, -1, 2)
         gt_px, vis = ann.keypoints_px[keep], ann.visible[keep]

@@ -165,7 +165,8 @@ class SpinePipeline:
         scores = np.asarray(det.scores, dtype=np.float64).reshape(-1)
         kp = None
         if self.regressor is not None:
-            kp = self.regressor.predict(img, boxes, sp, source)
+            reg_boxes, angles = self.regressor.vertebra_boxes(boxes, centres, levels)  # its training framing
+            kp = self.regressor.predict(img, reg_boxes, sp, source, angles_rad=angles)
             result = self.regressor.to_json(kp, levels, image=name)
         else:
             result = {

@@ -98,6 +98,10 @@ class RegressorSpec:
             around the box of the previous pass's keypoints (the framing the network was trained on:
             a detector's boxes frame vertebrae differently from the annotation boxes); 0: the given
             boxes only.
+        box_rule: how a vertebra is framed from vertebra centres, as the model was trained:
+            None: in the given boxes (annotation boxes in training, the detector's at prediction);
+            ``{"kind": "frame", ...}``: :class:`~monai_spine.data.frames.FrameBoxes` around the
+            centres, turned into the spine's frame (:meth:`KeypointPredictor.vertebra_boxes`).
         meta: free-form record (training command, data, licence, test metrics).
     """
 
@@ -112,6 +116,7 @@ class RegressorSpec:
     margin_mm: float = 4.0
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
     refine_passes: int = 0
+    box_rule: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -136,6 +141,10 @@ class RegressorSpec:
         self.refine_passes = int(self.refine_passes)
         if self.refine_passes < 0:
             raise ValueError(f"refine_passes must be >= 0, got {self.refine_passes}")
+        if self.box_rule is not None:
+            from monai_spine.data.frames import FrameBoxes
+
+            self.box_rule = FrameBoxes.from_dict(self.box_rule).to_dict()
 
     @property
     def scheme(self) -> str:
@@ -400,6 +409,8 @@ class KeypointPredictor:
             for speed comparisons: same distribution, other dropout masks).
         refine_passes: re-cut each crop around the previous pass's keypoints this many times
             (:attr:`RegressorSpec.refine_passes`); the uncertainty is the last pass's.
+        box_rule: :class:`~monai_spine.data.frames.FrameBoxes` (or its dict) when the model was
+            trained in boxes made from vertebra centres (:attr:`RegressorSpec.box_rule`), else None.
     """
 
     def __init__(
@@ -417,8 +428,14 @@ class KeypointPredictor:
         conformal: Any | None = None,
         reference: bool = False,
         refine_passes: int = 0,
+        box_rule: Any = None,
     ) -> None:
+        from monai_spine.data.frames import FrameBoxes
+
         self.reference = bool(reference)
+        self.box_rule = FrameBoxes.from_dict(box_rule) if isinstance(box_rule, dict) else box_rule
+        if self.box_rule is not None and not isinstance(self.box_rule, FrameBoxes):
+            raise ValueError(f"box_rule must be FrameBoxes, its dict or None, got {type(box_rule).__name__}")
         if int(refine_passes) < 0:
             raise ValueError(f"refine_passes must be >= 0, got {refine_passes}")
         self.refine_passes = int(refine_passes)
@@ -477,6 +494,7 @@ class KeypointPredictor:
             kwargs.setdefault("spatial_size", spec.spatial_size)
             kwargs.setdefault("margin_mm", spec.margin_mm)
             kwargs.setdefault("refine_passes", spec.refine_passes)
+            kwargs.setdefault("box_rule", spec.box_rule)
             if tuple(int(v) for v in kwargs["spatial_size"]) != spec.spatial_size:
                 raise ValueError(f"{folder / SPEC_FILE}: trained on {spec.spatial_size} crops, asked for {tuple(kwargs['spatial_size'])}")
             if "thresholds" not in kwargs and (folder / "thresholds.json").is_file():
@@ -496,6 +514,47 @@ class KeypointPredictor:
             net_kw.setdefault("spatial_size", kwargs["spatial_size"])
         net = load_regressor_weights(build_regressor(variant, scheme.num_points, **net_kw), ckpt)
         return cls(net, scheme=scheme.name, **kwargs)
+
+    def vertebra_boxes(self, boxes_px: np.ndarray, centres_px: np.ndarray | None = None,
+                       levels: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The crops to cut for N vertebrae, as the model was trained to see them.
+
+        Without a :attr:`box_rule` (or without centres) the given boxes. With one, the rule's boxes in
+        the spine's frame around the finite centres (taken top to bottom: by level with ``levels``,
+        else by y); a vertebra without a finite centre, or every one when fewer than two have one,
+        keeps its given box, axis-aligned.
+
+        Args:
+            boxes_px: (N, 4) ``x0, y0, x1, y1`` boxes (a detector's, or an annotation's).
+            centres_px: (N, 2) vertebra centres, pixels (NaN: unknown), or None.
+            levels: N level names, or None.
+
+        Returns:
+            ``(boxes_px (N, 4), angles_rad (N,) or None)`` for :meth:`predict`.
+
+        Raises:
+            ValueError: centres or levels that do not match the boxes in number.
+        """
+        boxes = np.array(boxes_px, dtype=np.float64).reshape(-1, 4)
+        if self.box_rule is None or centres_px is None:
+            return boxes, None
+        c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
+        if len(c) != len(boxes) or (levels is not None and len(levels) != len(boxes)):
+            raise ValueError(f"vertebra_boxes: {len(boxes)} boxes, {len(c)} centres, "
+                             f"{'no' if levels is None else len(levels)} levels")
+        angles = np.zeros(len(boxes))
+        ok = np.flatnonzero(np.all(np.isfinite(c), axis=1))
+        if len(ok) < 2:
+            return boxes, angles
+        if levels is not None:
+            from monai_spine.data.keypoints import level_order
+
+            order = ok[np.argsort([level_order(str(levels[i])) for i in ok], kind="stable")]
+        else:
+            order = ok[np.argsort(c[ok, 1], kind="stable")]
+        boxes[order], angles[order] = self.box_rule.boxes(c[order], None if levels is None else
+                                                          [str(levels[i]) for i in order])
+        return boxes, angles
 
     @torch.inference_mode()
     def predict(
@@ -675,6 +734,7 @@ def predict_cases(
     Returns:
         one summary dict per case (paths written, number of vertebrae).
     """
+    from monai_spine.codecs.detection import vertebra_centres_px
     from monai_spine.data.annotation import SpineAnnotation, atomic_write_text, read_annotation
     from monai_spine.data.keypoints import get_region
     from monai_spine.data.readers import read_xray
@@ -692,8 +752,11 @@ def predict_cases(
         override = ann.spacing_override_mm
         img = read_xray(ann.image, spacing_mm=override)
         boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+        centres = vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme)
+        boxes, angles = predictor.vertebra_boxes(boxes[keep], centres[keep], [ann.levels[i] for i in keep])
         # annotation boxes already frame the vertebra as in training: no re-cut (it is for a detector's boxes)
-        pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source, refine_passes=0)
+        pred = predictor.predict(img.channel_first(), boxes, img.spacing_mm, img.spacing_source, refine_passes=0,
+                                 angles_rad=angles)
         stem = Path(label).name.removesuffix(".json")
         kept_levels = [ann.levels[i] for i in keep]
         result = predictor.to_json(pred, kept_levels, image=str(ann.image))

@@ -113,6 +113,22 @@ def test_points_map_through_the_crop_and_outputs_are_valid(inputs, tmp_path, ste
     assert png.shape == (*IMAGE_HW, 3)
 
 
+def test_a_model_trained_in_frame_boxes_gets_them_around_the_detected_centres(inputs, tmp_path):
+    # centres (120, 110) and (120, 170): spacing 60 px, upright frame; FrameBoxes(1.0, 0.5) -> 60 x 30 px
+    # boxes (90, 95, 150, 125); bare.png (no spacing): margins 15 % -> 9 and 4.5 px -> (81, 90.5, 159, 129.5),
+    # 78 x 39 px, already 2 : 1 -> x = 81 + 0.25 * 78 = 100.5, y = 90.5 + 0.75 * 39 = 119.75
+    from monai_spine.data.frames import FrameBoxes
+
+    pipe = stub_pipeline()
+    pipe.regressor.box_rule = FrameBoxes(1.0, 0.5)
+    pipe.predict_file(inputs / "bare.png", tmp_path / "out")
+    d = json.loads((tmp_path / "out" / "bare.keypoints.json").read_text())
+    for i, v in enumerate(d["vertebrae"]):
+        assert v["box_px"] == BOXES[i].tolist()  # the detector's box is still reported
+        for p in v["points"]:
+            assert (p["x_px"], p["y_px"]) == pytest.approx((100.5, 119.75 + 60.0 * i), abs=1e-6)
+
+
 def test_detector_gets_the_spacing_of_the_file(inputs, tmp_path):
     pipe = stub_pipeline()
     pipe.predict_file(inputs / "dx.dcm", tmp_path / "o")

@@ -415,3 +415,53 @@ def test_predict_cases_does_not_recut_annotation_boxes(tmp_path, monkeypatch):
     monkeypatch.setattr(p, "predict", lambda *a, **k: (seen.append(k.get("refine_passes")), real(*a, **k))[1])
     predict_cases(p, [str(labels[0])], tmp_path / "out", overlays=False)
     assert seen == [0] and len(list((tmp_path / "out").glob("*.keypoints.json"))) == 1
+
+
+# --- a model trained in boxes made from vertebra centres (box_rule) --------------------------------
+
+RULE = {"kind": "frame", "width_ratio": 1.5, "height_ratio": 0.5, "offset_ratio": [0.0, 0.0]}
+
+
+def test_box_rule_comes_from_the_spec_and_round_trips(tmp_path):
+    from monai_spine.data.frames import FrameBoxes
+    from monai_spine.inference.regressor import KeypointPredictor, RegressorSpec
+
+    spec, _ = _model_folder(tmp_path, box_rule=RULE)
+    assert RegressorSpec.load(tmp_path).box_rule == RULE
+    assert KeypointPredictor.from_checkpoint(tmp_path).box_rule == FrameBoxes(1.5, 0.5)
+    with pytest.raises(ValueError, match="box_rule"):
+        RegressorSpec(box_rule={"kind": "spacing"})
+
+
+def test_vertebra_boxes_frame_the_centres_top_to_bottom_by_level():
+    # three centres 20 px apart on x = 50, given out of order (C5, C3, C4), and a fourth without a
+    # centre: the frame is upright (angle 0), boxes 30 x 10 px about each centre; the fourth keeps its box
+    p = KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), box_rule=RULE)
+    given = np.array([[0.0, 0.0, 5.0, 5.0]] * 4)
+    centres = np.array([[50.0, 50.0], [50.0, 10.0], [50.0, 30.0], [np.nan, np.nan]])
+    boxes, angles = p.vertebra_boxes(given, centres, ["C5", "C3", "C4", "C6"])
+    np.testing.assert_allclose(boxes, [[35, 45, 65, 55], [35, 5, 65, 15], [35, 25, 65, 35], [0, 0, 5, 5]])
+    np.testing.assert_allclose(angles, 0.0, atol=1e-12)
+    # a tilted spine: centres along (1, 1) -> endplates at -45 degrees
+    boxes, angles = p.vertebra_boxes(given[:3], np.array([[0.0, 0.0], [10.0, 10.0], [20.0, 20.0]]))
+    np.testing.assert_allclose(np.degrees(angles), -45.0)
+
+
+@pytest.mark.parametrize("rule,centres,expect_angles", [
+    (None, np.array([[1.0, 1.0], [1.0, 9.0]]), False),  # no rule: the given boxes
+    (RULE, None, False),  # no centres: the given boxes
+    (RULE, np.array([[1.0, 1.0], [np.nan, np.nan]]), True),  # one centre: no frame, axis-aligned
+])
+def test_vertebra_boxes_fall_back_to_the_given_boxes(rule, centres, expect_angles):
+    p = KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), box_rule=rule)
+    boxes, angles = p.vertebra_boxes(BOXES, centres)
+    np.testing.assert_array_equal(boxes, BOXES)
+    assert (angles is not None) == expect_angles and (angles is None or not np.any(angles))
+
+
+def test_vertebra_boxes_errors():
+    p = KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), box_rule=RULE)
+    with pytest.raises(ValueError, match="2 boxes, 3 centres"):
+        p.vertebra_boxes(BOXES, np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="box_rule must be FrameBoxes"):
+        KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), box_rule=3)
