@@ -46,7 +46,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from monai_spine.bench.tables import num, pct
-from monai_spine.data.frames import FrameBoxes, annotation_frames
+from monai_spine.data.frames import FrameBoxes
+from monai_spine.data.reboxing import frame_box_dataset, reboxed_dataset
 
 __all__ = [
     "AasceBenchSettings",
@@ -61,7 +62,6 @@ __all__ = [
     "train_chain_folder",
     "CHAIN_DECODING",
     "REGRESSOR_BOXES",
-    "frame_box_dataset",
 ]
 
 #: Where the AP regressor's crops come from (:attr:`AasceBenchSettings.regressor_boxes`).
@@ -648,26 +648,6 @@ class SpacingBoxes:
         return cls(float(np.median(w)), float(np.median(h)))
 
 
-def _reboxed_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                     rebox: Callable[[Any], Any]) -> Path:
-    """A copy of a dataset folder (``dataset.json`` and ``labels/``; images stay where they are) whose
-    training and validation annotations went through ``rebox`` (annotation -> annotation with new
-    ``boxes_px``); test labels are copied unchanged. Returns ``out_dir``."""
-    from monai_spine.data.annotation import read_annotation, write_annotation
-
-    src, out = Path(dataset_dir), Path(out_dir)
-    index = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    for split in ("training", "validation", "test"):
-        for item in index.get(split) or []:
-            ann = read_annotation(src / item["label"])
-            target = out / "labels" / Path(item["label"]).name
-            write_annotation(ann if split == "test" else rebox(ann), target)
-            item["label"] = f"labels/{target.name}"
-    (out / "dataset.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
-    return out
-
-
 def spacing_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, rule: SpacingBoxes) -> Path:
     """A copy of a dataset folder whose training and validation labels carry :class:`SpacingBoxes` boxes
     around their annotated centres (test labels unchanged).
@@ -685,30 +665,7 @@ def spacing_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLi
             ann.boxes_px = boxes
         return ann
 
-    return _reboxed_dataset(dataset_dir, out_dir, rebox)
-
-
-def frame_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, rule: FrameBoxes) -> Path:
-    """A copy of a dataset folder whose training and validation labels carry :class:`FrameBoxes` boxes
-    and angles around their annotated centres (test labels unchanged); a vertebra without four corners,
-    or a film with fewer than two such vertebrae, keeps its keypoints' axis-aligned box.
-
-    Returns:
-        ``out_dir``.
-    """
-    from monai_spine.data.keypoints import get_scheme
-
-    def rebox(ann: Any) -> Any:
-        boxes = ann.boxes_from_keypoints()
-        angles = np.zeros(len(ann.levels))
-        rows, centres, _, _ = annotation_frames(ann.keypoints_px, ann.visible, get_scheme(ann.scheme).corner_indices,
-                                                1.0, levels=ann.levels)
-        if len(rows) >= 2:
-            boxes[rows], angles[rows] = rule.boxes(centres, [ann.levels[r] for r in rows])
-        ann.boxes_px, ann.box_angles_rad = boxes, angles
-        return ann
-
-    return _reboxed_dataset(dataset_dir, out_dir, rebox)
+    return reboxed_dataset(dataset_dir, out_dir, rebox)
 
 
 def detector_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, detector: Any,
@@ -754,7 +711,7 @@ def detector_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathL
             log(f"[aasce] detector boxes: {count['films']} training and validation films")
         return ann
 
-    out = _reboxed_dataset(dataset_dir, out_dir, rebox)
+    out = reboxed_dataset(dataset_dir, out_dir, rebox)
     log(f"[aasce] detector boxes for {count['kept']} of {count['total']} training and validation vertebrae "
         "(the others left out)")
     return out

@@ -172,39 +172,3 @@ def test_spacing_boxes_fit_recovers_the_ratio(tmp_path):
     rule = SpacingBoxes.fit([str(tmp_path / "a.json")])
     assert rule.width_frac == pytest.approx(1.5) and rule.height_frac == pytest.approx(0.6)
 
-
-def test_frame_box_dataset_turns_training_boxes_into_the_spine_frame(tmp_path):
-    import json
-
-    from monai_spine.bench.aasce import frame_box_dataset
-    from monai_spine.data.annotation import SpineAnnotation, read_annotation, write_annotation
-    from monai_spine.data.frames import FrameBoxes
-
-    # a straight spine tilted by 30 degrees: centres 20 px apart along t, 30 x 12 px bodies, plus a T4
-    # with one corner missing (no frame: it keeps its own axis-aligned box)
-    a = np.radians(30.0)
-    e, t = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
-    local = np.array([[-15.0, -6.0], [15.0, -6.0], [-15.0, 6.0], [15.0, 6.0]])
-    centres = np.array([200.0, 50.0]) + np.arange(4)[:, None] * 20.0 * t
-    kp = centres[:, None] + local[..., :1] * e + local[..., 1:] * t
-    vis = np.ones((4, 4), bool)
-    vis[3, 1] = False
-    src = tmp_path / "ds"
-    (src / "labels").mkdir(parents=True)
-    index = {}
-    for split in ("training", "validation", "test"):
-        write_annotation(SpineAnnotation(["T1", "T2", "T3", "T4"], kp, vis, "ap", "ap4", image="x.png"),
-                         src / "labels" / f"{split}.json")
-        index[split] = [{"label": f"labels/{split}.json", "image": "x.png"}]
-    (src / "dataset.json").write_text(json.dumps(index))
-    out = frame_box_dataset(src, tmp_path / "framed", FrameBoxes(1.5, 0.6))
-    new = json.loads((out / "dataset.json").read_text())
-    for split in ("training", "validation"):
-        ann = read_annotation(out / new[split][0]["label"])
-        np.testing.assert_allclose(np.degrees(ann.box_angles_rad), [30.0, 30.0, 30.0, 0.0], atol=1e-9)
-        # 1.5 x 20 = 30 wide and 0.6 x 20 = 12 high about each centre: the bodies' own turned box
-        np.testing.assert_allclose(ann.boxes_px[:3], np.concatenate([centres[:3] - [15, 6], centres[:3] + [15, 6]], 1),
-                                   atol=1e-9)
-        np.testing.assert_allclose(ann.boxes_px[3], ann.boxes_from_keypoints()[3])
-    test = read_annotation(out / new["test"][0]["label"])
-    assert test.box_angles_rad is None and test.boxes_px is None  # test labels untouched
