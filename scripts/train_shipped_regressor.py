@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra-films", type=int, default=0,
                    help="add this many synthetic films of --extra-seed to the training split only (default 0)")
     p.add_argument("--extra-seed", type=int, default=2000, help="generator seed of the extra training films")
+    p.add_argument("--boxes", choices=("annotation", "frame"), default="annotation",
+                   help="crops cut from the annotations' boxes (default; a detector's boxes are re-cut at prediction) "
+                        "or from spine-frame boxes around the vertebra centres (frame: the same boxes at prediction)")
     p.add_argument("--out", default=None, help="model folder (default bundle/models/<region>/regressor)")
     p.add_argument("--work", default=None, help="MLflow store, predictions, metrics (default runs/ship-<region>)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = train_shipped_regressor(args.region, out, work, n=args.n, epochs=args.epochs, size=args.size,
                                   init_checkpoint=args.init, command=command, data_seed=args.data_seed,
                                   flip_prob=args.flip_prob, refine_passes=args.refine_passes,
-                                  extra_films=args.extra_films, extra_seed=args.extra_seed,
+                                  extra_films=args.extra_films, extra_seed=args.extra_seed, boxes=args.boxes,
                                   extra=_network_overrides(args) or None)
     from monai_spine.engines.ship import _METRICS
 

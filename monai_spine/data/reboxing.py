@@ -27,8 +27,8 @@ def reboxed_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     """A copy of a dataset folder whose labels of ``splits`` went through ``rebox``.
 
     Args:
-        dataset_dir: folder with ``dataset.json`` (split -> items with a ``label`` path, relative to the
-            folder or absolute).
+        dataset_dir: folder with ``dataset.json`` (split -> items with a ``label`` path, or bare label
+            paths; relative to the folder or absolute).
         out_dir: the copy (``dataset.json`` and ``labels/``).
         rebox: annotation -> annotation with new ``boxes_px`` (and ``box_angles_rad``).
         splits: the splits reboxed; the other splits' labels are copied unchanged.
@@ -46,15 +46,20 @@ def reboxed_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     (out / "labels").mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     for split in ("training", "validation", "test"):
-        for item in index.get(split) or []:
-            name = Path(item["label"]).name
+        entries = index.get(split) or []
+        for k, item in enumerate(entries):
+            label = item["label"] if isinstance(item, dict) else item  # {"label": path, ...} or a bare path
+            name = Path(label).name
             if name in seen:
                 raise ValueError(f"{src / 'dataset.json'}: two labels named {name!r}; the copy keeps file names")
             seen.add(name)
-            ann = read_annotation(src / item["label"])
+            ann = read_annotation(src / label)
             target = out / "labels" / name
             write_annotation(rebox(ann) if split in splits else ann, target)
-            item["label"] = f"labels/{name}"
+            if isinstance(item, dict):
+                item["label"] = f"labels/{name}"
+            else:
+                entries[k] = f"labels/{name}"
     (out / "dataset.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
     return out
 

@@ -152,8 +152,15 @@ def train_shipped_regressor(
     extra: dict[str, Any] | None = None,
     extra_films: int = 0,
     extra_seed: int = 2000,
+    boxes: str = "annotation",
 ) -> dict[str, Any]:
     """Train, calibrate and test one regressor into ``model_dir``; return its record.
+
+    ``boxes``: ``"annotation"`` trains in the annotations' boxes (a detector's boxes are then re-cut
+    ``refine_passes`` times at prediction); ``"frame"`` trains, validates and tests in the spine-frame
+    boxes of :class:`~monai_spine.data.frames.FrameBoxes` around the annotated centres (the rule fitted
+    on the training films goes into the spec's ``box_rule``, so ``predict`` builds the same boxes
+    around the detected centres).
 
     ``refine_passes`` (the re-cuts in a detector's boxes, chosen with ``scripts/bench_refine.py``) is
     written into the spec before the validation films are predicted for the calibration, so the
@@ -169,6 +176,8 @@ def train_shipped_regressor(
     from monai_spine.metrics.keypoint_error import summarize_errors
     from monai_spine.evaluation.calibration import calibrate_from_predictions
 
+    if boxes not in ("annotation", "frame"):
+        raise ValueError(f"boxes must be 'annotation' or 'frame', got {boxes!r}")
     model_dir = Path(model_dir).resolve()
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -181,6 +190,19 @@ def train_shipped_regressor(
         dataset_dir = str(extra_films_dataset(work / "dataset-extra", region, n, data_seed, size, hard_case_rate,
                                               extra_films, extra_seed))
         data_text += f"; plus {extra_films} films of seed {extra_seed} in the training split only"
+    box_rule = None
+    if boxes == "frame":
+        from monai_spine.data.annotation import read_annotation
+        from monai_spine.data.datasets import SPLITS, bundle_splits
+        from monai_spine.data.frames import FrameBoxes
+        from monai_spine.data.reboxing import frame_box_dataset
+
+        base = dataset_dir or str(extra_films_dataset(work / "dataset-split", region, n, data_seed, size,
+                                                      hard_case_rate, 0, extra_seed))
+        box_rule = FrameBoxes.fit([read_annotation(p) for p in bundle_splits(base, region)["training"]])
+        dataset_dir = str(frame_box_dataset(base, work / "dataset-frame", box_rule, splits=SPLITS))
+        data_text += (f"; crops in spine-frame boxes around the vertebra centres (width {box_rule.width_ratio:.3f}, "
+                      f"height {box_rule.height_ratio:.3f} x the local centre spacing)")
     ov: dict[str, Any] = {
         "region": region,
         "variant": variant,
@@ -210,6 +232,7 @@ def train_shipped_regressor(
         raise FileNotFoundError(f"training left no checkpoint at {model_dir / 'model.pt'}")
     spec = RegressorSpec.load(model_dir)
     spec.refine_passes = int(refine_passes)
+    spec.box_rule = None if box_rule is None else box_rule.to_dict()
     spec.save(model_dir)
     val_pred = work / "validation-predictions"
     _run(["train.json", "inference.json"], "run", dict(ov, output_dir=str(val_pred), infer_split="validation"))
@@ -248,18 +271,19 @@ def extra_films_dataset(folder: str | Path, region: str, n: int, data_seed: int,
 
     The validation and test splits are those of the ``n`` films of ``data_seed`` (the bundle's seeded
     split), so a model trained on the larger set is compared on the same held-out films; the extra films
-    (generator seed ``extra_seed``, same size and hard-case rate) join the training split only.
+    (generator seed ``extra_seed``, same size and hard-case rate) join the training split only. With
+    ``extra_n`` 0 it is the bundle's seeded split written out as a folder.
 
     Returns:
         ``folder``, holding only ``dataset.json`` (absolute label paths into the synthetic cache).
     """
     from monai_spine.data.datasets import bundle_splits, default_cache_dir, ensure_synthetic, list_cases
 
-    if int(extra_seed) == int(data_seed):
+    if int(extra_n) and int(extra_seed) == int(data_seed):
         raise ValueError(f"extra_seed {extra_seed} equals data_seed: the extra films would repeat the held-out ones")
     base = bundle_splits(None, region, int(n), int(data_seed), float(hard_case_rate), (int(size), int(size)))
     extra = list_cases(ensure_synthetic(default_cache_dir(), region, int(extra_n), int(extra_seed),
-                                        float(hard_case_rate), (int(size), int(size))))["cases"]
+                                        float(hard_case_rate), (int(size), int(size))))["cases"] if int(extra_n) else []
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     index = {"region": region, "training": list(base["training"]) + list(extra), "validation": list(base["validation"]),

@@ -179,7 +179,9 @@ class MeanShapePredictor:
     """A reference without a network: every vertebra gets the mean training shape in its crop.
 
     The crop is the bundle's validation crop (same margin and size), so this row shows what the box
-    alone gives away; a network that does not beat it has learned nothing about the image.
+    alone gives away; a network that does not beat it has learned nothing about the image. A predictor
+    with a box rule (crops in the spine's frame around centres) lends it that rule: the mean shape is
+    then the mean in those crops, placed in them.
     """
 
     predicts_logvar = False
@@ -189,35 +191,53 @@ class MeanShapePredictor:
         from monai_spine.data.keypoints import get_region
         from monai_spine.data.readers import read_xray
 
+        from monai_spine.codecs.detection import vertebra_centres_px
+
         self.crop_transform = predictor.crop_transform
         self.spatial_size = predictor.spatial_size
         self.scheme = predictor.scheme
         self.network = self
+        self.box_rule = getattr(predictor, "box_rule", None)
+        self._vertebra_boxes = getattr(predictor, "vertebra_boxes", None)
         fracs = []
         levels = get_region(region).levels
         for label in train_labels:
             ann = read_annotation(label)
             img = read_xray(ann.image)
             boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+            angles = np.zeros(len(ann.levels))
+            if self.box_rule is not None:
+                boxes, angles = self.vertebra_boxes(
+                    boxes, vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme), ann.levels)
             for i, lev in enumerate(ann.levels):
                 if lev not in levels:
                     continue
                 d = self.crop_transform({"image": img.channel_first(), "box_px": boxes[i].astype(np.float32),
                                          "keypoints_px": ann.keypoints_px[i].astype(np.float32),
-                                         "visible": ann.visible[i], "spacing_mm": img.spacing_array})
+                                         "visible": ann.visible[i], "spacing_mm": img.spacing_array,
+                                         "box_angle_rad": float(angles[i])})
                 f = np.asarray(d["keypoints_frac"], dtype=np.float64)
                 f[~ann.visible[i]] = np.nan
                 fracs.append(f)
         self.mean_frac = np.nanmean(np.stack(fracs), axis=0)
 
-    def predict(self, image: Any, boxes_px: Any, spacing_mm: Any, spacing_source: str = "unknown") -> Any:
+    def vertebra_boxes(self, boxes_px: Any, centres_px: Any = None, levels: Any = None) -> Any:
+        """The wrapped predictor's :meth:`~monai_spine.inference.regressor.KeypointPredictor.vertebra_boxes`."""
+        if self._vertebra_boxes is None:
+            return np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4), None
+        return self._vertebra_boxes(boxes_px, centres_px, levels)
+
+    def predict(self, image: Any, boxes_px: Any, spacing_mm: Any, spacing_source: str = "unknown",
+                angles_rad: Any = None) -> Any:
         from monai_spine.inference.regressor import KeypointPrediction
         from monai_spine.transforms.keypoints import frac_to_image_px
 
         sp = np.full(2, np.nan, np.float32) if spacing_mm is None else np.asarray(spacing_mm, np.float32)
         boxes = np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4)
+        angles = np.zeros(len(boxes)) if angles_rad is None else np.asarray(angles_rad, np.float64).reshape(-1)
         aff = np.stack([np.asarray(self.crop_transform({"image": image, "box_px": b.astype(np.float32),
-                                                        "spacing_mm": sp})["crop_to_image"]) for b in boxes])
+                                                        "spacing_mm": sp, "box_angle_rad": float(a)})["crop_to_image"])
+                        for b, a in zip(boxes, angles)])
         kp = frac_to_image_px(np.broadcast_to(self.mean_frac, (len(boxes),) + self.mean_frac.shape), aff,
                               self.spatial_size)
         nan = np.full(kp.shape[:2], np.nan)

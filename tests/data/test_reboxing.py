@@ -55,7 +55,8 @@ def _dataset(tmp_path, names=("a.json", "b.json", "c.json")):
     for split, name in zip(("training", "validation", "test"), names):
         write_annotation(SpineAnnotation(["T1"], kp, np.ones((1, 4), bool), "ap", "ap4", image="x.png"),
                          src / "labels" / f"{split}-{name}")
-        index[split] = [{"label": str(src / "labels" / f"{split}-{name}")}]  # absolute label paths
+        label = str(src / "labels" / f"{split}-{name}")  # absolute paths; the test split's a bare path
+        index[split] = [label if split == "test" else {"label": label}]
     (src / "dataset.json").write_text(json.dumps(index))
     return src
 
@@ -69,6 +70,7 @@ def test_reboxed_dataset_reboxes_only_the_asked_splits(tmp_path, splits, reboxed
     import json
 
     from monai_spine.data.annotation import read_annotation
+    from monai_spine.data.datasets import list_cases
     from monai_spine.data.reboxing import reboxed_dataset
 
     def rebox(ann):
@@ -76,9 +78,10 @@ def test_reboxed_dataset_reboxes_only_the_asked_splits(tmp_path, splits, reboxed
         return ann
 
     out = reboxed_dataset(_dataset(tmp_path), tmp_path / "out", rebox, splits)
-    index = json.loads((out / "dataset.json").read_text())
-    got = [read_annotation(out / index[s][0]["label"]).boxes_px is not None for s in ("training", "validation", "test")]
+    index = list_cases(out)
+    got = [read_annotation(index[s][0]).boxes_px is not None for s in ("training", "validation", "test")]
     assert got == reboxed
+    assert json.loads((out / "dataset.json").read_text())["test"] == ["labels/test-c.json"]  # a bare path stays one
 
 
 def test_reboxed_dataset_refuses_two_labels_of_one_name(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_train_shipped_regressor_writes_a_self_describing_folder(tmp_path, monkeypatch):
+@pytest.mark.parametrize("boxes", ["annotation", "frame"])
+def test_train_shipped_regressor_writes_a_self_describing_folder(tmp_path, monkeypatch, boxes):
     from monai_spine.engines.ship import train_shipped_regressor
     from monai_spine.inference.regressor import KeypointPredictor
 
@@ -18,7 +19,7 @@ def test_train_shipped_regressor_writes_a_self_describing_folder(tmp_path, monke
     rec = train_shipped_regressor(
         "cervical", model, tmp_path / "work", n=10, size=256, epochs=1, command=["train", "--tiny"],
         extra={"network_width": 0.125, "fc_features": 16, "spatial_size": [64, 128], "batch_size": 4,
-               "train#handler#mlflow#_disabled_": True},
+               "train#handler#mlflow#_disabled_": True}, boxes=boxes,
     )
     names = {p.name for p in model.iterdir()}
     assert {"model.pt", "regressor_model.json", "thresholds.json", "conformal.json", "README.md"} <= names
@@ -31,6 +32,17 @@ def test_train_shipped_regressor_writes_a_self_describing_folder(tmp_path, monke
     assert "synthetic radiographs only" in card and "train --tiny" in card and "no network" in card
     pred = KeypointPredictor.from_checkpoint(model)
     assert pred.spatial_size == (64, 128) and pred.conformal is not None
+    if boxes == "frame":  # the rule fitted on the training films ships in the spec; every split was framed
+        from monai_spine.data.annotation import read_annotation
+        from monai_spine.data.datasets import list_cases
+
+        assert spec["box_rule"]["kind"] == "frame" and 1.0 < spec["box_rule"]["width_ratio"] < 3.0
+        assert pred.box_rule is not None and "spine-frame boxes" in spec["meta"]["data"]
+        framed = list_cases(tmp_path / "work" / "dataset-frame")
+        assert all(read_annotation(p).box_angles_rad is not None for s in ("training", "validation", "test")
+                   for p in framed[s])
+    else:
+        assert spec["box_rule"] is None and pred.box_rule is None
 
 
 GENERATED = "# Card\nintro\n\n## Data\ngen data\n\n## Test split\ngen table\n\n## Calibration\ngen calib\n"
