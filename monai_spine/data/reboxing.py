@@ -19,7 +19,7 @@ import numpy as np
 
 from monai_spine.data.frames import FrameBoxes, annotation_frames
 
-__all__ = ["reboxed_dataset", "frame_box_dataset"]
+__all__ = ["reboxed_dataset", "frame_box_dataset", "outside_ratio"]
 
 
 def reboxed_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, rebox: Callable[[Any], Any],
@@ -64,11 +64,34 @@ def reboxed_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     return out
 
 
+def outside_ratio(keypoints_px: np.ndarray, visible: np.ndarray, boxes_px: np.ndarray,
+                  angles_rad: np.ndarray) -> np.ndarray:
+    """``(N,)`` how far each vertebra's farthest visible keypoint lies from its box centre, in half box
+    sizes along the box's turned axes (<= 1: every point inside the box; NaN: no visible point)."""
+    kp = np.where(np.asarray(visible, bool)[..., None], np.asarray(keypoints_px, np.float64), np.nan)
+    b = np.asarray(boxes_px, np.float64)
+    c, half = 0.5 * (b[:, :2] + b[:, 2:]), np.maximum(0.5 * (b[:, 2:] - b[:, :2]), 1e-9)
+    a = np.asarray(angles_rad, np.float64)[:, None]
+    d = kp - c[:, None]
+    u = d[..., 0] * np.cos(a) + d[..., 1] * np.sin(a)
+    v = -d[..., 0] * np.sin(a) + d[..., 1] * np.cos(a)
+    r = np.maximum(np.abs(u) / half[:, :1], np.abs(v) / half[:, 1:])
+    with np.errstate(all="ignore"):
+        return np.where(np.all(np.isnan(r), axis=1), np.nan, np.nanmax(np.where(np.isnan(r), -np.inf, r), axis=1))
+
+
 def frame_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, rule: FrameBoxes,
-                      splits: Sequence[str] = ("training", "validation")) -> Path:
+                      splits: Sequence[str] = ("training", "validation"), max_outside: float | None = 2.0) -> Path:
     """A copy of a dataset folder whose labels of ``splits`` carry :class:`FrameBoxes` boxes and angles
     around their annotated centres (the corners' mean); a vertebra without four corners, or a film with
     fewer than two such vertebrae, keeps its keypoints' axis-aligned box.
+
+    A box made from the centres misses its vertebra where the annotation's centres are not a spine's
+    (levels out of order, a vertebra labelled twice: AASCE has such films): a vertebra whose keypoints
+    reach farther than ``max_outside`` half box sizes from its box centre (:func:`outside_ratio`) is
+    left out of these splits (its points marked not visible; ``meta["frame_boxes_left_out"]`` lists
+    its level). Such targets lie crops away from the crop and would set the target codec's scale.
+    None keeps every vertebra.
 
     Returns:
         ``out_dir``.
@@ -83,6 +106,11 @@ def frame_box_dataset(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike
         if len(rows) >= 2:
             boxes[rows], angles[rows] = rule.boxes(centres, [ann.levels[r] for r in rows])
         ann.boxes_px, ann.box_angles_rad = boxes, angles
+        if max_outside is not None:
+            far = outside_ratio(ann.keypoints_px, ann.visible, boxes, angles) > float(max_outside)
+            if far.any():
+                ann.visible = ann.visible & ~far[:, None]
+                ann.meta = {**(ann.meta or {}), "frame_boxes_left_out": [ann.levels[i] for i in np.flatnonzero(far)]}
         return ann
 
     return reboxed_dataset(dataset_dir, out_dir, rebox, splits)

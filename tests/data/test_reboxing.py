@@ -95,3 +95,40 @@ def test_reboxed_dataset_refuses_two_labels_of_one_name(tmp_path):
     (src / "dataset.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="two labels named 'training-a.json'"):
         reboxed_dataset(src, tmp_path / "out", lambda a: a)
+
+
+def test_outside_ratio_by_hand():
+    from monai_spine.data.reboxing import outside_ratio
+
+    # box (0, 0, 20, 10): centre (10, 5), half sizes (10, 5); points at (25, 5) -> 1.5 along x,
+    # (10, 15) -> 2.0 along y; a quarter turn swaps the half sizes: (25, 5) -> 15 / 5 = 3.0
+    kp = np.array([[[25.0, 5.0], [10.0, 15.0]], [[25.0, 5.0], [np.nan, np.nan]], [[0.0, 0.0], [0.0, 0.0]]])
+    vis = np.array([[True, True], [True, False], [False, False]])
+    boxes = np.array([[0.0, 0.0, 20.0, 10.0]] * 3)
+    np.testing.assert_allclose(outside_ratio(kp, vis, boxes, np.zeros(3)), [2.0, 1.5, np.nan])
+    np.testing.assert_allclose(outside_ratio(kp[1:2], vis[1:2], boxes[:1], np.array([np.pi / 2])), [3.0])
+
+
+def test_frame_box_dataset_leaves_out_vertebrae_their_box_misses(tmp_path):
+    import json
+
+    from monai_spine.data.annotation import SpineAnnotation, read_annotation, write_annotation
+    from monai_spine.data.datasets import vertebra_items
+    from monai_spine.data.frames import FrameBoxes
+    from monai_spine.data.reboxing import frame_box_dataset
+
+    # T1-T4 upright, 30 x 12 px bodies 20 px apart, but T4 annotated 4 px below T3 (compressed levels):
+    # T4's box is 1.5 x 4 = 6 px wide about its centre, its corners 15 px out: 5 half widths (left out);
+    # T3's spacing (20 + 4) / 2 = 12 gives 18 x 7.2 px: its corners at 15 / 9 = 1.67 (kept)
+    local = np.array([[-15.0, -6.0], [15.0, -6.0], [-15.0, 6.0], [15.0, 6.0]])
+    kp = np.array([100.0, 50.0]) + np.stack([local + [0.0, y] for y in (0.0, 20.0, 40.0, 44.0)])
+    src = tmp_path / "ds"
+    (src / "labels").mkdir(parents=True)
+    write_annotation(SpineAnnotation(["T1", "T2", "T3", "T4"], kp, np.ones((4, 4), bool), "ap", "ap4", image="x.png"),
+                     src / "labels" / "a.json")
+    (src / "dataset.json").write_text(json.dumps({"training": ["labels/a.json"], "validation": [], "test": []}))
+    for max_outside, kept in ((2.0, ["T1", "T2", "T3"]), (None, ["T1", "T2", "T3", "T4"])):
+        out = frame_box_dataset(src, tmp_path / f"out{max_outside}", FrameBoxes(1.5, 0.6), max_outside=max_outside)
+        label = out / "labels" / "a.json"
+        assert [it["level"] for it in vertebra_items([label])] == kept
+        assert read_annotation(label).meta.get("frame_boxes_left_out", []) == (["T4"] if max_outside else [])
