@@ -57,6 +57,7 @@ __all__ = [
     "RegressorSpec",
     "SPEC_FILE",
     "spec_refine_passes",
+    "spec_box_rule",
     "KeypointPrediction",
     "KeypointPredictor",
     "default_crop_transform",
@@ -290,6 +291,16 @@ def spec_refine_passes(folder: str | os.PathLike | None) -> int:
     if folder and (Path(folder) / SPEC_FILE).is_file():
         return RegressorSpec.load(folder).refine_passes
     return 0
+
+
+def spec_box_rule(folder: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The box rule a model folder's spec names (:attr:`RegressorSpec.box_rule`), None without one or a spec.
+
+    The bundle's ``inference.json`` frames vertebrae with it, as ``monai-spine predict`` does.
+    """
+    if folder and (Path(folder) / SPEC_FILE).is_file():
+        return RegressorSpec.load(folder).box_rule
+    return None
 
 
 def flip_back(points: np.ndarray | torch.Tensor, perm: Sequence[int], is_mean: bool = True) -> Any:

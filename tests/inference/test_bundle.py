@@ -117,3 +117,17 @@ def test_spec_refine_passes_without_a_spec_is_zero(tmp_path):
     from monai_spine.inference.regressor import spec_refine_passes
 
     assert spec_refine_passes(tmp_path) == 0
+
+
+def test_spec_box_rule_reads_the_model_folder(tmp_path):
+    """inference.json frames vertebrae with the spec's box rule, as `monai-spine predict` does."""
+    import json
+
+    from monai_spine.inference.regressor import RegressorSpec, spec_box_rule
+
+    assert spec_box_rule(tmp_path) is None and spec_box_rule(None) is None
+    rule = {"kind": "frame", "width_ratio": 2.0, "height_ratio": 0.8, "offset_ratio": [0.25, 0.0]}
+    RegressorSpec(box_rule=rule).save(tmp_path)
+    assert spec_box_rule(tmp_path) == rule
+    config = json.loads((Path(__file__).resolve().parents[2] / "bundle" / "configs" / "inference.json").read_text())
+    assert config["predictor"]["box_rule"] == "$spine_infer.spec_box_rule(@ckpt_dir)"
