@@ -43,12 +43,23 @@ def model_card(spec: dict[str, Any], metrics: dict[str, float], calibration: dic
     m = metrics
     th = (calibration or {}).get("thresholds", {})
     failed = (calibration or {}).get("failed")
+    rule = spec.get("box_rule")
+    if rule:
+        given = ("Input: the vertebra centres (from the project's detector or clicks) on a lateral radiograph with "
+                 "known pixel spacing; each crop is a box in the spine's frame around its centre (`box_rule` in "
+                 f"the spec: width {rule['width_ratio']:.3f}, height {rule['height_ratio']:.3f} x the local centre "
+                 "spacing, turned with the line through the neighbouring centres).")
+        boxes_test, boxes_cal = "spine-frame boxes around the annotated centres", "spine-frame boxes around the detected centres"
+    else:
+        given = ("Input: a vertebra box (from the project's detector or a click) on a lateral radiograph with known "
+                 "pixel spacing.")
+        boxes_test = "boxes from the annotations"
+        boxes_cal = "boxes from the region's shipped detector, the spec's `refine_passes` re-cuts"
     lines = [
         f"# BayeRegX keypoint regressor, lateral {spec['region']} ({spec['variant']})",
         "",
         "Regresses the 4 vertebral-body corners and the spinous-process tip of one vertebra crop, with a "
-        "per-point uncertainty (BayeCBAM log-variance head + MC dropout). Input: a vertebra box (from the "
-        "project's detector or a click) on a lateral radiograph with known pixel spacing.",
+        "per-point uncertainty (BayeCBAM log-variance head + MC dropout). " + given,
         "",
         "## Intended use and limits",
         "- Research and annotation assistance. **Trained and tested on synthetic radiographs only**; it is "
@@ -73,7 +84,7 @@ def model_card(spec: dict[str, Any], metrics: dict[str, float], calibration: dic
         command,
         "```",
         "",
-        "## Test split (held-out synthetic films, boxes from the annotations)",
+        f"## Test split (held-out synthetic films, {boxes_test})",
         "| model | mean mm | median mm | scans mean < 2 mm | SDR@2 mm | fit failure > 3 mm |",
         "|---|---:|---:|---:|---:|---:|",
         "| this model | {:.2f} | {:.2f} | {:.1f} % | {:.1f} % | {:.2f} % |".format(
@@ -90,9 +101,9 @@ def model_card(spec: dict[str, Any], metrics: dict[str, float], calibration: dic
                 "highly uncertain" if failed else
                 f"tau1 = {th.get('tau1', float('nan')):.4g}, tau2 = {th.get('tau2', float('nan')):.4g} "
                 f"({th.get('units', '')}, total sigma_p) in thresholds.json; conformal radii in conformal.json"),
-        "- Fitted on the validation films as `predict` sees them: the bundle's `inference.json` (boxes from the "
-        "region's shipped detector, the spec's `refine_passes` re-cuts), then the calibration of "
-        "`monai-spine calibrate` (`calibrate_from_predictions`, at least 5 points per class).",
+        f"- Fitted on the validation films as `predict` sees them: the bundle's `inference.json` ({boxes_cal}), "
+        "then the calibration of `monai-spine calibrate` (`calibrate_from_predictions`, at least 5 points per "
+        "class).",
         "",
         "Files: model.pt (weights, codec buffers included), regressor_model.json (spec), thresholds.json, "
         "conformal.json, calibration_report.json.",
@@ -233,6 +244,8 @@ def train_shipped_regressor(
     spec = RegressorSpec.load(model_dir)
     spec.refine_passes = int(refine_passes)
     spec.box_rule = None if box_rule is None else box_rule.to_dict()
+    if box_rule is not None:  # not this machine's work folder: what it holds
+        spec.meta["dataset"] = "the split's labels with spine-frame boxes (dataset-frame in the --work folder)"
     spec.save(model_dir)
     val_pred = work / "validation-predictions"
     _run(["train.json", "inference.json"], "run", dict(ov, output_dir=str(val_pred), infer_split="validation"))

@@ -38,6 +38,7 @@ def test_train_shipped_regressor_writes_a_self_describing_folder(tmp_path, monke
 
         assert spec["box_rule"]["kind"] == "frame" and 1.0 < spec["box_rule"]["width_ratio"] < 3.0
         assert pred.box_rule is not None and "spine-frame boxes" in spec["meta"]["data"]
+        assert "spine-frame boxes around the annotated centres" in card and "boxes from the annotations" not in card
         framed = list_cases(tmp_path / "work" / "dataset-frame")
         assert all(read_annotation(p).box_angles_rad is not None for s in ("training", "validation", "test")
                    for p in framed[s])

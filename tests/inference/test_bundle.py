@@ -101,16 +101,19 @@ def test_predict_films_without_films_names_the_folder(tmp_path):
 
 
 @pytest.mark.parametrize("folder,expected", [
-    ("bundle/models/cervical/regressor", 2), ("bundle/models/lumbar/regressor", 1), (None, 0), ("", 0),
+    # the shipped lateral regressors are framed from the detected centres (box_rule): no re-cut
+    ("bundle/models/cervical/regressor", 0), ("bundle/models/lumbar/regressor", 0), (None, 0), ("", 0),
 ])
 def test_spec_refine_passes_reads_the_model_folder(folder, expected):
     """inference.json predicts new films with the spec's re-cuts, as `monai-spine predict` does."""
     from pathlib import Path
 
-    from monai_spine.inference.regressor import spec_refine_passes
+    from monai_spine.inference.regressor import spec_box_rule, spec_refine_passes
 
     repo = Path(__file__).resolve().parents[2]
     assert spec_refine_passes(repo / folder if folder else folder) == expected
+    if folder:
+        assert spec_box_rule(repo / folder)["kind"] == "frame"
 
 
 def test_spec_refine_passes_without_a_spec_is_zero(tmp_path):
