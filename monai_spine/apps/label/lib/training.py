@@ -18,11 +18,14 @@ __all__ = ["finetune_regressor"]
 
 
 def _crop_samples(items: Sequence[tuple[str, Any]], spatial_size: Sequence[int], margin_mm: float,
-                  num_points: int | None = None) -> tuple[Any, Any, list[str]]:
+                  num_points: int | None = None, predictor: Any = None) -> tuple[Any, Any, list[str]]:
     """Per-vertebra crops ``(B, 1, H, W)`` and targets ``(B, K, 3)`` (fractions + visibility) of labelled images.
 
     A label with another number of points per vertebra than ``num_points`` (another keypoint scheme),
-    or whose image or crops fail, is skipped, not fatal.
+    or whose image or crops fail, is skipped, not fatal. A ``predictor`` with a box rule (a model
+    trained in spine-frame boxes around the vertebra centres) gets its own framing around the labelled
+    centres (:meth:`~monai_spine.inference.regressor.KeypointPredictor.vertebra_boxes`), not the
+    keypoints' box: fine-tuning must show the model the crops it will be fed.
 
     Returns:
         ``(x, y, skipped)``; ``x``/``y`` None when nothing is usable; ``skipped``: ``"<image>: <reason>"``.
@@ -30,6 +33,7 @@ def _crop_samples(items: Sequence[tuple[str, Any]], spatial_size: Sequence[int],
     import torch
     from monai.transforms import Compose, ScaleIntensityRangePercentilesd
 
+    from monai_spine.codecs.detection import vertebra_centres_px
     from monai_spine.data.readers import read_xray
     from monai_spine.losses.gaussian_nll import pack_targets
     from monai_spine.transforms.crop import VertebraCropd
@@ -50,13 +54,19 @@ def _crop_samples(items: Sequence[tuple[str, Any]], spatial_size: Sequence[int],
             img = read_xray(image_path)
             sp = np.full(2, np.nan, np.float32) if img.spacing_mm is None else np.asarray(img.spacing_mm, np.float32)
             mine = []
+            boxes = ann.boxes_px if ann.boxes_px is not None else np.full((len(ann.levels), 4), np.nan)
+            angles = np.zeros(len(ann.levels))
+            if getattr(predictor, "box_rule", None) is not None:
+                boxes, angles = predictor.vertebra_boxes(
+                    ann.boxes_from_keypoints(), vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme),
+                    ann.levels)
             for i in range(len(ann.levels)):
                 vis = np.asarray(ann.visible[i], bool)
                 if vis.sum() < 2:
                     continue
-                box = ann.boxes_px[i] if ann.boxes_px is not None else np.full(4, np.nan)
                 d = crop({"image": img.channel_first(), "keypoints_px": ann.keypoints_px[i].astype(np.float32),
-                          "visible": vis, "box_px": np.asarray(box, np.float32), "spacing_mm": sp})
+                          "visible": vis, "box_px": np.asarray(boxes[i], np.float32), "spacing_mm": sp,
+                          "box_angle_rad": float(angles[i])})
                 mine.append((torch.as_tensor(np.asarray(d["image"]), dtype=torch.float32),
                              np.nan_to_num(np.asarray(d["keypoints_frac"], dtype=np.float32)), vis))
         except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -110,7 +120,7 @@ def finetune_regressor(config: LabelAppConfig, items: Sequence[tuple[str, Any]],
     ckpt = config.regressor_checkpoint
     pred = KeypointPredictor.from_checkpoint(ckpt, **config.regressor_kwargs(config.region or det_region))
     net = pred.network
-    x, y, skipped = _crop_samples(items, config.spatial_size, config.margin_mm, pred.scheme.num_points)
+    x, y, skipped = _crop_samples(items, config.spatial_size, config.margin_mm, pred.scheme.num_points, pred)
     if x is None:
         raise LabelAppError("training: no labelled vertebra with at least two visible points"
                             + (f" (skipped: {'; '.join(skipped)})" if skipped else ""))
