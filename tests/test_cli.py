@@ -57,6 +57,8 @@ def test_demo_trains_calibrates_evaluates_and_predicts_on_tiny_settings(tmp_path
     assert run_demo(out=tmp_path, epochs=1, n=10, extra_overrides=tiny) == 0
     out = capsys.readouterr().out
     assert "MLflow store" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    # the shipped cervical regressor is framed from the centres, and the demo says how it was fed
+    assert "shipped model on the demo's" in out and "(spine-frame boxes around the annotated centres)" in out
     assert (tmp_path / "models" / "model.pt").is_file()
     thresholds = json.loads((tmp_path / "models" / "thresholds.json").read_text())
     assert thresholds["tau1"] < thresholds["tau2"]

@@ -139,6 +139,7 @@ def shipped_summary(overrides: dict[str, Any], log: Any = print) -> dict[str, fl
     from monai_spine.metrics.keypoint_error import summarize_errors
 
     predictor = KeypointPredictor.from_checkpoint(folder, num_samples=10)
+    framing = "spine-frame boxes around the annotated centres" if predictor.box_rule is not None else "annotation boxes"
     test = _split_labels(overrides, "test")
     res = {}
     for name, p in (("shipped model", predictor),
@@ -147,7 +148,7 @@ def shipped_summary(overrides: dict[str, Any], log: Any = print) -> dict[str, fl
         s = summarize_errors(arr.errors, image_ids=arr.image_ids, unit=arr.unit)
         res[name] = s
         u = arr.unit
-        log(f"[monai-spine demo] {name:>13} on the demo's {arr.num_images} test films (annotation boxes): "
+        log(f"[monai-spine demo] {name:>13} on the demo's {arr.num_images} test films ({framing}): "
             f"mean {s[f'mean_{u}']:.2f} {u}, scans < 2 {u}: {100 * s[f'scans_below_2.0{u}']:.1f} %")
     log(f"[monai-spine demo] shipped model: {folder} (model card: {folder / 'README.md'})")
     return {k: v.get("mean_mm", float("nan")) for k, v in res.items()}
