@@ -23,6 +23,7 @@ from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform, RandomizableTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy, ensure_tuple
 
+from monai_spine.data.frames import turned_box_px
 from monai_spine.transforms.keypoints import (
     _check_points,
     _compose_meta_affine,
@@ -186,10 +187,7 @@ class VertebraCrop(Transform):
             if angle == 0.0:
                 box = np.array([p[:, 0].min(), p[:, 1].min(), p[:, 0].max(), p[:, 1].max()])
             else:  # min/max along the turned axes, the centre back in image pixels
-                q = p @ rot
-                q0, q1 = q.min(axis=0), q.max(axis=0)
-                c_img, half = rot @ (0.5 * (q0 + q1)), 0.5 * (q1 - q0)
-                box = np.concatenate([c_img - half, c_img + half])
+                box = turned_box_px(p, angle)
         x0, y0, x1, y1 = (float(v) for v in box)
         cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1)  # the box centre in image pixels
         centre = np.array([cx, cy])  # the turn's pivot: padding then moves the crop along the turned axes

@@ -18,7 +18,7 @@ import numpy as np
 from monai_spine.data.keypoints import level_order, validate_keypoints
 from monai_spine.data.patches import orientation_from_centres, vertebra_geometry
 
-__all__ = ["centre_frames", "annotation_frames", "FrameBoxes"]
+__all__ = ["centre_frames", "annotation_frames", "frame_coords", "turned_box_px", "FrameBoxes"]
 
 
 def _level_gaps(levels: Sequence[str] | None, n: int) -> np.ndarray:
@@ -33,6 +33,44 @@ def _level_gaps(levels: Sequence[str] | None, n: int) -> np.ndarray:
         return np.ones(n - 1)
     gaps = np.abs(np.diff(order))
     return np.where(gaps >= 1, gaps, 1.0)
+
+
+def frame_coords(points_px: np.ndarray, angles_rad: Any) -> np.ndarray:
+    """Coordinates of points along axes turned by ``angles_rad``: ``u`` along ``(cos a, sin a)``, ``v``
+    along ``(-sin a, cos a)`` (the image axes when the angle is 0).
+
+    Args:
+        points_px: ``(..., K, 2)`` (x, y) pixels (NaN stays NaN).
+        angles_rad: ``(...)`` one angle per group of K points (broadcast), radians.
+
+    Returns:
+        ``(..., K, 2)`` ``(u, v)``.
+    """
+    p = np.asarray(points_px, dtype=np.float64)
+    a = np.asarray(angles_rad, dtype=np.float64)[..., None]
+    c, s = np.cos(a), np.sin(a)
+    return np.stack([p[..., 0] * c + p[..., 1] * s, -p[..., 0] * s + p[..., 1] * c], -1)
+
+
+def turned_box_px(points_px: np.ndarray, angles_rad: Any) -> np.ndarray:
+    """The box of points along turned axes, written as the box before its turn about its centre.
+
+    Args:
+        points_px: ``(..., K, 2)`` (x, y) pixels; NaN points are ignored.
+        angles_rad: ``(...)`` the boxes' turns, radians (the ``box_angle_rad`` convention of
+            :class:`~monai_spine.transforms.crop.VertebraCrop`).
+
+    Returns:
+        ``(..., 4)`` ``x0, y0, x1, y1``: the centre in image pixels plus/minus the half extents along
+        the turned axes.
+    """
+    q = frame_coords(points_px, angles_rad)
+    lo, hi = np.nanmin(q, axis=-2), np.nanmax(q, axis=-2)
+    mu, mv = (0.5 * (lo + hi))[..., 0], (0.5 * (lo + hi))[..., 1]
+    a = np.asarray(angles_rad, dtype=np.float64)
+    centre = np.stack([mu * np.cos(a) - mv * np.sin(a), mu * np.sin(a) + mv * np.cos(a)], -1)
+    half = 0.5 * (hi - lo)
+    return np.concatenate([centre - half, centre + half], axis=-1)
 
 
 def centre_frames(
@@ -180,16 +218,11 @@ class FrameBoxes:
         rows, centres, ang, dist = annotation_frames(kp, vis, corner_indices, 1.0, levels=levels)
         if len(rows) < 2:
             return rows[:0], np.zeros((0, 4))
-        a = np.radians(ang)[:, None]
+        a = np.radians(ang)
         pts = np.where(vis[rows][..., None], kp[rows], np.nan)
-        u = pts[..., 0] * np.cos(a) + pts[..., 1] * np.sin(a)
-        v = -pts[..., 0] * np.sin(a) + pts[..., 1] * np.cos(a)
-        cu = centres[:, 0] * np.cos(a[:, 0]) + centres[:, 1] * np.sin(a[:, 0])
-        cv = -centres[:, 0] * np.sin(a[:, 0]) + centres[:, 1] * np.cos(a[:, 0])
-        ext = np.stack([np.nanmax(u, 1) - np.nanmin(u, 1), np.nanmax(v, 1) - np.nanmin(v, 1),
-                        0.5 * (np.nanmax(u, 1) + np.nanmin(u, 1)) - cu, 0.5 * (np.nanmax(v, 1) + np.nanmin(v, 1)) - cv],
-                       -1)
-        return rows, ext / dist[:, None]
+        q, qc = frame_coords(pts, a), frame_coords(centres[:, None], a)[:, 0]  # along each vertebra's frame
+        lo, hi = np.nanmin(q, axis=1), np.nanmax(q, axis=1)
+        return rows, np.concatenate([hi - lo, 0.5 * (hi + lo) - qc], axis=-1) / dist[:, None]
 
     @classmethod
     def fit(cls, annotations: Sequence[Any]) -> "FrameBoxes":

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from monai_spine.data.frames import FrameBoxes, annotation_frames
+from monai_spine.data.frames import FrameBoxes, annotation_frames, frame_coords
 
 __all__ = ["reboxed_dataset", "frame_box_dataset", "outside_ratio"]
 
@@ -71,11 +71,8 @@ def outside_ratio(keypoints_px: np.ndarray, visible: np.ndarray, boxes_px: np.nd
     kp = np.where(np.asarray(visible, bool)[..., None], np.asarray(keypoints_px, np.float64), np.nan)
     b = np.asarray(boxes_px, np.float64)
     c, half = 0.5 * (b[:, :2] + b[:, 2:]), np.maximum(0.5 * (b[:, 2:] - b[:, :2]), 1e-9)
-    a = np.asarray(angles_rad, np.float64)[:, None]
-    d = kp - c[:, None]
-    u = d[..., 0] * np.cos(a) + d[..., 1] * np.sin(a)
-    v = -d[..., 0] * np.sin(a) + d[..., 1] * np.cos(a)
-    r = np.maximum(np.abs(u) / half[:, :1], np.abs(v) / half[:, 1:])
+    q = frame_coords(kp - c[:, None], angles_rad)
+    r = np.max(np.abs(q) / half[:, None], axis=-1)
     with np.errstate(all="ignore"):
         return np.where(np.all(np.isnan(r), axis=1), np.nan, np.nanmax(np.where(np.isnan(r), -np.inf, r), axis=1))
 

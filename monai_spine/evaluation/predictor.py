@@ -78,7 +78,6 @@ def evaluate_predictor(
     Raises:
         ValueError: no vertebra of ``region`` in ``label_paths``.
     """
-    from monai_spine.codecs.detection import vertebra_centres_px
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.keypoints import get_region
     from monai_spine.data.readers import read_xray
@@ -108,8 +107,7 @@ def evaluate_predictor(
         framed = getattr(predictor, "box_rule", None) is not None
         angles = np.zeros(len(ann.levels)) if framed else None
         if framed and detector is None:
-            boxes, angles = predictor.vertebra_boxes(
-                boxes, vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme), ann.levels)
+            boxes, angles = predictor.annotation_boxes(ann)
         num_annotated += len(keep)
         if detector is not None:
             det = detector.detect(img.channel_first(), img.spacing_mm, img.spacing_source)
@@ -127,11 +125,8 @@ def evaluate_predictor(
                 if framed:
                     angles[j] = det_angles[seen[ann.levels[j]]]
         num_found += len(keep)
-        if framed:
-            pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source,
-                                     angles_rad=angles[keep])
-        else:
-            pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source)
+        turned = {"angles_rad": angles[keep]} if framed else {}  # a predictor without a box rule needs no angles
+        pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source, **turned)
         n = len(keep)
         pred_px = np.asarray(pred.keypoints_px, np.float64).reshape(n, -1, 2)
         gt_px, vis = ann.keypoints_px[keep], ann.visible[keep]
@@ -191,14 +186,11 @@ class MeanShapePredictor:
         from monai_spine.data.keypoints import get_region
         from monai_spine.data.readers import read_xray
 
-        from monai_spine.codecs.detection import vertebra_centres_px
-
         self.crop_transform = predictor.crop_transform
         self.spatial_size = predictor.spatial_size
         self.scheme = predictor.scheme
         self.network = self
-        self.box_rule = getattr(predictor, "box_rule", None)
-        self._vertebra_boxes = getattr(predictor, "vertebra_boxes", None)
+        self._predictor = predictor
         fracs = []
         levels = get_region(region).levels
         for label in train_labels:
@@ -207,8 +199,7 @@ class MeanShapePredictor:
             boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
             angles = np.zeros(len(ann.levels))
             if self.box_rule is not None:
-                boxes, angles = self.vertebra_boxes(
-                    boxes, vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme), ann.levels)
+                boxes, angles = self.annotation_boxes(ann)
             for i, lev in enumerate(ann.levels):
                 if lev not in levels:
                     continue
@@ -221,11 +212,20 @@ class MeanShapePredictor:
                 fracs.append(f)
         self.mean_frac = np.nanmean(np.stack(fracs), axis=0)
 
+    @property
+    def box_rule(self) -> Any:
+        """The wrapped predictor's box rule (None without one)."""
+        return getattr(self._predictor, "box_rule", None)
+
     def vertebra_boxes(self, boxes_px: Any, centres_px: Any = None, levels: Any = None) -> Any:
-        """The wrapped predictor's :meth:`~monai_spine.inference.regressor.KeypointPredictor.vertebra_boxes`."""
-        if self._vertebra_boxes is None:
-            return np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4), None
-        return self._vertebra_boxes(boxes_px, centres_px, levels)
+        """The wrapped predictor's :meth:`~monai_spine.inference.regressor.KeypointPredictor.vertebra_boxes`
+        (called only when it has a :attr:`box_rule`)."""
+        return self._predictor.vertebra_boxes(boxes_px, centres_px, levels)
+
+    def annotation_boxes(self, ann: Any) -> Any:
+        """The wrapped predictor's :meth:`~monai_spine.inference.regressor.KeypointPredictor.annotation_boxes`
+        (called only when it has a :attr:`box_rule`)."""
+        return self._predictor.annotation_boxes(ann)
 
     def predict(self, image: Any, boxes_px: Any, spacing_mm: Any, spacing_source: str = "unknown",
                 angles_rad: Any = None) -> Any:

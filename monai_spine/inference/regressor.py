@@ -226,15 +226,9 @@ def _keypoint_boxes(keypoints_px: np.ndarray, angles_rad: np.ndarray | None = No
     kp = np.asarray(keypoints_px, np.float64)
     if angles_rad is None:
         return np.concatenate([np.nanmin(kp, axis=1), np.nanmax(kp, axis=1)], axis=-1)
-    c, s = np.cos(angles_rad)[:, None], np.sin(angles_rad)[:, None]
-    u = kp[..., 0] * c + kp[..., 1] * s  # coordinates along the turned axes
-    v = -kp[..., 0] * s + kp[..., 1] * c
-    lo = np.stack([np.nanmin(u, 1), np.nanmin(v, 1)], -1)
-    hi = np.stack([np.nanmax(u, 1), np.nanmax(v, 1)], -1)
-    mu, mv = 0.5 * (lo + hi).T
-    centre = np.stack([mu * c[:, 0] - mv * s[:, 0], mu * s[:, 0] + mv * c[:, 0]], -1)
-    half = 0.5 * (hi - lo)
-    return np.concatenate([centre - half, centre + half], axis=-1)
+    from monai_spine.data.frames import turned_box_px
+
+    return turned_box_px(kp, angles_rad)
 
 
 def load_regressor_weights(network: torch.nn.Module, checkpoint: str | os.PathLike) -> torch.nn.Module:
@@ -567,6 +561,23 @@ class KeypointPredictor:
                                                           [str(levels[i]) for i in order])
         return boxes, angles
 
+    def annotation_boxes(self, ann: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """The crops to cut for all N vertebrae of an annotation, as the model was trained to see them.
+
+        Its boxes (``boxes_px``, else the keypoints' extent); with a :attr:`box_rule`, the rule's boxes
+        around its annotated centres (:func:`~monai_spine.codecs.detection.vertebra_centres_px`,
+        :meth:`vertebra_boxes`).
+
+        Returns:
+            ``(boxes_px (N, 4), angles_rad (N,) or None)`` for :meth:`predict`.
+        """
+        boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
+        if self.box_rule is None:
+            return np.array(boxes, dtype=np.float64).reshape(-1, 4), None
+        from monai_spine.codecs.detection import vertebra_centres_px
+
+        return self.vertebra_boxes(boxes, vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme), ann.levels)
+
     @torch.inference_mode()
     def predict(
         self, image: np.ndarray, boxes_px: np.ndarray, spacing_mm: Sequence[float] | None, spacing_source: str = "unknown",
@@ -745,7 +756,6 @@ def predict_cases(
     Returns:
         one summary dict per case (paths written, number of vertebrae).
     """
-    from monai_spine.codecs.detection import vertebra_centres_px
     from monai_spine.data.annotation import SpineAnnotation, atomic_write_text, read_annotation
     from monai_spine.data.keypoints import get_region
     from monai_spine.data.readers import read_xray
@@ -762,12 +772,10 @@ def predict_cases(
         keep = [i for i, lev in enumerate(ann.levels) if lev in levels]
         override = ann.spacing_override_mm
         img = read_xray(ann.image, spacing_mm=override)
-        boxes = ann.boxes_px if ann.boxes_px is not None else ann.boxes_from_keypoints()
-        centres = vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme)
-        boxes, angles = predictor.vertebra_boxes(boxes[keep], centres[keep], [ann.levels[i] for i in keep])
+        boxes, angles = predictor.annotation_boxes(ann)
         # annotation boxes already frame the vertebra as in training: no re-cut (it is for a detector's boxes)
-        pred = predictor.predict(img.channel_first(), boxes, img.spacing_mm, img.spacing_source, refine_passes=0,
-                                 angles_rad=angles)
+        pred = predictor.predict(img.channel_first(), boxes[keep], img.spacing_mm, img.spacing_source, refine_passes=0,
+                                 angles_rad=None if angles is None else angles[keep])
         stem = Path(label).name.removesuffix(".json")
         kept_levels = [ann.levels[i] for i in keep]
         result = predictor.to_json(pred, kept_levels, image=str(ann.image))

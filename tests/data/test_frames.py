@@ -115,3 +115,14 @@ def test_frame_boxes_offset_follows_a_point_behind_the_body():
         FrameBoxes.from_dict({"kind": "spacing", "width_ratio": 1.0})
     with pytest.raises(ValueError, match="offset_ratio"):
         FrameBoxes(1.0, 1.0, (0.1,))
+
+
+def test_frame_coords_and_turned_box_by_hand():
+    from monai_spine.data.frames import frame_coords, turned_box_px
+
+    # a quarter turn: u = y, v = -x; the points (0, 0), (2, 0), (0, 6) span u 0..6, v -2..0 -> centre
+    # (u, v) = (3, -1), back in the image (x, y) = (1, 3), half extents (3, 1) along the turned axes
+    pts = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 6.0], [np.nan, np.nan]])
+    np.testing.assert_allclose(frame_coords(pts[:3], np.pi / 2), [[0, 0], [0, -2], [6, 0]], atol=1e-12)
+    np.testing.assert_allclose(turned_box_px(pts, np.pi / 2), [-2.0, 2.0, 4.0, 4.0], atol=1e-12)
+    np.testing.assert_allclose(turned_box_px(pts[None], np.zeros(1)), [[0.0, 0.0, 2.0, 6.0]])  # no turn: min/max

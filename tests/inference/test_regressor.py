@@ -465,3 +465,20 @@ def test_vertebra_boxes_errors():
         p.vertebra_boxes(BOXES, np.zeros((3, 2)))
     with pytest.raises(ValueError, match="box_rule must be FrameBoxes"):
         KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), box_rule=3)
+
+
+def test_annotation_boxes_are_its_boxes_or_the_rule_around_its_centres():
+    from monai_spine.data.annotation import SpineAnnotation
+
+    # three upright 30 x 10 px bodies 20 px apart (centres (50, 10), (50, 30), (50, 50)), SP 25 px behind
+    local = np.array([[-15.0, -5.0], [15.0, -5.0], [-15.0, 5.0], [15.0, 5.0], [40.0, 0.0]])
+    kp = np.array([50.0, 10.0]) + np.stack([local + [0.0, 20.0 * i] for i in range(3)])
+    ann = SpineAnnotation(["C3", "C4", "C5"], kp, np.ones((3, 5), bool), "cervical", "lateral5")
+    plain = KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W))
+    boxes, angles = plain.annotation_boxes(ann)
+    assert angles is None
+    np.testing.assert_allclose(boxes, ann.boxes_from_keypoints())  # no boxes_px: the keypoints' extent
+    framed = KeypointPredictor(ConstNet(), scheme="lateral5", spatial_size=(H, W), box_rule=RULE)
+    boxes, angles = framed.annotation_boxes(ann)
+    np.testing.assert_allclose(boxes, [[35, 5, 65, 15], [35, 25, 65, 35], [35, 45, 65, 55]])  # 30 x 10 about each
+    np.testing.assert_allclose(angles, 0.0, atol=1e-12)

@@ -24,7 +24,7 @@ def _crop_samples(items: Sequence[tuple[str, Any]], spatial_size: Sequence[int],
     A label with another number of points per vertebra than ``num_points`` (another keypoint scheme),
     or whose image or crops fail, is skipped, not fatal. A ``predictor`` with a box rule (a model
     trained in spine-frame boxes around the vertebra centres) gets its own framing around the labelled
-    centres (:meth:`~monai_spine.inference.regressor.KeypointPredictor.vertebra_boxes`), not the
+    centres (:meth:`~monai_spine.inference.regressor.KeypointPredictor.annotation_boxes`), not the
     keypoints' box: fine-tuning must show the model the crops it will be fed.
 
     Returns:
@@ -33,7 +33,6 @@ def _crop_samples(items: Sequence[tuple[str, Any]], spatial_size: Sequence[int],
     import torch
     from monai.transforms import Compose, ScaleIntensityRangePercentilesd
 
-    from monai_spine.codecs.detection import vertebra_centres_px
     from monai_spine.data.readers import read_xray
     from monai_spine.losses.gaussian_nll import pack_targets
     from monai_spine.transforms.crop import VertebraCropd
@@ -57,9 +56,7 @@ def _crop_samples(items: Sequence[tuple[str, Any]], spatial_size: Sequence[int],
             boxes = ann.boxes_px if ann.boxes_px is not None else np.full((len(ann.levels), 4), np.nan)
             angles = np.zeros(len(ann.levels))
             if getattr(predictor, "box_rule", None) is not None:
-                boxes, angles = predictor.vertebra_boxes(
-                    ann.boxes_from_keypoints(), vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme),
-                    ann.levels)
+                boxes, angles = predictor.annotation_boxes(ann)
             for i in range(len(ann.levels)):
                 vis = np.asarray(ann.visible[i], bool)
                 if vis.sum() < 2:
