@@ -213,6 +213,7 @@ class PointSet:
     seen_found: int = 0
     images: int = 0
     images_all_found: int = 0
+    level_misses: dict[str, int] = field(default_factory=dict)
 
     def add_image(self, image_id: int, pred_px: np.ndarray, sigma_px: np.ndarray, gt_px: np.ndarray,
                   visible: np.ndarray, image_height_px: float) -> None:
@@ -440,7 +441,7 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
     from monai_spine.data.keypoints import get_region
     from monai_spine.data.readers import read_xray
     from monai_spine.codecs.detection import vertebra_centres_px
-    from monai_spine.evaluation.levels import matched_levels
+    from monai_spine.evaluation.levels import level_misses, matched_levels
     from monai_spine.measure.cobb import cobb_angles_deg
 
     levels = list(get_region("ap").levels)
@@ -467,6 +468,11 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
                               else np.zeros(len(det.levels), bool), bool)
         pairs = matched_levels(det.levels, det.centres_px, ann.levels, boxes_gt, gt_idx.values())
         found_det, found_gt = [d for d, _ in pairs], [j for _, j in pairs]
+        misses = level_misses(det.levels, det.centres_px, ann.levels, boxes_gt, levels, gt_idx.values())
+        for ps in sets.values():
+            if not ps.name.startswith("heatmap (clicked"):
+                for kind, n in misses.items():
+                    ps.level_misses[kind] = ps.level_misses.get(kind, 0) + n
 
         seen_found = int(sum(1 for d in found_det if not inferred[d]))
 
@@ -862,11 +868,14 @@ def run_aasce_benchmark(
             thr.save(out / "heatmap_thresholds.json")
         except ValueError as e:
             log(f"[aasce] no uncertainty thresholds for the heatmap: {e}")
-    det_row = {"found": 0, "annotated": 0}
+    det_row: dict[str, Any] = {"found": 0, "annotated": 0}
     for ps in test_sets.values():
-        det_row = {"found": ps.found, "annotated": ps.annotated}
+        det_row = {"found": ps.found, "annotated": ps.annotated, "level_misses": dict(ps.level_misses)}
         if ps.name.startswith("heatmap (detected") or ps.name.startswith("regressor"):
             break
+    misses = det_row.get("level_misses") or {}
+    miss_line = ("Vertebrae the detector did not put at their level, by kind (`evaluation/levels.level_misses`): "
+                 + ", ".join(f"{k} {v}" for k, v in misses.items()) + "." if misses else "")
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
     header = "\n".join([
@@ -876,7 +885,8 @@ def run_aasce_benchmark(
         f"test split: {len(test)} radiographs; calibration (validation split): {len(val)} radiographs",
         "training wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()),
     ])
-    report = "\n\n".join([header, format_aasce_table(rows) if rows else "(no keypoint model)", NOTES]) + "\n"
+    report = "\n\n".join([header, format_aasce_table(rows) if rows else "(no keypoint model)",
+                          *([miss_line] if miss_line else []), NOTES]) + "\n"
     (out / "table.md").write_text(report, encoding="utf-8")
 
     record = {"command": list(map(str, command)), "settings": asdict(settings), "dataset_dir": str(ds),

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["matched_levels", "right_level_rate"]
+__all__ = ["matched_levels", "right_level_rate", "level_misses", "MISS_KINDS"]
 
 
 def matched_levels(det_levels: Sequence[Any], det_centres_px: Any, ann_levels: Sequence[str], ann_boxes_px: Any,
@@ -61,3 +61,51 @@ def right_level_rate(detector: Any, label_paths: Sequence[str]) -> float:
         total += len(rows)
         right += len(matched_levels(det.levels, det.centres_px, ann.levels, boxes, rows))
     return right / max(1, total)
+
+
+#: the kinds of :func:`level_misses`, in the order tables print them
+MISS_KINDS = ("whole chain shifted", "run off by a level", "outside every box")
+
+
+def level_misses(det_levels: Sequence[Any], det_centres_px: Any, ann_levels: Sequence[str], ann_boxes_px: Any,
+                 levels: Sequence[str], rows: Iterable[int] | None = None) -> dict[str, int]:
+    """How one film's annotated vertebrae were missed: counts per kind of :data:`MISS_KINDS`.
+
+    Each annotated level (of ``rows``, default all) that the detector did not put inside its own box is
+    one miss. Its detection's centre lies in another level's box (off by ``k`` levels) or in none
+    ("outside every box"; also a level the detector did not output). When every detection that lies in
+    some box is off, all by the same sign, the film's misses are "whole chain shifted" (a C7 taken for T1,
+    an S1 for L5); other off-by-``k`` misses are "run off by a level" (a vertebra skipped or counted twice
+    part-way down).
+
+    Args:
+        det_levels, det_centres_px: the detections (level names, ``(N, 2)`` centres).
+        ann_levels, ann_boxes_px: the annotation's level names and ``(M, 4)`` boxes.
+        levels: the region's levels, top to bottom (gives the offsets).
+        rows: the annotation rows that count.
+    """
+    order = {str(lev): k for k, lev in enumerate(levels)}
+    wanted = [j for j in (range(len(ann_levels)) if rows is None else rows) if str(ann_levels[j]) in order]
+    boxes = np.asarray(ann_boxes_px, dtype=np.float64).reshape(-1, 4)
+    centres = np.asarray(det_centres_px, dtype=np.float64).reshape(-1, 2)
+    where = {str(lev): centres[d] for d, lev in enumerate(det_levels)}
+    offsets: list[int | None] = []
+    for j in wanted:
+        c = where.get(str(ann_levels[j]))
+        off = None
+        if c is not None:
+            for i in wanted:
+                b = boxes[i]
+                if b[0] <= c[0] <= b[2] and b[1] <= c[1] <= b[3]:
+                    off = order[str(ann_levels[i])] - order[str(ann_levels[j])]
+                    break
+        offsets.append(off)
+    out = dict.fromkeys(MISS_KINDS, 0)
+    inside = [o for o in offsets if o is not None]
+    shifted = bool(inside) and (all(o > 0 for o in inside) or all(o < 0 for o in inside))
+    for o in offsets:
+        if o is None:
+            out["outside every box"] += 1
+        elif o != 0:
+            out["whole chain shifted" if shifted else "run off by a level"] += 1
+    return out

@@ -32,6 +32,7 @@ from monai_spine.codecs.chain import complete_chain
 from monai_spine.codecs.detection import decode_detections
 from monai_spine.networks.detector import DEFAULT_FEATURES, VertebraDetectorNet
 from monai_spine.inference.level_anchor import LevelAnchor
+from monai_spine.inference.spine_strip import SpineStripRefiner
 from monai_spine.transforms.detection import LetterboxResize, boxes_to_image_px, points_to_image_px
 
 __all__ = ["DetectorSpec", "Detections", "VertebraDetector", "complete_levels", "SPEC_FILE", "CHECKPOINT_FILE", "MODEL_FORMAT"]
@@ -311,10 +312,12 @@ class VertebraDetector:
         device: torch device.
         anchor: a :class:`~monai_spine.inference.level_anchor.LevelAnchor` for the ``chain`` decoding (its
             levels must be the spec's), or None.
+        strip: a :class:`~monai_spine.inference.spine_strip.SpineStripRefiner` that places every level
+            again along the spine at a finer scale (its levels must be the spec's), or None.
     """
 
     def __init__(self, network: torch.nn.Module, spec: DetectorSpec, device: str | torch.device = "cpu",
-                 anchor: LevelAnchor | None = None) -> None:
+                 anchor: LevelAnchor | None = None, strip: SpineStripRefiner | None = None) -> None:
         self.spec = spec
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
@@ -323,6 +326,10 @@ class VertebraDetector:
             raise ValueError(f"the level anchor's levels {list(anchor.spec.groups.levels)} are not the detector's "
                              f"{list(spec.levels)}")
         self.anchor = anchor
+        if strip is not None and tuple(strip.spec.levels) != tuple(spec.levels):
+            raise ValueError(f"the spine-strip refiner's levels {list(strip.spec.levels)} are not the detector's "
+                             f"{list(spec.levels)}")
+        self.strip = strip
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -335,7 +342,7 @@ class VertebraDetector:
     @classmethod
     def from_checkpoint(
         cls, path: str | os.PathLike, spec: DetectorSpec | None = None, device: str | torch.device = "cpu",
-        use_anchor: bool = True,
+        use_anchor: bool = True, use_strip: bool = True,
     ) -> VertebraDetector:
         """Load a trained detector.
 
@@ -346,6 +353,8 @@ class VertebraDetector:
             device: torch device.
             use_anchor: load the level anchor stored beside the checkpoint
                 (``level_anchor_model.json``), if there is one.
+            use_strip: load the spine-strip refiner stored beside the checkpoint
+                (``spine_strip_model.json``), if there is one.
 
         Raises:
             FileNotFoundError: no checkpoint or no spec.
@@ -368,7 +377,9 @@ class VertebraDetector:
                              f"{spec.region!r}, {spec.num_heatmaps} heatmap(s), features {list(spec.features)}): "
                              f"{detail[:200]}") from None
         anchor = LevelAnchor.from_dir(ckpt.parent) if use_anchor and LevelAnchor.exists(ckpt.parent) else None
-        return cls(net, spec, device, anchor)
+        strip = (SpineStripRefiner.from_dir(ckpt.parent)
+                 if use_strip and SpineStripRefiner.exists(ckpt.parent) else None)
+        return cls(net, spec, device, anchor, strip)
 
     def preprocess(self, image: Any, spacing_mm: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scale intensities and letterbox: ``(net_image (1, H_net, W_net), det_to_image (3, 3))``."""
@@ -457,12 +468,26 @@ class VertebraDetector:
             centres, boxes, inferred = complete_levels(centres, boxes, keep, self.spec.spacing_profile)
             scores = np.where(inferred, 0.0, scores)
             keep = np.all(np.isfinite(centres), -1)
+            if self.strip is not None and keep.all():
+                centres, boxes, scores, inferred = self._along_strip(image, centres, boxes)
         return Detections(
             levels=[lev for lev, k in zip(self.levels, keep) if k],
             centres_px=centres[keep], boxes_px=boxes[keep], scores=scores[keep],
             spacing_mm=sp, spacing_source=spacing_source or ("unknown" if sp is None else "sidecar"),
             inferred=inferred[keep], warnings=warnings,
         )
+
+    def _along_strip(self, image: Any, centres_px: np.ndarray, boxes_px: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every level placed again along the spine strip: ``(centres, boxes, scores, inferred)``.
+
+        Boxes keep their coarse size, moved with their centre; a level whose strip heat is below the
+        refiner's threshold is reported inferred (score 0).
+        """
+        c, heat = self.strip.refine(image, centres_px, self.spec.spacing_profile, self.spec.level_y_frac)
+        boxes = np.asarray(boxes_px, dtype=np.float64) + np.tile(c - centres_px, (1, 2))
+        inferred = heat < self.strip.spec.score_threshold
+        return c, boxes, np.where(inferred, 0.0, heat), inferred
 
     def _view_warnings(self, res: dict[str, Any], height_px: int) -> list[str]:
         """Warnings that the film may not be what the model was trained on (few levels seen, odd spine span)."""

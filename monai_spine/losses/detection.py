@@ -1,5 +1,7 @@
 """Losses of the vertebra detector (:mod:`monai_spine.networks.detector`).
 
+* :func:`heatmap_focal_loss`: CenterNet's penalty-reduced focal loss of heatmap logits;
+* :class:`SpineStripLoss`: the spine-strip refiner's loss (focal heatmap loss + level index error);
 * :class:`DetectionLoss`: CenterNet's penalty-reduced focal loss (or a squared error) on the level
   heatmaps plus a weighted L1 on the box distances at the centres; the loss of the bundle's
   ``detector_train.json`` (targets from :class:`monai_spine.transforms.detection.CentreHeatmapTargetd`);
@@ -15,7 +17,50 @@ import torch.nn.functional as F
 
 from monai_spine.networks.detector import NUM_BOX_CHANNELS
 
-__all__ = ["DetectionLoss", "ChainDetectionLoss"]
+__all__ = ["heatmap_focal_loss", "SpineStripLoss", "DetectionLoss", "ChainDetectionLoss"]
+
+
+def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss of heatmap logits against Gaussian targets (peaks exactly 1).
+
+    ``-sum[(1-p)^alpha log p]`` at the positives (target == 1) and ``-sum[(1-y)^beta p^alpha log(1-p)]``
+    elsewhere, divided by the number of positives (at least 1); ``logits`` and ``target`` of one shape.
+
+    Raises:
+        ValueError: the shapes differ.
+    """
+    if logits.shape != target.shape:
+        raise ValueError(f"heatmap_focal_loss: logits {tuple(logits.shape)} and target {tuple(target.shape)} differ")
+    logits, y = logits.float(), target.float()
+    pos = (y >= 1.0).float()
+    p = torch.sigmoid(logits)
+    pos_loss = -((1 - p) ** alpha) * F.logsigmoid(logits) * pos
+    neg_loss = -((1 - y) ** beta) * (p**alpha) * F.logsigmoid(-logits) * (1 - pos)
+    return (pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
+
+
+class SpineStripLoss(torch.nn.Module):
+    """Loss of the spine-strip refiner (:class:`~monai_spine.networks.spine_strip.SpineStripNet`).
+
+    ``forward(pred, target)``: ``pred`` ``(B, 2, R, W)`` (heatmap logits, level index of each row),
+    ``target`` ``(B, 3, R, W)`` (heatmap, level index, level mask; the level channels are constant
+    along a row). :func:`heatmap_focal_loss` on the heatmap plus ``level_weight`` times the smooth-L1
+    error, in levels, of the level index over the masked rows (read in the middle column).
+    """
+
+    def __init__(self, level_weight: float = 0.1, alpha: float = 2.0, beta: float = 4.0) -> None:
+        super().__init__()
+        self.level_weight, self.alpha, self.beta = float(level_weight), float(alpha), float(beta)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.ndim != 4 or pred.shape[1] != 2 or target.shape != (pred.shape[0], 3, *pred.shape[2:]):
+            raise ValueError(f"SpineStripLoss: expected pred (B, 2, R, W) and target (B, 3, R, W), "
+                             f"got {tuple(pred.shape)} and {tuple(target.shape)}")
+        hm = heatmap_focal_loss(pred[:, :1], target[:, :1], self.alpha, self.beta)
+        mid = pred.shape[-1] // 2
+        mask = target[:, 2, :, mid].float()
+        err = F.smooth_l1_loss(pred[:, 1, :, mid].float(), target[:, 1, :, mid].float(), reduction="none")
+        return hm + self.level_weight * (err * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 class DetectionLoss(torch.nn.Module):
@@ -54,15 +99,10 @@ class DetectionLoss(torch.nn.Module):
         n_lev = pred.shape[1] - NUM_BOX_CHANNELS
         logits = pred[:, :n_lev].float()
         y = target[:, :n_lev].float()
-        pos = (y >= 1.0).float()
-        num_pos = pos.sum().clamp(min=1.0)
-        p = torch.sigmoid(logits)
         if self.heatmap == "focal":
-            pos_loss = -((1 - p) ** self.alpha) * F.logsigmoid(logits) * pos
-            neg_loss = -((1 - y) ** self.beta) * (p**self.alpha) * F.logsigmoid(-logits) * (1 - pos)
-            hm = (pos_loss.sum() + neg_loss.sum()) / num_pos
+            hm = heatmap_focal_loss(logits, y, self.alpha, self.beta)
         else:
-            hm = ((p - y) ** 2).sum() / num_pos
+            hm = ((torch.sigmoid(logits) - y) ** 2).sum() / (y >= 1.0).float().sum().clamp(min=1.0)
         mask = target[:, n_lev + NUM_BOX_CHANNELS : n_lev + NUM_BOX_CHANNELS + 1].float()
         l1 = (torch.abs(pred[:, n_lev : n_lev + NUM_BOX_CHANNELS].float() - target[:, n_lev : n_lev + NUM_BOX_CHANNELS])
               * mask).sum() / (NUM_BOX_CHANNELS * mask.sum()).clamp(min=1.0)

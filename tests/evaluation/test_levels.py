@@ -60,3 +60,23 @@ def test_right_level_rate_on_a_stub_detector(films, shift, expected):
         cs.append(np.array([c[list(ann.levels).index(lev)] for lev in levels]))
     # one level up: every centre lies in its neighbour's box, not in the named level's
     assert right_level_rate(_StubDetector(cs, levels, shift), films[:2]) == pytest.approx(expected)
+
+
+LEV5 = ["A", "B", "C", "D", "E"]
+BOX5 = np.array([[0, 10 * k, 10, 10 * k + 8] for k in range(5)], float)  # level k's box: y 10k .. 10k + 8
+CEN5 = np.c_[np.full(5, 5.0), 10.0 * np.arange(5) + 4]
+
+
+@pytest.mark.parametrize("centres, det_levels, expected", [
+    (CEN5, LEV5, (0, 0, 0)),                                              # every level right
+    (CEN5 + [0, 10], LEV5, (4, 0, 1)),                                    # one level low: E lands below every box
+    (CEN5 - [0, 10], LEV5, (4, 0, 1)),                                    # one level high
+    (np.vstack([CEN5[:2], CEN5[3:4], CEN5[3:]]), LEV5, (0, 1, 0)),        # C placed on D: a run off by one
+    (np.vstack([CEN5[:4], [[50.0, 44.0]]]), LEV5, (0, 0, 1)),             # E beside the spine
+    (CEN5[:4], LEV5[:4], (0, 0, 1)),                                      # E not output at all
+])
+def test_level_misses_hand_built(centres, det_levels, expected):
+    from monai_spine.evaluation.levels import MISS_KINDS, level_misses
+
+    out = level_misses(det_levels, centres, LEV5, BOX5, LEV5)
+    assert tuple(out[k] for k in MISS_KINDS) == expected

@@ -66,3 +66,20 @@ def test_chain_loss_rejects_bad_shapes_and_levels():
         ChainDetectionLoss(5)(torch.zeros(1, 5, 2, 2), torch.zeros(1, 8, 2, 2))
     with pytest.raises(ValueError, match="num_levels"):
         ChainDetectionLoss(1)
+
+
+def test_spine_strip_loss_hand_computed():
+    from monai_spine.losses.detection import SpineStripLoss, heatmap_focal_loss
+
+    pred = torch.zeros(1, 2, 4, 3)
+    target = torch.zeros(1, 3, 4, 3)
+    target[0, 0, 1, 1] = 1.0
+    target[0, 1] = torch.tensor([0.0, 1.0, 2.0, 5.0])[:, None]  # the prediction is 0 everywhere
+    target[0, 2, :3] = 1.0  # the last row is masked out
+    hm = heatmap_focal_loss(pred[:, :1], target[:, :1])
+    # smooth L1 (beta 1) of errors 0, 1, 2 -> 0, 0.5, 1.5; mean over 3 rows = 2 / 3
+    assert SpineStripLoss(level_weight=0.3)(pred, target).item() == pytest.approx(hm.item() + 0.3 * 2 / 3, rel=1e-6)
+    # p = 0.5 everywhere: the positive costs (1 - p)^2 ln 2, each of the 11 negatives p^2 ln 2; one positive
+    assert hm.item() == pytest.approx(12 * 0.25 * math.log(2), rel=1e-5)
+    with pytest.raises(ValueError, match=r"\(B, 3, R, W\)"):
+        SpineStripLoss()(pred, target[:, :2])
