@@ -34,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=768)
     ap.add_argument("--width", type=int, default=96)
     ap.add_argument("--features", type=int, nargs=6, default=[8, 16, 32, 64, 128, 8])
+    ap.add_argument("--learning-rate", type=float, default=2e-3)
+    ap.add_argument("--init-from", default=None, help="a folder with a refiner of the same size to train on from")
     ap.add_argument("--max-train", type=int, default=0, help="use only the first N training films (0: all)")
     ap.add_argument("--max-val", type=int, default=0, help="evaluate on the first N validation films (0: all)")
     ap.add_argument("--position-weights", type=float, nargs="+", default=[0.5, 1.0],
@@ -56,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = SpineStripSpec(levels=levels, rows=args.rows, width=args.width, features=tuple(args.features))
         command = "python scripts/train_spine_strip.py " + " ".join(argv if argv is not None else sys.argv[1:])
         train_spine_strip(args.detector_dir, train, spec, epochs=args.epochs, batch_size=args.batch_size,
-                          seed=args.seed, meta={"training_command": command, "dataset": str(args.dataset)})
+                          learning_rate=args.learning_rate, seed=args.seed, init_from=args.init_from,
+                          meta={"training_command": command, "dataset": str(args.dataset)})
     grid = [{"position_weight": p, "level_weight": w} for p in args.position_weights for w in args.level_weights]
     best, rates = choose_strip_decoding(args.detector_dir, val, grid)
     spec = SpineStripSpec.load(args.detector_dir)

@@ -128,8 +128,12 @@ def train_spine_strip(
     seed: int = 0,
     log: Callable[[str], None] = print,
     meta: dict[str, Any] | None = None,
+    init_from: str | Path | None = None,
 ) -> SpineStripSpec:
     """Train the refiner on annotated films and save it (spec + weights) into ``out_dir`` (a detector folder).
+
+    ``init_from``: a folder holding a refiner of the same spec whose weights training starts from (training
+    on from an earlier run; the meta records it).
 
     Returns:
         The saved spec; ``meta`` records the training (films, epochs, loss per epoch, seconds).
@@ -152,6 +156,16 @@ def train_spine_strip(
         raise ValueError("train_spine_strip: no training film with three or more annotated levels")
     log(f"[strip] {len(films)} training films read in {time.perf_counter() - t0:.0f} s")
     net = spec.build_network()
+    if init_from is not None:
+        from monai_spine.inference.spine_strip import SpineStripRefiner
+
+        start = SpineStripRefiner.from_dir(init_from)
+        if start.spec.features != spec.features or (start.spec.rows, start.spec.width) != (spec.rows, spec.width):
+            raise ValueError(f"train_spine_strip: the refiner in {init_from} has another size "
+                             f"({start.spec.rows} x {start.spec.width}, features {list(start.spec.features)})")
+        net.load_state_dict(start.network.state_dict())
+        spec.meta = {**spec.meta, "initialised_from": {"folder": str(init_from), **{
+            k: start.spec.meta.get(k) for k in ("training_command", "epochs", "train_s")}}}
     gen = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(StripDataset(films, spec, seed), batch_size=batch_size, shuffle=True,
                                          generator=gen, num_workers=0)

@@ -9,7 +9,11 @@ radiograph's pixels. The boxes can feed :class:`~monai_spine.inference.regressor
 in place of annotation boxes.
 
 Everything besides the weights is in :class:`DetectorSpec`, saved by the bundle as
-``detector_model.json`` beside the checkpoint ``model.pt``::
+``detector_model.json`` beside the checkpoint ``model.pt``. Two optional helpers of the ``chain``
+decoding live in the same folder and are loaded with it: the level anchor
+(:mod:`~monai_spine.inference.level_anchor`) and the spine-strip refiner
+(:mod:`~monai_spine.inference.spine_strip`, which places every level again along the straightened
+spine after the chain is complete)::
 
     det = VertebraDetector.from_checkpoint("models/detector")
     levels, centres_px, boxes_px, scores = det.detect(image, spacing_mm)   # image (1, H, W)
@@ -228,7 +232,8 @@ class Detections:
         centres_px: ``(N, 2)`` ``(x, y)`` vertebral-body centres, image pixels.
         boxes_px: ``(N, 4)`` ``(x0, y0, x1, y1)`` boxes, image pixels.
         scores: ``(N,)`` in [0, 1]: the heatmap peak of each vertebra (for the ``sequence`` decoding the
-            maximum over the level heatmaps, for ``argmax`` the level's own).
+            maximum over the level heatmaps, for ``argmax`` the level's own; with a spine-strip refiner
+            the strip's heat at the level).
         spacing_mm: ``(sx, sy)`` or None when unknown.
         spacing_source: where the spacing came from.
         inferred: ``(N,)`` bool: the vertebra was not seen by the detector but placed along the spine
@@ -469,7 +474,11 @@ class VertebraDetector:
             scores = np.where(inferred, 0.0, scores)
             keep = np.all(np.isfinite(centres), -1)
             if self.strip is not None and keep.all():
-                centres, boxes, scores, inferred = self._along_strip(image, centres, boxes)
+                try:
+                    centres, boxes, scores, inferred = self._along_strip(image, centres, boxes)
+                except ValueError as e:  # e.g. two coarse centres on one point: no strip through them
+                    warnings.append(f"the spine-strip refiner could not place the levels ({e}); the coarse "
+                                    f"levels are kept")
         return Detections(
             levels=[lev for lev, k in zip(self.levels, keep) if k],
             centres_px=centres[keep], boxes_px=boxes[keep], scores=scores[keep],

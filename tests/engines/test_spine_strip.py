@@ -67,3 +67,17 @@ def test_training_sample_survives_a_folding_arc():
     for seed in range(20):
         _, y = strip_training_sample(film, c, _spec(), np.random.default_rng(seed))
         assert (y[2] == 0).all() or np.all(np.diff(y[1, :, 16]) > 0)
+
+
+def test_training_on_from_an_earlier_refiner(films, tmp_path):
+    first = tmp_path / "first"
+    train_spine_strip(first, films[:1], _spec(), epochs=1, batch_size=1, log=lambda m: None)
+    spec = train_spine_strip(tmp_path / "second", films[:1], _spec(), epochs=1, batch_size=1, learning_rate=0.0,
+                             log=lambda m: None, init_from=first)
+    assert spec.meta["initialised_from"]["folder"] == str(first) and spec.meta["initialised_from"]["epochs"] == 1
+    a, b = SpineStripRefiner.from_dir(first).network, SpineStripRefiner.from_dir(tmp_path / "second").network
+    # learning rate 0: the second run keeps the first run's weights
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    other = SpineStripSpec(levels=LEVELS, rows=64, width=32, features=(8, 8, 16, 16, 32, 8))
+    with pytest.raises(ValueError, match="another size"):
+        train_spine_strip(tmp_path / "third", films[:1], other, epochs=1, log=lambda m: None, init_from=first)

@@ -249,3 +249,38 @@ def test_chain_detector_warns_when_the_film_looks_like_another_view(span_range, 
         assert d.warnings == []
     else:
         assert len(d.warnings) == 1 and expect in d.warnings[0]
+
+
+class _StubStrip:
+    """A spine-strip refiner stand-in: moves every level 3 px right with heat 0.5 (level 4: 0.05), or fails."""
+
+    def __init__(self, fail=False):
+        from monai_spine.inference.spine_strip import SpineStripSpec
+
+        self.spec = SpineStripSpec(levels=DetectorSpec(region="ap").levels)
+        self.fail = fail
+
+    def refine(self, image, centres_px, profile, level_y_frac=None):
+        if self.fail:
+            raise ValueError("SpineStrip: the two first (or last) centres coincide")
+        heat = np.full(len(centres_px), 0.5)
+        heat[4] = 0.05
+        return np.asarray(centres_px) + [3.0, 0.0], heat
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_chain_detector_with_a_spine_strip_refiner(fail):
+    cum = np.concatenate([[0.0], np.cumsum(PROF16)])
+    peaks = np.stack([np.full(17, 32.0), 10 + 6.5 * cum], -1)
+    coarse = VertebraDetector(PeaksNet(peaks, range(17), (128, 64)), _chain_spec()).detect(np.zeros((1, 256, 128), np.float32))
+    det = VertebraDetector(PeaksNet(peaks, range(17), (128, 64)), _chain_spec(), strip=_StubStrip(fail))
+    d = det.detect(np.zeros((1, 256, 128), np.float32))
+    assert d.levels == list(det.levels)
+    if fail:  # the coarse levels, said in a warning
+        np.testing.assert_allclose(d.centres_px, coarse.centres_px)
+        assert len(d.warnings) == 1 and "coarse levels are kept" in d.warnings[0]
+    else:  # the refined centres; boxes moved with them; the level without strip heat is inferred
+        np.testing.assert_allclose(d.centres_px, coarse.centres_px + [3.0, 0.0])
+        np.testing.assert_allclose(d.boxes_px, coarse.boxes_px + [3.0, 0.0, 3.0, 0.0])
+        assert d.inferred.tolist() == [k == 4 for k in range(17)] and d.scores[4] == 0.0 and d.scores[0] == 0.5
+        assert d.warnings == []
