@@ -469,6 +469,8 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
         pairs = matched_levels(det.levels, det.centres_px, ann.levels, boxes_gt, gt_idx.values())
         found_det, found_gt = [d for d, _ in pairs], [j for _, j in pairs]
         misses = level_misses(det.levels, det.centres_px, ann.levels, boxes_gt, levels, gt_idx.values())
+        misses["levels inferred"] = int(inferred.sum())
+        misses["of them right"] = int(sum(1 for d in found_det if inferred[d]))
         for ps in sets.values():
             if not ps.name.startswith("heatmap (clicked"):
                 for kind, n in misses.items():
@@ -874,7 +876,8 @@ def run_aasce_benchmark(
         if ps.name.startswith("heatmap (detected") or ps.name.startswith("regressor"):
             break
     misses = det_row.get("level_misses") or {}
-    miss_line = ("Vertebrae the detector did not put at their level, by kind (`evaluation/levels.level_misses`): "
+    miss_line = ("Vertebrae the detector did not put at their level, by kind (`evaluation/levels.level_misses`), "
+                 "and the levels it output as inferred (not seen): "
                  + ", ".join(f"{k} {v}" for k, v in misses.items()) + "." if misses else "")
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
