@@ -214,7 +214,6 @@ def choose_strip_decoding(detector_dir: str | Path, val_labels: Sequence[str], g
     Raises:
         FileNotFoundError: the folder holds no refiner.
     """
-    from monai_spine.codecs.spine_strip import decode_strip_levels
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.readers import read_xray
     from monai_spine.evaluation.levels import matched_levels
@@ -245,15 +244,13 @@ def choose_strip_decoding(detector_dir: str | Path, val_labels: Sequence[str], g
     log(f"[strip] right level without the refiner: {100 * rates['without the refiner']:.1f} %")
     best, best_rate = None, -1.0
     for cand in grid:
-        kw = {"band_half_width": ref.spec.band_half_width, **ref.spec.decode_kwargs, **cand}
         right = 0
         for read, coarse, ann, boxes, rows in films:
             if read is None:
                 centres = coarse.centres_px
             else:
                 height, strip, heat, level, spacing = read
-                centres, _ = decode_strip_levels(heat, strip, prof, spacing, det.spec.level_y_frac, height,
-                                                 level_rows=level, **kw)
+                centres, _ = ref.decode(heat, level, strip, prof, spacing, det.spec.level_y_frac, height, **cand)
             right += len(matched_levels(det.levels if read is not None else coarse.levels, centres, ann.levels,
                                         boxes, rows))
         key = ", ".join(f"{k} {v:g}" for k, v in cand.items()) or "the spec's options"

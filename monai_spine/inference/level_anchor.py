@@ -30,6 +30,7 @@ import torch
 
 from monai_spine.codecs.level_groups import LevelGroups
 from monai_spine.data.patches import extract_patch, normalize_patch, patch_affine
+from monai_spine.inference.model_zoo import read_state_dict
 
 __all__ = ["LevelAnchorSpec", "LevelAnchor", "anchor_patches", "build_anchor_network", "ANCHOR_SPEC_FILE"]
 
@@ -176,9 +177,7 @@ class LevelAnchor:
         spec = LevelAnchorSpec.load(model_dir)
         net = spec.build_network()
         ckpt = Path(model_dir) / spec.checkpoint_file
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"{ckpt}: level anchor weights named in {ANCHOR_SPEC_FILE} are missing")
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = read_state_dict(ckpt, hint=f"the level anchor weights named in {ANCHOR_SPEC_FILE} are missing")
         try:
             net.load_state_dict(state)
         except RuntimeError as e:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from monai_spine.codecs.spine_strip import SpineStrip, decode_strip_levels
+from monai_spine.inference.model_zoo import read_state_dict
 
 __all__ = ["SpineStripSpec", "SpineStripRefiner", "STRIP_SPEC_FILE", "scale_film_intensities"]
 
@@ -162,9 +163,7 @@ class SpineStripRefiner:
         spec = SpineStripSpec.load(model_dir)
         net = spec.build_network()
         ckpt = Path(model_dir) / spec.checkpoint_file
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"{ckpt}: spine-strip weights named in {STRIP_SPEC_FILE} are missing")
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        state = read_state_dict(ckpt, hint=f"the spine-strip weights named in {STRIP_SPEC_FILE} are missing")
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
@@ -223,5 +222,12 @@ class SpineStripRefiner:
         prof = np.asarray(profile, dtype=np.float64).reshape(-1)
         spacing = self.spacing_px(c, prof)
         heat, level = self.read(film, strip)
-        kw = {"band_half_width": self.spec.band_half_width, **self.spec.decode_kwargs}
-        return decode_strip_levels(heat, strip, prof, spacing, level_y_frac, film.shape[0], level_rows=level, **kw)
+        return self.decode(heat, level, strip, prof, spacing, level_y_frac, film.shape[0])
+
+    def decode(self, heat: np.ndarray, level: np.ndarray, strip: SpineStrip, profile: Any, spacing_px: float,
+               level_y_frac: Any, film_height_px: float, **overrides: Any) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`~monai_spine.codecs.spine_strip.decode_strip_levels` of one :meth:`read` with the spec's
+        options (``overrides`` replace some of them: the validation choice of the options)."""
+        kw = {"band_half_width": self.spec.band_half_width, **self.spec.decode_kwargs, **overrides}
+        return decode_strip_levels(heat, strip, profile, spacing_px, level_y_frac, film_height_px, level_rows=level,
+                                   **kw)
