@@ -21,6 +21,7 @@ import torch
 def main(argv: Sequence[str] | None = None) -> int:
     """Train the refiner into a detector folder and compare the validation right-level rates."""
     from monai_spine.data.datasets import list_cases
+    from monai_spine.engines.hardware import add_hardware_arguments, budgeted_epochs
     from monai_spine.engines.spine_strip import choose_strip_decoding, train_spine_strip
     from monai_spine.inference.detector import DetectorSpec
     from monai_spine.inference.spine_strip import SpineStripSpec
@@ -44,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="weights of the network's level reading in the decoding, chosen on the validation films")
     ap.add_argument("--choose-only", action="store_true",
                     help="train nothing: choose the decoding of the detector folder's refiner on the validation films")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train, but leave the decoding choice on the validation films for a later --choose-only")
+    add_hardware_arguments(ap)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -57,9 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         levels = DetectorSpec.load(args.detector_dir).levels
         spec = SpineStripSpec(levels=levels, rows=args.rows, width=args.width, features=tuple(args.features))
         command = "python scripts/train_spine_strip.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        train_spine_strip(args.detector_dir, train, spec, epochs=args.epochs, batch_size=args.batch_size,
-                          learning_rate=args.learning_rate, seed=args.seed, init_from=args.init_from,
-                          meta={"training_command": command, "dataset": str(args.dataset)})
+        opts = dict(batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                    init_from=args.init_from, device=args.device, num_workers=args.workers)
+        epochs, budget = budgeted_epochs(
+            lambda d: train_spine_strip(d, train, SpineStripSpec.from_dict(spec.to_dict()), epochs=1, **opts),
+            args.time_budget_s, args.epochs, log=lambda m: print(m, flush=True))
+        meta = {"training_command": command, "dataset": str(args.dataset), **({"time_budget": budget} if budget else {})}
+        train_spine_strip(args.detector_dir, train, spec, epochs=epochs, meta=meta, **opts)
+        if args.train_only:
+            print(f"spine-strip refiner trained into {args.detector_dir} ({epochs} epochs; decoding not chosen)")
+            return 0
     grid = [{"position_weight": p, "level_weight": w} for p in args.position_weights for w in args.level_weights]
     best, rates = choose_strip_decoding(args.detector_dir, val, grid)
     spec = SpineStripSpec.load(args.detector_dir)

@@ -555,11 +555,14 @@ def train_chain_folder(
     region: str = "ap",
     log: Callable[[str], None] = print,
     meta: dict[str, Any] | None = None,
+    device: str | None = None,
+    num_workers: int = 0,
 ) -> Path:
     """Train a ``chain`` detector on annotated films and save ``model.pt`` + ``detector_model.json``.
 
     The spacing profile of the spec is measured on the same training films; the spec asks for the
-    complete spine (every level, the unseen ones inferred). Returns the folder.
+    complete spine (every level, the unseen ones inferred). ``device`` and ``num_workers``: see
+    :func:`~monai_spine.engines.detector.train_chain_detector` (default the CPU, no workers). Returns the folder.
     """
     import torch
 
@@ -589,8 +592,12 @@ def train_chain_folder(
                         meta={**(meta or {}), "training_images": len(items), "epochs": int(epochs),
                               "batch_size": int(batch_size), "learning_rate": float(learning_rate), "seed": int(seed)})
     net = spec.build_network()
+    t1 = time.perf_counter()
     losses = train_chain_detector(items, net, spec.spatial_size, epochs, batch_size, learning_rate, sigma_px, seed=seed,
-                                  log=lambda m: log(f"[aasce] detector {m}"))
+                                  log=lambda m: log(f"[aasce] detector {m} ({time.perf_counter() - t1:.0f} s)"),
+                                  device=device, num_workers=num_workers)
+    spec.meta["train_s"] = round(time.perf_counter() - t1, 1)
+    spec.meta["device"] = str(device or "cpu")
     spec.meta["final_loss"] = float(losses[-1]) if losses else None
     torch.save(net.state_dict(), out / "model.pt")
     spec.save(out)

@@ -34,6 +34,7 @@ import torch
 from monai_spine.data.annotation import SpineAnnotation, read_annotation
 from monai_spine.data.keypoints import get_region
 from monai_spine.codecs.detection import encode_chain_target, vertebra_centres_px
+from monai_spine.engines.hardware import reseed_worker, training_device
 from monai_spine.losses.detection import ChainDetectionLoss, DetectionLoss
 from monai_spine.networks.detector import NUM_BOX_CHANNELS
 from monai_spine.transforms.detection import boxes_to_net_px
@@ -44,6 +45,7 @@ __all__ = [
     "experiment_params",
     "load_detector_arrays",
     "chain_training_sample",
+    "ChainSampleDataset",
     "train_chain_detector",
     "NUM_BOX_CHANNELS",
 ]
@@ -259,6 +261,31 @@ def chain_training_sample(
     return x.astype(np.float32), target, a
 
 
+class ChainSampleDataset(torch.utils.data.Dataset):
+    """Augmented :func:`chain_training_sample` pairs of films: ``(input (1, H, W), target (C, H, W))`` tensors.
+
+    ``rng`` (``None``: no augmentation) is drawn from in access order; DataLoader workers replace it with
+    their own (:func:`~monai_spine.engines.hardware.reseed_worker`).
+    """
+
+    def __init__(self, items: Sequence[Mapping[str, Any]], spatial_size: Sequence[int], sigma_px: float,
+                 rng: np.random.Generator | None, level_channel: bool = True) -> None:
+        self.items = list(items)
+        self.spatial_size = tuple(int(v) for v in spatial_size)
+        self.sigma_px = float(sigma_px)
+        self.rng = rng
+        self.augment = rng is not None
+        self.level_channel = bool(level_channel)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, t, _ = chain_training_sample(self.items[j], self.spatial_size, self.sigma_px,
+                                        self.rng if self.augment else None, level_channel=self.level_channel)
+        return torch.from_numpy(x), torch.from_numpy(t)
+
+
 def train_chain_detector(
     train_items: Sequence[Mapping[str, Any]],
     network: torch.nn.Module,
@@ -273,6 +300,8 @@ def train_chain_detector(
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     level_weight: float = 0.1,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
 ) -> list[float]:
     """Train a single-heatmap (``chain``) detector on :func:`load_detector_arrays` items.
 
@@ -280,30 +309,39 @@ def train_chain_detector(
     A network with ``1 + 4`` output channels is trained with :class:`DetectionLoss` (focal heatmap + L1
     box), one with ``2 + 4`` (a level channel) with :class:`ChainDetectionLoss`. Returns the mean loss of
     every epoch.
+
+    ``device`` (see :func:`~monai_spine.engines.hardware.training_device`; default the CPU) is where the
+    network trains; it is back on the CPU when this returns. ``num_workers > 0`` cuts the batches in that
+    many DataLoader worker processes (each with its own generator, :func:`~monai_spine.engines.hardware.reseed_worker`);
+    with 0 the samples come from ``seed``'s one generator in this process, as before.
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
+    dev = training_device(device)
+    network.to(dev)
     opt = torch.optim.Adam(network.parameters(), lr=learning_rate)
     steps_per_epoch = max(1, int(np.ceil(len(train_items) / batch_size)))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     n_lev = int(np.asarray(train_items[0]["centres_px"]).shape[0])
-    out_ch = int(network(torch.zeros(1, 1, *(int(v) for v in spatial_size))).shape[1])
+    with torch.no_grad():
+        out_ch = int(network(torch.zeros(1, 1, *(int(v) for v in spatial_size), device=dev)).shape[1])
     level_channel = out_ch == 2 + NUM_BOX_CHANNELS
     loss_fn = ChainDetectionLoss(n_lev, size_weight, level_weight) if level_channel else DetectionLoss(size_weight)
+    samples = ChainSampleDataset(train_items, spatial_size, sigma_px, rng if augment else None, level_channel)
+    gen = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     network.train()
     for ep in range(int(epochs)):
         perm = rng.permutation(len(train_items))
+        batches = [perm[st * batch_size : (st + 1) * batch_size].tolist() for st in range(steps_per_epoch)]
+        if num_workers > 0:
+            loader: Any = torch.utils.data.DataLoader(samples, batch_sampler=batches, num_workers=int(num_workers),
+                                                      worker_init_fn=reseed_worker, generator=gen)
+        else:
+            loader = (torch.utils.data.default_collate([samples[j] for j in idx]) for idx in batches)
         tot = 0.0
-        for st in range(steps_per_epoch):
-            idx = perm[st * batch_size : (st + 1) * batch_size]
-            xs, ts = [], []
-            for j in idx:
-                x, t, _ = chain_training_sample(train_items[j], spatial_size, sigma_px, rng if augment else None,
-                                                level_channel=level_channel)
-                xs.append(x)
-                ts.append(t)
-            xb, tb = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ts))
+        for xb, tb in loader:
+            xb, tb = xb.to(dev, non_blocking=True), tb.to(dev, non_blocking=True)
             opt.zero_grad()
             loss = loss_fn(network(xb), tb)
             loss.backward()
@@ -315,5 +353,6 @@ def train_chain_detector(
             log(f"epoch {ep + 1}/{epochs} loss {losses[-1]:.4f}")
         if on_epoch is not None:
             on_epoch(ep, losses[-1])
+    network.to("cpu")
     network.eval()
     return losses

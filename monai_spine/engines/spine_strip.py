@@ -23,6 +23,7 @@ import torch
 
 from monai_spine.codecs.detection import vertebra_centres_px
 from monai_spine.codecs.spine_strip import SpineStrip, encode_strip_heatmap, encode_strip_levels
+from monai_spine.engines.hardware import reseed_worker, training_device
 from monai_spine.inference.spine_strip import STRIP_SPEC_FILE, SpineStripSpec, scale_film_intensities
 
 __all__ = ["load_strip_films", "strip_training_sample", "StripDataset", "train_spine_strip", "choose_strip_decoding"]
@@ -129,11 +130,15 @@ def train_spine_strip(
     log: Callable[[str], None] = print,
     meta: dict[str, Any] | None = None,
     init_from: str | Path | None = None,
+    device: str | None = None,
+    num_workers: int = 0,
 ) -> SpineStripSpec:
     """Train the refiner on annotated films and save it (spec + weights) into ``out_dir`` (a detector folder).
 
     ``init_from``: a folder holding a refiner of the same spec whose weights training starts from (training
-    on from an earlier run; the meta records it).
+    on from an earlier run; the meta records it). ``device``: where it trains
+    (:func:`~monai_spine.engines.hardware.training_device`; default the CPU); ``num_workers``: DataLoader
+    worker processes cutting the strips (each with its own generator; 0: this process, as before).
 
     Returns:
         The saved spec; ``meta`` records the training (films, epochs, loss per epoch, seconds).
@@ -167,12 +172,15 @@ def train_spine_strip(
         spec.meta = {**spec.meta, "initialised_from": {"folder": str(init_from), **{
             k: start.spec.meta.get(k) for k in ("training_command", "epochs", "train_s")}}}
     gen = torch.Generator().manual_seed(seed)
+    dev = training_device(device)
+    net.to(dev)
     loader = torch.utils.data.DataLoader(StripDataset(films, spec, seed), batch_size=batch_size, shuffle=True,
-                                         generator=gen, num_workers=0)
+                                         generator=gen, num_workers=int(num_workers),
+                                         worker_init_fn=reseed_worker if num_workers > 0 else None)
     opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=max(1, epochs * len(loader)),
                                                 pct_start=0.1)
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=loader, network=net,
+    trainer = SupervisedTrainer(device=dev, max_epochs=epochs, train_data_loader=loader, network=net,
                                 optimizer=opt, loss_function=SpineStripLoss(level_weight),
                                 train_handlers=[LrScheduleHandler(sched, print_lr=False, epoch_level=False)],
                                 amp=False)
@@ -190,10 +198,12 @@ def train_spine_strip(
         log(f"[strip] epoch {engine.state.epoch}/{epochs}: loss {history[-1]:.3f} ({time.perf_counter() - t0:.0f} s)")
 
     trainer.run()
+    net.to("cpu")
     torch.save(net.state_dict(), out / spec.checkpoint_file)
     spec.meta = {**spec.meta, **(meta or {}), "training_films": len(films), "epochs": int(epochs),
                  "batch_size": int(batch_size), "learning_rate": float(learning_rate), "level_weight": float(level_weight), "seed": int(seed),
-                 "loss_per_epoch": [round(v, 4) for v in history], "train_s": round(time.perf_counter() - t0, 1)}
+                 "loss_per_epoch": [round(v, 4) for v in history], "train_s": round(time.perf_counter() - t0, 1),
+                 "device": str(dev), "num_workers": int(num_workers)}
     spec.save(out)
     return spec
 

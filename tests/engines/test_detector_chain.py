@@ -232,3 +232,24 @@ def test_decode_chain_peak_cost_second_pass_and_candidates():
     assert seen["n"] == len(keep) and seen["spacing"] > 0
     assert dec["candidates_net_px"].shape == (len(keep), 2) and dec["candidate_scores"].shape == (len(keep),)
     assert dec["detected"].tolist() == [2 <= k <= 15 for k in ALL]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_chain_detector_training_is_reproducible_with_and_without_workers(workers):
+    """The same seed gives the same augmented batches (each worker with its own generator) and losses."""
+    items = [_item(), _item()]
+
+    def run():
+        torch.manual_seed(0)
+        net = VertebraDetectorNet(2, features=(4, 4, 8, 8, 16, 4))
+        return train_chain_detector(items, net, (96, 32), epochs=2, batch_size=1, seed=3, num_workers=workers), net
+
+    (a, net), (b, _) = run(), run()
+    assert a == b and len(a) == 2 and np.isfinite(a).all()
+    assert next(net.parameters()).device.type == "cpu"
+
+
+def test_chain_detector_refuses_an_unknown_device():
+    with pytest.raises(ValueError, match="training device"):
+        train_chain_detector([_item()], VertebraDetectorNet(2, features=(4, 4, 8, 8, 16, 4)), (96, 32), epochs=1,
+                             device="gpu")

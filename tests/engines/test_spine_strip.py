@@ -81,3 +81,12 @@ def test_training_on_from_an_earlier_refiner(films, tmp_path):
     other = SpineStripSpec(levels=LEVELS, rows=64, width=32, features=(8, 8, 16, 16, 32, 8))
     with pytest.raises(ValueError, match="another size"):
         train_spine_strip(tmp_path / "third", films[:1], other, epochs=1, log=lambda m: None, init_from=first)
+
+
+def test_training_with_worker_processes_records_where_it_ran(films, tmp_path):
+    spec = train_spine_strip(tmp_path, films[:2], _spec(), epochs=2, batch_size=1, log=lambda m: None, num_workers=2)
+    assert spec.meta["device"] == "cpu" and spec.meta["num_workers"] == 2
+    assert len(spec.meta["loss_per_epoch"]) == 2 and np.isfinite(spec.meta["loss_per_epoch"]).all()
+    assert next(SpineStripRefiner.from_dir(tmp_path).network.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="training device"):
+        train_spine_strip(tmp_path / "x", films[:1], _spec(), epochs=1, log=lambda m: None, device="gpu")

@@ -1,0 +1,60 @@
+"""Train a ``chain`` detector (one "any vertebra centre" heatmap + levels from the spacing) into a model folder.
+
+Trains on the dataset's training split (for AP films ``monai-spine convert --format aasce``; a dataset
+without a split is trained on whole) and writes ``model.pt`` and ``detector_model.json`` into ``--out``;
+nothing is evaluated (``scripts/bench_aasce.py --detector-dir OUT``
+does that on the original films). The level anchor and the spine-strip refiner are trained into the same
+folder afterwards (``scripts/train_level_anchor.py``, ``scripts/train_spine_strip.py``).
+
+Example (the larger detector of docs/results.md, on a GPU)::
+
+    python scripts/train_chain_detector.py --dataset DATASET --out runs/ap-detector-large \
+        --spatial 768 256 --features 16 16 32 64 128 16 --device cuda --workers 6 --time-budget-s 330
+"""
+
+import argparse
+import sys
+from typing import Sequence
+
+import torch
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Train the detector (optionally as many epochs as fit a time budget) and save its folder."""
+    from monai_spine.bench.aasce import train_chain_folder
+    from monai_spine.data.datasets import list_cases
+    from monai_spine.engines.hardware import add_hardware_arguments, budgeted_epochs
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", required=True, help="converted dataset folder with a training split")
+    ap.add_argument("--out", required=True, help="model folder to write")
+    ap.add_argument("--region", default="ap", help="the region whose films are trained on (default ap)")
+    ap.add_argument("--spatial", type=int, nargs=2, default=[384, 128], metavar=("H", "W"), help="network input, px")
+    ap.add_argument("--features", type=int, nargs=6, default=[8, 8, 16, 32, 64, 8], help="BasicUNet features")
+    ap.add_argument("--epochs", type=int, default=28, help="epochs (the most, with --time-budget-s)")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--learning-rate", type=float, default=2e-3)
+    ap.add_argument("--max-train", type=int, default=0, help="use only the first N training films (0: all)")
+    add_hardware_arguments(ap)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cases = list_cases(args.dataset)
+    train = (cases["training"] if "training" in cases else cases["cases"])[: args.max_train or None]
+    if not train:
+        raise ValueError(f"{args.dataset}: no training films")
+    command = "python scripts/train_chain_detector.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    opts = dict(spatial_size=tuple(args.spatial), features=tuple(args.features), batch_size=args.batch_size,
+                learning_rate=args.learning_rate, seed=args.seed, region=args.region, device=args.device,
+                num_workers=args.workers)
+    epochs, budget = budgeted_epochs(lambda d: train_chain_folder(d, train, epochs=1, **opts), args.time_budget_s,
+                                     args.epochs, log=lambda m: print(m, flush=True))
+    meta = {"training_command": command, "dataset": str(args.dataset), **({"time_budget": budget} if budget else {})}
+    out = train_chain_folder(args.out, train, epochs=epochs, meta=meta, **opts)
+    print(f"chain detector ({epochs} epochs) saved in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
