@@ -3,7 +3,8 @@
 Trains on the dataset's training split (for AP films ``monai-spine convert --format aasce``; a dataset
 without a split is trained on whole) and writes ``model.pt`` and ``detector_model.json`` into ``--out``;
 nothing is evaluated (``scripts/bench_aasce.py --detector-dir OUT``
-does that on the original films). The level anchor and the spine-strip refiner are trained into the same
+does that on the original films); ``--statistics-only`` measures the spec's film statistics of a trained
+folder again without training. The level anchor and the spine-strip refiner are trained into the same
 folder afterwards (``scripts/train_level_anchor.py``, ``scripts/train_spine_strip.py``).
 
 Example (the larger detector of docs/results.md, on a GPU)::
@@ -21,7 +22,7 @@ import torch
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train the detector (optionally as many epochs as fit a time budget) and save its folder."""
-    from monai_spine.bench.aasce import train_chain_folder
+    from monai_spine.bench.aasce import restate_chain_statistics, train_chain_folder
     from monai_spine.data.datasets import list_cases
     from monai_spine.engines.hardware import add_hardware_arguments, budgeted_epochs
 
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--learning-rate", type=float, default=2e-3)
     ap.add_argument("--max-train", type=int, default=0, help="use only the first N training films (0: all)")
+    ap.add_argument("--statistics-only", action="store_true",
+                    help="train nothing: measure the film statistics of the detector in --out (spacing profile, level "
+                         "heights, span range) again on the training films and save them into its spec")
     add_hardware_arguments(ap)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -45,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not train:
         raise ValueError(f"{args.dataset}: no training films")
     command = "python scripts/train_chain_detector.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.statistics_only:
+        restate_chain_statistics(args.out, train, command)
+        return 0
     opts = dict(spatial_size=tuple(args.spatial), features=tuple(args.features), batch_size=args.batch_size,
                 learning_rate=args.learning_rate, seed=args.seed, region=args.region, device=args.device,
                 num_workers=args.workers)

@@ -566,8 +566,8 @@ def train_chain_folder(
     """
     import torch
 
-    from monai_spine.codecs.chain import level_height_fractions, spacing_profile
-    from monai_spine.engines.detector import detector_cases, load_detector_arrays, train_chain_detector
+    from monai_spine.codecs.chain import centres_in_level_order
+    from monai_spine.engines.detector import chain_statistics, detector_cases, load_detector_arrays, train_chain_detector
     from monai_spine.inference.detector import DetectorSpec
 
     out = Path(ckpt_dir)
@@ -576,20 +576,18 @@ def train_chain_folder(
     t0 = time.perf_counter()
     items = load_detector_arrays(cases, max_height_px=2 * int(spatial_size[0]))
     log(f"[aasce] {len(items)} training films read and shrunk in {time.perf_counter() - t0:.0f} s")
-    prof = spacing_profile([it["centres_px"] for it in items])
-    spans = []
-    for it in items:  # first-to-last level span over the film height (all levels annotated)
-        c = np.asarray(it["centres_px"], np.float64)
-        if np.all(np.isfinite(c)):
-            spans.append(float(np.hypot(*(c[1:] - c[:-1]).T).sum()) / float(it["image"].shape[-2]))
-    span_range = (float(np.percentile(spans, 1)), float(np.percentile(spans, 99))) if spans else None
+    stats = chain_statistics(items)
+    if stats["films_out_of_level_order"]:
+        items = [it for it in items if centres_in_level_order(it["centres_px"])]
+        log(f"[aasce] {stats['films_out_of_level_order']} training films with centres out of level order "
+            f"(label noise) left out: {len(items)} films")
     spec = DetectorSpec(region=region, spatial_size=tuple(spatial_size), features=tuple(features), sigma_px=sigma_px,
-                        score_threshold=0.2, decode_method="chain", nms_radius_px=2, spacing_profile=tuple(prof),
-                        complete=True, keep_mm_aspect=True, length_frac_range=span_range,
-                        level_y_frac=tuple(level_height_fractions([it["centres_px"] for it in items],
-                                                                  [it["image"].shape[-2] for it in items])),
+                        score_threshold=0.2, decode_method="chain", nms_radius_px=2,
+                        spacing_profile=stats["spacing_profile"], complete=True, keep_mm_aspect=True,
+                        length_frac_range=stats["length_frac_range"], level_y_frac=stats["level_y_frac"],
                         chain_kwargs=dict(CHAIN_DECODING),
-                        meta={**(meta or {}), "training_images": len(items), "epochs": int(epochs),
+                        meta={**(meta or {}), "training_images": len(items),
+                              "films_out_of_level_order_left_out": stats["films_out_of_level_order"], "epochs": int(epochs),
                               "batch_size": int(batch_size), "learning_rate": float(learning_rate), "seed": int(seed)})
     net = spec.build_network()
     t1 = time.perf_counter()
@@ -602,6 +600,38 @@ def train_chain_folder(
     torch.save(net.state_dict(), out / "model.pt")
     spec.save(out)
     return out
+
+
+def restate_chain_statistics(model_dir: str | os.PathLike, train_labels: Sequence[str], command: str = "",
+                             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Recompute a trained ``chain`` detector's film statistics (no training) and save them into its spec.
+
+    The spacing profile, the level heights and the span range (:func:`~monai_spine.engines.detector.chain_statistics`)
+    are measured again on ``train_labels``, the films the detector was trained on; the weights are not
+    touched. Used when the rule that measures them changed (the profile once counted films with centres out
+    of level order). ``meta["statistics"]`` records the previous values and ``command``.
+
+    Returns:
+        The new statistics.
+    """
+    from monai_spine.engines.detector import chain_statistics, detector_cases, load_detector_arrays
+    from monai_spine.inference.detector import DetectorSpec
+
+    spec = DetectorSpec.load(model_dir)
+    items = load_detector_arrays(detector_cases(list(train_labels), spec.region),
+                                 max_height_px=2 * int(spec.spatial_size[0]))
+    stats = chain_statistics(items)
+    previous = {"spacing_profile": list(spec.spacing_profile or ()), "level_y_frac": list(spec.level_y_frac or ()),
+                "length_frac_range": list(spec.length_frac_range) if spec.length_frac_range else None}
+    spec.spacing_profile = stats["spacing_profile"]
+    spec.level_y_frac = stats["level_y_frac"]
+    spec.length_frac_range = stats["length_frac_range"]
+    spec.meta["statistics"] = {"films": len(items), "films_out_of_level_order": stats["films_out_of_level_order"],
+                               "command": command, "previous": previous}
+    spec.save(model_dir)
+    log(f"[aasce] statistics of {model_dir} measured again on {len(items)} films "
+        f"({stats['films_out_of_level_order']} out of level order left out)")
+    return stats
 
 
 # ----------------------------------------------------------------------------------------------

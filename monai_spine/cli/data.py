@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import os
 import sys
 import time
@@ -201,7 +202,10 @@ def convert_from_args(args: argparse.Namespace) -> int:
         out = write_aasce_dataset(args.out, args.paths[0], seed=int(args.split_seed))
         index = list_cases(out)
         sizes = ", ".join(f"{len(index[s])} {s}" for s in ("training", "validation", "test"))
-        print(f"convert: wrote the AASCE set to {out} ({sizes}; split seed {args.split_seed}, by patient)")
+        fixed = json.loads((out / "dataset.json").read_text(encoding="utf-8"))["label_fixes"]["rotated_lists_put_back"]
+        print(f"convert: wrote the AASCE set to {out} ({sizes}; split seed {args.split_seed}, by patient); "
+              f"{len(fixed)} films had their vertebra list stored rotated by one (T1 last) and were put back in "
+              f"level order (meta label_fix)")
         return 0
     names = inspect.signature(convert_cli).parameters
     return convert_cli(**{k: v for k, v in vars(args).items() if k in names})

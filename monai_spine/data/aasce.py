@@ -23,6 +23,14 @@ the label noise).
 The images carry no pixel spacing: every annotation has ``spacing_mm=None`` and
 ``spacing_source="unknown"``, so errors are reported in pixels (or relative to vertebra size).
 
+Label order fix: on 18 of the 481 films the file's vertebra list is rotated by one, the T1 points stored
+last (as "L5", above the file's "T1", which is anatomically T2, down to its "L4" on the last lumbar
+vertebra above the sacrum; checked on the films). :func:`fix_rotated_levels` puts such a list back in
+level order when the rotation is the only explanation (the last vertebra above the first, every
+centre in level order once it is moved to the front, and its gap to the next no more than twice the
+film's median gap); ``meta["label_fix"]`` says so. The other films with centres out of order
+(L5 on L4, L5 in mid-film, T1 and T2 crossed: 6 films) are left as they are and reported.
+
 Label noise is reported, never fatal: :func:`find_label_noise` lists, per annotation, vertebrae
 whose top corner lies below the bottom corner of the same side, whose left and right corners are
 swapped, whose centre is not below the previous vertebra's centre, and points outside the image.
@@ -58,6 +66,8 @@ __all__ = [
     "read_cobb_angles",
     "read_image_size",
     "find_label_noise",
+    "fix_rotated_levels",
+    "LABEL_FIX_ROTATED",
     "aasce_group",
     "split_aasce",
     "write_aasce_dataset",
@@ -268,6 +278,38 @@ def find_label_noise(annotation: SpineAnnotation) -> list[str]:
     return issues
 
 
+#: ``meta["label_fix"]`` of an annotation whose vertebra list :func:`fix_rotated_levels` rotated back
+LABEL_FIX_ROTATED = "rotated: the file's last vertebra (stored as L5, above its T1) is T1; the file's T1..L4 are T2..L5"
+
+
+def fix_rotated_levels(keypoints_px: np.ndarray, visible: np.ndarray, max_gap_ratio: float = 2.0) -> np.ndarray | None:
+    """The keypoints of a vertebra list stored rotated by one (T1 last), put back in level order; else ``None``.
+
+    Args:
+        keypoints_px: ``(V, K, 2)`` points of the file's vertebrae, top to bottom as listed.
+        visible: ``(V, K)`` mask.
+        max_gap_ratio: the moved vertebra's distance to the next, at most this many median gaps.
+
+    Returns:
+        ``(V, K, 2)`` with the last vertebra moved to the front, or ``None`` when the list is in level
+        order already or the rotation does not explain its disorder.
+    """
+    kp = np.asarray(keypoints_px, dtype=np.float64)
+    vis = np.asarray(visible, bool) & np.all(np.isfinite(kp), axis=-1)
+    if kp.ndim != 3 or kp.shape[0] < 3 or not vis.any(axis=1).all():
+        return None
+    centres = np.stack([kp[i][vis[i]].mean(0) for i in range(kp.shape[0])])
+    if np.all(np.diff(centres[:, 1]) > 0):
+        return None
+    rolled = np.roll(centres, 1, axis=0)
+    if not np.all(np.diff(rolled[:, 1]) > 0):
+        return None
+    gaps = np.hypot(*np.diff(rolled, axis=0).T)
+    if gaps[0] > max_gap_ratio * np.median(gaps):
+        return None
+    return np.roll(kp, 1, axis=0)
+
+
 @dataclass
 class AasceDataset:
     """The AASCE annotations of one folder, with their label-noise report.
@@ -307,6 +349,11 @@ class AasceDataset:
         """(M, 3) Cobb angles in degrees, columns :data:`COBB_ANGLE_NAMES`."""
         return np.asarray([a.meta["cobb_angles_deg"] for a in self.annotations], dtype=np.float64).reshape(-1, 3)
 
+    @property
+    def fixed(self) -> list[str]:
+        """Image file names whose vertebra list was put back in level order (:func:`fix_rotated_levels`)."""
+        return [a.meta["filename"] for a in self.annotations if a.meta.get("label_fix")]
+
     def count_issues(self, kind: str) -> int:
         """Number of reported issues of one kind (one per vertebra, or per point for the point
         kinds; see :func:`find_label_noise`)."""
@@ -315,7 +362,8 @@ class AasceDataset:
         return sum(s.startswith(kind + ":") for issues in self.report.values() for s in issues)
 
 
-def read_aasce(root: str | os.PathLike | None = None, use_mat: bool = False, images_dir: str = "images") -> AasceDataset:
+def read_aasce(root: str | os.PathLike | None = None, use_mat: bool = False, images_dir: str = "images",
+               fix_order: bool = True) -> AasceDataset:
     """Read all AASCE annotations of a folder.
 
     Args:
@@ -324,6 +372,8 @@ def read_aasce(root: str | os.PathLike | None = None, use_mat: bool = False, ima
         use_mat: take the points from ``labels/<image>.mat`` (``p2``, pixels) instead of
             ``landmarks.csv`` (normalised; the default). Both agree within 0.05 px.
         images_dir: image subfolder name.
+        fix_order: put vertebra lists stored rotated by one back in level order (:func:`fix_rotated_levels`;
+            ``meta["label_fix"]`` is :data:`LABEL_FIX_ROTATED` on those, ``None`` on the others).
 
     Returns:
         :class:`AasceDataset`; each annotation has region ``ap``, scheme ``ap4``, levels T1..L5,
@@ -358,6 +408,9 @@ def read_aasce(root: str | os.PathLike | None = None, use_mat: bool = False, ima
         else:
             pts = frac[row] * np.asarray(size, dtype=np.float64)
         kp = pts.reshape(AASCE_NUM_VERTEBRAE, region.scheme.num_points, 2)
+        fixed = fix_rotated_levels(kp, np.all(np.isfinite(kp), axis=-1)) if fix_order else None
+        if fixed is not None:
+            kp = fixed
         ann = SpineAnnotation(
             levels=list(region.levels),
             keypoints_px=kp,
@@ -375,6 +428,7 @@ def read_aasce(root: str | os.PathLike | None = None, use_mat: bool = False, ima
                 "label_source": "mat" if use_mat else "landmarks.csv",
                 "cobb_angles_deg": [float(a) for a in angles[row]],
                 "cobb_angle_names": list(COBB_ANGLE_NAMES),
+                "label_fix": LABEL_FIX_ROTATED if fixed is not None else None,
             },
         )
         issues = find_label_noise(ann)
@@ -390,6 +444,8 @@ def read_aasce(root: str | os.PathLike | None = None, use_mat: bool = False, ima
 # ----------------------------------------------------------------------------------------------
 #: default shares of training, validation and test images
 AASCE_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+#: version of the label fixes a written dataset folder holds (a cached folder of an older one is rewritten)
+LABEL_FIX_VERSION = 1
 
 _GROUP_RE = re.compile(r"-(\d+)\s*[A-Za-z]?\s*(?:AP\d*)?\.jpe?g$", re.IGNORECASE)
 
@@ -484,6 +540,7 @@ def write_aasce_dataset(
         "split_seed": int(seed),
         "split_fractions": [float(f) for f in fractions],
         "label_source": "mat" if use_mat else "landmarks.csv",
+        "label_fixes": {"version": LABEL_FIX_VERSION, "rotated_lists_put_back": ds.fixed},
         **{s: [{"label": label_of[n], "image": str(ds.root / "images" / n)} for n in names] for s, names in split.items()},
     }
     atomic_write_text(out / "dataset.json", json.dumps(index, indent=1) + "\n")
@@ -496,9 +553,15 @@ def ensure_aasce_dataset(
     fractions: tuple[float, float, float] = AASCE_SPLIT_FRACTIONS,
     seed: int = 0,
 ) -> Path:
-    """:func:`write_aasce_dataset` into ``<cache_dir>/aasce-seed<seed>-<fractions>`` unless it is there."""
+    """:func:`write_aasce_dataset` into ``<cache_dir>/aasce-seed<seed>-<fractions>`` unless it is there.
+
+    A folder written before the current label fixes (:data:`LABEL_FIX_VERSION`) is written again.
+    """
     tag = "-".join(f"{f:g}" for f in fractions)
     folder = Path(cache_dir) / f"aasce-seed{seed}-{tag}"
-    if (folder / "dataset.json").is_file():
-        return folder
+    index = folder / "dataset.json"
+    if index.is_file():
+        with open(index, encoding="utf-8") as f:
+            if (json.load(f).get("label_fixes") or {}).get("version") == LABEL_FIX_VERSION:
+                return folder
     return write_aasce_dataset(folder, root, fractions, seed)

@@ -33,6 +33,7 @@ import torch
 
 from monai_spine.data.annotation import SpineAnnotation, read_annotation
 from monai_spine.data.keypoints import get_region
+from monai_spine.codecs.chain import centres_in_level_order, level_height_fractions, spacing_profile
 from monai_spine.codecs.detection import encode_chain_target, vertebra_centres_px
 from monai_spine.engines.hardware import reseed_worker, training_device
 from monai_spine.losses.detection import ChainDetectionLoss, DetectionLoss
@@ -47,6 +48,7 @@ __all__ = [
     "chain_training_sample",
     "ChainSampleDataset",
     "train_chain_detector",
+    "chain_statistics",
     "NUM_BOX_CHANNELS",
 ]
 
@@ -356,3 +358,28 @@ def train_chain_detector(
     network.to("cpu")
     network.eval()
     return losses
+
+
+def chain_statistics(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a ``chain`` detector's spec learns from its training films besides the weights.
+
+    Args:
+        items: :func:`load_detector_arrays` items (``centres_px`` ``(L, 2)``, ``image`` ``(1, H, W)``).
+
+    Returns:
+        ``spacing_profile`` (:func:`~monai_spine.codecs.chain.spacing_profile`), ``level_y_frac``
+        (:func:`~monai_spine.codecs.chain.level_height_fractions`), ``length_frac_range`` (1st and 99th
+        percentiles of the first-to-last level span over the film height, films with every level
+        annotated; ``None`` without such a film) as tuples, and ``films_out_of_level_order``: the films
+        whose annotated centres are not in level order down the film, which none of them uses.
+    """
+    centres = [np.asarray(it["centres_px"], np.float64) for it in items]
+    heights = [float(it["image"].shape[-2]) for it in items]
+    spans = [float(np.hypot(*(c[1:] - c[:-1]).T).sum()) / h for c, h in zip(centres, heights)
+             if np.all(np.isfinite(c)) and centres_in_level_order(c)]
+    return {
+        "spacing_profile": tuple(float(v) for v in spacing_profile(centres)),
+        "level_y_frac": tuple(float(v) for v in level_height_fractions(centres, heights)),
+        "length_frac_range": (float(np.percentile(spans, 1)), float(np.percentile(spans, 99))) if spans else None,
+        "films_out_of_level_order": int(sum(not centres_in_level_order(c) for c in centres)),
+    }

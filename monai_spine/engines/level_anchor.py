@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_spine.codecs.chain import centres_in_level_order
 from monai_spine.codecs.detection import vertebra_centres_px
 from monai_spine.codecs.level_groups import ABOVE, BELOW, NOT_A_CENTRE, LevelGroups, level_groups_for
 from monai_spine.evaluation.levels import right_level_rate
@@ -145,6 +146,9 @@ def build_anchor_pool(
         for k, j in enumerate(idx):
             if j >= 0:
                 centres[k] = c_ann[j]
+        if not centres_in_level_order(centres):
+            log(f"[anchor] {label}: annotated centres not in level order down the film (label noise), skipped")
+            continue
         pts, codes, spacing = anchor_training_points(centres)
         if pts.shape[0] == 0:
             log(f"[anchor] {label}: fewer than three annotated levels, skipped")

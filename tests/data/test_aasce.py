@@ -7,7 +7,9 @@ from monai_spine.data.aasce import (
     COBB_ANGLE_NAMES,
     LABEL_NOISE_KINDS,
     AasceError,
+    LABEL_FIX_ROTATED,
     find_label_noise,
+    fix_rotated_levels,
     read_aasce,
     read_aasce_filenames,
     read_aasce_landmarks,
@@ -157,6 +159,57 @@ def test_noisy_labels_are_reported_not_fatal(tmp_path):
     assert px.shape == (2, 68, 2)
 
 
+# --------------------------------------------------------------------------- fix_rotated_levels
+
+
+def _column(n=17, gap=10.0):
+    """A straight spine: vertebra k is a 8 x 6 box centred at (50, 20 + gap * k)."""
+    c = np.c_[np.full(n, 50.0), 20.0 + gap * np.arange(n)]
+    return c[:, None, :] + np.array([[-4.0, -3.0], [4.0, -3.0], [-4.0, 3.0], [4.0, 3.0]])[None]
+
+
+@pytest.mark.parametrize("case, fixed", [
+    ("in order", False),
+    ("T1 stored last", True),
+    ("T1 stored last, far above", False),  # its gap to T2 is 5 median gaps: not a plain rotation
+    ("L5 on L4", False),
+    ("L5 in mid-film", False),
+    ("T1 and T2 crossed", False),
+])
+def test_fix_rotated_levels_cases(case, fixed):
+    kp = _column()
+    if case == "T1 stored last":
+        kp = np.roll(kp, -1, axis=0)
+    elif case == "T1 stored last, far above":
+        kp = np.roll(kp, -1, axis=0)
+        kp[16, :, 1] -= 40.0
+    elif case == "L5 on L4":
+        kp[16] = kp[15]
+    elif case == "L5 in mid-film":
+        kp[16, :, 1] -= 80.0
+    elif case == "T1 and T2 crossed":
+        kp[[0, 1]] = kp[[1, 0]]
+    out = fix_rotated_levels(kp, np.ones(kp.shape[:2], bool))
+    if fixed:
+        np.testing.assert_array_equal(out, _column())
+    else:
+        assert out is None
+
+
+def test_fake_dataset_with_t1_stored_last_is_put_back(tmp_path):
+    root = tmp_path / "aasce-train"
+    px = _write_fake(root)
+    rows = np.loadtxt(root / "labels" / "landmarks.csv", delimiter=",")
+    for axis in (slice(0, 68), slice(68, 136)):  # store image 0's T1 last
+        rows[0, axis] = np.roll(rows[0, axis].reshape(17, 4), -1, axis=0).ravel()
+    np.savetxt(root / "labels" / "landmarks.csv", rows, delimiter=",", fmt="%.8g")
+    ds = read_aasce(root)
+    assert ds.fixed == ["case 1 A AP.jpg"] and ds.report == {}
+    np.testing.assert_allclose(ds[0].keypoints_px.reshape(68, 2), px[0], atol=1e-4)
+    raw = read_aasce(root, fix_order=False)
+    assert raw.fixed == [] and raw.count_issues("centre_out_of_order") == 1
+
+
 # --------------------------------------------------------------------------- find_label_noise
 
 
@@ -273,7 +326,9 @@ def test_real_landmarks_and_mat_agree_within_0_05_px(real, real_root):
     assert via_mat[0].meta["label_source"] == "mat"
 
 
-def test_real_label_noise_counts(real):
+def test_real_label_noise_counts(real_root):
+    real = read_aasce(real_root, fix_order=False)  # the files as they are
+    assert real.fixed == []
     # PROVENANCE: 4 of 8,177 vertebrae have a top corner below a bottom corner
     assert real.count_issues("top_below_bottom") == 4
     # "about 23" centres out of level order: 23 lie above the previous centre, and one more
@@ -285,6 +340,18 @@ def test_real_label_noise_counts(real):
     assert len(real.report) == 27  # images with at least one issue
     assert real.report["sunhl-1th-03-Jan-2017-163 B AP.jpg"][0].startswith("top_below_bottom: L4:")
     assert set(LABEL_NOISE_KINDS) >= {s.split(":")[0] for v in real.report.values() for s in v}
+
+
+def test_real_rotated_lists_are_put_back(real, real_root):
+    """18 files store T1 last; put back, 6 films with other order errors stay (L5 on L4, L5 mid-film, T1/T2 crossed)."""
+    assert len(real.fixed) == 18 and "sunhl-1th-10-Jan-2017-227 E AP.jpg" in real.fixed
+    assert real.count_issues("centre_out_of_order") == 6
+    assert len(real.report) == 11
+    raw = read_aasce(real_root, fix_order=False)
+    i = real.names.index("sunhl-1th-10-Jan-2017-227 E AP.jpg")
+    np.testing.assert_array_equal(real[i].keypoints_px[0], raw[i].keypoints_px[16])  # T1 was stored last
+    np.testing.assert_array_equal(real[i].keypoints_px[1:], raw[i].keypoints_px[:16])
+    assert real[i].meta["label_fix"] == LABEL_FIX_ROTATED and raw[i].meta["label_fix"] is None
 
 
 def test_real_cobb_angles(real, real_root):

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from monai_spine.codecs.chain import assign_levels_chain, complete_chain, level_height_fractions, spacing_profile
+from monai_spine.codecs.chain import (
+    assign_levels_chain, centres_in_level_order, complete_chain, level_height_fractions, spacing_profile,
+)
 from monai_spine.codecs.detection import decode_detections
 from monai_spine.engines.detector import chain_training_sample, train_chain_detector
 from monai_spine.evaluation.detector import evaluate_chain_items
@@ -95,6 +97,22 @@ def test_spacing_profile_is_scale_free_and_skips_missing():
     np.testing.assert_allclose(spacing_profile([SPINE, b]), hand / hand.mean(), rtol=1e-9)
     with pytest.raises(ValueError, match="no film"):
         spacing_profile([np.full((17, 2), np.nan)])
+
+
+def test_spacing_profile_leaves_out_films_out_of_level_order():
+    """An AASCE-style label error (the L5 points above T1) would stretch the mean L4-L5 step; the film is left out."""
+    noisy = SPINE.copy()
+    noisy[16] = SPINE[0] - [0.0, 40.0]  # "L5" annotated one step above T1
+    assert centres_in_level_order(SPINE) and not centres_in_level_order(noisy)
+    np.testing.assert_allclose(spacing_profile([SPINE, noisy]), spacing_profile([SPINE]), rtol=1e-12)
+    with pytest.raises(ValueError, match="level order"):
+        spacing_profile([noisy])
+    gap = SPINE.copy()
+    gap[[3, 9]] = np.nan  # missing levels do not make a film out of order
+    assert centres_in_level_order(gap)
+    # the same film count in level_height_fractions: the noisy one changes nothing
+    np.testing.assert_allclose(level_height_fractions([SPINE, noisy], [1000.0, 1000.0]),
+                               level_height_fractions([SPINE], [1000.0]), rtol=1e-12)
 
 
 def test_complete_chain_interpolates_and_extrapolates_and_flags():
