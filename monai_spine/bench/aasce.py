@@ -60,6 +60,8 @@ __all__ = [
     "SDR_LEVELS",
     "MeanShapeReference",
     "train_chain_folder",
+    "restate_chain_statistics",
+    "label_order_counts",
     "CHAIN_DECODING",
     "REGRESSOR_BOXES",
 ]
@@ -427,6 +429,28 @@ class MeanShapeReference:
         t, nn, sp = _spine_frames(c)
         off = self.offsets[[self.levels.index(str(v)) for v in levels]] * sp[:, None, None]
         return c[:, None] + off[..., :1] * nn[:, None] + off[..., 1:] * t[:, None]
+
+
+def label_order_counts(labels: Sequence[str]) -> dict[str, int]:
+    """How many of the films' label files the reader put back in level order, and how many stay out of it.
+
+    Returns:
+        ``{"films": N, "put back in level order": n_fixed, "out of level order": n_noisy}``: the first
+        from ``meta["label_fix"]`` (:func:`~monai_spine.data.aasce.fix_rotated_levels`), the second by
+        :func:`~monai_spine.codecs.chain.centres_in_level_order` on the annotated centres (such a film
+        cannot be wholly right).
+    """
+    from monai_spine.codecs.chain import centres_in_level_order
+    from monai_spine.codecs.detection import vertebra_centres_px
+    from monai_spine.data.annotation import read_annotation
+
+    fixed = noisy = 0
+    for label in labels:
+        ann = read_annotation(label)
+        fixed += bool(ann.meta.get("label_fix"))
+        c = vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme, boxes_px=ann.boxes_px)
+        noisy += not centres_in_level_order(c)
+    return {"films": len(labels), "put back in level order": int(fixed), "out of level order": int(noisy)}
 
 
 def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, regressor: Any = None,
@@ -917,6 +941,10 @@ def run_aasce_benchmark(
                  "and the levels it output as inferred (not seen): "
                  + ", ".join(f"{k} {v}" for k, v in misses.items()) + "." if misses else "")
 
+    order = label_order_counts(test)
+    order_line = (f"Test labels: the reader put {order['put back in level order']} of the {order['films']} label files "
+                  "back in level order (stored rotated by one, `data/aasce.fix_rotated_levels`); still out of level order: "
+                  f"{order['out of level order']} (label noise: such a film cannot be wholly right).")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
     header = "\n".join([
         f"command: `{shlex.join([str(c) for c in command])}`",
@@ -926,11 +954,11 @@ def run_aasce_benchmark(
         "training wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()),
     ])
     report = "\n\n".join([header, format_aasce_table(rows) if rows else "(no keypoint model)",
-                          *([miss_line] if miss_line else []), NOTES]) + "\n"
+                          *([miss_line] if miss_line else []), order_line, NOTES]) + "\n"
     (out / "table.md").write_text(report, encoding="utf-8")
 
     record = {"command": list(map(str, command)), "settings": asdict(settings), "dataset_dir": str(ds),
               "train_seconds": times, "num_test": len(test), "num_validation": len(val), "detection": det_row,
-              "rows": rows}
+              "test_labels": order, "rows": rows}
     (out / "results.json").write_text(json.dumps(json_safe(record), indent=1, allow_nan=False), encoding="utf-8")
     return report, rows

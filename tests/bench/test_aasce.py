@@ -172,3 +172,24 @@ def test_spacing_boxes_fit_recovers_the_ratio(tmp_path):
     rule = SpacingBoxes.fit([str(tmp_path / "a.json")])
     assert rule.width_frac == pytest.approx(1.5) and rule.height_frac == pytest.approx(0.6)
 
+
+
+def test_label_order_counts_reads_the_fix_and_the_disorder(tmp_path):
+    from monai_spine.bench.aasce import label_order_counts
+    from monai_spine.data.annotation import SpineAnnotation, write_annotation
+    from monai_spine.data.keypoints import get_region
+
+    region = get_region("ap")
+    box = np.array([[-4.0, -3.0], [4.0, -3.0], [-4.0, 3.0], [4.0, 3.0]])
+    column = np.c_[np.full(17, 50.0), 20.0 + 10.0 * np.arange(17)][:, None, :] + box[None]
+    paths = []
+    for name, kp, fix in (("clean", column, None), ("fixed", column, "rotated: ..."),
+                          ("noisy", np.concatenate([column[:16], column[15:16]]), None)):  # L5 on L4
+        ann = SpineAnnotation(levels=list(region.levels), keypoints_px=kp, visible=np.ones((17, 4), bool),
+                              region="ap", scheme=region.scheme.name, image=str(tmp_path / f"{name}.png"),
+                              image_size=(100, 220), spacing_mm=None, spacing_source="unknown",
+                              meta={"label_fix": fix})
+        write_annotation(ann, tmp_path / f"{name}.json")
+        paths.append(str(tmp_path / f"{name}.json"))
+    assert label_order_counts(paths) == {"films": 3, "put back in level order": 1, "out of level order": 1}
+    assert label_order_counts([]) == {"films": 0, "put back in level order": 0, "out of level order": 0}
