@@ -193,3 +193,17 @@ def test_label_order_counts_reads_the_fix_and_the_disorder(tmp_path):
         paths.append(str(tmp_path / f"{name}.json"))
     assert label_order_counts(paths) == {"films": 3, "put back in level order": 1, "out of level order": 1}
     assert label_order_counts([]) == {"films": 0, "put back in level order": 0, "out of level order": 0}
+
+
+def test_points_metrics_gives_the_smape_without_rotated_references():
+    ps = PointSet("heatmap (detected centres)")
+    # three images; the second one's reference came from a rotated list and is far off
+    ps.cobb_pred_deg = [[10.0, 20.0, 30.0], [10.0, 10.0, 10.0], [20.0, 20.0, 20.0]]
+    ps.cobb_ref_deg = [[10.0, 20.0, 30.0], [30.0, 30.0, 30.0], [20.0, 20.0, 40.0]]
+    ps.cobb_ref_rotated = [False, True, False]
+    row = points_metrics(ps)
+    # per image sum|p - r| / sum(p + r): 0, 60 / 120 = 0.5, 20 / 140; all three: 100 / 3 * (0.5 + 1/7)
+    assert row["smape"] == pytest.approx(100 / 3 * (0.5 + 1 / 7))
+    assert row["smape_unrotated_refs"] == pytest.approx(100 / 2 * (1 / 7)) and row["cobb_images_unrotated_refs"] == 2
+    ps.cobb_ref_rotated = []  # not recorded: no figure
+    assert math.isnan(points_metrics(ps)["smape_unrotated_refs"])
