@@ -96,14 +96,51 @@ def centre_frames(
     if not np.all(np.isfinite(c)):
         raise ValueError("vertebra centres must be finite")
     angle, _ = orientation_from_centres(c)
-    d = np.linalg.norm(np.diff(c, axis=0), axis=1) / _level_gaps(levels, len(c))
+    gaps = _level_gaps(levels, len(c))
+    d = np.linalg.norm(np.diff(c, axis=0), axis=1) / gaps
     if np.any(d <= 0):
         raise ValueError("two consecutive vertebra centres coincide")
     dist = np.empty(len(c))
     dist[0], dist[-1] = d[0], d[-1]
     if len(c) > 2:
         dist[1:-1] = 0.5 * (d[:-1] + d[1:])
+    bad = _implausible_steps(c, d)
+    if bad.any():  # a centre out of order: frame its neighbours from their other side (or the spine's median)
+        angle, dist = _frames_without(c, d, gaps, bad, angle, dist)
     return angle, float(size_ratio) * dist
+
+
+#: a step between consecutive centres longer than this many median steps (per level) is not trusted
+MAX_STEP_RATIO = 3.0
+
+
+def _implausible_steps(c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``(V - 1,)`` steps that cannot join neighbouring vertebrae: against the spine's median direction,
+    or longer than :data:`MAX_STEP_RATIO` median steps (a centre clicked or labelled out of order)."""
+    if len(c) < 3:
+        return np.zeros(len(d), bool)
+    steps = np.diff(c, axis=0)
+    med = np.median(steps, axis=0)
+    return (steps @ med <= 0) | (d > MAX_STEP_RATIO * np.median(d))
+
+
+def _frames_without(c: np.ndarray, d: np.ndarray, gaps: np.ndarray, bad: np.ndarray, angle: np.ndarray,
+                    dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Orientation and spacing of the vertebrae next to an implausible step, from their trusted steps only."""
+    steps = np.diff(c, axis=0) / gaps[:, None]
+    ok = ~bad
+    med_dir = np.median(steps[ok], axis=0) if ok.any() else np.array([0.0, 1.0])
+    med_d = float(np.median(d[ok])) if ok.any() else float(np.median(d))
+    angle, dist = angle.copy(), dist.copy()
+    for i in range(len(c)):
+        near = [k for k in (i - 1, i) if 0 <= k < len(d)]
+        if all(ok[k] for k in near):
+            continue
+        trusted = [k for k in near if ok[k]]
+        axis = steps[trusted].sum(axis=0) if trusted else med_dir
+        angle[i] = np.degrees(np.arctan2(-axis[0], axis[1]))
+        dist[i] = float(np.mean(d[trusted])) if trusted else med_d
+    return angle, dist
 
 
 def annotation_frames(

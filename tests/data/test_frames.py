@@ -35,6 +35,36 @@ def test_centre_frames_level_gaps_and_errors():
         centre_frames(np.array([[0.0, 0.0], [0.0, 0.0]]), 0.7)
 
 
+@pytest.mark.parametrize("case", ["last above", "last far below", "middle upside"])
+def test_centre_frames_ignore_a_centre_out_of_order(case):
+    """A centre clicked or labelled out of order (AASCE film 49 A: its L5 at L1's height) must not turn or
+    blow up its neighbours' frames; the vertebrae away from it keep their frames exactly."""
+    c = np.c_[np.full(17, 100.0), 40.0 + 50.0 * np.arange(17)]
+    if case == "last above":
+        c[16, 1] = c[12, 1] + 10.0
+    elif case == "last far below":
+        c[16, 1] = c[15, 1] + 400.0
+    else:
+        c[8, 1] = c[2, 1] - 5.0
+    ang, size = centre_frames(c, 0.7)
+    np.testing.assert_allclose(ang, 0.0, atol=1e-9)  # every frame upright, as the spine is
+    bad = 8 if case == "middle upside" else 16
+    far = [i for i in range(17) if abs(i - bad) > 1]
+    np.testing.assert_allclose(size[far], 35.0)  # 0.7 x 50 px, as without the outlier
+    assert size.max() <= 35.0 + 1e-9  # no frame takes the outlier's step as its size
+
+
+def test_centre_frames_trust_a_bent_but_ordered_spine():
+    """A curve with spacings from 0.7 to 1.5 of the median is no outlier: the frames are the plain ones."""
+    from monai_spine.data.patches import orientation_from_centres
+
+    t = np.cumsum(np.r_[0.0, np.linspace(35.0, 75.0, 16)])
+    c = np.c_[100.0 + 30.0 * np.sin(t / 200.0), 40.0 + t]
+    ang, size = centre_frames(c, 1.0)
+    np.testing.assert_allclose(ang, orientation_from_centres(c)[0])
+    np.testing.assert_allclose(size, orientation_from_centres(c)[1])
+
+
 def test_annotation_frames_use_corner_means_and_select():
     kp = rect_corners()
     rows, centres, ang, size = annotation_frames(kp, None, (0, 1, 2, 3), 0.7, select=np.array([1, 1, 0, 1], bool))
