@@ -84,6 +84,10 @@ def centre_frames(
         levels: optional level names; a gap of ``g`` levels between two consecutive centres divides
             their distance by ``g`` (a vertebra that was not clicked does not inflate the size).
 
+    A step between consecutive centres that runs against the spine's median direction or is longer than
+    :data:`MAX_STEP_RATIO` median steps (a centre clicked or labelled out of order) is not used: the
+    vertebrae beside it are framed from their other step, or from the spine's median step and direction.
+
     Returns:
         ``(orientations_deg (V,), sizes_px (V,))``, conventions of :mod:`monai_spine.data.patches`.
 
