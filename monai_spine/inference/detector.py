@@ -36,6 +36,7 @@ from monai_spine.codecs.chain import complete_chain
 from monai_spine.codecs.detection import decode_detections
 from monai_spine.networks.detector import DEFAULT_FEATURES, VertebraDetectorNet
 from monai_spine.inference.level_anchor import LevelAnchor
+from monai_spine.inference.model_zoo import load_strict_weights
 from monai_spine.inference.spine_strip import SpineStripRefiner
 from monai_spine.transforms.detection import LetterboxResize, boxes_to_image_px, points_to_image_px
 
@@ -369,18 +370,9 @@ class VertebraDetector:
         if not ckpt.is_file():
             raise FileNotFoundError(f"detector checkpoint {ckpt} does not exist: train the detector bundle first")
         spec = spec or DetectorSpec.load(ckpt.parent)
-        net = spec.build_network()
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            detail = first[1].strip() if len(first) > 1 else (first[0] if first else "")
-            raise ValueError(f"{ckpt}: the weights do not match the detector spec beside them (region "
-                             f"{spec.region!r}, {spec.num_heatmaps} heatmap(s), features {list(spec.features)}): "
-                             f"{detail[:200]}") from None
+        net = load_strict_weights(spec.build_network(), ckpt,
+                                  f"the detector spec beside them (region {spec.region!r}, {spec.num_heatmaps} "
+                                  f"heatmap(s), features {list(spec.features)})")
         anchor = LevelAnchor.from_dir(ckpt.parent) if use_anchor and LevelAnchor.exists(ckpt.parent) else None
         strip = (SpineStripRefiner.from_dir(ckpt.parent)
                  if use_strip and SpineStripRefiner.exists(ckpt.parent) else None)

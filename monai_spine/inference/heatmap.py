@@ -50,6 +50,7 @@ from monai_spine.data.frames import centre_frames
 from monai_spine.data.keypoints import get_scheme, level_order, px_to_mm
 from monai_spine.data.patches import extract_patch, normalize_patch, patch_params
 from monai_spine.inference.corners import CornerPrior, VertebraCorners, corners_from_patches
+from monai_spine.inference.model_zoo import load_strict_weights
 
 __all__ = [
     "MODEL_FORMAT",
@@ -517,17 +518,10 @@ class CornerPredictor:
 
             kwargs["conformal"] = ConformalCalibrator.load(folder / "conformal.json")
         spec = HeatmapModelSpec.load(ckpt_dir, prior=prior)
-        net = spec.build_network()
         ckpt = Path(checkpoint) if checkpoint else Path(ckpt_dir) / CHECKPOINT_FILE
-        if not ckpt.is_file():
-            raise FileNotFoundError(f"checkpoint {ckpt} does not exist: train with configs/heatmap_train.json first")
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # CheckpointSaver with several entries
-            state = state["model"]
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"checkpoint {ckpt} does not match the network of {spec.network}: {e}") from None
+        # a CheckpointSaver file with several entries gives its "model" entry
+        net = load_strict_weights(spec.build_network(), ckpt, f"the network of {spec.network}",
+                                  hint="train with configs/heatmap_train.json first")
         return cls(net, spec, **kwargs)
 
     @torch.inference_mode()

@@ -30,7 +30,7 @@ import torch
 
 from monai_spine.codecs.level_groups import LevelGroups
 from monai_spine.data.patches import extract_patch, normalize_patch, patch_affine
-from monai_spine.inference.model_zoo import read_state_dict
+from monai_spine.inference.model_zoo import load_strict_weights
 
 __all__ = ["LevelAnchorSpec", "LevelAnchor", "anchor_patches", "build_anchor_network", "ANCHOR_SPEC_FILE"]
 
@@ -175,14 +175,9 @@ class LevelAnchor:
     def from_dir(cls, model_dir: str | os.PathLike) -> "LevelAnchor":
         """Load ``level_anchor_model.json`` and its weights from a model folder."""
         spec = LevelAnchorSpec.load(model_dir)
-        net = spec.build_network()
-        ckpt = Path(model_dir) / spec.checkpoint_file
-        state = read_state_dict(ckpt, hint=f"the level anchor weights named in {ANCHOR_SPEC_FILE} are missing")
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"{ckpt}: the weights do not match the level anchor spec beside them: "
-                             f"{str(e)[:200]}") from None
+        net = load_strict_weights(spec.build_network(), Path(model_dir) / spec.checkpoint_file,
+                                  "the level anchor spec beside them",
+                                  hint=f"the level anchor weights named in {ANCHOR_SPEC_FILE} are missing")
         return cls(net, spec)
 
     @staticmethod

@@ -40,6 +40,7 @@ __all__ = [
     "models_root",
     "model_dir",
     "find_model",
+    "load_strict_weights",
     "read_spec",
     "default_detector_dir",
     "default_regressor_checkpoint",
@@ -220,6 +221,39 @@ def load_weights(network: "torch.nn.Module", checkpoint: str | os.PathLike) -> "
     state = read_state_dict(checkpoint, "train the bundle first or pass --checkpoint")
     target = network.module if hasattr(network, "module") else network
     target.load_state_dict(state)
+    return network
+
+
+def load_strict_weights(network: "torch.nn.Module", checkpoint: str | os.PathLike,
+                        what: str = "the network described by the spec", hint: str = "") -> "torch.nn.Module":
+    """Load ``checkpoint`` (a bare state dict or ``{"model": ...}``) into ``network`` strictly, weights only.
+
+    Args:
+        network: the network the model folder's spec describes.
+        checkpoint: the weights file.
+        what: how the error names the network (``"the spine-strip spec beside them (...)"``).
+        hint: appended to the missing-file message.
+
+    Raises:
+        FileNotFoundError: no checkpoint (:func:`read_state_dict`).
+        ValueError: the weights do not fit the network, in one line naming the file, ``what`` and the first
+            mismatching tensors (not PyTorch's page-long message).
+    """
+    path = Path(checkpoint)
+    state = read_state_dict(path, hint)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict")
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)):
+            if keys:
+                parts.append(f"{len(keys)} {name} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+        raise ValueError(f"{path}: the weights do not match {what}: {'; '.join(parts)}")
+    network.load_state_dict(state)
     return network
 
 

@@ -239,24 +239,9 @@ def load_regressor_weights(network: torch.nn.Module, checkpoint: str | os.PathLi
         ValueError: the weights do not fit the network, in one line naming the file and the first
             mismatching tensors (not PyTorch's page-long message).
     """
-    from monai_spine.inference.model_zoo import read_state_dict
+    from monai_spine.inference.model_zoo import load_strict_weights
 
-    path = Path(checkpoint)
-    state = read_state_dict(path)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a state dict")
-    own = network.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", shapes)):
-            if keys:
-                parts.append(f"{len(keys)} {name} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
-        raise ValueError(f"{path}: the weights do not match the network described by the spec: {'; '.join(parts)}")
-    network.load_state_dict(state)
-    return network
+    return load_strict_weights(network, checkpoint)
 
 
 def load_conformal(path: str | os.PathLike | None) -> Any:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from monai_spine.codecs.spine_strip import SpineStrip, decode_strip_levels
-from monai_spine.inference.model_zoo import read_state_dict
+from monai_spine.inference.model_zoo import load_strict_weights
 
 __all__ = ["SpineStripSpec", "SpineStripRefiner", "STRIP_SPEC_FILE", "scale_film_intensities"]
 
@@ -161,14 +161,9 @@ class SpineStripRefiner:
             ValueError: the weights do not fit the spec's network.
         """
         spec = SpineStripSpec.load(model_dir)
-        net = spec.build_network()
-        ckpt = Path(model_dir) / spec.checkpoint_file
-        state = read_state_dict(ckpt, hint=f"the spine-strip weights named in {STRIP_SPEC_FILE} are missing")
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"{ckpt}: the weights do not match the spine-strip spec beside them (features "
-                             f"{list(spec.features)}): {str(e)[:200]}") from None
+        net = load_strict_weights(spec.build_network(), Path(model_dir) / spec.checkpoint_file,
+                                  f"the spine-strip spec beside them (features {list(spec.features)})",
+                                  hint=f"the spine-strip weights named in {STRIP_SPEC_FILE} are missing")
         return cls(net, spec)
 
     @staticmethod
