@@ -1,4 +1,6 @@
-"""Intensity transforms for spinal radiographs: contrast-limited adaptive histogram equalisation.
+"""Intensity transforms for spinal radiographs: contrast-limited adaptive histogram equalisation, and
+:func:`scale_film_intensities` (a film's percentiles to 0 and 1, as the AP detector's training arrays and
+the spine-strip refiner read films).
 
 MONAI 1.6.1 has no CLAHE, so this module wraps OpenCV's ``cv2.createCLAHE``. Each channel of a
 channel-first ``(C, H, W)`` image is rescaled to the full range of an unsigned integer copy
@@ -23,7 +25,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
-__all__ = ["CLAHE", "CLAHEd", "RandCLAHEd", "clahe"]
+__all__ = ["CLAHE", "CLAHEd", "RandCLAHEd", "clahe", "scale_film_intensities"]
 
 
 def _tile_grid(tile_grid_size: int | Sequence[int]) -> tuple[int, int]:
@@ -35,6 +37,22 @@ def _tile_grid(tile_grid_size: int | Sequence[int]) -> tuple[int, int]:
     if len(tiles) != 2 or min(tiles) < 1:
         raise ValueError(f"tile_grid_size must be a positive int or (rows, cols) pair, got {tile_grid_size!r}")
     return tiles  # type: ignore[return-value]
+
+
+def scale_film_intensities(image: Any, percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+    """``(H, W)`` float32 film scaled so that the given percentiles map to 0 and 1 (clipped).
+
+    Raises:
+        ValueError: the image is not ``(H, W)`` or ``(1, H, W)``.
+    """
+    img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if img.ndim == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 2:
+        raise ValueError(f"scale_film_intensities: image must be (H, W) or (1, H, W), got shape {np.shape(image)}")
+    img = img.astype(np.float32)
+    lo, hi = np.percentile(img, [float(percentiles[0]), float(percentiles[1])])
+    return np.clip((img - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
 
 
 def clahe(

@@ -39,6 +39,7 @@ from monai_spine.engines.hardware import reseed_worker, training_device
 from monai_spine.losses.detection import ChainDetectionLoss, DetectionLoss
 from monai_spine.networks.detector import NUM_BOX_CHANNELS
 from monai_spine.transforms.detection import boxes_to_net_px
+from monai_spine.transforms.intensity import scale_film_intensities
 
 __all__ = [
     "detector_cases",
@@ -188,14 +189,11 @@ def load_detector_arrays(
 
     from monai_spine.data.readers import read_xray
 
-    lo, hi = (float(v) for v in intensity_percentiles)
     out = []
     for case in cases:
         sidecar = case.get("sidecar_spacing_mm")
         img = read_xray(case["image"], spacing_mm=None if sidecar is None else [float(v) for v in np.ravel(sidecar)])
-        a = np.asarray(img.channel_first(), dtype=np.float32)[0]
-        p0, p1 = np.percentile(a, [lo, hi])
-        a = np.clip((a - p0) / max(float(p1 - p0), 1e-6), 0.0, 1.0).astype(np.float32)
+        a = scale_film_intensities(img.channel_first(), intensity_percentiles)
         f = max(1.0, a.shape[0] / float(max_height_px))
         if f > 1.0:
             a = cv2.resize(a, (max(1, round(a.shape[1] / f)), max(1, round(a.shape[0] / f))), interpolation=cv2.INTER_AREA)

@@ -25,7 +25,8 @@ from monai_spine.codecs.chain import centres_in_level_order
 from monai_spine.codecs.detection import vertebra_centres_px
 from monai_spine.codecs.spine_strip import SpineStrip, encode_strip_heatmap, encode_strip_levels
 from monai_spine.engines.hardware import reseed_worker, training_device
-from monai_spine.inference.spine_strip import STRIP_SPEC_FILE, SpineStripSpec, scale_film_intensities
+from monai_spine.inference.spine_strip import STRIP_SPEC_FILE, SpineStripSpec
+from monai_spine.transforms.intensity import scale_film_intensities
 
 __all__ = ["load_strip_films", "strip_training_sample", "StripDataset", "train_spine_strip", "choose_strip_decoding"]
 

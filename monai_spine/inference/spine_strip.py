@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,27 +27,12 @@ import torch
 
 from monai_spine.codecs.spine_strip import SpineStrip, decode_strip_levels
 from monai_spine.inference.model_zoo import load_strict_weights
+from monai_spine.transforms.intensity import scale_film_intensities
 
-__all__ = ["SpineStripSpec", "SpineStripRefiner", "STRIP_SPEC_FILE", "scale_film_intensities"]
+__all__ = ["SpineStripSpec", "SpineStripRefiner", "STRIP_SPEC_FILE"]
 
 STRIP_SPEC_FILE = "spine_strip_model.json"
 _FORMAT = "monai-spine-spine-strip"
-
-
-def scale_film_intensities(image: Any, percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
-    """``(H, W)`` float32 film scaled so that the given percentiles map to 0 and 1 (clipped).
-
-    Raises:
-        ValueError: the image is not ``(H, W)`` or ``(1, H, W)``.
-    """
-    img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if img.ndim == 3 and img.shape[0] == 1:
-        img = img[0]
-    if img.ndim != 2:
-        raise ValueError(f"scale_film_intensities: image must be (H, W) or (1, H, W), got shape {np.shape(image)}")
-    img = img.astype(np.float32)
-    lo, hi = np.percentile(img, [float(percentiles[0]), float(percentiles[1])])
-    return np.clip((img - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
 
 
 @dataclass

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_spine.inference.spine_strip import SpineStripRefiner, SpineStripSpec, scale_film_intensities
+from monai_spine.inference.spine_strip import SpineStripRefiner, SpineStripSpec
 
 LEVELS = ("C3", "C4", "C5", "C6", "C7")
 SMALL = dict(rows=64, width=16, features=(4, 4, 8, 8, 16, 4))
@@ -77,14 +77,6 @@ def test_refine_rejects_centres_of_another_region():
     film, centres = _film_and_centres()
     with pytest.raises(ValueError, match=r"centres must be \(5, 2\) for levels C3-C7"):
         ref.refine(film, centres[:4], np.ones(4))
-
-
-def test_scale_film_intensities_by_hand():
-    img = np.arange(201, dtype=np.float32).reshape(1, 1, 201)
-    out = scale_film_intensities(img, (0.0, 100.0))
-    assert out.shape == (1, 201) and out[0, 0] == 0.0 and out[0, -1] == 1.0 and out[0, 100] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match=r"\(H, W\)"):
-        scale_film_intensities(np.zeros((2, 3, 4)))
 
 
 def test_detector_refuses_a_refiner_of_other_levels():

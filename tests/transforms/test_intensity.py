@@ -9,6 +9,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from monai_spine.transforms import CLAHE, CLAHEd, RandCLAHEd, clahe
+from monai_spine.transforms.intensity import scale_film_intensities
 
 
 def _two_level_image(h: int = 32, w: int = 32) -> np.ndarray:
@@ -127,3 +128,11 @@ def test_bundle_config_instantiates():
     assert isinstance(t, RandCLAHEd) and t.clip_limit_range == (2.0, 3.0) and t.clahe.tile_grid_size == (2, 2)
     out = t({"image": _two_level_image()})
     assert out["image"].shape == (1, 32, 32)
+
+
+def test_scale_film_intensities_by_hand():
+    img = np.arange(201, dtype=np.float32).reshape(1, 1, 201)
+    out = scale_film_intensities(img, (0.0, 100.0))
+    assert out.shape == (1, 201) and out[0, 0] == 0.0 and out[0, -1] == 1.0 and out[0, 100] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        scale_film_intensities(np.zeros((2, 3, 4)))
