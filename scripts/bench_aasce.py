@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(REPO / "runs" / "bench-aasce"), help="output folder")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch log lines from the bundle")
+    p.add_argument("--labels-only", action="store_true",
+                   help="print the labels' report (level order, each annotation batch's vertebra proportions) "
+                        "per split and stop: no model is trained or run")
     return p
 
 
@@ -83,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.labels_only:
+        from monai_spine.bench.aasce import label_report
+        from monai_spine.data.aasce import ensure_aasce_dataset
+        from monai_spine.data.datasets import default_cache_dir, list_cases
+
+        ds = ensure_aasce_dataset(os.environ.get("MONAI_SPINE_CACHE") or default_cache_dir(), args.data,
+                                  seed=args.split_seed)
+        index = list_cases(ds)
+        print(label_report({k: index[k] for k in ("training", "validation", "test")}), flush=True)
+        return 0
     from monai_spine.bench.aasce import AasceBenchSettings, run_aasce_benchmark
     from monai_spine.engines.demo import bundle_dir
 

@@ -24,6 +24,12 @@ ground-truth centres standing in for the clicks), ``heatmap (detected centres)``
 Cobb angles need the whole spine: for an image where the detector missed levels, the angles come from
 the vertebrae it found (in level order), which is what a fully automatic tool would report.
 
+The set was labelled in batches (the date in each file name, :func:`~monai_spine.data.aasce.aasce_batch`)
+that draw the vertebral body at different sizes; the report gives each batch's annotated proportions
+(:func:`annotation_proportions`) and each model's corner error and drawn size per batch
+(:func:`batch_metrics`, :func:`format_batch_table`), so that a corner error can be read against the
+reference's own convention.
+
 Pieces: :class:`AasceBenchSettings`, :func:`vertebra_heights_px`, :func:`sdr`, :func:`points_metrics`,
 :func:`format_aasce_table`, :func:`run_aasce_benchmark`.
 
@@ -41,7 +47,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,6 +59,11 @@ __all__ = [
     "AasceBenchSettings",
     "PointSet",
     "vertebra_heights_px",
+    "vertebra_widths_px",
+    "batch_metrics",
+    "annotation_proportions",
+    "format_batch_table",
+    "label_report",
     "sdr",
     "points_metrics",
     "format_aasce_table",
@@ -201,6 +212,10 @@ class PointSet:
             rotated by one (the annotation's ``meta["label_fix"]``: its angles follow the stored order).
         found, annotated: vertebrae found / annotated.
         seconds: per-radiograph wall seconds of the model (after reading the image).
+        point_batches: (M,) the annotation batch of each corner's radiograph
+            (:func:`~monai_spine.data.aasce.aasce_batch`; ``""`` when not given).
+        vertebra_batches, width_ratio, height_ratio: per scored vertebra, its batch and the predicted
+            width and height over the annotated ones (the corners' spread, not their error).
     """
 
     name: str
@@ -219,9 +234,13 @@ class PointSet:
     images: int = 0
     images_all_found: int = 0
     level_misses: dict[str, int] = field(default_factory=dict)
+    point_batches: list[str] = field(default_factory=list)
+    vertebra_batches: list[str] = field(default_factory=list)
+    width_ratio: list[float] = field(default_factory=list)
+    height_ratio: list[float] = field(default_factory=list)
 
     def add_image(self, image_id: int, pred_px: np.ndarray, sigma_px: np.ndarray, gt_px: np.ndarray,
-                  visible: np.ndarray, image_height_px: float) -> None:
+                  visible: np.ndarray, image_height_px: float, batch: str = "") -> None:
         """Add the corners of the found vertebrae of one radiograph.
 
         Args:
@@ -230,6 +249,7 @@ class PointSet:
             sigma_px: (V, 4) the model's sigma per corner, px.
             visible: (V, 4) annotated corners to score.
             image_height_px: the radiograph's height.
+            batch: the radiograph's annotation batch (see :func:`batch_metrics`).
         """
         pred_px, gt_px = np.asarray(pred_px, np.float64), np.asarray(gt_px, np.float64)
         if pred_px.shape != gt_px.shape or pred_px.shape[-2:] != (4, 2):
@@ -244,6 +264,22 @@ class PointSet:
         self.height_px += h[m].tolist()
         self.image_height_px += [float(image_height_px)] * int(m.sum())
         self.image_ids += [int(image_id)] * int(m.sum())
+        self.point_batches += [str(batch)] * int(m.sum())
+        whole = m.all(axis=1)  # a vertebra's size needs its four corners
+        with np.errstate(divide="ignore", invalid="ignore"):
+            wr = vertebra_widths_px(pred_px[whole]) / vertebra_widths_px(gt_px[whole])
+            hr = vertebra_heights_px(pred_px[whole]) / vertebra_heights_px(gt_px[whole])
+        self.width_ratio += wr.tolist()
+        self.height_ratio += hr.tolist()
+        self.vertebra_batches += [str(batch)] * int(whole.sum())
+
+
+def _mean_edge_px(corners_px: Any, edges: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """``(V,)`` mean length of two edges (corner index pairs) of ``(V, 4, 2)`` ``ap4`` corners."""
+    c = np.asarray(corners_px, np.float64)
+    if c.ndim != 3 or c.shape[1:] != (4, 2):
+        raise ValueError(f"corners must have shape (V, 4, 2), got {c.shape}")
+    return sum(np.linalg.norm(c[:, a] - c[:, b], axis=-1) for a, b in edges) / 2.0
 
 
 def vertebra_heights_px(corners_px: Any) -> np.ndarray:
@@ -255,12 +291,19 @@ def vertebra_heights_px(corners_px: Any) -> np.ndarray:
     Returns:
         (V,) heights in px.
     """
-    c = np.asarray(corners_px, np.float64)
-    if c.ndim != 3 or c.shape[1:] != (4, 2):
-        raise ValueError(f"corners must have shape (V, 4, 2), got {c.shape}")
-    left = np.linalg.norm(c[:, 0] - c[:, 2], axis=-1)
-    right = np.linalg.norm(c[:, 1] - c[:, 3], axis=-1)
-    return (left + right) / 2.0
+    return _mean_edge_px(corners_px, ((0, 2), (1, 3)))
+
+
+def vertebra_widths_px(corners_px: Any) -> np.ndarray:
+    """Width of each vertebra: mean of its top (TL-TR) and bottom (BL-BR) edge lengths.
+
+    Args:
+        corners_px: (V, 4, 2) corners in the ``ap4`` order TL, TR, BL, BR, (x, y) px.
+
+    Returns:
+        (V,) widths in px.
+    """
+    return _mean_edge_px(corners_px, ((0, 1), (2, 3)))
 
 
 def sdr(errors_px: Any, image_height_px: Any, fraction: float) -> float:
@@ -319,6 +362,119 @@ def points_metrics(ps: PointSet, conformal: Any = None) -> dict[str, Any]:
             cov = conformal_coverage(e, s, conformal, np.full(e.shape, "corner", dtype=object))
             row.update(coverage=cov["coverage"], nominal=cov["nominal"], mean_radius_px=cov["mean_radius"])
     return row
+
+
+def batch_metrics(ps: PointSet) -> dict[str, dict[str, float | int]]:
+    """Corner errors and the corners' spread of one model, per annotation batch.
+
+    Returns:
+        ``{batch: {"corners", "mean_px", "median_px", "p95_px", "vertebrae", "width_ratio", "height_ratio"}}``
+        (the ratios: median predicted over annotated vertebra width and height; above 1, the model
+        draws the vertebra larger than the reference), batches sorted.
+    """
+    e = np.asarray(ps.errors_px, np.float64)
+    pb = np.asarray(ps.point_batches, dtype=object)
+    vb = np.asarray(ps.vertebra_batches, dtype=object)
+    wr, hr = np.asarray(ps.width_ratio, np.float64), np.asarray(ps.height_ratio, np.float64)
+    if pb.shape != e.shape or vb.shape != wr.shape or wr.shape != hr.shape:
+        raise ValueError(f"{ps.name}: {e.size} errors with {pb.size} batches, {vb.size} vertebra batches with "
+                         f"{wr.size} width and {hr.size} height ratios")
+    out: dict[str, dict[str, float | int]] = {}
+    for b in sorted(set(pb.tolist()) | set(vb.tolist())):
+        eb = e[(pb == b) & np.isfinite(e)]
+        w, h = wr[(vb == b) & np.isfinite(wr)], hr[(vb == b) & np.isfinite(hr)]
+        nan = float("nan")
+        out[b] = {"corners": int(eb.size), "mean_px": float(eb.mean()) if eb.size else nan,
+                  "median_px": float(np.median(eb)) if eb.size else nan,
+                  "p95_px": float(np.percentile(eb, 95)) if eb.size else nan, "vertebrae": int(w.size),
+                  "width_ratio": float(np.median(w)) if w.size else nan,
+                  "height_ratio": float(np.median(h)) if h.size else nan}
+    return out
+
+
+def annotation_proportions(labels: Sequence[str]) -> dict[str, dict[str, float | int]]:
+    """How large each annotation batch draws the vertebral bodies, against the spine's own scale.
+
+    For each film in level order (:func:`~monai_spine.codecs.chain.centres_in_level_order`), the median
+    over its vertebrae of the annotated width and height (:func:`vertebra_widths_px`,
+    :func:`vertebra_heights_px`) divided by the film's median distance between consecutive vertebra
+    centres; then the mean and standard deviation over the batch's films
+    (:func:`~monai_spine.data.aasce.aasce_batch` of the label's name). Both ratios are free of the film's
+    scale, so batches of one population should agree.
+
+    Returns:
+        ``{batch: {"films", "out_of_order", "width_per_step", "width_per_step_sd", "height_per_step",
+        "height_per_step_sd"}}``, batches sorted.
+    """
+    from monai_spine.codecs.chain import centres_in_level_order
+    from monai_spine.codecs.detection import vertebra_centres_px
+    from monai_spine.data.aasce import aasce_batch
+    from monai_spine.data.annotation import read_annotation
+
+    per: dict[str, list[tuple[float, float]]] = {}
+    skipped: dict[str, int] = {}
+    for label in labels:
+        ann = read_annotation(label)
+        batch = aasce_batch(Path(label).name)
+        per.setdefault(batch, [])
+        c = vertebra_centres_px(ann.keypoints_px, ann.visible, ann.scheme, boxes_px=ann.boxes_px)
+        whole = np.asarray(ann.visible, bool).all(axis=1)
+        if not centres_in_level_order(c) or whole.sum() < 2:
+            skipped[batch] = skipped.get(batch, 0) + 1
+            continue
+        step = float(np.median(np.linalg.norm(np.diff(c[whole], axis=0), axis=1)))
+        k = np.asarray(ann.keypoints_px, np.float64)[whole]
+        per[batch].append((float(np.median(vertebra_widths_px(k))) / step, float(np.median(vertebra_heights_px(k))) / step))
+    out: dict[str, dict[str, float | int]] = {}
+    for b in sorted(per):
+        a = np.asarray(per[b], np.float64).reshape(-1, 2)
+        nan = float("nan")
+        out[b] = {"films": int(len(a)), "out_of_order": int(skipped.get(b, 0)),
+                  "width_per_step": float(a[:, 0].mean()) if len(a) else nan,
+                  "width_per_step_sd": float(a[:, 0].std()) if len(a) else nan,
+                  "height_per_step": float(a[:, 1].mean()) if len(a) else nan,
+                  "height_per_step_sd": float(a[:, 1].std()) if len(a) else nan}
+    return out
+
+
+def format_batch_table(proportions: Mapping[str, Mapping[str, Any]],
+                       by_model: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """Markdown table, one row per annotation batch: the batch's annotated proportions
+    (:func:`annotation_proportions`) and each model's corner median and drawn size (:func:`batch_metrics`)."""
+    batches = sorted(set(proportions) | {b for m in by_model.values() for b in m})
+    if not batches:
+        raise ValueError("no annotation batch to tabulate")
+    header = ["annotation batch", "films in level order", "annotated width / centre step", "annotated height / centre step"]
+    for name in by_model:
+        header += [f"{name}: median px (corners)", f"{name}: predicted / annotated width, height"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    for b in batches:
+        pr = proportions.get(b, {})
+        cells = [b, str(pr.get("films", ""))]
+        for key in ("width_per_step", "height_per_step"):
+            cells.append(f"{num(pr[key], '{:.3f}')} ± {num(pr[key + '_sd'], '{:.3f}')}" if pr else "")
+        for m in by_model.values():
+            r = m.get(b)
+            cells += ([f"{num(r['median_px'], '{:.1f}')} ({r['corners']})",
+                       f"{num(r['width_ratio'], '{:.3f}')}, {num(r['height_ratio'], '{:.3f}')}"] if r else ["", ""])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def label_report(splits: Mapping[str, Sequence[str]]) -> str:
+    """The labels alone, per split: how many files were put back in level order or stay out of it
+    (:func:`label_order_counts`) and each annotation batch's proportions (:func:`annotation_proportions`).
+
+    Args:
+        splits: ``{split name: label paths}`` (e.g. the dataset folder's index).
+    """
+    parts = []
+    for name, labels in splits.items():
+        order = label_order_counts(labels)
+        parts.append(f"{name}: {order['films']} films, {order['put back in level order']} put back in level order, "
+                     f"{order['out of level order']} still out of level order\n\n"
+                     + format_batch_table(annotation_proportions(labels), {}))
+    return "\n\n".join(parts)
 
 
 def format_aasce_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -480,6 +636,7 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
     from monai_spine.data.keypoints import get_region
     from monai_spine.data.readers import read_xray
     from monai_spine.codecs.detection import vertebra_centres_px
+    from monai_spine.data.aasce import aasce_batch
     from monai_spine.evaluation.levels import level_misses, matched_levels
     from monai_spine.measure.cobb import cobb_angles_deg
 
@@ -494,6 +651,7 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
         sets["reference"] = PointSet("mean shape at detected centres (no network)")
     for i, label in enumerate(labels):
         ann = read_annotation(label)
+        batch = aasce_batch(Path(label).name)
         img = read_xray(ann.image)
         image = img.channel_first()
         H = float(image.shape[-2])
@@ -527,7 +685,7 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
             ps.seconds.append(seconds)
             if len(pred_idx):
                 ps.add_image(i, pred_all[list(pred_idx)], sig_all[list(pred_idx)], ann.keypoints_px[list(gt_rows)],
-                             ann.visible[list(gt_rows)], H)
+                             ann.visible[list(gt_rows)], H, batch)
             if len(pred_all) >= 2:
                 ps.cobb_pred_deg.append(cobb_angles_deg(pred_all, H).tolist())
                 ps.cobb_ref_deg.append(ref.tolist())
@@ -966,6 +1124,13 @@ def run_aasce_benchmark(
         order_line += (f" Their reference Cobb angles follow the stored order (angles.csv); without those films the "
                        f"detected-centres heatmap row's Cobb SMAPE is {smape_row['smape_unrotated_refs']:.1f} % "
                        f"({smape_row['cobb_images_unrotated_refs']} images).")
+    proportions = annotation_proportions(test)
+    by_batch = {ps.name: batch_metrics(ps) for ps in test_sets.values()}
+    batch_text = ("Corners by annotation batch (the date in the file name, `data/aasce.aasce_batch`): the batches "
+                  "draw the vertebral body at different sizes against the spine's own scale (annotated width and "
+                  "height over the film's median centre step, mean ± sd over the test films in level order), "
+                  "so part of the corner error is the reference's convention (`bench/aasce.annotation_proportions`)."
+                  "\n\n" + format_batch_table(proportions, by_batch)) if test_sets else ""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
     header = "\n".join([
         f"command: `{shlex.join([str(c) for c in command])}`",
@@ -975,11 +1140,12 @@ def run_aasce_benchmark(
         "training wall seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()),
     ])
     report = "\n\n".join([header, format_aasce_table(rows) if rows else "(no keypoint model)",
-                          *([miss_line] if miss_line else []), order_line, NOTES]) + "\n"
+                          *([miss_line] if miss_line else []), order_line, *([batch_text] if batch_text else []),
+                          NOTES]) + "\n"
     (out / "table.md").write_text(report, encoding="utf-8")
 
     record = {"command": list(map(str, command)), "settings": asdict(settings), "dataset_dir": str(ds),
               "train_seconds": times, "num_test": len(test), "num_validation": len(val), "detection": det_row,
-              "test_labels": order, "rows": rows}
+              "test_labels": order, "rows": rows, "annotation_batches": proportions, "rows_by_batch": by_batch}
     (out / "results.json").write_text(json.dumps(json_safe(record), indent=1, allow_nan=False), encoding="utf-8")
     return report, rows

@@ -69,6 +69,7 @@ __all__ = [
     "fix_rotated_levels",
     "LABEL_FIX_ROTATED",
     "aasce_group",
+    "aasce_batch",
     "split_aasce",
     "write_aasce_dataset",
     "ensure_aasce_dataset",
@@ -460,6 +461,24 @@ def aasce_group(filename: str) -> str:
     """
     m = _GROUP_RE.search(filename)
     return f"patient-{m.group(1)}" if m else f"image-{Path(filename).stem}"
+
+
+_BATCH_RE = re.compile(r"(\d{1,2})-(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-(\d{4})", re.IGNORECASE)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+
+
+def aasce_batch(filename: str) -> str:
+    """The annotation batch of an AASCE image or label name: the year and month of the date in it.
+
+    ``sunhl-1th-20-Jul-2016-10 A AP.jpg`` -> ``"2016-07"``. The set was labelled in batches named by
+    date (July and November 2016, December 2016, January 2017), and the batches draw the vertebral
+    body's corners differently (see ``bench/aasce.annotation_proportions``). ``"unknown"`` when the
+    name holds no such date.
+    """
+    m = _BATCH_RE.search(Path(str(filename)).name)
+    if not m:
+        return "unknown"
+    return f"{m.group(3)}-{_MONTHS.index(m.group(2).lower()) + 1:02d}"
 
 
 def split_aasce(

@@ -207,3 +207,75 @@ def test_points_metrics_gives_the_smape_without_rotated_references():
     assert row["smape_unrotated_refs"] == pytest.approx(100 / 2 * (1 / 7)) and row["cobb_images_unrotated_refs"] == 2
     ps.cobb_ref_rotated = []  # not recorded: no figure
     assert math.isnan(points_metrics(ps)["smape_unrotated_refs"])
+
+
+def test_vertebra_width_is_the_mean_of_its_end_plates():
+    from monai_spine.bench.aasce import vertebra_widths_px
+
+    # top edge (0,0)-(10,0): 10; bottom (0,6)-(10,8): sqrt(104)
+    np.testing.assert_allclose(vertebra_widths_px(BOX), [(10.0 + math.sqrt(104.0)) / 2])
+    with pytest.raises(ValueError, match=r"\(V, 4, 2\)"):
+        vertebra_widths_px(np.zeros((4, 2)))
+
+
+def test_batch_metrics_by_hand():
+    from monai_spine.bench.aasce import batch_metrics, format_batch_table
+
+    ps = PointSet("m")
+    rect = np.array([[[0.0, 0.0], [10.0, 0.0], [0.0, 6.0], [10.0, 6.0]]])  # 10 x 6 px
+    wide = rect * np.array([1.2, 1.0])  # 20 % wider, same height: corners TR and BR move 2 px
+    ps.add_image(0, wide, np.zeros((1, 4)), rect, np.ones((1, 4), bool), 100.0, batch="2016-07")
+    tall = rect * np.array([1.0, 0.5])  # half as tall: BL and BR 3 px off
+    ps.add_image(1, tall, np.zeros((1, 4)), rect, np.array([[True, True, True, False]]), 100.0, batch="2017-01")
+    m = batch_metrics(ps)
+    assert list(m) == ["2016-07", "2017-01"]
+    a, b = m["2016-07"], m["2017-01"]
+    assert a["corners"] == 4 and a["median_px"] == pytest.approx(1.0) and a["mean_px"] == pytest.approx(1.0)
+    assert a["width_ratio"] == pytest.approx(1.2) and a["height_ratio"] == pytest.approx(1.0)
+    # one corner not annotated: scored corners 0, 0, 3; no size (a vertebra's size needs its four corners)
+    assert b["corners"] == 3 and b["median_px"] == pytest.approx(0.0) and b["vertebrae"] == 0
+    assert math.isnan(b["width_ratio"])
+    table = format_batch_table({"2016-07": {"films": 2, "width_per_step": 1.4, "width_per_step_sd": 0.1,
+                                            "height_per_step": 0.8, "height_per_step_sd": 0.05}}, {"m": m})
+    assert "| 2016-07 | 2 | 1.400 ± 0.100 | 0.800 ± 0.050 | 1.0 (4) | 1.200, 1.000 |" in table
+    assert "| 2017-01 |  |  |  | 0.0 (3) | —, — |" in table
+    ps.point_batches.pop()  # a batch per corner or none
+    with pytest.raises(ValueError, match="7 errors with 6 batches"):
+        batch_metrics(ps)
+    with pytest.raises(ValueError, match="no annotation batch"):
+        format_batch_table({}, {})
+
+
+def test_annotation_proportions_by_hand(tmp_path):
+    from monai_spine.bench.aasce import annotation_proportions
+    from monai_spine.data.annotation import SpineAnnotation, write_annotation
+    from monai_spine.data.keypoints import get_region
+
+    region = get_region("ap")
+    paths = []
+    # centres 10 px apart; batch 2016-07 draws 14 x 8 px bodies, 2017-01 12 x 7 px; one 2017 film out of order
+    for name, (w, h), noisy in (("20-Jul-2016-1 A AP", (14.0, 8.0), False), ("21-Jul-2016-2 A AP", (14.0, 8.0), False),
+                                ("10-Jan-2017-3 A AP", (12.0, 7.0), False), ("10-Jan-2017-4 A AP", (12.0, 7.0), True)):
+        box = np.array([[-w / 2, -h / 2], [w / 2, -h / 2], [-w / 2, h / 2], [w / 2, h / 2]])
+        ys = 20.0 + 10.0 * np.arange(17)
+        if noisy:
+            ys[16] = ys[3]  # L5 drawn at T4's height
+        kp = np.c_[np.full(17, 50.0), ys][:, None, :] + box[None]
+        ann = SpineAnnotation(levels=list(region.levels), keypoints_px=kp, visible=np.ones((17, 4), bool),
+                              region="ap", scheme=region.scheme.name, image=str(tmp_path / "x.png"),
+                              image_size=(100, 220), spacing_mm=None, spacing_source="unknown", meta={})
+        path = tmp_path / f"sunhl-1th-{name}.json"
+        write_annotation(ann, path)
+        paths.append(str(path))
+    p = annotation_proportions(paths)
+    assert list(p) == ["2016-07", "2017-01"]
+    assert p["2016-07"]["films"] == 2 and p["2016-07"]["out_of_order"] == 0
+    assert p["2016-07"]["width_per_step"] == pytest.approx(1.4) and p["2016-07"]["width_per_step_sd"] == pytest.approx(0.0)
+    assert p["2016-07"]["height_per_step"] == pytest.approx(0.8)
+    assert p["2017-01"]["films"] == 1 and p["2017-01"]["out_of_order"] == 1
+    assert p["2017-01"]["width_per_step"] == pytest.approx(1.2) and p["2017-01"]["height_per_step"] == pytest.approx(0.7)
+    from monai_spine.bench.aasce import label_report
+
+    report = label_report({"test": paths})
+    assert report.startswith("test: 4 films, 0 put back in level order, 1 still out of level order")
+    assert "| 2016-07 | 2 | 1.400 ± 0.000 | 0.800 ± 0.000 |" in report

@@ -363,7 +363,21 @@ def test_real_cobb_angles(real, real_root):
 
 
 # --------------------------------------------------------------------------- the patient split
-from monai_spine.data.aasce import aasce_group, split_aasce, write_aasce_dataset  # noqa: E402
+from monai_spine.data.aasce import aasce_batch, aasce_group, split_aasce, write_aasce_dataset  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "name, batch",
+    [
+        ("sunhl-1th-20-Jul-2016-10 A AP.jpg", "2016-07"),
+        ("/data/labels/sunhl-1th-10-Jan-2017-238 A AP.json", "2017-01"),
+        ("sunhl-1th-30-Dec-2016-159 A AP2.jpg", "2016-12"),
+        ("sunhl-1th-20-Jul-2016-coronal1.jpg", "2016-07"),
+        ("film.png", "unknown"),
+    ],
+)
+def test_aasce_batch(name, batch):
+    assert aasce_batch(name) == batch
 
 
 @pytest.mark.parametrize(
