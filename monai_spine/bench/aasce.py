@@ -60,6 +60,7 @@ __all__ = [
     "PointSet",
     "vertebra_heights_px",
     "vertebra_widths_px",
+    "endplate_tilts_deg",
     "batch_metrics",
     "annotation_proportions",
     "format_batch_table",
@@ -216,6 +217,9 @@ class PointSet:
             (:func:`~monai_spine.data.aasce.aasce_batch`; ``""`` when not given).
         vertebra_batches, width_ratio, height_ratio: per scored vertebra, its batch and the predicted
             width and height over the annotated ones (the corners' spread, not their error).
+        tilt_error_deg: per scored vertebra, ``[top, bottom]`` absolute end-plate tilt errors in degrees
+            (:func:`endplate_tilts_deg`): what the Cobb angles are made of, and free of where along its end
+            plate a corner is drawn.
     """
 
     name: str
@@ -238,6 +242,7 @@ class PointSet:
     vertebra_batches: list[str] = field(default_factory=list)
     width_ratio: list[float] = field(default_factory=list)
     height_ratio: list[float] = field(default_factory=list)
+    tilt_error_deg: list[list[float]] = field(default_factory=list)
 
     def add_image(self, image_id: int, pred_px: np.ndarray, sigma_px: np.ndarray, gt_px: np.ndarray,
                   visible: np.ndarray, image_height_px: float, batch: str = "") -> None:
@@ -271,6 +276,8 @@ class PointSet:
             hr = vertebra_heights_px(pred_px[whole]) / vertebra_heights_px(gt_px[whole])
         self.width_ratio += wr.tolist()
         self.height_ratio += hr.tolist()
+        dt = endplate_tilts_deg(pred_px[whole]) - endplate_tilts_deg(gt_px[whole])
+        self.tilt_error_deg += np.abs((dt + 180.0) % 360.0 - 180.0).tolist()
         self.vertebra_batches += [str(batch)] * int(whole.sum())
 
 
@@ -306,6 +313,22 @@ def vertebra_widths_px(corners_px: Any) -> np.ndarray:
     return _mean_edge_px(corners_px, ((0, 1), (2, 3)))
 
 
+def endplate_tilts_deg(corners_px: Any) -> np.ndarray:
+    """Tilt of each vertebra's upper (TL -> TR) and lower (BL -> BR) end plate: ``(V, 2)`` degrees.
+
+    ``atan2(dy, dx)`` of the end plate in image axes (y down), so a plate falling to the right is
+    positive; the Cobb angles are differences of such tilts.
+
+    Args:
+        corners_px: (V, 4, 2) corners in the ``ap4`` order TL, TR, BL, BR, (x, y) px.
+    """
+    c = np.asarray(corners_px, np.float64)
+    if c.ndim != 3 or c.shape[1:] != (4, 2):
+        raise ValueError(f"corners must have shape (V, 4, 2), got {c.shape}")
+    d = c[:, [1, 3]] - c[:, [0, 2]]
+    return np.degrees(np.arctan2(d[..., 1], d[..., 0]))
+
+
 def sdr(errors_px: Any, image_height_px: Any, fraction: float) -> float:
     """Success detection rate: share of points whose error is below ``fraction`` of their image's height."""
     e = np.asarray(errors_px, np.float64)
@@ -324,6 +347,16 @@ def _smape_without_rotated_refs(ps: PointSet) -> dict[str, float | int]:
         return {"smape_unrotated_refs": float("nan"), "cobb_images_unrotated_refs": len(keep)}
     return {"smape_unrotated_refs": smape([ps.cobb_pred_deg[i] for i in keep], [ps.cobb_ref_deg[i] for i in keep]),
             "cobb_images_unrotated_refs": len(keep)}
+
+
+def _tilt_stats(tilt_error_deg: Any) -> dict[str, float]:
+    """Mean, median and 95th percentile of end-plate tilt errors (degrees; NaN when there are none)."""
+    t = np.asarray(tilt_error_deg, np.float64).reshape(-1)
+    t = t[np.isfinite(t)]
+    if not t.size:
+        return {"tilt_mean_deg": float("nan"), "tilt_median_deg": float("nan"), "tilt_p95_deg": float("nan")}
+    return {"tilt_mean_deg": float(t.mean()), "tilt_median_deg": float(np.median(t)),
+            "tilt_p95_deg": float(np.percentile(t, 95))}
 
 
 def points_metrics(ps: PointSet, conformal: Any = None) -> dict[str, Any]:
@@ -350,6 +383,7 @@ def points_metrics(ps: PointSet, conformal: Any = None) -> dict[str, Any]:
         "median_pct_height": float(np.median(rel)) if e.size else nan,
         **{f"sdr_{100 * f:g}pct": sdr(e, ps.image_height_px, f) for f in SDR_LEVELS},
         "spearman": nan, "ause": nan, "coverage": nan, "nominal": nan, "mean_radius_px": nan,
+        **_tilt_stats(ps.tilt_error_deg),
         "smape": smape(ps.cobb_pred_deg, ps.cobb_ref_deg) if ps.cobb_pred_deg else nan,
         "cobb_images": len(ps.cobb_pred_deg),
         **_smape_without_rotated_refs(ps),
@@ -368,15 +402,17 @@ def batch_metrics(ps: PointSet) -> dict[str, dict[str, float | int]]:
     """Corner errors and the corners' spread of one model, per annotation batch.
 
     Returns:
-        ``{batch: {"corners", "mean_px", "median_px", "p95_px", "vertebrae", "width_ratio", "height_ratio"}}``
-        (the ratios: median predicted over annotated vertebra width and height; above 1, the model
-        draws the vertebra larger than the reference), batches sorted.
+        ``{batch: {"corners", "mean_px", "median_px", "p95_px", "vertebrae", "width_ratio", "height_ratio",
+        "tilt_median_deg"}}`` (the ratios: median predicted over annotated vertebra width and height; above
+        1, the model draws the vertebra larger than the reference; the tilt: median end-plate tilt error),
+        batches sorted.
     """
     e = np.asarray(ps.errors_px, np.float64)
     pb = np.asarray(ps.point_batches, dtype=object)
     vb = np.asarray(ps.vertebra_batches, dtype=object)
     wr, hr = np.asarray(ps.width_ratio, np.float64), np.asarray(ps.height_ratio, np.float64)
-    if pb.shape != e.shape or vb.shape != wr.shape or wr.shape != hr.shape:
+    tilt = np.asarray(ps.tilt_error_deg, np.float64).reshape(-1, 2)
+    if pb.shape != e.shape or vb.shape != wr.shape or wr.shape != hr.shape or len(tilt) != len(vb):
         raise ValueError(f"{ps.name}: {e.size} errors with {pb.size} batches, {vb.size} vertebra batches with "
                          f"{wr.size} width and {hr.size} height ratios")
     out: dict[str, dict[str, float | int]] = {}
@@ -388,7 +424,8 @@ def batch_metrics(ps: PointSet) -> dict[str, dict[str, float | int]]:
                   "median_px": float(np.median(eb)) if eb.size else nan,
                   "p95_px": float(np.percentile(eb, 95)) if eb.size else nan, "vertebrae": int(w.size),
                   "width_ratio": float(np.median(w)) if w.size else nan,
-                  "height_ratio": float(np.median(h)) if h.size else nan}
+                  "height_ratio": float(np.median(h)) if h.size else nan,
+                  "tilt_median_deg": _tilt_stats(tilt[vb == b])["tilt_median_deg"]}
     return out
 
 
@@ -446,7 +483,8 @@ def format_batch_table(proportions: Mapping[str, Mapping[str, Any]],
         raise ValueError("no annotation batch to tabulate")
     header = ["annotation batch", "films in level order", "annotated width / centre step", "annotated height / centre step"]
     for name in by_model:
-        header += [f"{name}: median px (corners)", f"{name}: predicted / annotated width, height"]
+        header += [f"{name}: median px (corners)", f"{name}: predicted / annotated width, height",
+                   f"{name}: median end-plate tilt error °"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
     for b in batches:
         pr = proportions.get(b, {})
@@ -456,7 +494,8 @@ def format_batch_table(proportions: Mapping[str, Mapping[str, Any]],
         for m in by_model.values():
             r = m.get(b)
             cells += ([f"{num(r['median_px'], '{:.1f}')} ({r['corners']})",
-                       f"{num(r['width_ratio'], '{:.3f}')}, {num(r['height_ratio'], '{:.3f}')}"] if r else ["", ""])
+                       f"{num(r['width_ratio'], '{:.3f}')}, {num(r['height_ratio'], '{:.3f}')}",
+                       num(r["tilt_median_deg"], "{:.1f}")] if r else ["", "", ""])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -484,7 +523,7 @@ def format_aasce_table(rows: Sequence[dict[str, Any]]) -> str:
     header = ["model", "right level (seen + inferred)", "right level, seen", "films all 17", "mean px", "median px",
               "p95 px", "max px", "mean % height", "median % height",
               "SDR@1%", "SDR@2%", "SDR@5%", "Spearman σ", "AUSE px", "conformal coverage", "mean radius px",
-              "Cobb SMAPE", "s / radiograph"]
+              "end-plate tilt error mean / median / p95 °", "Cobb SMAPE", "s / radiograph"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for r in rows:
         cov = pct(r.get("coverage"))
@@ -499,6 +538,7 @@ def format_aasce_table(rows: Sequence[dict[str, Any]]) -> str:
                  num(r["median_pct_height"], "{:.1f}"),
                  *[pct(r[f"sdr_{100 * f:g}pct"]) for f in SDR_LEVELS],
                  num(r["spearman"], "{:+.3f}"), num(r["ause"], "{:.2f}"), cov, num(r["mean_radius_px"], "{:.1f}"),
+                 " / ".join(num(r.get(f"tilt_{k}_deg"), "{:.1f}") for k in ("mean", "median", "p95")),
                  f"{num(r['smape'], '{:.1f}')} % ({r['cobb_images']} images)" if math.isfinite(r["smape"]) else "—",
                  num(r["s_per_image"], "{:.2f}")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -514,7 +554,10 @@ NOTES = (
     "fractions times the crop's size in px) against the error. Conformal: split-conformal radii (normalised score) "
     "fitted on the validation split with the same kind of centres / boxes, coverage on test. Cobb SMAPE: the AASCE "
     "2019 challenge metric over the three angles, computed with the dataset's rule from the predicted corners of the "
-    "found vertebrae, against angles.csv."
+    "found vertebrae, against angles.csv. End-plate tilt error: per found vertebra, the absolute difference "
+    "between the predicted and annotated tilt of its upper and of its lower end plate (TL-TR, BL-BR), the pieces a "
+    "Cobb angle is made of; unlike the corner distance it does not depend on where along the end plate the "
+    "reference draws a corner."
 )
 
 

@@ -237,8 +237,8 @@ def test_batch_metrics_by_hand():
     assert math.isnan(b["width_ratio"])
     table = format_batch_table({"2016-07": {"films": 2, "width_per_step": 1.4, "width_per_step_sd": 0.1,
                                             "height_per_step": 0.8, "height_per_step_sd": 0.05}}, {"m": m})
-    assert "| 2016-07 | 2 | 1.400 ± 0.100 | 0.800 ± 0.050 | 1.0 (4) | 1.200, 1.000 |" in table
-    assert "| 2017-01 |  |  |  | 0.0 (3) | —, — |" in table
+    assert "| 2016-07 | 2 | 1.400 ± 0.100 | 0.800 ± 0.050 | 1.0 (4) | 1.200, 1.000 | 0.0 |" in table
+    assert "| 2017-01 |  |  |  | 0.0 (3) | —, — | — |" in table
     ps.point_batches.pop()  # a batch per corner or none
     with pytest.raises(ValueError, match="7 errors with 6 batches"):
         batch_metrics(ps)
@@ -279,3 +279,38 @@ def test_annotation_proportions_by_hand(tmp_path):
     report = label_report({"test": paths})
     assert report.startswith("test: 4 films, 0 put back in level order, 1 still out of level order")
     assert "| 2016-07 | 2 | 1.400 ± 0.000 | 0.800 ± 0.000 |" in report
+
+
+@pytest.mark.parametrize(
+    "pred, expected",
+    [
+        ([[0.0, 0.0], [10.0, 10.0], [0.0, 6.0], [10.0, 6.0]], [45.0, 0.0]),  # upper plate falls 45 deg to the right
+        ([[0.0, 0.0], [10.0, 0.0], [0.0, 6.0], [10.0, 6.0 - 10.0 * math.tan(math.radians(7.0))]], [0.0, 7.0]),
+        ([[0.0, 0.0], [10.0, 0.0], [20.0, 6.0], [-10.0, 6.0]], [0.0, 180.0]),  # a lower plate drawn backwards
+        ([[5.0, 3.0], [25.0, 3.0], [5.0, 9.0], [25.0, 9.0]], [0.0, 0.0]),  # wider and moved: no tilt error
+    ],
+)
+def test_endplate_tilt_errors_by_hand(pred, expected):
+    from monai_spine.bench.aasce import endplate_tilts_deg
+
+    rect = np.array([[[0.0, 0.0], [10.0, 0.0], [0.0, 6.0], [10.0, 6.0]]])
+    np.testing.assert_allclose(endplate_tilts_deg(rect), [[0.0, 0.0]], atol=1e-12)
+    ps = PointSet("m")
+    ps.add_image(0, np.array([pred]), np.zeros((1, 4)), rect, np.ones((1, 4), bool), 100.0)
+    np.testing.assert_allclose(ps.tilt_error_deg, [expected], atol=1e-9)
+    row = points_metrics(ps)
+    assert row["tilt_mean_deg"] == pytest.approx(np.mean(expected))
+    assert row["tilt_median_deg"] == pytest.approx(np.median(expected))
+    with pytest.raises(ValueError, match=r"\(V, 4, 2\)"):
+        endplate_tilts_deg(np.zeros((1, 5, 2)))
+
+
+def test_tilt_column_in_the_table():
+    ps = PointSet("m")
+    rect = np.array([[[0.0, 0.0], [10.0, 0.0], [0.0, 6.0], [10.0, 6.0]]])
+    tilted = np.array([[[0.0, 0.0], [10.0, 10.0], [0.0, 6.0], [10.0, 6.0]]])
+    ps.add_image(0, tilted, np.zeros((1, 4)), rect, np.ones((1, 4), bool), 100.0)
+    ps.add_image(1, rect, np.zeros((1, 4)), rect, np.array([[True, True, False, True]]), 100.0)  # no tilt: not whole
+    table = format_aasce_table([points_metrics(ps)])
+    assert "end-plate tilt error mean / median / p95 °" in table
+    assert "| 22.5 / 22.5 / 42.8 |" in table  # errors 45, 0: p95 = 0 + 0.95 * 45
