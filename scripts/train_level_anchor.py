@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--detector-peaks", action="store_true",
                     help="add the detector's own peaks on the training films to the samples (labelled by the annotated boxes)")
+    ap.add_argument("--edge-crops", type=float, default=0.0, metavar="P",
+                    help="share of augmented patches cut from a tighter framing of the film (the film's top edge "
+                         "0.35-1.5 level spacings above the first level, its bottom 0.5-1.8 below the last), so "
+                         "that a film's edge does not tell the classes apart")
     ap.add_argument("--recall-only", action="store_true",
                     help="train nothing: print the per-class recall of the detector folder's anchor on the validation films")
     args = ap.parse_args(argv)
@@ -66,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         detector = VertebraDetector.from_checkpoint(args.detector_dir, use_anchor=False)
     spec = train_level_anchor(args.detector_dir, cases["training"], cases["validation"], levels, epochs=args.epochs,
                               variants=args.variants, spec=spec, seed=args.seed, detector=detector,
+                              edge_crop_prob=args.edge_crops,
                               meta={"training_command": command, "dataset": str(args.dataset)})
     weight, rates = choose_anchor_weight(args.detector_dir, cases["validation"], args.weights)
     spec.weight = weight

@@ -10,6 +10,10 @@ Samples per film, from the annotated vertebra centres (``c_0 .. c_{L-1}``, top t
 
 Each sample is cut ``variants`` times with random jitter, scale (log-normal), rotation and a left-right
 flip, into a pool of standardised patches held in memory, so a training step costs only the network.
+With ``edge_crop_prob``, a variant is cut from the film cropped above the first level and below the
+last (:func:`edge_crop_rows`): films are framed tightly or loosely, and without it the classifier can
+learn that a patch cut by the film's edge is "above" or "below" (those points lie near the edges on
+most films) rather than what the vertebra looks like.
 The classifier trains with MONAI's ``SupervisedTrainer`` (cross-entropy, Adam, cosine schedule); the
 weights of the epoch with the best validation accuracy are kept.
 """
@@ -30,8 +34,12 @@ from monai_spine.codecs.level_groups import ABOVE, BELOW, NOT_A_CENTRE, LevelGro
 from monai_spine.evaluation.levels import right_level_rate
 from monai_spine.inference.level_anchor import LevelAnchorSpec, anchor_patches
 
-__all__ = ["anchor_training_points", "label_peaks", "build_anchor_pool", "train_level_anchor", "choose_anchor_weight",
-           "class_recall"]
+__all__ = ["anchor_training_points", "label_peaks", "edge_crop_rows", "build_anchor_pool", "train_level_anchor",
+           "choose_anchor_weight", "class_recall"]
+
+#: default ranges, in level spacings, of the film's top edge above the first level's centre and of its
+#: bottom edge below the last one's, for :func:`edge_crop_rows`
+EDGE_CROP_STEPS = ((0.35, 1.5), (0.5, 1.8))
 
 
 def anchor_training_points(centres_px: Any, lateral_frac: float = 0.8) -> tuple[np.ndarray, np.ndarray, float]:
@@ -112,6 +120,34 @@ def label_peaks(points_px: Any, boxes_px: Any) -> np.ndarray:
     return out
 
 
+def edge_crop_rows(height_px: int, first_y_px: float, last_y_px: float, spacing_px: float,
+                   rng: np.random.Generator, steps: tuple[tuple[float, float], tuple[float, float]] = EDGE_CROP_STEPS
+                   ) -> tuple[int, int]:
+    """Rows ``(top, bottom)`` of a random tighter framing of a film: ``image[top:bottom]``.
+
+    The top edge falls ``U(steps[0])`` level spacings above the first level's centre, the bottom edge
+    ``U(steps[1])`` below the last one's, each clipped to the film (a film already framed tighter
+    keeps its edge).
+
+    Args:
+        height_px: the film's height.
+        first_y_px, last_y_px: the first and last level centres' rows.
+        spacing_px: the film's level spacing.
+        rng: random generator (two uniform draws).
+        steps: ``((top_min, top_max), (bottom_min, bottom_max))`` in level spacings.
+
+    Raises:
+        ValueError: a spacing that is not positive, or centres that are not finite.
+    """
+    if not (np.isfinite(spacing_px) and spacing_px > 0 and np.isfinite(first_y_px) and np.isfinite(last_y_px)):
+        raise ValueError(f"edge_crop_rows: needs finite centres and a positive spacing, got first {first_y_px}, "
+                         f"last {last_y_px}, spacing {spacing_px}")
+    (t0, t1), (b0, b1) = steps
+    top = int(np.clip(np.floor(first_y_px - rng.uniform(t0, t1) * spacing_px), 0, height_px))
+    bottom = int(np.clip(np.ceil(last_y_px + rng.uniform(b0, b1) * spacing_px), top + 1, height_px))
+    return top, bottom
+
+
 def build_anchor_pool(
     label_paths: Sequence[str],
     groups: LevelGroups,
@@ -124,13 +160,15 @@ def build_anchor_pool(
     seed: int = 0,
     log: Callable[[str], None] = print,
     detector: Any = None,
+    edge_crop_prob: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Patches and class labels of annotated films: ``(x (N, C, S, S) float16, y (N,) int64)``.
 
     ``variants=0`` cuts each sample once with no augmentation (validation). With a ``chain``
     ``detector`` (a :class:`~monai_spine.inference.detector.VertebraDetector`), its peaks on each film
     join the sample points, labelled by :func:`label_peaks`: the classifier then also learns the
-    detector's real false peaks.
+    detector's real false peaks. ``edge_crop_prob``: the share of augmented variants cut from a
+    tighter framing of the film (:func:`edge_crop_rows`; sample points outside it are dropped).
     """
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.readers import read_xray
@@ -164,6 +202,7 @@ def build_anchor_pool(
             pts = np.concatenate([pts, peaks])
             codes = np.concatenate([codes, label_peaks(peaks, boxes)])
         labels = groups.encode(codes)
+        ends = centres[np.all(np.isfinite(centres), 1), 1][[0, -1]]
         for _ in range(max(1, int(variants))):
             if variants:
                 jitter = rng.normal(0.0, centre_jitter_frac * spacing, pts.shape)
@@ -171,12 +210,18 @@ def build_anchor_pool(
                 angle = rng.uniform(-rotation_deg, rotation_deg, pts.shape[0])
             else:
                 jitter, scale, angle = 0.0, 1.0, 0.0
-            x = anchor_patches(image, pts + jitter, spacing * scale, side_spacings, patch_size, angle)
+            film, at, keep = image, pts + jitter, np.ones(pts.shape[0], bool)
+            if variants and edge_crop_prob > 0 and rng.random() < edge_crop_prob:
+                top, bottom = edge_crop_rows(image.shape[0], ends[0], ends[1], spacing, rng)
+                film, at = image[top:bottom], at - np.array([0.0, top])
+                keep = (pts[:, 1] - top >= 0) & (pts[:, 1] - top < bottom - top)
+            x = anchor_patches(film, at[keep], spacing * scale, side_spacings, patch_size, np.asarray(angle)[keep]
+                               if np.ndim(angle) else angle)
             if variants:
-                flip = rng.random(pts.shape[0]) < 0.5
+                flip = rng.random(x.shape[0]) < 0.5
                 x[flip] = x[flip][..., ::-1]
             xs.append(x.astype(np.float16))
-            ys.append(labels)
+            ys.append(labels[keep])
         if (n + 1) % 50 == 0:
             log(f"[anchor] {n + 1}/{len(label_paths)} films cut ({time.perf_counter() - t0:.0f} s)")
     if not xs:
@@ -211,6 +256,7 @@ def train_level_anchor(
     log: Callable[[str], None] = print,
     meta: dict[str, Any] | None = None,
     detector: Any = None,
+    edge_crop_prob: float = 0.0,
 ) -> LevelAnchorSpec:
     """Train a level anchor and save it (spec + weights) into ``out_dir`` (a detector's model folder).
 
@@ -226,7 +272,7 @@ def train_level_anchor(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     x_tr, y_tr = build_anchor_pool(train_labels, spec.groups, variants, spec.side_spacings, spec.patch_size,
-                                   seed=seed, log=log, detector=detector)
+                                   seed=seed, log=log, detector=detector, edge_crop_prob=edge_crop_prob)
     x_va, y_va = build_anchor_pool(val_labels, spec.groups, 0, spec.side_spacings, spec.patch_size, log=log)
     t_pool = time.perf_counter() - t0
     log(f"[anchor] pools: {len(x_tr)} training, {len(x_va)} validation patches in {t_pool:.0f} s")
@@ -272,7 +318,7 @@ def train_level_anchor(
     spec.meta = {**(meta or {}), "training_films": len(train_labels), "validation_films": len(val_labels),
                  "training_patches": int(len(x_tr)), "epochs": int(epochs), "batch_size": int(batch_size),
                  "learning_rate": float(learning_rate), "variants": int(variants), "seed": int(seed),
-                 "detector_peaks": detector is not None,
+                 "detector_peaks": detector is not None, "edge_crop_prob": float(edge_crop_prob),
                  "validation_accuracy_per_epoch": [round(a, 4) for a in history],
                  "validation_accuracy": round(float(best["acc"]), 4), "train_s": round(time.perf_counter() - t0, 1),
                  "class_names": spec.groups.class_names}

@@ -7,7 +7,12 @@ import torch
 from monai_spine.codecs.level_groups import ABOVE, BELOW, NOT_A_CENTRE, level_groups_for
 from monai_spine.data.datasets import ensure_synthetic, list_cases
 from monai_spine.data.keypoints import get_region
-from monai_spine.engines.level_anchor import anchor_training_points, build_anchor_pool, train_level_anchor
+from monai_spine.engines.level_anchor import (
+    anchor_training_points,
+    build_anchor_pool,
+    edge_crop_rows,
+    train_level_anchor,
+)
 from monai_spine.inference.level_anchor import LevelAnchor
 
 
@@ -46,6 +51,51 @@ def test_pool_shapes_and_labels(films):
     assert x.shape[1:] == (1, 32, 32) and x.dtype == np.float16 and len(x) == len(y)
     assert len(x) % 2 == 0 and set(np.unique(y)) <= set(range(groups.num_classes))
     assert np.abs(x.astype(np.float32).mean(axis=(1, 2, 3))).max() < 1e-2  # standardised patches
+
+
+class _Fixed:
+    """A stand-in generator whose uniform draws are the low end, the high end, then the middle of each range."""
+
+    def __init__(self, fracs):
+        self.fracs = list(fracs)
+
+    def uniform(self, lo, hi):
+        return lo + self.fracs.pop(0) * (hi - lo)
+
+
+@pytest.mark.parametrize(
+    "height, fracs, expected",
+    [
+        # spacing 10: top edge 0.35-1.5 spacings above row 100, bottom 0.5-1.8 below row 300
+        (1000, (0.0, 0.0), (96, 305)),  # floor(100 - 3.5), ceil(300 + 5)
+        (1000, (1.0, 1.0), (85, 318)),
+        (310, (0.5, 1.0), (90, 310)),  # the film ends at row 310: its own edge stays
+        (1000, (0.5, 0.5), (90, 312)),  # floor(100 - 9.25) = 90, ceil(300 + 11.5) = 312
+    ],
+)
+def test_edge_crop_rows_by_hand(height, fracs, expected):
+    assert edge_crop_rows(height, 100.0, 300.0, 10.0, _Fixed(fracs)) == expected
+
+
+def test_edge_crop_rows_refuses_a_bad_spacing():
+    with pytest.raises(ValueError, match="positive spacing"):
+        edge_crop_rows(100, 10.0, 50.0, 0.0, np.random.default_rng(0))
+
+
+def test_pool_with_edge_crops_drops_points_beyond_the_new_edges(films):
+    groups = level_groups_for(get_region("cervical").levels)
+    x0, y0 = build_anchor_pool(films[:1], groups, variants=3, patch_size=32, log=lambda m: None)
+    x1, y1 = build_anchor_pool(films[:1], groups, variants=3, patch_size=32, log=lambda m: None, edge_crop_prob=1.0)
+    # every variant cropped: the points one and two spacings beyond the ends are mostly off the tighter film
+    assert len(x1) < len(x0) and len(x1) == len(y1)
+    assert np.sum(y1 == groups.encode(np.array([ABOVE]))[0]) < np.sum(y0 == groups.encode(np.array([ABOVE]))[0])
+    # every level is still sampled in every variant (the crop keeps the first and last levels on the film)
+    levels = groups.encode(np.arange(len(groups.levels)))
+    assert np.sum(np.isin(y1, levels)) == np.sum(np.isin(y0, levels))
+    # no crop asked for: the same pool as before, draw for draw
+    x2, y2 = build_anchor_pool(films[:1], groups, variants=3, patch_size=32, log=lambda m: None, edge_crop_prob=0.0)
+    np.testing.assert_array_equal(x2, x0)
+    np.testing.assert_array_equal(y2, y0)
 
 
 def test_level_anchor_learns_its_training_films(films, tmp_path):
