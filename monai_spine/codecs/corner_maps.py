@@ -458,8 +458,18 @@ def localize_corners(
     h, w = acc.shape
     origin = (float(origin_px[0]), float(origin_px[1]))
     c = np.asarray(centre_px, dtype=np.float64)
-    pts = _canvas_points(acc.shape, origin)
-    frame_px = (pts - c) @ _rot(orientation)  # vertebra frame in px: _to_frame(pts, ..., 1.0)
+    xs = np.arange(w, dtype=np.float64) + origin[0]  # canvas column j is image x = x0 + j, row i is y0 + i
+    ys = np.arange(h, dtype=np.float64) + origin[1]
+
+    def pts_in(sl: tuple[slice, slice]) -> np.ndarray:
+        """Image px ``(x, y)`` of the canvas pixels in a box: ``(h', w', 2)`` (as _canvas_points, only there)."""
+        yy, xx = np.broadcast_arrays(ys[sl[0], None], xs[None, sl[1]])
+        return np.stack([xx, yy], axis=-1)
+
+    # vertebra frame in px, (p - c) @ R term by term on the two axes (no (H, W, 2) grid): _to_frame(pts, ..., 1.0)
+    rot = _rot(orientation)
+    dx, dy = (xs - c[0])[None, :], (ys - c[1])[:, None]
+    frame_px = np.stack([dx * rot[0, 0] + dy * rot[1, 0], dx * rot[0, 1] + dy * rot[1, 1]], axis=-1)
     quadrants = _quadrants(frame_px)
     full = (0, h, 0, w)
 
@@ -502,7 +512,7 @@ def localize_corners(
             m2 = m2_in(k, box)
             reg &= m2 <= prior_radius**2
         if max_radius_frac is not None and size_px is not None:
-            reg &= np.linalg.norm(pts[sl] - c, axis=-1) <= max_radius_frac * size_px
+            reg &= np.linalg.norm(pts_in(sl) - c, axis=-1) <= max_radius_frac * size_px
         masses[k] = acc[sl][reg].sum()
         boxes.append(box)
         regions.append(reg)
@@ -530,16 +540,17 @@ def localize_corners(
                 idx = (box[0] + int(di), box[2] + int(dj))
             if refine:
                 idx = _climb(acc, quadrants[k], idx)
-            p = pts[idx]
+            p = np.array([xs[idx[1]], ys[idx[0]]])
             wbox = full
             if size_px is not None:
                 wbox = _box(p, np.full(2, abs(window_frac * size_px)), origin, acc.shape)
             sl = (slice(wbox[0], wbox[1]), slice(wbox[2], wbox[3]))
             win = quadrants[k][sl] & (acc[sl] > 0)
+            wpts = pts_in(sl)
             if size_px is not None:
-                win &= np.linalg.norm(pts[sl] - p, axis=-1) <= window_frac * size_px
+                win &= np.linalg.norm(wpts - p, axis=-1) <= window_frac * size_px
             wt = acc[sl][win]
-            d2 = np.sum((pts[sl][win] - p) ** 2, axis=-1)
+            d2 = np.sum((wpts[win] - p) ** 2, axis=-1)
             corners[k] = p
             sigma[k] = np.sqrt(np.sum(wt * d2) / (2.0 * max(wt.sum(), 1e-300)) + _PIXEL_VAR)
         elif use_prior:

@@ -378,24 +378,44 @@ class VertebraDetector:
                  if use_strip and SpineStripRefiner.exists(ckpt.parent) else None)
         return cls(net, spec, device, anchor, strip)
 
-    def preprocess(self, image: Any, spacing_mm: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Scale intensities and letterbox: ``(net_image (1, H_net, W_net), det_to_image (3, 3))``."""
+    def preprocess(self, image: Any, spacing_mm: Sequence[float] | None = None, film: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Scale intensities and letterbox: ``(net_image (1, H_net, W_net), det_to_image (3, 3))``.
+
+        ``film``: the image already scaled by :meth:`scaled_film` (it is not scaled again).
+        """
         img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         if img.ndim == 2:
             img = img[None]
         if img.ndim != 3 or img.shape[0] != 1:
             raise ValueError(f"VertebraDetector: image must be (1, H, W) or (H, W), got shape {img.shape}")
+        if film is None:
+            film = self.scaled_film(img)
+        elif np.shape(film) != img.shape[1:]:
+            raise ValueError(f"VertebraDetector: the scaled film {np.shape(film)} is not the image's {img.shape[1:]}")
+        return self.resizer(np.asarray(film, np.float32)[None], spacing_mm)
+
+    def scaled_film(self, image: Any) -> np.ndarray:
+        """``(H, W)`` float32: the spec's intensity percentiles scaled to 0 and 1, clipped, with MONAI's
+        ``ScaleIntensityRangePercentiles`` as the bundle does: :func:`~transforms.intensity.scale_film_intensities`'
+        numbers (the AP detector's and refiner's training scaling) up to float32 rounding (exactly on 8-bit
+        films, where the percentiles fall on pixel values)."""
         from monai.transforms import ScaleIntensityRangePercentiles
         from monai.utils import convert_to_numpy
 
+        img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if img.ndim == 3 and img.shape[0] == 1:
+            img = img[0]
+        if img.ndim != 2:
+            raise ValueError(f"VertebraDetector: image must be (1, H, W) or (H, W), got shape {np.shape(image)}")
         lo, hi = self.spec.intensity_percentiles
-        scale = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)  # as the bundle
-        img = convert_to_numpy(scale(img.astype(np.float32)), dtype=np.float32)
-        return self.resizer(img, spacing_mm)
+        scale = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
+        return convert_to_numpy(scale(img[None].astype(np.float32)), dtype=np.float32)[0]
 
     @torch.inference_mode()
     def predict_levels(
-        self, image: Any, spacing_mm: Sequence[float] | None = None, score_threshold: float | None = None
+        self, image: Any, spacing_mm: Sequence[float] | None = None, score_threshold: float | None = None,
+        film: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Per-level decoding of one radiograph (see :func:`~monai_spine.codecs.detection.decode_detections`).
 
@@ -403,6 +423,7 @@ class VertebraDetector:
             image: ``(1, H, W)`` or ``(H, W)`` raw radiograph.
             spacing_mm: ``(sx, sy)`` or None (unknown: the letterbox assumes square pixels).
             score_threshold: override of the spec's threshold.
+            film: the image already scaled by :meth:`scaled_film`, or None.
 
         Returns:
             dict of ``(L, ...)`` arrays in image pixels: ``scores``, ``centres_px``, ``boxes_px`` (NaN
@@ -410,7 +431,7 @@ class VertebraDetector:
             ``chain`` decoding also every peak that took part, ``candidates_px`` ``(P, 2)`` and
             ``candidate_scores`` ``(P,)``.
         """
-        net_img, a = self.preprocess(image, spacing_mm)
+        net_img, a = self.preprocess(image, spacing_mm, film)
         h_img = float(tuple(np.shape(image))[-2])
         x = torch.as_tensor(net_img[None], device=self.device)
         pred = self.network(x)[0]
@@ -456,7 +477,8 @@ class VertebraDetector:
             arr = np.asarray(spacing_mm, dtype=np.float64).reshape(-1)
             if arr.shape == (2,) and np.all(np.isfinite(arr)) and np.all(arr > 0):
                 sp = (float(arr[0]), float(arr[1]))
-        res = self.predict_levels(image, sp)
+        film = self.scaled_film(image)  # once: the coarse detector and the refiner read the same scaling
+        res = self.predict_levels(image, sp, film=film)
         keep = res["detected"]
         warnings = self._view_warnings(res, np.asarray(image).shape[-2])
         centres, boxes, scores = res["centres_px"], res["boxes_px"], res["scores"]
@@ -467,7 +489,7 @@ class VertebraDetector:
             keep = np.all(np.isfinite(centres), -1)
             if self.strip is not None and keep.all():
                 try:
-                    centres, boxes, scores, inferred = self._along_strip(image, centres, boxes)
+                    centres, boxes, scores, inferred = self._along_strip(image, centres, boxes, film)
                 except ValueError as e:  # e.g. two coarse centres on one point: no strip through them
                     warnings.append(f"the spine-strip refiner could not place the levels ({e}); the coarse "
                                     f"levels are kept")
@@ -478,14 +500,17 @@ class VertebraDetector:
             inferred=inferred[keep], warnings=warnings,
         )
 
-    def _along_strip(self, image: Any, centres_px: np.ndarray, boxes_px: np.ndarray
+    def _along_strip(self, image: Any, centres_px: np.ndarray, boxes_px: np.ndarray, film: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every level placed again along the spine strip: ``(centres, boxes, scores, inferred)``.
 
         Boxes keep their coarse size, moved with their centre; a level whose strip heat is below the
-        refiner's threshold is reported inferred (score 0).
+        refiner's threshold is reported inferred (score 0). ``film``: :meth:`scaled_film` of the image,
+        handed on when the refiner scales by the same percentiles.
         """
-        c, heat = self.strip.refine(image, centres_px, self.spec.spacing_profile, self.spec.level_y_frac)
+        same = tuple(self.strip.spec.intensity_percentiles) == tuple(self.spec.intensity_percentiles)
+        c, heat = self.strip.refine(image, centres_px, self.spec.spacing_profile, self.spec.level_y_frac,
+                                    film=film if same else None)
         boxes = np.asarray(boxes_px, dtype=np.float64) + np.tile(c - centres_px, (1, 2))
         inferred = heat < self.strip.spec.score_threshold
         return c, boxes, np.where(inferred, 0.0, heat), inferred

@@ -176,8 +176,8 @@ class SpineStripRefiner:
         out = self.network(torch.from_numpy(strip.sample(film))[None, None])[0].double()
         return torch.sigmoid(out[0]).numpy(), out[1, :, strip.width // 2].numpy()
 
-    def refine(self, image: Any, centres_px: Any, profile: Any, level_y_frac: Any = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def refine(self, image: Any, centres_px: Any, profile: Any, level_y_frac: Any = None,
+               film: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Every level's centre along the strip through the coarse centres.
 
         Args:
@@ -186,6 +186,8 @@ class SpineStripRefiner:
                 (seen and inferred; NaN rows are skipped when cutting the strip).
             profile: ``(L - 1,)`` the detector's spacing profile.
             level_y_frac: ``(L,)`` the detector's level heights on the film, or None.
+            film: the image already scaled by the spec's ``intensity_percentiles``
+                (:func:`~transforms.intensity.scale_film_intensities`), or None to scale it here.
 
         Returns:
             ``(centres_px (L, 2), scores (L,))``: the refined centres and each level's strip heat.
@@ -197,7 +199,11 @@ class SpineStripRefiner:
         if c.shape != (len(self.spec.levels), 2):
             raise ValueError(f"SpineStripRefiner: centres must be ({len(self.spec.levels)}, 2) for levels "
                              f"{self.spec.levels[0]}-{self.spec.levels[-1]}, got shape {c.shape}")
-        film = scale_film_intensities(image, self.spec.intensity_percentiles)
+        if film is None:
+            film = scale_film_intensities(image, self.spec.intensity_percentiles)
+        elif np.shape(film) != np.shape(image)[-2:]:
+            raise ValueError(f"SpineStripRefiner: the scaled film {np.shape(film)} is not the image's "
+                             f"{np.shape(image)[-2:]}")
         strip = self.spec.strip(c)
         prof = np.asarray(profile, dtype=np.float64).reshape(-1)
         spacing = self.spacing_px(c, prof)

@@ -259,8 +259,10 @@ class _StubStrip:
 
         self.spec = SpineStripSpec(levels=DetectorSpec(region="ap").levels)
         self.fail = fail
+        self.film = None
 
-    def refine(self, image, centres_px, profile, level_y_frac=None):
+    def refine(self, image, centres_px, profile, level_y_frac=None, film=None):
+        self.film = film
         if self.fail:
             raise ValueError("SpineStrip: the two first (or last) centres coincide")
         heat = np.full(len(centres_px), 0.5)
@@ -284,3 +286,40 @@ def test_chain_detector_with_a_spine_strip_refiner(fail):
         np.testing.assert_allclose(d.boxes_px, coarse.boxes_px + [3.0, 0.0, 3.0, 0.0])
         assert d.inferred.tolist() == [k == 4 for k in range(17)] and d.scores[4] == 0.0 and d.scores[0] == 0.5
         assert d.warnings == []
+
+
+def test_the_refiner_gets_the_film_scaled_once():
+    """The detector scales the film once and hands it to a refiner with the same percentiles; not to one
+    whose percentiles differ (it scales its own)."""
+    from monai_spine.transforms.intensity import scale_film_intensities
+
+    cum = np.concatenate([[0.0], np.cumsum(PROF16)])
+    peaks = np.stack([np.full(17, 32.0), 10 + 6.5 * cum], -1)
+    image = np.random.default_rng(0).integers(0, 4096, (1, 256, 128)).astype(np.float32)  # a 12-bit film
+    strip = _StubStrip()
+    det = VertebraDetector(PeaksNet(peaks, range(17), (128, 64)), _chain_spec(), strip=strip)
+    det.detect(image)
+    np.testing.assert_array_equal(strip.film, det.scaled_film(image))
+    np.testing.assert_allclose(strip.film, scale_film_intensities(image, _chain_spec().intensity_percentiles), atol=1e-6)
+    strip.spec.intensity_percentiles = (1.0, 99.0)
+    VertebraDetector(PeaksNet(peaks, range(17), (128, 64)), _chain_spec(), strip=strip).detect(image)
+    assert strip.film is None
+
+
+def test_detector_scaling_is_the_refiners_on_integer_films():
+    """scaled_film (MONAI's percentile scaling, as the bundle) gives scale_film_intensities' numbers exactly on an
+    8-bit film, and to a float32 rounding where the percentiles fall between values (12-bit, float)."""
+    from monai_spine.transforms.intensity import scale_film_intensities
+
+    det = _detector()
+    rng = np.random.default_rng(1)
+    for image, exact in ((rng.integers(0, 256, (1, 97, 61)).astype(np.uint8), True),
+                         (rng.integers(0, 4096, (1, 97, 61)).astype(np.uint16), False),
+                         (rng.gamma(2.0, 300.0, (97, 61)).astype(np.float32), False)):
+        ours = scale_film_intensities(image, det.spec.intensity_percentiles)
+        if exact:
+            np.testing.assert_array_equal(det.scaled_film(image), ours)
+        else:
+            np.testing.assert_allclose(det.scaled_film(image), ours, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(1, H, W\)"):
+        det.scaled_film(np.zeros((2, 5, 5)))
