@@ -237,7 +237,6 @@ class PointSet:
     seen_found: int = 0
     images: int = 0
     images_all_found: int = 0
-    level_misses: dict[str, int] = field(default_factory=dict)
     point_batches: list[str] = field(default_factory=list)
     vertebra_batches: list[str] = field(default_factory=list)
     width_ratio: list[float] = field(default_factory=list)
@@ -669,11 +668,14 @@ def label_order_counts(labels: Sequence[str]) -> dict[str, int]:
 
 def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, regressor: Any = None,
                    log: Callable[[str], None] = print, reference: MeanShapeReference | None = None,
-                   box_rule: "SpacingBoxes | FrameBoxes | None" = None) -> dict[str, PointSet]:
+                   box_rule: "SpacingBoxes | FrameBoxes | None" = None,
+                   level_counts: dict[str, int] | None = None) -> dict[str, PointSet]:
     """Run the models on every radiograph of ``labels``; returns the :class:`PointSet` of each model row.
 
     ``box_rule``: the regressor's boxes come from the detected centres by this rule instead of the
-    detector's boxes (the regressor was trained in the same rule's boxes).
+    detector's boxes (the regressor was trained in the same rule's boxes). ``level_counts``: a dict
+    the split's detector misses are added to, by kind (:func:`~monai_spine.evaluation.levels.level_misses`,
+    plus ``levels inferred`` and ``of them right``): one detector run per film, shared by every row.
     """
     from monai_spine.data.annotation import read_annotation
     from monai_spine.data.keypoints import get_region
@@ -711,10 +713,9 @@ def evaluate_split(labels: Sequence[str], detector: Any, corners: Any = None, re
         misses = level_misses(det.levels, det.centres_px, ann.levels, boxes_gt, levels, gt_idx.values())
         misses["levels inferred"] = int(inferred.sum())
         misses["of them right"] = int(sum(1 for d in found_det if inferred[d]))
-        for ps in sets.values():
-            if not ps.name.startswith("heatmap (clicked"):
-                for kind, n in misses.items():
-                    ps.level_misses[kind] = ps.level_misses.get(kind, 0) + n
+        if level_counts is not None:
+            for kind, n in misses.items():
+                level_counts[kind] = level_counts.get(kind, 0) + n
 
         seen_found = int(sum(1 for d in found_det if not inferred[d]))
 
@@ -1129,7 +1130,8 @@ def run_aasce_benchmark(
     log(f"[aasce] calibration predictions on {len(val)} validation radiographs")
     val_sets = evaluate_split(val, detector, corners, regressor, log, reference, box_rule)
     log(f"[aasce] evaluation on {len(test)} test radiographs")
-    test_sets = evaluate_split(test, detector, corners, regressor, log, reference, box_rule)
+    misses: dict[str, int] = {}
+    test_sets = evaluate_split(test, detector, corners, regressor, log, reference, box_rule, level_counts=misses)
     from monai_spine.bench.pipeline import calibrate_conformal, json_safe
 
     cals = {k: calibrate_conformal(val_sets[k].errors_px, val_sets[k].sigma_px,
@@ -1150,10 +1152,9 @@ def run_aasce_benchmark(
             log(f"[aasce] no uncertainty thresholds for the heatmap: {e}")
     det_row: dict[str, Any] = {"found": 0, "annotated": 0}
     for ps in test_sets.values():
-        det_row = {"found": ps.found, "annotated": ps.annotated, "level_misses": dict(ps.level_misses)}
+        det_row = {"found": ps.found, "annotated": ps.annotated, "level_misses": dict(misses)}
         if ps.name.startswith("heatmap (detected") or ps.name.startswith("regressor"):
             break
-    misses = det_row.get("level_misses") or {}
     miss_line = ("Vertebrae the detector did not put at their level, by kind (`evaluation/levels.level_misses`), "
                  "and the levels it output as inferred (not seen): "
                  + ", ".join(f"{k} {v}" for k, v in misses.items()) + "." if misses else "")

@@ -314,3 +314,56 @@ def test_tilt_column_in_the_table():
     table = format_aasce_table([points_metrics(ps)])
     assert "end-plate tilt error mean / median / p95 °" in table
     assert "| 22.5 / 22.5 / 42.8 |" in table  # errors 45, 0: p95 = 0 + 0.95 * 45
+
+
+def test_evaluate_split_counts_level_misses_once_per_film(tmp_path):
+    """Two films, a stub detector and the mean-shape row: the split's miss counts come once per film, and the
+    row scores the vertebrae found at their level, with each corner's annotation batch."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from monai_spine.bench.aasce import MeanShapeReference, evaluate_split
+    from monai_spine.data.annotation import SpineAnnotation, write_annotation
+    from monai_spine.data.keypoints import get_region
+
+    levels = list(get_region("ap").levels)
+    box = np.array([[-6.0, -4.0], [6.0, -4.0], [-6.0, 4.0], [6.0, 4.0]])
+    centres = np.c_[np.full(17, 40.0), 20.0 + 12.0 * np.arange(17)]
+    Image.fromarray(np.full((240, 80), 128, np.uint8)).save(tmp_path / "film.png")
+    paths = []
+    for name in ("20-Jul-2016-1 A AP", "10-Jan-2017-2 A AP"):
+        ann = SpineAnnotation(levels=levels, keypoints_px=centres[:, None, :] + box[None], visible=np.ones((17, 4), bool),
+                              region="ap", scheme="ap4", image=str(tmp_path / "film.png"), image_size=(80, 240),
+                              spacing_mm=None, spacing_source="unknown", meta={})
+        write_annotation(ann, tmp_path / f"sunhl-1th-{name}.json")
+        paths.append(str(tmp_path / f"sunhl-1th-{name}.json"))
+
+    class Shifted:
+        """Every level one vertebra down (a whole-chain shift): T1 on T2, ..., L4 on L5, L5 below the film's spine."""
+
+        def detect(self, image, spacing_mm, source):
+            c = centres + [0.0, 12.0]
+            return SimpleNamespace(levels=levels, centres_px=c, boxes_px=np.c_[c - 6, c + 6],
+                                   inferred=np.zeros(17, bool))
+
+    counts: dict[str, int] = {}
+    sets = evaluate_split(paths, Shifted(), reference=MeanShapeReference.fit(paths), log=lambda m: None,
+                          level_counts=counts)
+    assert counts["whole chain shifted"] == 2 * 16 and counts["outside every box"] == 2 * 1
+    assert counts["run off by a level"] == 0 and counts["levels inferred"] == 0
+    ps = sets["reference"]
+    assert ps.found == 0 and ps.annotated == 34 and ps.images == 2 and ps.errors_px == []
+    assert not hasattr(ps, "level_misses")
+
+    class Right:
+        def detect(self, image, spacing_mm, source):
+            return SimpleNamespace(levels=levels, centres_px=centres, boxes_px=np.c_[centres - 6, centres + 6],
+                                   inferred=np.zeros(17, bool))
+
+    counts = {}
+    ps = evaluate_split(paths, Right(), reference=MeanShapeReference.fit(paths), log=lambda m: None,
+                        level_counts=counts)["reference"]
+    assert sum(counts[k] for k in ("whole chain shifted", "run off by a level", "outside every box")) == 0
+    assert ps.found == 34 and len(ps.errors_px) == 34 * 4 and max(ps.errors_px) < 1e-9  # the mean shape of two equal films
+    assert sorted(set(ps.point_batches)) == ["2016-07", "2017-01"] and ps.point_batches.count("2016-07") == 68
