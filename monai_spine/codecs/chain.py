@@ -23,7 +23,8 @@ import numpy as np
 
 from monai_spine.codecs._arrays import _np
 
-__all__ = ["centres_in_level_order", "spacing_profile", "level_height_fractions", "assign_levels_chain", "complete_chain"]
+__all__ = ["centres_in_level_order", "spacing_profile", "level_height_fractions", "assign_levels_chain", "complete_chain",
+           "spacing_profile_array"]
 
 
 def centres_in_level_order(centres_px: Any) -> bool:
@@ -99,6 +100,18 @@ def level_height_fractions(centres_px: Sequence[np.ndarray], heights_px: Sequenc
     return np.interp(k, k[fin], m[fin])
 
 
+def spacing_profile_array(profile: Any, where: str) -> np.ndarray:
+    """``(L - 1,)`` float64 spacing profile (expected step per level pair), checked positive and finite.
+
+    Raises:
+        ValueError: an empty profile, or a step that is not positive and finite (``where`` names the caller).
+    """
+    prof = np.asarray(profile, dtype=np.float64).reshape(-1)
+    if prof.size < 1 or not np.all(np.isfinite(prof)) or np.any(prof <= 0):
+        raise ValueError(f"{where}: profile must be positive and finite, got {prof}")
+    return prof
+
+
 def assign_levels_chain(
     points_px: Any,
     scores: Any,
@@ -153,11 +166,9 @@ def assign_levels_chain(
     """
     pts = np.asarray(_np(points_px), dtype=np.float64).reshape(-1, 2)
     sc = np.asarray(_np(scores), dtype=np.float64).reshape(-1)
-    prof = np.asarray(_np(profile), dtype=np.float64).reshape(-1)
+    prof = spacing_profile_array(_np(profile), "assign_levels_chain")
     if sc.shape[0] != pts.shape[0]:
         raise ValueError(f"assign_levels_chain: {pts.shape[0]} points but {sc.shape[0]} scores")
-    if prof.size < 1 or not np.all(np.isfinite(prof)) or np.any(prof <= 0):
-        raise ValueError(f"assign_levels_chain: profile must be positive and finite, got {prof}")
     n_lev, n_pts = prof.size + 1, pts.shape[0]
     out = np.full(n_pts, -1, dtype=np.int64)
     end_gap = float(gap_penalty if end_gap_penalty is None else end_gap_penalty)

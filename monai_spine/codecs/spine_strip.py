@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, map_coordinates
 
+from monai_spine.codecs.chain import _level_from_y_frac, spacing_profile_array
+
 __all__ = ["SpineStrip", "encode_strip_heatmap", "encode_strip_levels", "decode_strip_levels"]
 
 
@@ -265,9 +267,7 @@ def decode_strip_levels(
     h = np.asarray(heat, dtype=np.float64)
     if h.shape != strip.shape:
         raise ValueError(f"decode_strip_levels: heat must be {strip.shape}, got {h.shape}")
-    prof = np.asarray(profile, dtype=np.float64).reshape(-1)
-    if prof.size < 1 or not np.all(np.isfinite(prof)) or np.any(prof <= 0):
-        raise ValueError(f"decode_strip_levels: profile must be positive and finite, got {prof}")
+    prof = spacing_profile_array(profile, "decode_strip_levels")
     if not (np.isfinite(spacing_px) and spacing_px > 0):
         raise ValueError(f"decode_strip_levels: spacing_px must be positive, got {spacing_px}")
     n_lev, n_rows, mid = prof.size + 1, strip.rows, strip.width // 2
@@ -277,8 +277,6 @@ def decode_strip_levels(
     col = band.argmax(1) + lo
     node = np.broadcast_to(-np.log(np.clip(line, 1e-3, 1.0)) * float(unary_weight), (n_lev, n_rows)).copy()
     if level_y_frac is not None and film_height_px:
-        from monai_spine.codecs.chain import _level_from_y_frac
-
         est = _level_from_y_frac(strip.points_px[:, 1] / float(film_height_px), np.asarray(level_y_frac, np.float64))
         node += np.minimum(np.abs(est[None, :] - np.arange(n_lev)[:, None]), float(level_cap)) * float(position_weight)
     if level_rows is not None and level_weight:
