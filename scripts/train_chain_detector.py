@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="train nothing: measure the film statistics of the detector in --out (spacing profile, level "
                          "heights, span range) again on the training films and save them into its spec")
     add_hardware_arguments(ap)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: the project's 2-core machine)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
