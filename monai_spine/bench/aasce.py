@@ -280,11 +280,17 @@ class PointSet:
         self.vertebra_batches += [str(batch)] * int(whole.sum())
 
 
-def _mean_edge_px(corners_px: Any, edges: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
-    """``(V,)`` mean length of two edges (corner index pairs) of ``(V, 4, 2)`` ``ap4`` corners."""
+def _ap4_corners(corners_px: Any) -> np.ndarray:
+    """``(V, 4, 2)`` float64 ``ap4`` corners (TL, TR, BL, BR), or a ValueError naming the shape."""
     c = np.asarray(corners_px, np.float64)
     if c.ndim != 3 or c.shape[1:] != (4, 2):
         raise ValueError(f"corners must have shape (V, 4, 2), got {c.shape}")
+    return c
+
+
+def _mean_edge_px(corners_px: Any, edges: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """``(V,)`` mean length of two edges (corner index pairs) of ``(V, 4, 2)`` ``ap4`` corners."""
+    c = _ap4_corners(corners_px)
     return sum(np.linalg.norm(c[:, a] - c[:, b], axis=-1) for a, b in edges) / 2.0
 
 
@@ -321,9 +327,7 @@ def endplate_tilts_deg(corners_px: Any) -> np.ndarray:
     Args:
         corners_px: (V, 4, 2) corners in the ``ap4`` order TL, TR, BL, BR, (x, y) px.
     """
-    c = np.asarray(corners_px, np.float64)
-    if c.ndim != 3 or c.shape[1:] != (4, 2):
-        raise ValueError(f"corners must have shape (V, 4, 2), got {c.shape}")
+    c = _ap4_corners(corners_px)
     d = c[:, [1, 3]] - c[:, [0, 2]]
     return np.degrees(np.arctan2(d[..., 1], d[..., 0]))
 

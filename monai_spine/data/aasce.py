@@ -300,7 +300,7 @@ def fix_rotated_levels(keypoints_px: np.ndarray, visible: np.ndarray, max_gap_ra
     if kp.ndim != 3 or kp.shape[0] < 3 or not vis.any(axis=1).all():
         return None
     centres = np.stack([kp[i][vis[i]].mean(0) for i in range(kp.shape[0])])
-    if np.all(np.diff(centres[:, 1]) > 0):
+    if np.all(np.diff(centres[:, 1]) > 0):  # codecs.chain.centres_in_level_order's test (data may not import codecs)
         return None
     rolled = np.roll(centres, 1, axis=0)
     if not np.all(np.diff(rolled[:, 1]) > 0):
