@@ -44,7 +44,8 @@ the background removal and the learned prior):
   the product of a broad peak and the prior is biased towards the prior mean (AASCE labels, perfect
   maps: 4.4 px mean error without the ascent, 0.5 px with it). The prior is any object with the
   methods of :class:`CornerPriorLike` (:class:`monai_spine.inference.corners.CornerPrior`, fitted on
-  training annotations), so the codec imports nothing from inference.
+  training annotations), so the codec imports nothing from inference. A found corner may then be moved
+  ``prior_pull`` of the way to the prior mean (a shrinkage for noisy maps; default 0).
 
 Beyond the paper, each corner gets an uncertainty ``sigma_px``: the RMS per-axis spread of the
 accumulated (not prior-weighted) map around the chosen corner, within the corner's quadrant (not
@@ -413,6 +414,7 @@ def localize_corners(
     min_mass_frac: float = 0.05,
     window_frac: float = 0.2,
     refine: bool = True,
+    prior_pull: float = 0.0,
 ) -> CornerLocalization:
     """Four corners of one vertebra from its accumulated map.
 
@@ -444,6 +446,8 @@ def localize_corners(
             ``size_px`` is None.
         refine: climb from the maximum of ``map * prior`` to the top of its hill in ``map`` (within
             the quadrant), so the prior chooses the peak but does not pull the corner off it.
+        prior_pull: move each corner found in the map this fraction in [0, 1] of the way to the prior mean
+            (0: the paper's rule; ``engines.heatmap.choose_prior_pull``); ``sigma_px`` stays the map's spread.
 
     Returns:
         :class:`CornerLocalization` (image px).
@@ -451,6 +455,8 @@ def localize_corners(
     acc = np.asarray(accumulated_map, dtype=np.float64)
     if acc.ndim != 2:
         raise ValueError(f"accumulated_map must be (H, W), got {acc.shape}")
+    if not 0.0 <= float(prior_pull) <= 1.0:
+        raise ValueError(f"prior_pull must lie in [0, 1], got {prior_pull!r}")
     acc = np.where(np.isfinite(acc) & (acc > 0), acc, 0.0)
     if size_px is not None and not (np.isfinite(size_px) and size_px > 0):
         raise ValueError(f"size_px must be positive, got {size_px!r}")
@@ -551,7 +557,7 @@ def localize_corners(
                 win &= np.linalg.norm(wpts - p, axis=-1) <= window_frac * size_px
             wt = acc[sl][win]
             d2 = np.sum((wpts[win] - p) ** 2, axis=-1)
-            corners[k] = p
+            corners[k] = p + float(prior_pull) * (mean_px[k] - p) if use_prior and np.all(np.isfinite(mean_px[k])) else p
             sigma[k] = np.sqrt(np.sum(wt * d2) / (2.0 * max(wt.sum(), 1e-300)) + _PIXEL_VAR)
         elif use_prior:
             corners[k] = mean_px[k]

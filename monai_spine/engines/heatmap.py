@@ -8,6 +8,8 @@
   :class:`~monai_spine.inference.corners.CornerPrior` and the ratio of vertebra size to centre
   spacing, and returns the :class:`~monai_spine.inference.heatmap.HeatmapModelSpec` that the bundle's
   ``initialize`` step saves next to the checkpoint (``corner_prior.json``, ``heatmap_model.json``).
+* Post-processing chosen on validation films: :func:`choose_prior_pull` (how far each corner is moved
+  toward the corner prior's mean, ``postprocess["prior_pull"]`` of the spec; ``scripts/choose_prior_pull.py``).
 * Validation: the evaluator's key metric is :class:`monai_spine.handlers.corners.CornerErrorHandler`
   (the corner P2P / P2C errors and patch Bhattacharyya coefficient of :mod:`monai_spine.metrics.corners`,
   with the predictor's own post-processing on the ground-truth centres);
@@ -37,6 +39,8 @@ __all__ = [
     "fit_corner_prior",
     "fit_heatmap_model",
     "experiment_params",
+    "PRIOR_PULL_GRID",
+    "choose_prior_pull",
 ]
 
 logger = logging.getLogger(__name__)
@@ -242,3 +246,108 @@ def experiment_params(
         params.update({f"synthetic_{k}": (str(v) if isinstance(v, (list, tuple)) else v) for k, v in synthetic.items()})
     return params
 
+
+#: the candidates :func:`choose_prior_pull` tries by default (fractions of the way to the prior mean)
+PRIOR_PULL_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+def choose_prior_pull(
+    predictor: Any,
+    cases: Sequence[Mapping[str, Any]],
+    grid: Sequence[float] = PRIOR_PULL_GRID,
+    detector: Any = None,
+    log: Any = None,
+) -> tuple[float, dict[str, dict[str, float | int]]]:
+    """The ``prior_pull`` of the predictor's post-processing with the least mean corner error on validation films.
+
+    The prior mean is placed at the centre the predictor is given, so the centres must be the ones the
+    model will get in use. With ``detector`` (the fully automatic pipeline), each film's vertebrae are
+    predicted at the detector's centres and scored where the detector found the level (its centre inside
+    the annotated box of that level, :func:`~monai_spine.evaluation.levels.matched_levels`). Without, they
+    are predicted at the annotated centres (the means of their four corners, as
+    :func:`~monai_spine.evaluation.corners.evaluate_corner_model` clicks them): beware that a prior mean
+    placed there carries the reference's own centroid, so it favours a larger pull than clicks by a
+    person or a detector would.
+
+    Each film is predicted once with no pull; a pull ``w`` moves a corner found in the map to
+    ``p + w * (prior_mean - p)`` (what :func:`~monai_spine.codecs.corner_maps.localize_corners` does; a
+    corner that fell back to the prior mean stays there), so every candidate is scored on the same network
+    outputs. Errors are in pixels (the choice must not depend on whether a film carries its spacing).
+    Ties go to the smaller pull.
+
+    Args:
+        predictor: a :class:`~monai_spine.inference.heatmap.CornerPredictor` with a corner prior; its
+            spec's ``postprocess`` is left as it was.
+        cases: validation items of :func:`heatmap_cases`.
+        grid: candidate pulls, each in [0, 1].
+        detector: a :class:`~monai_spine.inference.detector.VertebraDetector` for the predictor's region, or None.
+        log: a ``str -> None`` progress callback, or None.
+
+    Returns:
+        ``(best pull, {pull as text: {"mean_px", "median_px", "p95_px" (floats), "corners" (int count)}})``.
+
+    Raises:
+        ValueError: the predictor has no prior, a candidate is outside [0, 1], or no corner could be scored.
+    """
+    from monai_spine.data.readers import read_xray
+    from monai_spine.evaluation.levels import matched_levels
+
+    spec = predictor.spec
+    if spec.prior is None:
+        raise ValueError("choose_prior_pull: the corner model has no prior to pull toward")
+    cand = [float(w) for w in grid]
+    if not cand or any(not 0.0 <= w <= 1.0 for w in cand):
+        raise ValueError(f"choose_prior_pull: every candidate pull must lie in [0, 1], got {list(grid)}")
+    idx = list(spec.corner_indices)
+    found, means, truth = [], [], []
+    saved = spec.postprocess.get("prior_pull")
+    spec.postprocess["prior_pull"] = 0.0
+    try:
+        for case in cases:
+            kp = np.asarray(case["keypoints_px"], np.float64)
+            rows, centres, _, _ = annotation_frames(kp, case.get("visible"), idx, spec.size_ratio,
+                                                    case.get("select"), case.get("levels"))
+            if len(rows) < 2:
+                continue
+            img = read_xray(case["image"])
+            if detector is None:
+                levels = [case["levels"][r] for r in rows] if "levels" in case else None
+                pairs = list(enumerate(rows))
+            else:
+                det = detector.detect(img.channel_first(), None, "unknown")
+                centres, levels = np.asarray(det.centres_px, np.float64), [str(v) for v in det.levels]
+                corners = kp[:, idx]
+                boxes = np.concatenate([corners.min(1), corners.max(1)], axis=1)  # (N, 4) x0, y0, x1, y1
+                pairs = matched_levels(levels, centres, case["levels"], boxes, rows)
+                if len(centres) < 2 or not pairs:
+                    continue
+            pred = predictor.predict(img.array, centres, None, "unknown", levels=levels)
+            at = [d for d, _ in pairs]
+            found.append(np.asarray(pred.corners_px, np.float64)[at])
+            means.append(np.stack([spec.prior.mean_px(centres[d], pred.orientations_deg[d], pred.sizes_px[d],
+                                                      None if levels is None else levels[d]) for d in at]))
+            truth.append(kp[[j for _, j in pairs]][:, idx])
+            if log is not None and len(found) % 10 == 0:
+                log(f"[prior pull] {len(found)} films predicted")
+    finally:
+        if saved is None:
+            spec.postprocess.pop("prior_pull", None)
+        else:
+            spec.postprocess["prior_pull"] = saved
+    if not found:
+        raise ValueError("choose_prior_pull: no case with a vertebra to score (two usable vertebrae, or a detected "
+                         "level inside its annotated box)")
+    p, q, g = (np.concatenate(a) for a in (found, means, truth))
+    table: dict[str, dict[str, float | int]] = {}
+    best, best_mean = cand[0], np.inf
+    for w in cand:
+        err = np.hypot(*(p + w * (q - p) - g).transpose(2, 0, 1)).ravel()
+        err = err[np.isfinite(err)]
+        row = {"mean_px": float(err.mean()), "median_px": float(np.median(err)),
+               "p95_px": float(np.percentile(err, 95)), "corners": int(err.size)}
+        table[f"{w:g}"] = row
+        if log is not None:
+            log(f"[prior pull] {w:g}: mean {row['mean_px']:.2f} px, median {row['median_px']:.2f}, p95 {row['p95_px']:.2f}")
+        if row["mean_px"] < best_mean - 1e-12 or (abs(row["mean_px"] - best_mean) <= 1e-12 and w < best):
+            best, best_mean = w, row["mean_px"]
+    return best, table

@@ -100,7 +100,7 @@ class HeatmapModelSpec:
         rotations_deg: patch rotations relative to the vertebra orientation.
         network: keyword arguments of :class:`ProbabilisticUNet` (``width``, ``multipliers``).
         postprocess: keyword arguments of :func:`corners_from_patches` (background removal,
-            prior scale and radius, ...).
+            prior scale and radius, ``prior_pull``: how far corners move toward the prior mean, ...).
         target: how the training targets were made (``sigma_along_frac``, ``sigma_across_frac``, ``empty``).
         prior: the fitted :class:`CornerPrior`, or None (corners from the maps alone).
         meta: free-form record (training data, counts).
@@ -138,6 +138,9 @@ class HeatmapModelSpec:
             raise ValueError(f"need positive scales and at least one rotation, got {self.scales}, {self.rotations_deg}")
         self.network = dict(self.network)
         self.postprocess = {**DEFAULT_POSTPROCESS, **dict(self.postprocess)}
+        pull = self.postprocess.get("prior_pull", 0.0)
+        if isinstance(pull, bool) or not (isinstance(pull, (int, float)) and 0.0 <= float(pull) <= 1.0):
+            raise ValueError(f"postprocess prior_pull must be a number in [0, 1], got {pull!r}")
 
     @property
     def corner_indices(self) -> tuple[int, int, int, int]:

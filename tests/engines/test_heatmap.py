@@ -12,6 +12,7 @@ import pytest
 
 from monai_spine.data.annotation import SpineAnnotation, write_annotation
 from monai_spine.engines.heatmap import (
+    choose_prior_pull,
     experiment_params,
     fit_corner_prior,
     fit_heatmap_model,
@@ -107,3 +108,87 @@ def test_experiment_params_are_flat():
                           spec)
     assert p["patch_scales"] == "[1.6, 2.0]" and p["synthetic_size"] == "[256, 256]" and p["prior_vertebrae"] == 10
     assert all(isinstance(v, (str, int, float)) for v in p.values())
+
+
+class _PullStub:
+    """A corner predictor whose corners are the annotated ones shifted (+2, 0) px and whose prior mean is the
+    annotated ones shifted (0, +2) px: with pull ``w`` every corner is ``(2 - 2w, 2w)`` px off, so the mean
+    error is ``2 * sqrt((1 - w)^2 + w^2)``: 2 px at 0 and 1, sqrt(2) px at 0.5 (by hand)."""
+
+    def __init__(self, truth_by_centre):
+        from types import SimpleNamespace
+
+        self.truth = truth_by_centre
+        prior = SimpleNamespace(mean_px=lambda c, o, s, lev=None: self._truth(c) + [0.0, 2.0])
+        self.spec = SimpleNamespace(prior=prior, corner_indices=(0, 1, 2, 3), size_ratio=1.0,
+                                    postprocess={"prior_pull": 0.3})
+        self.pulls_seen = []
+
+    def _truth(self, c):
+        return next(t for key, t in self.truth if np.allclose(key, c))
+
+    def predict(self, image, centres, spacing_mm=None, source=None, levels=None):
+        from types import SimpleNamespace
+
+        self.pulls_seen.append(self.spec.postprocess["prior_pull"])
+        c = np.asarray(centres, np.float64)
+        return SimpleNamespace(corners_px=np.stack([self._truth(x) + [2.0, 0.0] for x in c]),
+                               orientations_deg=np.zeros(len(c)), sizes_px=np.full(len(c), 30.0))
+
+
+@pytest.fixture()
+def pull_film(tmp_path):
+    """``(case, corners (3, 4, 2), stub)``: one film of three rectangles on a PNG, and its :class:`_PullStub`."""
+    kp = rect_keypoints(3)[:, :4].astype(np.float64)
+    path = tmp_path / "film.png"
+    cv2.imwrite(str(path), (np.arange(300 * 200) % 251).reshape(300, 200).astype(np.uint8))
+    c = case(rect_keypoints(3), outlines=False)
+    c.update(image=str(path), scheme="ap4")
+    return c, kp, _PullStub([(k.mean(0), k) for k in kp])
+
+
+def test_choose_prior_pull_by_hand(pull_film):
+    """The stub's errors are known in closed form: 0.5 wins with sqrt(2) px; the predictor runs with no
+    pull while being scored and gets its own pull back afterwards."""
+    c, kp, stub = pull_film
+    best, table = choose_prior_pull(stub, [c], grid=(0.0, 0.25, 0.5, 1.0))
+    assert best == 0.5
+    assert table["0.5"]["mean_px"] == pytest.approx(np.sqrt(2.0))
+    assert table["0"]["mean_px"] == pytest.approx(2.0) and table["1"]["mean_px"] == pytest.approx(2.0)
+    assert table["0.25"]["mean_px"] == pytest.approx(2.0 * np.hypot(0.75, 0.25))
+    assert table["0.5"]["corners"] == 12.0
+    assert stub.pulls_seen == [0.0] and stub.spec.postprocess["prior_pull"] == 0.3
+
+
+def test_choose_prior_pull_at_detected_centres(pull_film):
+    """With a detector, the predictor gets every detected centre and only the levels found inside their own
+    annotated box are scored: C6 is not annotated, so 2 of 3 vertebrae (8 corners) count."""
+    from types import SimpleNamespace
+
+    c, kp, stub = pull_film
+    seen = []
+
+    def detect(image, spacing_mm, source):
+        seen.append(np.shape(image))
+        return SimpleNamespace(centres_px=kp.mean(1), levels=["C3", "C4", "C6"])
+
+    best, table = choose_prior_pull(stub, [c], grid=(0.0, 0.5, 1.0), detector=SimpleNamespace(detect=detect))
+    assert best == 0.5 and table["0.5"]["corners"] == 8
+    assert table["0.5"]["mean_px"] == pytest.approx(np.sqrt(2.0))
+    assert seen == [(1, 300, 200)]
+
+
+@pytest.mark.parametrize("grid, prior, match", [((0.0, 1.5), True, "candidate"), ((), True, "candidate"),
+                                                ((0.0, 0.5), False, "no prior")])
+def test_choose_prior_pull_refuses(grid, prior, match):
+    stub = _PullStub([])
+    if not prior:
+        stub.spec.prior = None
+    with pytest.raises(ValueError, match=match):
+        choose_prior_pull(stub, [], grid=grid)
+
+
+def test_choose_prior_pull_needs_usable_films():
+    stub = _PullStub([])
+    with pytest.raises(ValueError, match="no case"):
+        choose_prior_pull(stub, [case(rect_keypoints(1))], grid=(0.0, 0.5))

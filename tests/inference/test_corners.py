@@ -188,6 +188,40 @@ def test_empty_quadrant_falls_back_to_prior(prior):
     assert localize_corners(np.zeros((50, 50)), centre, 0.0, prior, size).used_prior.all()
 
 
+@pytest.mark.parametrize("pull", [0.0, 0.25, 0.5, 1.0])
+def test_prior_pull_moves_found_corners_toward_the_prior_mean(prior, pull):
+    """Peaks 6 px off the prior mean: each found corner lands ``pull`` of the way to the mean, the map's
+    spread (sigma) is the one without a pull, and a corner that fell back to the prior stays at the mean."""
+    centre, size = np.array([100.0, 100.0]), 30.0
+    mean = prior.mean_px(centre, 0.0, size)
+    peaks = np.round(mean + [6.0, 0.0])
+    acc = np.zeros((201, 201))
+    for k in (0, 1, 3):  # the bottom-left corner has no evidence: prior fallback
+        acc += gaussian(acc.shape, peaks[k], 2.0)
+    base = localize_corners(acc, centre, 0.0, prior, size, prior_scale=4.0)
+    res = localize_corners(acc, centre, 0.0, prior, size, prior_scale=4.0, prior_pull=pull)
+    assert list(res.used_prior) == [False, False, True, False]
+    np.testing.assert_allclose(base.corners_px[[0, 1, 3]], peaks[[0, 1, 3]])
+    np.testing.assert_allclose(res.corners_px[[0, 1, 3]], peaks[[0, 1, 3]] + pull * (mean[[0, 1, 3]] - peaks[[0, 1, 3]]))
+    gap = np.linalg.norm(peaks[[0, 1, 3]] - mean[[0, 1, 3]], axis=1)  # about 6 px (peaks on whole pixels)
+    np.testing.assert_allclose(np.linalg.norm(res.corners_px[[0, 1, 3]] - mean[[0, 1, 3]], axis=1), (1 - pull) * gap)
+    np.testing.assert_allclose(res.corners_px[2], mean[2])
+    np.testing.assert_allclose(res.sigma_px, base.sigma_px)
+
+
+@pytest.mark.parametrize("pull", [-0.1, 1.5, np.nan])
+def test_prior_pull_outside_zero_one_is_refused(prior, pull):
+    with pytest.raises(ValueError, match="prior_pull"):
+        localize_corners(np.ones((50, 50)), (25.0, 25.0), 0.0, prior, 30.0, prior_pull=pull)
+
+
+def test_prior_pull_without_prior_changes_nothing():
+    acc = _handmade_map()
+    a = localize_corners(acc, (50.0, 50.0), 0.0, None)
+    b = localize_corners(acc, (50.0, 50.0), 0.0, None, prior_pull=0.5)
+    np.testing.assert_array_equal(a.corners_px, b.corners_px)
+
+
 # ----------------------------------------------------------------------------- prior
 def test_prior_fit_exact_shape():
     kps = np.stack([rect_corners(x, y, 40.0, 20.0, a) for x, y, a in [(10, 10, 0), (50, 80, 30), (0, 0, -20), (5, 9, 90), (3, 3, 12)]])

@@ -87,7 +87,8 @@ def test_spec_save_load_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "kw, match",
     [({"out_size": 40}, "multiple of 16"), ({"size_ratio": -1.0}, "size_ratio"), ({"scales": ()}, "scales"),
-     ({"scheme": "nope"}, "scheme")],
+     ({"scheme": "nope"}, "scheme"), ({"postprocess": {"prior_pull": 1.2}}, "prior_pull"),
+     ({"postprocess": {"prior_pull": -0.1}}, "prior_pull"), ({"postprocess": {"prior_pull": "0.4"}}, "prior_pull")],
 )
 def test_spec_rejects_bad_values(kw, match):
     with pytest.raises((ValueError, KeyError), match=match):
@@ -128,6 +129,23 @@ def test_network_maps_move_corners_off_the_prior():
     assert np.linalg.norm(pred.corners_px[1, 0] - corners[1, 0]) > 1.5
     assert np.all(pred.sigma_px > 0) and pred.corners_mm is None and pred.sigma_mm is None
     assert pred.maps.shape == (16, 64, 64) and pred.patches.affines.shape == (16, 3, 3)
+
+
+@pytest.mark.parametrize("pull", [0.25, 0.5])
+def test_spec_prior_pull_reaches_the_corners(pull):
+    """The spec's ``postprocess["prior_pull"]`` moves the map's corners that fraction toward the prior mean:
+    the closed form ``p + w (mean - p)`` that :func:`~monai_spine.engines.heatmap.choose_prior_pull` scores."""
+    corners = rect_corners()
+    truth = corners.copy()
+    truth[1, 0] += [2.0, -1.0]
+    image, centres = dot_image(truth), corners.mean(1)
+    free = CornerPredictor(DotOracle(), spec()).predict(image, centres)
+    pulled = CornerPredictor(DotOracle(), spec(postprocess={"prior_pull": pull})).predict(image, centres)
+    mean = np.stack([prior().mean_px(c, o, s) for c, o, s in zip(centres, free.orientations_deg, free.sizes_px)])
+    np.testing.assert_allclose(mean, corners, atol=1e-9)  # the rectangles' own shape
+    np.testing.assert_allclose(pulled.corners_px, free.corners_px + pull * (mean - free.corners_px), atol=1e-9)
+    np.testing.assert_allclose(pulled.sigma_px, free.sigma_px)
+    assert np.linalg.norm(pulled.corners_px[1, 0] - corners[1, 0]) < np.linalg.norm(free.corners_px[1, 0] - corners[1, 0])
 
 
 def test_levels_order_the_centres_and_pick_level_priors():

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from monai_spine.data.datasets import ensure_synthetic, list_cases
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +14,11 @@ def dataset(tmp_path_factory):
     return ensure_synthetic(tmp_path_factory.mktemp("syn"), "cervical", n=3, seed=1, hard_case_rate=0.0, size=(512, 512))
 
 
-def test_detector_trains_the_epochs_that_fit_its_budget(dataset, tmp_path, capsys):
+def test_detector_trains_the_epochs_that_fit_its_budget(load_script, dataset, tmp_path, capsys):
     out = tmp_path / "det"
     argv = ["--dataset", str(dataset), "--out", str(out), "--region", "cervical", "--spatial", "96", "32",
             "--features", "4", "4", "8", "8", "16", "4", "--epochs", "3", "--time-budget-s", "600"]
-    assert _script("train_chain_detector").main(argv) == 0
+    assert load_script("train_chain_detector").main(argv) == 0
     spec = json.loads((out / "detector_model.json").read_text())
     assert (out / "model.pt").is_file() and spec["spatial_size"] == [96, 32] and spec["region"] == "cervical"
     budget = spec["meta"]["time_budget"]
@@ -39,14 +28,14 @@ def test_detector_trains_the_epochs_that_fit_its_budget(dataset, tmp_path, capsy
     assert "3 epochs fit 600 s" in capsys.readouterr().out
 
 
-def test_detector_refuses_a_region_without_films(dataset, tmp_path):
+def test_detector_refuses_a_region_without_films(load_script, dataset, tmp_path):
     with pytest.raises(ValueError):
-        _script("train_chain_detector").main(["--dataset", str(dataset), "--out", str(tmp_path / "d"), "--epochs", "1"])
+        load_script("train_chain_detector").main(["--dataset", str(dataset), "--out", str(tmp_path / "d"), "--epochs", "1"])
 
 
-def test_refiner_train_only_leaves_the_decoding_unchosen(dataset, tmp_path, capsys):
+def test_refiner_train_only_leaves_the_decoding_unchosen(load_script, dataset, tmp_path, capsys):
     det = tmp_path / "det"
-    _script("train_chain_detector").main(["--dataset", str(dataset), "--out", str(det), "--region", "cervical",
+    load_script("train_chain_detector").main(["--dataset", str(dataset), "--out", str(det), "--region", "cervical",
                                           "--spatial", "96", "32", "--features", "4", "4", "8", "8", "16", "4",
                                           "--epochs", "1"])
     cases = list_cases(dataset)["cases"]
@@ -55,7 +44,7 @@ def test_refiner_train_only_leaves_the_decoding_unchosen(dataset, tmp_path, caps
     (split / "dataset.json").write_text(json.dumps({"region": "cervical", "training": cases[:2], "validation": cases[2:]}))
     argv = ["--dataset", str(split), "--detector-dir", str(det), "--rows", "128", "--width", "32",
             "--features", "8", "8", "16", "16", "32", "8", "--epochs", "2", "--train-only", "--workers", "2"]
-    assert _script("train_spine_strip").main(argv) == 0
+    assert load_script("train_spine_strip").main(argv) == 0
     spec = json.loads((det / "spine_strip_model.json").read_text())
     assert spec["meta"]["epochs"] == 2 and spec["meta"]["num_workers"] == 2 and "decoding_choice" not in spec["meta"]
     assert "decoding not chosen" in capsys.readouterr().out
