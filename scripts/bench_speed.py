@@ -36,7 +36,6 @@ Smoke run::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import json
 import os
@@ -47,7 +46,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -442,8 +441,6 @@ def _bundle_parser(kind: str, sizes: Sizes, out: Path, cached: bool, steps: int)
 
 def train_rate(kind: str, sizes: Sizes, out: Path, cached: bool, steps: int) -> dict[str, Any]:
     """Samples/s and data-wait share of ``steps`` training steps with the bundle's own components."""
-    import torch
-
     parser = _bundle_parser(kind, sizes, out, cached, steps)
     loader = parser.get_parsed_content("train#dataloader")
     net = parser.get_parsed_content("network").train()

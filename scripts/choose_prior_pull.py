@@ -22,33 +22,25 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Score every candidate pull on the validation films; with ``--write``, store the best in the folder."""
-    from monai_spine.data.datasets import list_cases
     from monai_spine.engines.heatmap import PRIOR_PULL_GRID, choose_prior_pull, heatmap_cases
+    from monai_spine.engines.script_options import add_dataset_arguments, dataset_splits, script_command
     from monai_spine.inference.detector import VertebraDetector
     from monai_spine.inference.heatmap import MODEL_FILE, CornerPredictor
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True, help="converted dataset folder with a validation split "
-                    "(monai-spine convert --format aasce)")
+    add_dataset_arguments(ap, ["validation"], limits=["validation"], seed=False)
     ap.add_argument("--heatmap-dir", required=True, help="the corner model's folder (heatmap_model.json, model.pt)")
     ap.add_argument("--detector-dir", default=None,
                     help="predict at this detector's centres (the fully automatic use); default: the annotated centres")
     ap.add_argument("--grid", type=float, nargs="+", default=list(PRIOR_PULL_GRID), help="candidate pulls in [0, 1]")
-    ap.add_argument("--max-val", type=int, default=0, help="use the first N validation films (0: all)")
     ap.add_argument("--write", action="store_true", help="store the chosen pull in the folder's heatmap_model.json")
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    splits = list_cases(args.dataset)
-    if not splits.get("validation"):
-        raise ValueError(f"{args.dataset}: needs a dataset.json with a validation split")
+    labels = dataset_splits(args, ["validation"])["validation"]
     predictor = CornerPredictor.from_ckpt_dir(args.heatmap_dir)
-    val = heatmap_cases(splits["validation"][: args.max_val or None], predictor.spec.region)
+    val = heatmap_cases(labels, predictor.spec.region)
     detector = VertebraDetector.from_checkpoint(args.detector_dir) if args.detector_dir else None
     best, table = choose_prior_pull(predictor, val, args.grid, detector, log=lambda m: print(m, flush=True))
     print(f"chosen prior pull: {best:g} (mean corner error {table[f'{best:g}']['mean_px']:.2f} px on {len(val)} "
@@ -58,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = Path(args.heatmap_dir) / MODEL_FILE
         d = json.loads(path.read_text(encoding="utf-8"))
         d.setdefault("postprocess", {})["prior_pull"] = best
-        command = "python scripts/choose_prior_pull.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = script_command("choose_prior_pull", argv)
         d.setdefault("meta", {})["prior_pull_choice"] = {
             "command": command, "validation_films": len(val), "criterion": "mean corner error, px, " + (
                 "at the detector's centres, levels it found" if detector is not None else "at the annotated centres"),

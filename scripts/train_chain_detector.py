@@ -17,17 +17,15 @@ import argparse
 import sys
 from typing import Sequence
 
-import torch
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train the detector (optionally as many epochs as fit a time budget) and save its folder."""
     from monai_spine.bench.aasce import restate_chain_statistics, train_chain_folder
-    from monai_spine.data.datasets import list_cases
     from monai_spine.engines.hardware import add_hardware_arguments, budgeted_epochs
+    from monai_spine.engines.script_options import add_dataset_arguments, dataset_splits, script_command
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True, help="converted dataset folder with a training split")
+    add_dataset_arguments(ap, ["training"], limits=["training"])
     ap.add_argument("--out", required=True, help="model folder to write")
     ap.add_argument("--region", default="ap", help="the region whose films are trained on (default ap)")
     ap.add_argument("--spatial", type=int, nargs=2, default=[384, 128], metavar=("H", "W"), help="network input, px")
@@ -35,20 +33,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=28, help="epochs (the most, with --time-budget-s)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--learning-rate", type=float, default=2e-3)
-    ap.add_argument("--max-train", type=int, default=0, help="use only the first N training films (0: all)")
     ap.add_argument("--statistics-only", action="store_true",
                     help="train nothing: measure the film statistics of the detector in --out (spacing profile, level "
                          "heights, span range) again on the training films and save them into its spec")
     add_hardware_arguments(ap)
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: the project's 2-core machine)")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cases = list_cases(args.dataset)
-    train = (cases["training"] if "training" in cases else cases["cases"])[: args.max_train or None]
-    if not train:
-        raise ValueError(f"{args.dataset}: no training films")
-    command = "python scripts/train_chain_detector.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    train = dataset_splits(args, ["training"], whole_as_training=True)["training"]
+    command = script_command("train_chain_detector", argv)
     if args.statistics_only:
         restate_chain_statistics(args.out, train, command)
         return 0

@@ -14,21 +14,18 @@ import argparse
 import sys
 from typing import Sequence
 
-import torch
-
 from monai_spine.codecs.level_groups import level_groups_for
 from monai_spine.engines.level_anchor import choose_anchor_weight, class_recall, train_level_anchor
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train the level anchor into a detector folder and weigh it on the validation films."""
-    from monai_spine.data.datasets import list_cases
+    from monai_spine.engines.script_options import add_dataset_arguments, dataset_splits, script_command
     from monai_spine.inference.level_anchor import LevelAnchorSpec
     from monai_spine.inference.detector import DetectorSpec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True, help="converted dataset folder with a training/validation split "
-                    "(monai-spine convert --format aasce)")
+    add_dataset_arguments(ap, ["training", "validation"])
     ap.add_argument("--detector-dir", required=True, help="the chain detector's model folder (the anchor goes there)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--patch-size", type=int, default=48)
@@ -37,8 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--variants", type=int, default=4)
     ap.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 1.0],
                     help="anchor weights tried on the validation films (0, no anchor, is always tried)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--detector-peaks", action="store_true",
                     help="add the detector's own peaks on the training films to the samples (labelled by the annotated boxes)")
     ap.add_argument("--edge-crops", type=float, default=0.0, metavar="P",
@@ -48,10 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--recall-only", action="store_true",
                     help="train nothing: print the per-class recall of the detector folder's anchor on the validation films")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cases = list_cases(args.dataset)
-    if "training" not in cases or not cases.get("validation"):
-        raise ValueError(f"{args.dataset}: needs a dataset.json with training and validation splits")
+    cases = dataset_splits(args, ["training", "validation"])
     if args.recall_only:
         from monai_spine.inference.level_anchor import LevelAnchor
 
@@ -62,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     levels = DetectorSpec.load(args.detector_dir).levels
     spec = LevelAnchorSpec(level_groups_for(levels), patch_size=args.patch_size, side_spacings=args.side_spacings[0] if len(args.side_spacings) == 1 else tuple(args.side_spacings))
-    command = "python scripts/train_level_anchor.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = script_command("train_level_anchor", argv)
     detector = None
     if args.detector_peaks:
         from monai_spine.inference.detector import VertebraDetector

@@ -15,20 +15,17 @@ import argparse
 import sys
 from typing import Sequence
 
-import torch
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train the refiner into a detector folder and compare the validation right-level rates."""
-    from monai_spine.data.datasets import list_cases
     from monai_spine.engines.hardware import add_hardware_arguments, budgeted_epochs
+    from monai_spine.engines.script_options import add_dataset_arguments, dataset_splits, script_command
     from monai_spine.engines.spine_strip import choose_strip_decoding, train_spine_strip
     from monai_spine.inference.detector import DetectorSpec
     from monai_spine.inference.spine_strip import SpineStripSpec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", required=True, help="converted dataset folder with a training/validation split "
-                    "(monai-spine convert --format aasce)")
+    add_dataset_arguments(ap, ["training", "validation"], limits=["training", "validation"])
     ap.add_argument("--detector-dir", required=True, help="the chain detector's model folder (the refiner goes there)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -37,8 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--features", type=int, nargs=6, default=[8, 16, 32, 64, 128, 8])
     ap.add_argument("--learning-rate", type=float, default=2e-3)
     ap.add_argument("--init-from", default=None, help="a folder with a refiner of the same size to train on from")
-    ap.add_argument("--max-train", type=int, default=0, help="use only the first N training films (0: all)")
-    ap.add_argument("--max-val", type=int, default=0, help="evaluate on the first N validation films (0: all)")
     ap.add_argument("--position-weights", type=float, nargs="+", default=[0.5, 1.0],
                     help="weights of the film-height level prior in the decoding, chosen on the validation films")
     ap.add_argument("--level-weights", type=float, nargs="+", default=[0.0, 0.5, 1.0],
@@ -48,19 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--train-only", action="store_true",
                     help="train, but leave the decoding choice on the validation films for a later --choose-only")
     add_hardware_arguments(ap)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cases = list_cases(args.dataset)
-    if "training" not in cases or not cases.get("validation"):
-        raise ValueError(f"{args.dataset}: needs a dataset.json with training and validation splits")
-    train = cases["training"][: args.max_train or None]
-    val = cases["validation"][: args.max_val or None]
+    cases = dataset_splits(args, ["training", "validation"])
+    train, val = cases["training"], cases["validation"]
     if not args.choose_only:
         levels = DetectorSpec.load(args.detector_dir).levels
         spec = SpineStripSpec(levels=levels, rows=args.rows, width=args.width, features=tuple(args.features))
-        command = "python scripts/train_spine_strip.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = script_command("train_spine_strip", argv)
         opts = dict(batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
                     init_from=args.init_from, device=args.device, num_workers=args.workers)
         epochs, budget = budgeted_epochs(

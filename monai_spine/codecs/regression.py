@@ -23,7 +23,7 @@ training loss encodes both prediction and target again (:class:`~monai_spine.los
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
