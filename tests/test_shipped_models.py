@@ -119,25 +119,30 @@ def _aasce_film() -> Path | None:
 
 
 @pytest.mark.skipif(_aasce_film() is None, reason="no AASCE films under $MONAI_SPINE_DATA (../shared/data)")
-@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".dcm"])
 def test_ap_predict_with_no_options_outputs_the_complete_spine(tmp_path, suffix, monkeypatch):
+    """A real AP film as JPEG, PNG and DICOM (DX, 12 bits, no pixel spacing: the AASCE films have none)."""
     import cv2
 
     from monai_spine.cli import main
     from monai_spine.data.prediction import read_prediction
+    from monai_spine.data.synthetic_dicom import write_dx_dicom
 
     monkeypatch.delenv(zoo.MODELS_ENV, raising=False)
     src = _aasce_film()
     film = tmp_path / f"film{suffix}"
     if suffix == ".jpg":
         shutil.copy(src, film)
-    else:
+    elif suffix == ".png":
         cv2.imwrite(str(film), cv2.imread(str(src), cv2.IMREAD_GRAYSCALE))
+    else:
+        write_dx_dicom(film, cv2.imread(str(src), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 16, None)
     out = tmp_path / "out"
     assert main(["predict", str(film), "--out", str(out), "--no-progress"]) == 0
     p = read_prediction(out / "film.keypoints.json")
     assert p.levels == ["T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8", "T9", "T10", "T11", "T12",
                         "L1", "L2", "L3", "L4", "L5"]
+    assert p.spacing_source == "unknown" and p.spacing_mm is None  # reported, never a made-up 1.0
     ps = p.point_set("heatmap")
     assert ps.found[~p.inferred].all()
     # the corners run top to bottom along the film
