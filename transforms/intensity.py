@@ -25,6 +25,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy
 
+from monai_spine.data.patches import image_2d
+
 __all__ = ["CLAHE", "CLAHEd", "RandCLAHEd", "clahe", "scale_film_intensities"]
 
 
@@ -45,12 +47,7 @@ def scale_film_intensities(image: Any, percentiles: Sequence[float] = (0.5, 99.5
     Raises:
         ValueError: the image is not ``(H, W)`` or ``(1, H, W)``.
     """
-    img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if img.ndim == 3 and img.shape[0] == 1:
-        img = img[0]
-    if img.ndim != 2:
-        raise ValueError(f"scale_film_intensities: image must be (H, W) or (1, H, W), got shape {np.shape(image)}")
-    img = img.astype(np.float32)
+    img = image_2d(image, "scale_film_intensities")
     lo, hi = np.percentile(img, [float(percentiles[0]), float(percentiles[1])])
     return np.clip((img - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0).astype(np.float32)
 

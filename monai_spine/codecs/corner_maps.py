@@ -70,9 +70,9 @@ import numpy as np
 from monai_spine.data.keypoints import get_scheme, px_to_mm, validate_keypoints
 from monai_spine.data.patches import (
     _check_affine,
-    _image_2d,
     _rotation,
     extract_patch,
+    image_2d,
     map_points_to_patch,
     normalize_patch,
     patch_affine,
@@ -243,7 +243,7 @@ def make_training_patches(
         :class:`TrainingPatches` with ``P`` patches (``P = 0`` gives empty arrays of the right shapes).
     """
     sch = get_scheme(scheme)
-    img = _image_2d(image)
+    img = image_2d(image, "make_training_patches")
     kp, vis = validate_keypoints(keypoints_px, visible, num_points=sch.num_points, name="keypoints_px")
     corners = kp[:, list(sch.corner_indices)]
     geo_px = vertebra_geometry(corners)

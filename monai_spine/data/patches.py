@@ -40,7 +40,7 @@ an :class:`UnknownSpacingWarning` says so.
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -58,6 +58,7 @@ __all__ = [
     "map_points_to_patch",
     "map_points_to_image",
     "normalize_patch",
+    "image_2d",
 ]
 
 
@@ -190,12 +191,17 @@ def patch_footprint(affine: np.ndarray, out_size: int = 64) -> np.ndarray:
     return map_points_to_image(e, affine)
 
 
-def _image_2d(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image)
+def image_2d(image: Any, where: str = "image") -> np.ndarray:
+    """``(H, W)`` float32 view of a one-channel film given as ``(H, W)`` or ``(1, H, W)`` (array or tensor).
+
+    Raises:
+        ValueError: another shape (``where`` names the caller in the message).
+    """
+    img = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)  # a torch tensor
     if img.ndim == 3 and img.shape[0] == 1:
         img = img[0]
     if img.ndim != 2:
-        raise ValueError(f"image must be (H, W) or (1, H, W), got {img.shape}")
+        raise ValueError(f"{where}: image must be (H, W) or (1, H, W), got shape {np.shape(image)}")
     return img.astype(np.float32, copy=False)
 
 
@@ -225,7 +231,7 @@ def extract_patch(
     Returns:
         ``(out_size, out_size)`` float32 patch, ``patch[v, u]`` = image at ``affine @ (u, v, 1)``.
     """
-    img = _image_2d(image)
+    img = image_2d(image, "extract_patch")
     a = _check_affine(affine).copy()
     if border not in _BORDERS:
         raise ValueError(f"border must be one of {sorted(_BORDERS)}, got {border!r}")

@@ -32,6 +32,7 @@ import torch
 
 from monai_spine.data.annotation import atomic_write_text
 from monai_spine.data.keypoints import get_region, px_to_mm
+from monai_spine.data.patches import image_2d
 from monai_spine.codecs.chain import complete_chain
 from monai_spine.codecs.detection import decode_detections
 from monai_spine.networks.detector import DEFAULT_FEATURES, VertebraDetectorNet
@@ -403,14 +404,10 @@ class VertebraDetector:
         from monai.transforms import ScaleIntensityRangePercentiles
         from monai.utils import convert_to_numpy
 
-        img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if img.ndim == 3 and img.shape[0] == 1:
-            img = img[0]
-        if img.ndim != 2:
-            raise ValueError(f"VertebraDetector: image must be (1, H, W) or (H, W), got shape {np.shape(image)}")
+        img = image_2d(image, "VertebraDetector")
         lo, hi = self.spec.intensity_percentiles
         scale = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
-        return convert_to_numpy(scale(img[None].astype(np.float32)), dtype=np.float32)[0]
+        return convert_to_numpy(scale(img[None].copy()), dtype=np.float32)[0]
 
     @torch.inference_mode()
     def predict_levels(

@@ -48,7 +48,7 @@ import torch
 from monai_spine.data.annotation import atomic_write_text
 from monai_spine.data.frames import centre_frames
 from monai_spine.data.keypoints import get_scheme, level_order, px_to_mm
-from monai_spine.data.patches import extract_patch, normalize_patch, patch_params
+from monai_spine.data.patches import extract_patch, image_2d, normalize_patch, patch_params
 from monai_spine.inference.corners import CornerPrior, VertebraCorners, corners_from_patches
 from monai_spine.inference.model_zoo import load_strict_weights
 
@@ -298,7 +298,7 @@ def extract_patches(image: np.ndarray, affines: np.ndarray, out_size: int = 64, 
     Returns:
         ``(P, out_size, out_size)`` float32 patches (not normalised).
     """
-    img = _image_2d(image)
+    img = image_2d(image, "extract_patches")
     af = np.asarray(affines, dtype=np.float64).reshape(-1, 3, 3)
     out = np.empty((len(af), out_size, out_size), np.float32)
     if len(af) == 0:
@@ -442,15 +442,6 @@ class CornerPrediction:
         return sigma_px_to_mm(self.sigma_px, self.spacing_mm)
 
 
-def _image_2d(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 3 and img.shape[0] == 1:
-        img = img[0]
-    if img.ndim != 2:
-        raise ValueError(f"image must be (H, W) or (1, H, W), got shape {img.shape}")
-    return img
-
-
 class CornerPredictor:
     """Corners with uncertainty of clicked vertebrae (the paper's semi-automatic framework).
 
@@ -571,7 +562,7 @@ class CornerPredictor:
             levels: optional level name per centre (per-level prior, gaps between clicked levels).
             return_maps: keep the patches and network maps in the result.
         """
-        img = _image_2d(image)
+        img = image_2d(image, "CornerPredictor")
         c = np.asarray(centres_px, dtype=np.float64).reshape(-1, 2)
         if levels is not None and len(levels) != len(c):
             raise ValueError(f"{len(levels)} levels for {len(c)} centres")

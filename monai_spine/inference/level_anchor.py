@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from monai_spine.codecs.level_groups import LevelGroups
-from monai_spine.data.patches import extract_patch, normalize_patch, patch_affine
+from monai_spine.data.patches import extract_patch, image_2d, normalize_patch, patch_affine
 from monai_spine.inference.model_zoo import load_strict_weights
 
 __all__ = ["LevelAnchorSpec", "LevelAnchor", "anchor_patches", "build_anchor_network", "ANCHOR_SPEC_FILE"]
@@ -74,11 +74,7 @@ def anchor_patches(image: Any, points_px: Any, spacing_px: float, side_spacings:
     Raises:
         ValueError: a bad image or point shape, a spacing or side that is not positive.
     """
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 3 and img.shape[0] == 1:
-        img = img[0]
-    if img.ndim != 2:
-        raise ValueError(f"anchor_patches: image must be (H, W) or (1, H, W), got shape {img.shape}")
+    img = image_2d(image, "anchor_patches")
     pts = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
     if not (np.isfinite(spacing_px) and spacing_px > 0):
         raise ValueError(f"anchor_patches: spacing_px must be positive, got {spacing_px}")
