@@ -385,15 +385,11 @@ class VertebraDetector:
 
         ``film``: the image already scaled by :meth:`scaled_film` (it is not scaled again).
         """
-        img = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if img.ndim == 2:
-            img = img[None]
-        if img.ndim != 3 or img.shape[0] != 1:
-            raise ValueError(f"VertebraDetector: image must be (1, H, W) or (H, W), got shape {img.shape}")
+        img = image_2d(image, "VertebraDetector")
         if film is None:
             film = self.scaled_film(img)
-        elif np.shape(film) != img.shape[1:]:
-            raise ValueError(f"VertebraDetector: the scaled film {np.shape(film)} is not the image's {img.shape[1:]}")
+        elif np.shape(film) != img.shape:
+            raise ValueError(f"VertebraDetector: the scaled film {np.shape(film)} is not the image's {img.shape}")
         return self.resizer(np.asarray(film, np.float32)[None], spacing_mm)
 
     def scaled_film(self, image: Any) -> np.ndarray:
