@@ -39,6 +39,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ __all__ = [
     "read_annotation",
     "write_annotation",
     "atomic_write_text",
+    "keypoint_boxes_px",
 ]
 
 FORMAT_NAME = "monai-spine-keypoints"
@@ -185,17 +187,7 @@ class SpineAnnotation:
         Args:
             margin_frac: margin added on each side as a fraction of the box width/height.
         """
-        boxes = np.full((self.num_vertebrae, 4), np.nan)
-        for i in range(self.num_vertebrae):
-            pts = self.keypoints_px[i][self.visible[i]]
-            if self.outlines_px is not None and len(self.outlines_px[i]):
-                pts = np.concatenate([pts, self.outlines_px[i]], axis=0)
-            if len(pts) == 0:
-                continue
-            lo, hi = pts.min(0), pts.max(0)
-            m = (hi - lo) * margin_frac
-            boxes[i] = [lo[0] - m[0], lo[1] - m[1], hi[0] + m[0], hi[1] + m[1]]
-        return boxes
+        return keypoint_boxes_px(self.keypoints_px, self.visible, self.outlines_px, margin_frac)
 
     def to_dict(self, relative_to: str | os.PathLike | None = None) -> dict[str, Any]:
         """JSON-ready dictionary in the ``monai-spine-keypoints`` format."""
@@ -393,6 +385,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def keypoint_boxes_px(keypoints_px: Any, visible: Any, outlines_px: Sequence[Any] | None = None,
+                      margin_frac: float = 0.0) -> np.ndarray:
+    """``(N, 4)`` boxes ``x0, y0, x1, y1`` around each vertebra's visible points (and outline, when given).
+
+    Args:
+        keypoints_px: ``(N, K, 2)`` points; visible: ``(N, K)`` mask.
+        outlines_px: ``N`` arrays ``(M, 2)`` (empty where none), or None.
+        margin_frac: margin added on each side as a fraction of the box width/height.
+
+    Returns:
+        the boxes; NaN rows for vertebrae without a visible point.
+    """
+    kp, vis = np.asarray(keypoints_px, dtype=np.float64), np.asarray(visible, dtype=bool)
+    boxes = np.full((kp.shape[0], 4), np.nan)
+    for i in range(kp.shape[0]):
+        pts = kp[i][vis[i]]
+        if outlines_px is not None and len(outlines_px[i]):
+            pts = np.concatenate([pts, outlines_px[i]], axis=0)
+        if len(pts) == 0:
+            continue
+        lo, hi = pts.min(0), pts.max(0)
+        m = (hi - lo) * margin_frac
+        boxes[i] = [lo[0] - m[0], lo[1] - m[1], hi[0] + m[0], hi[1] + m[1]]
+    return boxes
 
 
 def read_annotation(path: str | os.PathLike) -> SpineAnnotation:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_spine.data.annotation import SpineAnnotation, read_annotation
+from monai_spine.data.annotation import SpineAnnotation, keypoint_boxes_px, read_annotation
 from monai_spine.data.frames import annotation_frames
 from monai_spine.data.keypoints import get_region, get_scheme, validate_keypoints
 from monai_spine.data.patches import vertebra_geometry
@@ -316,8 +316,7 @@ def choose_prior_pull(
             else:
                 det = detector.detect(img.channel_first(), None, "unknown")
                 centres, levels = np.asarray(det.centres_px, np.float64), [str(v) for v in det.levels]
-                corners = kp[:, idx]
-                boxes = np.concatenate([corners.min(1), corners.max(1)], axis=1)  # (N, 4) x0, y0, x1, y1
+                boxes = keypoint_boxes_px(kp[:, idx], np.asarray(case["visible"], bool)[:, idx])  # around the scored corners
                 pairs = matched_levels(levels, centres, case["levels"], boxes, rows)
                 if len(centres) < 2 or not pairs:
                     continue

@@ -240,6 +240,20 @@ def test_boxes_from_keypoints_hand_computed():
     np.testing.assert_allclose(ann.boxes_from_keypoints(0.5)[1], [12.0 - 17.5, 50.0 - 10.0, 47.0 + 17.5, 70.0 + 10.0])
 
 
+def test_keypoint_boxes_px_on_plain_arrays():
+    """The function behind boxes_from_keypoints: an outline widens its box, a vertebra without a visible
+    point gets a NaN row (hand-computed)."""
+    from monai_spine.data.annotation import keypoint_boxes_px
+
+    kp = np.array([[[0.0, 0.0], [4.0, 2.0]], [[9.0, 9.0], [7.0, 5.0]], [[1.0, 1.0], [2.0, 2.0]]])
+    vis = np.array([[True, True], [True, False], [False, False]])
+    outlines = [np.zeros((0, 2)), np.array([[10.0, 3.0]]), np.zeros((0, 2))]
+    boxes = keypoint_boxes_px(kp, vis, outlines)
+    np.testing.assert_allclose(boxes[:2], [[0.0, 0.0, 4.0, 2.0], [9.0, 3.0, 10.0, 9.0]])
+    assert np.isnan(boxes[2]).all()
+    np.testing.assert_allclose(keypoint_boxes_px(kp[:1], vis[:1], margin_frac=0.5)[0], [-2.0, -1.0, 6.0, 3.0])
+
+
 def test_atomic_write_text_replaces_and_leaves_no_temp(tmp_path):
     p = tmp_path / "sub" / "x.json"
     atomic_write_text(p, "one")
