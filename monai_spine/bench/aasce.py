@@ -1154,11 +1154,10 @@ def run_aasce_benchmark(
             thr.save(out / "heatmap_thresholds.json")
         except ValueError as e:
             log(f"[aasce] no uncertainty thresholds for the heatmap: {e}")
-    det_row: dict[str, Any] = {"found": 0, "annotated": 0}
-    for ps in test_sets.values():
-        det_row = {"found": ps.found, "annotated": ps.annotated, "level_misses": dict(misses)}
-        if ps.name.startswith("heatmap (detected") or ps.name.startswith("regressor"):
-            break
+    sets = list(test_sets.values())  # the detector's counts: the first fully automatic row, else the last
+    det_ps = next((ps for ps in sets if ps.name.startswith(("heatmap (detected", "regressor"))), sets[-1] if sets else None)
+    det_row: dict[str, Any] = ({"found": 0, "annotated": 0} if det_ps is None else
+                               {"found": det_ps.found, "annotated": det_ps.annotated, "level_misses": dict(misses)})
     miss_line = ("Vertebrae the detector did not put at their level, by kind (`evaluation/levels.level_misses`), "
                  "and the levels it output as inferred (not seen): "
                  + ", ".join(f"{k} {v}" for k, v in misses.items()) + "." if misses else "")
